@@ -1,0 +1,5 @@
+import sys
+
+from mimir.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""The `mimir` command: one subcommand per pipeline stage, each a thin layer over the library.
+
+Each subcommand lives in its own module here and registers its parser; modules import heavy
+libraries (numpy, torch) only inside their handlers, so `mimir --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from mimir import __version__
+from mimir.cli import catalog_cmd, synth_cmd
+
+#: Subcommand modules in the order `mimir --help` lists them (pipeline order).
+COMMANDS = (synth_cmd, catalog_cmd)
+
+
+class UsageError(Exception):
+    """Misuse of a command (bad flags, missing inputs): exit code 2 with a message."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mimir",
+        description="Calibrated body measurements from UK Biobank neck-to-knee MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"mimir {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as error:
+        print(f"mimir {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

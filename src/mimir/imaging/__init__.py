@@ -1,0 +1,1 @@
+"""Reading exams, fusing stations, and building the 2D representation."""
