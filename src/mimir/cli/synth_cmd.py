@@ -15,9 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(complete ground truth) and optional quirks and previews."
         ),
     )
-    parser.add_argument("--n", type=int, required=True, help="number of participants")
+    parser.add_argument("--n", type=int, help="number of participants (required unless --list-quirks)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", help="output folder (required unless --list-quirks)")
     parser.add_argument("--instance", type=int, default=2, choices=(2, 3), help="imaging visit (2 first, 3 repeat)")
     parser.add_argument(
         "--quirks",
@@ -32,4 +32,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from mimir.cli import UsageError
+    from mimir.synth import CohortConfig, generate_cohort
+    from mimir.synth.quirks import QUIRKS
+
+    if args.list_quirks:
+        print("\n".join(QUIRKS))
+        return 0
+    if args.n is None or args.out is None:
+        raise UsageError("--n and --out are required")
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    quirks = QUIRKS if args.quirks.strip() == "all" else tuple(q.strip() for q in args.quirks.split(",") if q.strip())
+    try:
+        config = CohortConfig(
+            n=args.n,
+            seed=args.seed,
+            instance=args.instance,
+            quirks=quirks,
+            preview=args.preview,
+            on_grid=args.on_grid,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    with tqdm(total=config.n, unit="subject", desc="synth", disable=args.quiet) as bar:
+        summary = generate_cohort(config, Path(args.out), workers=args.workers, progress=lambda _: bar.update())
+    print(
+        f"{len(summary.eids)} subjects written to {summary.out} in {summary.seconds:.1f} s "
+        f"({summary.seconds_per_subject:.2f} s per subject per core); "
+        f"reference.csv, truth.csv{', quirks.csv' if config.quirks else ''}"
+        f"{', previews/' if config.preview else ''}"
+    )
+    if summary.failed:
+        print(f"{len(summary.failed)} subjects failed: see the log above")
+        return 1
+    return 0

@@ -1,0 +1,260 @@
+"""Many synthetic participants: zips, reference.csv, truth.csv, quirks.csv, previews.
+
+Every subject draws from its own random stream (seed, eid), so a cohort is identical
+whatever the number of workers and a single subject can be regenerated alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mimir import __version__
+from mimir.atomic import atomic_write_text
+from mimir.parallel import map_outcomes
+from mimir.synth.anatomy import build_anatomy
+from mimir.synth.measure import measure
+from mimir.synth.missingness import draw_presence
+from mimir.synth.preview import write_preview
+from mimir.synth.quirks import QUIRKS, QuirkRecord
+from mimir.synth.signal import render_signal
+from mimir.synth.subject import sample_subject
+from mimir.synth.ukb_writer import plan_exam, write_exam_zip
+from mimir.targets.catalog import catalog
+
+logger = logging.getLogger(__name__)
+
+#: UK Biobank participant ids have 7 digits.
+_EID_RANGE = (1_000_000, 6_000_000)
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """Everything that defines a synthetic cohort."""
+
+    n: int
+    seed: int = 0
+    instance: int = 2
+    quirks: tuple[str, ...] = ()
+    preview: bool = False
+    on_grid: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"a cohort needs at least one subject, got n={self.n}")
+        if self.instance not in (2, 3):
+            raise ValueError(f"imaging visits are instances 2 and 3, got {self.instance}")
+        unknown = sorted(set(self.quirks) - set(QUIRKS))
+        if unknown:
+            raise ValueError(f"unknown quirks {', '.join(unknown)}; known: {', '.join(QUIRKS)}")
+
+
+@dataclass(frozen=True)
+class SubjectJob:
+    """One subject to generate (picklable, for worker processes)."""
+
+    eid: int
+    seed: int
+    instance: int
+    out: Path
+    quirks: tuple[str, ...]
+    preview: bool
+    on_grid: bool
+
+    @property
+    def zip_name(self) -> str:
+        return f"{self.eid}_20201_{self.instance}_0.zip"
+
+
+@dataclass
+class SubjectResult:
+    eid: int
+    zip_name: str
+    truth: dict[str, float]
+    parameters: dict[str, object]
+    quirk_records: list[QuirkRecord]
+    seconds: float
+
+
+@dataclass
+class CohortSummary:
+    """What a cohort run produced (also written as cohort.json)."""
+
+    out: Path
+    config: CohortConfig
+    eids: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    seconds_per_subject: float = 0.0
+
+    @property
+    def zips(self) -> list[Path]:
+        return [self.out / f"{eid}_20201_{self.config.instance}_0.zip" for eid in self.eids]
+
+
+def draw_eids(n: int, seed: int) -> list[int]:
+    """Distinct 7-digit participant ids, the same for a given seed."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    eids: set[int] = set()
+    while len(eids) < n:
+        eids.update(int(e) for e in rng.integers(*_EID_RANGE, size=n - len(eids)))
+    ordered = sorted(eids)
+    rng.shuffle(ordered)
+    return ordered[:n]
+
+
+def assign_quirks(eids: Sequence[int], quirks: Sequence[str]) -> dict[int, tuple[str, ...]]:
+    """One subject per quirk, in eid order; with fewer subjects than quirks, subjects take several."""
+    assigned: dict[int, list[str]] = {}
+    for index, quirk in enumerate(quirks):
+        eid = eids[index % len(eids)]
+        assigned.setdefault(eid, []).append(quirk)
+    return {eid: tuple(names) for eid, names in assigned.items()}
+
+
+def subject_rng(seed: int, eid: int) -> np.random.Generator:
+    return np.random.default_rng([seed, eid])
+
+
+def generate_subject(job: SubjectJob) -> SubjectResult:
+    """Anatomy -> signal -> zip (+ ground truth and preview) for one participant."""
+    started = time.perf_counter()
+    rng = subject_rng(job.seed, job.eid)
+    params = sample_subject(rng, job.eid)
+    plan = plan_exam(rng, on_grid=job.on_grid)
+    anatomy = build_anatomy(params, plan.grid_slices, rng)
+    water, fat = render_signal(anatomy, params, rng)
+    truth = measure(anatomy, params, rng)
+    records = write_exam_zip(
+        job.out / job.zip_name, water, fat, plan, eid=job.eid, instance=job.instance, rng=rng, quirks=job.quirks
+    )
+    if job.preview:
+        write_preview(water, fat, job.out / "previews" / f"{Path(job.zip_name).stem}.png")
+    return SubjectResult(
+        eid=job.eid,
+        zip_name=job.zip_name,
+        truth=truth,
+        parameters=asdict(params),
+        quirk_records=list(records),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _format_value(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _reference_rows(results: Sequence[SubjectResult], config: CohortConfig) -> tuple[list[str], list[list[str]]]:
+    """UK Biobank export style: eid, then `{field}-{instance}.0` or the catalog name."""
+    targets = catalog()
+    header = ["eid"] + [t.export_column(config.instance) for t in targets]
+    rows = []
+    for result in results:
+        presence = draw_presence(np.random.default_rng([config.seed, result.eid, 0xAB5E]), targets)
+        rows.append(
+            [str(result.eid)]
+            + [_format_value(result.truth.get(t.name)) if presence[t.name] else "" for t in targets]
+        )
+    return header, rows
+
+
+def _truth_rows(results: Sequence[SubjectResult], config: CohortConfig) -> tuple[list[str], list[list[str]]]:
+    names = [t.name for t in catalog()]
+    header = ["eid", "instance", *names]
+    rows = [
+        [str(r.eid), str(config.instance)] + [_format_value(r.truth.get(name)) for name in names] for r in results
+    ]
+    return header, rows
+
+
+def _parameter_rows(results: Sequence[SubjectResult]) -> tuple[list[str], list[list[str]]]:
+    header = list(results[0].parameters) if results else ["eid"]
+    rows = [[_format_value(v) if isinstance(v, float) else str(v) for v in r.parameters.values()] for r in results]
+    return header, rows
+
+
+def _write_tables(out: Path, results: list[SubjectResult], config: CohortConfig) -> None:
+    results = sorted(results, key=lambda r: r.eid)
+    atomic_write_text(out / "reference.csv", _csv_text(*_reference_rows(results, config)))
+    atomic_write_text(out / "truth.csv", _csv_text(*_truth_rows(results, config)))
+    atomic_write_text(out / "parameters.csv", _csv_text(*_parameter_rows(results)))
+    if config.quirks:
+        quirk_rows = [
+            [q.eid, r.zip_name, q.quirk, "" if q.station is None else q.station, q.detail]
+            for r in results
+            for q in r.quirk_records
+        ]
+        header = ["eid", "zip", "quirk", "station", "detail"]
+        atomic_write_text(out / "quirks.csv", _csv_text(header, quirk_rows))
+
+
+def generate_cohort(
+    config: CohortConfig,
+    out: Path,
+    *,
+    workers: int = 1,
+    progress: Callable[[SubjectResult | None], None] | None = None,
+) -> CohortSummary:
+    """Write a synthetic cohort to `out`; `progress` is called once per finished subject."""
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    eids = draw_eids(config.n, config.seed)
+    quirks_of = assign_quirks(eids, config.quirks)
+    jobs = [
+        SubjectJob(
+            eid=eid,
+            seed=config.seed,
+            instance=config.instance,
+            out=out,
+            quirks=quirks_of.get(eid, ()),
+            preview=config.preview,
+            on_grid=config.on_grid,
+        )
+        for eid in eids
+    ]
+    results: list[SubjectResult] = []
+    summary = CohortSummary(out=out, config=config)
+    for outcome in map_outcomes(generate_subject, jobs, workers):
+        if outcome.ok and outcome.value is not None:
+            results.append(outcome.value)
+            progress and progress(outcome.value)
+        else:
+            logger.error("subject %d failed: %s: %s", outcome.item.eid, outcome.error_type, outcome.error)
+            summary.failed[outcome.item.eid] = f"{outcome.error_type}: {outcome.error}"
+            progress and progress(None)
+    _write_tables(out, results, config)
+    summary.eids = sorted(r.eid for r in results)
+    summary.seconds = time.perf_counter() - started
+    summary.seconds_per_subject = float(np.mean([r.seconds for r in results])) if results else math.nan
+    record = {
+        "mimir_version": __version__,
+        "config": {**asdict(config), "quirks": list(config.quirks)},
+        "subjects": len(results),
+        "failed": summary.failed,
+        "seconds": round(summary.seconds, 3),
+        "seconds_per_subject_one_core": round(summary.seconds_per_subject, 3),
+    }
+    atomic_write_text(out / "cohort.json", json.dumps(record, indent=2) + "\n")
+    return summary
