@@ -1,0 +1,65 @@
+"""`mimir compress`: field-20201 zips (or DICOM folders, NIfTI pairs) to the 2D image cache."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compress",
+        help="read, fuse and project exams into the (3, 256, 256) image cache, with QC",
+        description=(
+            "Turn exams into MIMIR's 2D representation: one {exam}.npy per exam in the cache, "
+            "qc.csv (one row per cached exam) and failures.csv (one row per exam that failed in "
+            "this run). Already cached exams are skipped, so a rerun resumes."
+        ),
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="field-20201 zips, folders holding zips (or one exam's DICOM files), or text files "
+        "listing paths one per line (a line 'water.nii.gz,fat.nii.gz' is a NIfTI pair)",
+    )
+    parser.add_argument("--cache", required=True, help="cache folder for the .npy images and QC tables")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--force", action="store_true", help="recompute exams that are already cached")
+    parser.add_argument("--save-volumes", metavar="DIR", help="also write fused water/fat volumes as NIfTI")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from mimir.cli import UsageError
+    from mimir.imaging.compress import CompressOptions, InputError, compress_exams, discover_inputs
+    from mimir.parallel import default_workers
+
+    workers = args.workers if args.workers is not None else default_workers()
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    try:
+        inputs = discover_inputs(args.inputs)
+    except InputError as error:
+        raise UsageError(str(error)) from error
+    if not inputs:
+        raise UsageError("no exams found in the inputs")
+    options = CompressOptions(
+        cache=Path(args.cache),
+        force=args.force,
+        save_volumes=Path(args.save_volumes) if args.save_volumes else None,
+    )
+    with tqdm(total=len(inputs), unit="exam", desc="compress", disable=args.quiet) as bar:
+        summary = compress_exams(inputs, options, workers=workers, progress=lambda _: bar.update())
+    print(
+        f"done {summary.done}, skipped {summary.skipped} (already cached), failed {summary.failed}; "
+        f"{summary.seconds:.1f} s wall, {summary.seconds_per_exam:.2f} s per exam per core"
+    )
+    if summary.failed:
+        print(f"failures: {summary.cache / 'failures.csv'}")
+    print(f"qc: {summary.cache / 'qc.csv'}")
+    all_failed = summary.failed > 0 and summary.failed == summary.total
+    return 1 if all_failed else 0

@@ -1,0 +1,91 @@
+"""The image cache: one `{exam}.npy` per exam plus a QC sidecar, written atomically.
+
+A file in the cache is complete by construction (temporary file, then rename), so a rerun
+after a crash can trust whatever it finds and resume with the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mimir.atomic import atomic_path, atomic_write_text
+from mimir.protocol import IMAGE_SHAPE
+
+_QC_FOLDER = "qc"
+_UKB_STEM = re.compile(r"^(?P<eid>\d+)_20201_(?P<instance>\d+)_(?P<array>\d+)$")
+
+
+class CacheError(ValueError):
+    """A cached image that is not a MIMIR representation."""
+
+
+@dataclass(frozen=True)
+class ExamId:
+    """Participant and visit of an exam, parsed from its UK Biobank file stem when possible."""
+
+    stem: str
+    eid: int | None
+    instance: int | None
+
+    @classmethod
+    def from_stem(cls, stem: str) -> "ExamId":
+        match = _UKB_STEM.match(stem)
+        if match is None:
+            return cls(stem=stem, eid=None, instance=None)
+        return cls(stem=stem, eid=int(match["eid"]), instance=int(match["instance"]))
+
+
+def image_path(cache: Path, stem: str) -> Path:
+    return Path(cache) / f"{stem}.npy"
+
+
+def is_cached(cache: Path, stem: str) -> bool:
+    return image_path(cache, stem).is_file()
+
+
+def validate_image(image: np.ndarray, origin: str = "image") -> np.ndarray:
+    if image.shape != IMAGE_SHAPE or image.dtype != np.uint8:
+        raise CacheError(
+            f"{origin}: expected a {IMAGE_SHAPE} uint8 array, found {image.shape} {image.dtype}"
+        )
+    return image
+
+
+def write_image(cache: Path, stem: str, image: np.ndarray) -> Path:
+    validate_image(image, stem)
+    target = image_path(cache, stem)
+    with atomic_path(target) as temporary:
+        with temporary.open("wb") as handle:
+            np.save(handle, image, allow_pickle=False)
+    return target
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Load a cached image, refusing anything that is not the representation."""
+    try:
+        image = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise CacheError(f"{path}: not a readable .npy file ({error})") from error
+    return validate_image(image, str(path))
+
+
+def cached_stems(cache: Path) -> list[str]:
+    return sorted(path.stem for path in Path(cache).glob("*.npy"))
+
+
+def write_qc(cache: Path, stem: str, qc: dict[str, object]) -> None:
+    atomic_write_text(Path(cache) / _QC_FOLDER / f"{stem}.json", json.dumps(qc, default=str) + "\n")
+
+
+def read_qc(cache: Path) -> list[dict[str, object]]:
+    """QC rows of every cached exam (sidecars of exams without an image are ignored)."""
+    rows = []
+    for path in sorted((Path(cache) / _QC_FOLDER).glob("*.json")):
+        if is_cached(cache, path.stem):
+            rows.append(json.loads(path.read_text()))
+    return rows
