@@ -22,3 +22,14 @@ def test_one_failure_does_not_stop_the_batch(workers):
 
 def test_default_workers_is_positive():
     assert default_workers() >= 1
+
+
+def test_shards_cover_every_item_once():
+    from mimir.parallel import shard
+
+    items = list(range(10))
+    parts = [shard(items, 3, part) for part in range(3)]
+    assert sorted(x for part in parts for x in part) == items
+    assert parts[0] == [0, 3, 6, 9]
+    with pytest.raises(ValueError):
+        shard(items, 3, 3)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -80,3 +80,14 @@ def map_outcomes(
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             yield from (future.result() for future in done)
+
+
+def shard(items: Sequence[T], num_parts: int, part_id: int) -> list[T]:
+    """Every `num_parts`-th item starting at `part_id`, to split a batch over machines.
+
+    Items should be in a stable order (e.g. sorted by name) so that the parts, run on
+    different machines, together cover every item exactly once.
+    """
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"part {part_id} of {num_parts}: need num_parts >= 1 and 0 <= part_id < num_parts")
+    return list(items[part_id::num_parts])

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", required=True, help="cache folder for the .npy images and QC tables")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--force", action="store_true", help="recompute exams that are already cached")
+    parser.add_argument("--num-parts", type=int, default=1, help="split the inputs into this many parts (several machines)")
+    parser.add_argument("--part-id", type=int, default=0, help="which part (0-based) this run processes")
     parser.add_argument("--save-volumes", metavar="DIR", help="also write fused water/fat volumes as NIfTI")
     parser.set_defaults(handler=run)
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mimir.cli import UsageError
     from mimir.imaging.compress import CompressOptions, InputError, compress_exams, discover_inputs
-    from mimir.parallel import default_workers
+    from mimir.parallel import default_workers, shard
 
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
@@ -44,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         inputs = discover_inputs(args.inputs)
     except InputError as error:
+        raise UsageError(str(error)) from error
+    try:
+        inputs = shard(sorted(inputs, key=lambda exam: str(exam.path)), args.num_parts, args.part_id)
+    except ValueError as error:
         raise UsageError(str(error)) from error
     if not inputs:
         raise UsageError("no exams found in the inputs")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from mimir.atomic import atomic_write_text
+from mimir.atomic import atomic_write_text, remove_stale_temporaries
 from mimir.imaging.cache import ExamId, is_cached, read_qc, write_image, write_qc
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.read import ExamInput
@@ -238,6 +238,9 @@ def compress_exams(
     started = time.perf_counter()
     cache = Path(options.cache)
     cache.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temporaries(cache) + remove_stale_temporaries(cache / "qc")
+    if removed:
+        logger.info("removed %d temporary files left by a killed run", removed)
     summary = CompressSummary(cache=cache)
     todo = []
     for source in inputs:

@@ -1,0 +1,108 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mimir.cli import main
+from mimir.imaging.cache import load_image
+from mimir.imaging.compress import CompressOptions, InputError, compress_exams, discover_inputs
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture()
+def batch_with_bad_inputs(tiny_cohort: Path, tmp_path: Path) -> Path:
+    """Two good exams beside exams that must fail, each for a different reason."""
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    good = sorted(tiny_cohort.glob("*.zip"))[:2]
+    for path in good:
+        os.symlink(path, folder / path.name)
+    (folder / "1000001_20201_2_0.zip").write_text("this is not a zip")
+    data = good[0].read_bytes()
+    (folder / "1000002_20201_2_0.zip").write_bytes(data[: len(data) // 2])
+    with zipfile.ZipFile(folder / "1000003_20201_2_0.zip", "w") as archive:
+        archive.writestr("manifest.csv", "filename\n")
+    return folder
+
+
+def test_discover_inputs_expands_folders_and_lists(tiny_cohort, tmp_path):
+    zips = sorted(tiny_cohort.glob("*.zip"))
+    listing = tmp_path / "exams.txt"
+    listing.write_text(f"# two exams\n{zips[0]}\n\n{zips[1]}\n")
+    assert [e.path for e in discover_inputs([listing])] == zips[:2]
+    assert len(discover_inputs([tiny_cohort])) == len(zips)
+    with pytest.raises(InputError, match="no such file"):
+        discover_inputs([tmp_path / "missing.zip"])
+
+
+def test_bad_exams_fail_with_a_row_and_good_ones_land(batch_with_bad_inputs, tmp_path):
+    cache = tmp_path / "cache"
+    summary = compress_exams(discover_inputs([batch_with_bad_inputs]), CompressOptions(cache=cache))
+    assert (summary.done, summary.failed, summary.skipped) == (2, 3, 0)
+    failures = {row["subject"]: row for row in _read_csv(cache / "failures.csv")}
+    assert set(failures) == {"1000001_20201_2_0", "1000002_20201_2_0", "1000003_20201_2_0"}
+    assert all(row["stage"] and row["reason"] for row in failures.values())
+    assert sorted(p.stem for p in cache.glob("*.npy")) == sorted(
+        p.stem for p in batch_with_bad_inputs.glob("*.zip") if p.stem not in failures
+    )
+    for path in cache.glob("*.npy"):
+        image = load_image(path)
+        assert image.max() > 0
+    qc_rows = _read_csv(cache / "qc.csv")
+    assert len(qc_rows) == 2
+    assert {"subject", "eid", "instance", "flag"} <= set(qc_rows[0])
+
+
+def test_rerun_skips_cached_exams(tiny_cohort, tmp_path):
+    cache = tmp_path / "cache"
+    inputs = discover_inputs([tiny_cohort])[:2]
+    first = compress_exams(inputs, CompressOptions(cache=cache))
+    assert first.done == 2
+    before = {p: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
+    second = compress_exams(inputs, CompressOptions(cache=cache))
+    assert (second.done, second.skipped) == (0, 2)
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == before
+    forced = compress_exams(inputs, CompressOptions(cache=cache, force=True))
+    assert forced.done == 2
+
+
+def test_cli_exit_codes(batch_with_bad_inputs, tmp_path, capsys):
+    assert main(["compress", str(tmp_path / "nothing-here"), "--cache", str(tmp_path / "c0")]) == 2
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "1000001_20201_2_0.zip").write_text("not a zip")
+    assert main(["compress", str(only_bad), "--cache", str(tmp_path / "c1"), "--workers", "1"]) == 1
+    assert main(["compress", str(batch_with_bad_inputs), "--cache", str(tmp_path / "c2"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "done 2" in out and "failed 3" in out
+
+
+def test_killed_run_resumes_without_corrupt_files(tiny_cohort, tmp_path):
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "mimir", "-q", "compress", str(tiny_cohort), "--cache", str(cache), "--workers", "1"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(cache.glob("*.npy")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    cached_before = len(list(cache.glob("*.npy")))
+    assert 1 <= cached_before < 4, "the kill must land mid-batch"
+
+    assert main(["-q", "compress", str(tiny_cohort), "--cache", str(cache), "--workers", "1"]) == 0
+    stems = sorted(p.stem for p in cache.glob("*.npy"))
+    assert stems == sorted(p.stem for p in tiny_cohort.glob("*.zip"))
+    assert not [p for p in cache.iterdir() if p.name.endswith(".part")]
+    for stem in stems:
+        assert load_image(cache / f"{stem}.npy").dtype == np.uint8
