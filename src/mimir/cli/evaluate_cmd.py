@@ -1,0 +1,53 @@
+"""`mimir evaluate`: predictions against a reference, with the paper's numbers beside ours."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="compare a predictions table with reference values: ICC, R2, MAE, MAPE, AUC, AUCE per target",
+        description=(
+            "Join predictions (eid, instance, {name}, {name}_sd) with a reference, given as a targets "
+            "table or a raw UK Biobank export, and write metrics.csv and metrics.md to --out."
+        ),
+    )
+    parser.add_argument("predictions", help="predictions CSV (eid, instance, then {name} and {name}_sd per target)")
+    parser.add_argument("reference", help="targets table, or a UK Biobank export (ukbconv or RAP)")
+    parser.add_argument("--out", required=True, help="folder for metrics.csv and metrics.md")
+    parser.add_argument("--instance", type=int, default=2, help="imaging visit read from a raw export (default 2)")
+    parser.add_argument("--targets", help="comma-separated target names (default: all present in both)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from mimir.cli import UsageError
+    from mimir.evaluation.evaluate import EvaluationInputError, evaluate_predictions, write_metrics
+    from mimir.evaluation.metrics import MetricInputError
+    from mimir.targets.catalog import get_target
+    from mimir.targets.exports import ExportFormatError, read_reference
+
+    for label, path in (("predictions", args.predictions), ("reference", args.reference)):
+        if not Path(path).is_file():
+            raise UsageError(f"no such {label} file: {path}")
+    try:
+        targets = [get_target(name.strip()) for name in args.targets.split(",")] if args.targets else None
+    except KeyError as error:
+        raise UsageError(str(error.args[0])) from error
+    try:
+        predictions = pd.read_csv(args.predictions)
+        reference = read_reference(args.reference, instance=args.instance, targets=targets)
+        metrics = evaluate_predictions(predictions, reference, targets)
+    except (ExportFormatError, EvaluationInputError, MetricInputError) as error:
+        raise UsageError(str(error)) from error
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise UsageError(f"{args.predictions}: not a readable CSV table ({error})") from error
+    csv_path, markdown_path = write_metrics(metrics, Path(args.out))
+    print(f"evaluated {len(metrics)} targets; wrote {csv_path} and {markdown_path}")
+    return 0

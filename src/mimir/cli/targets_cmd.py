@@ -1,0 +1,43 @@
+"""`mimir targets`: a UK Biobank tabular export -> the targets table training reads."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "targets",
+        help="turn a UK Biobank tabular export into a targets table (eid, instance, one column per target)",
+        description=(
+            "Read a UK Biobank export (ukbconv CSV with columns like 22407-2.0, or a Research Analysis "
+            "Platform export with participant.p22407_i2 / p22407_i2; comma- or tab-separated) and write "
+            "one row per eid with the catalog targets of one imaging instance, in catalog units as exported."
+        ),
+    )
+    parser.add_argument("export", help="UK Biobank export file (.csv, .tsv, .tab, optionally .gz)")
+    parser.add_argument("--out", required=True, help="targets table to write (CSV)")
+    parser.add_argument("--instance", type=int, default=2, help="imaging visit: 2 first (default), 3 repeat")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mimir.cli import UsageError
+    from mimir.targets.exports import ExportFormatError, export_to_targets, write_targets_table
+
+    export = Path(args.export)
+    if not export.is_file():
+        raise UsageError(f"no such export file: {export}")
+    if args.instance < 0:
+        raise UsageError(f"--instance must be a visit number (0-3), got {args.instance}")
+    try:
+        table = export_to_targets(export, instance=args.instance)
+    except ExportFormatError as error:
+        raise UsageError(f"{export}: {error}") from error
+    write_targets_table(table, Path(args.out))
+    names = [column for column in table.columns if column not in ("eid", "instance")]
+    filled = int(table[names].notna().any(axis=0).sum())
+    print(f"wrote {len(table)} participants x {filled} targets with values (instance {args.instance}) to {args.out}")
+    return 0

@@ -1,0 +1,216 @@
+"""Predictions tables against a reference targets table: one row of metrics per target.
+
+The table puts the published cross-validation numbers of the catalog beside ours, so a
+reader sees at once whether a model reproduces the paper.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mimir.atomic import atomic_write_text
+from mimir.evaluation.calibration import apply_variance_scale, auce, fit_variance_scale
+from mimir.evaluation.metrics import MetricInputError, agreement_metrics
+from mimir.targets.catalog import Target, catalog
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+SD_SUFFIX = "_sd"
+_REFERENCE_SUFFIX = "__reference"
+PUBLISHED_COLUMNS = ("cv_n", "cv_icc", "cv_r2", "cv_mae", "cv_mape_percent")
+METRIC_COLUMNS = (
+    "name", "module", "ukb_field", "unit", "kind", "n", "icc", "r2", "mae", "mape_percent",
+    "auc", "precision", "recall", "auce", "variance_factor", "auce_scaled", *PUBLISHED_COLUMNS,
+)
+
+
+class EvaluationInputError(ValueError):
+    """Predictions and reference that cannot be compared (no shared ids, missing columns)."""
+
+
+def join_keys(predictions: "pd.DataFrame", reference: "pd.DataFrame") -> list[str]:
+    """`eid`, plus `instance` when both tables have it."""
+    for label, table in (("predictions", predictions), ("reference", reference)):
+        if "eid" not in table.columns:
+            raise EvaluationInputError(f"the {label} table has no 'eid' column")
+    both_have_instance = "instance" in predictions.columns and "instance" in reference.columns
+    return ["eid", "instance"] if both_have_instance else ["eid"]
+
+
+def _require_unique(table: "pd.DataFrame", keys: list[str], label: str) -> None:
+    repeated = table.duplicated(subset=keys)
+    if repeated.any():
+        example = table.loc[repeated, keys].iloc[0].to_dict()
+        raise EvaluationInputError(f"the {label} table repeats {'/'.join(keys)} (e.g. {example})")
+
+
+def _select_targets(
+    predictions: "pd.DataFrame", reference: "pd.DataFrame", targets: Sequence[Target] | None
+) -> tuple[Target, ...]:
+    if targets is None:
+        return tuple(t for t in catalog() if t.name in predictions.columns and t.name in reference.columns)
+    chosen = tuple(targets)
+    for target in chosen:
+        for label, table in (("predictions", predictions), ("reference", reference)):
+            if target.name not in table.columns:
+                raise EvaluationInputError(f"target {target.name!r} has no column in the {label} table")
+    return chosen
+
+
+def paired_table(
+    predictions: "pd.DataFrame", reference: "pd.DataFrame", targets: Sequence[Target]
+) -> "pd.DataFrame":
+    """Predictions with each target's reference as `{name}__reference`, joined on the keys."""
+    keys = join_keys(predictions, reference)
+    _require_unique(reference, keys, "reference")
+    _require_unique(predictions, keys, "predictions")
+    reference_part = reference[keys + [t.name for t in targets]].rename(
+        columns={t.name: t.name + _REFERENCE_SUFFIX for t in targets}
+    )
+    joined = predictions.merge(reference_part, on=keys, how="inner", validate="one_to_one")
+    if joined.empty:
+        raise EvaluationInputError(
+            f"predictions and reference share no {'/'.join(keys)}"
+            + (" (check that both are of the same imaging instance)" if "instance" in keys else "")
+        )
+    logger.info("matched %d of %d predicted rows to the reference", len(joined), len(predictions))
+    return joined
+
+
+def _column(table: "pd.DataFrame", name: str) -> np.ndarray:
+    return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _uncertainty_metrics(mean: np.ndarray, sd: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    factor = fit_variance_scale(mean, sd, reference)
+    scaled = (
+        auce(mean, apply_variance_scale(sd, factor), reference)
+        if math.isfinite(factor) and factor > 0
+        else math.nan
+    )
+    return {"auce": auce(mean, sd, reference), "variance_factor": factor, "auce_scaled": scaled}
+
+
+def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]:
+    """One metrics row for a target of a joined table (see `paired_table`)."""
+    mean = _column(joined, target.name)
+    reference = _column(joined, target.name + _REFERENCE_SUFFIX)
+    try:
+        metrics = agreement_metrics(mean, reference, binary=target.is_binary)
+    except MetricInputError as error:
+        logger.warning("%s: %s; its AUC, precision and recall are left empty", target.name, error)
+        metrics = agreement_metrics(mean, reference)
+    row: dict[str, object] = {
+        "name": target.name,
+        "module": target.module,
+        "ukb_field": target.ukb_field,
+        "unit": target.unit,
+        "kind": target.kind,
+        "n": metrics.n,
+        "icc": metrics.icc,
+        "r2": metrics.r2,
+        "mae": metrics.mae,
+        "mape_percent": metrics.mape_percent,
+        "auc": metrics.auc,
+        "precision": metrics.precision,
+        "recall": metrics.recall,
+        "auce": math.nan,
+        "variance_factor": math.nan,
+        "auce_scaled": math.nan,
+    }
+    sd_column = target.name + SD_SUFFIX
+    if sd_column in joined.columns:
+        row.update(_uncertainty_metrics(mean, _column(joined, sd_column), reference))
+    row.update({column: target.published[column] for column in PUBLISHED_COLUMNS})
+    return row
+
+
+def evaluate_predictions(
+    predictions: "pd.DataFrame", reference: "pd.DataFrame", targets: Sequence[Target] | None = None
+) -> "pd.DataFrame":
+    """Metrics per target: ours (n, ICC, R2, MAE, MAPE, binary AUC/precision/recall, AUCE) and
+    the paper's cv_* values beside them.
+
+    Rows are joined on eid (and instance when both tables have it). Without `targets`, every
+    catalog target with a column in both tables is evaluated. `variance_factor` is the
+    NLL-optimal variance scale fitted on these very rows and `auce_scaled` the AUCE after
+    applying it: in-sample, so an optimistic view unless the rows are out-of-fold.
+    """
+    import pandas as pd
+
+    chosen = _select_targets(predictions, reference, targets)
+    if not chosen:
+        raise EvaluationInputError("no catalog target has a column in both the predictions and the reference")
+    joined = paired_table(predictions, reference, chosen)
+    rows = [evaluate_target(joined, target) for target in chosen]
+    table = pd.DataFrame.from_records(rows, columns=list(METRIC_COLUMNS))
+    table["ukb_field"] = table["ukb_field"].astype("Int64")
+    return table
+
+
+def fit_calibration_factors(
+    predictions: "pd.DataFrame", reference: "pd.DataFrame", targets: Sequence[Target] | None = None
+) -> dict[str, float]:
+    """Variance scale factor per target with a `{name}_sd` column (NLL optimum; see calibration)."""
+    chosen = tuple(
+        t for t in (targets or catalog()) if t.name + SD_SUFFIX in predictions.columns and t.name in reference.columns
+    )
+    if not chosen:
+        return {}
+    joined = paired_table(predictions, reference, chosen)
+    return {
+        t.name: fit_variance_scale(
+            _column(joined, t.name), _column(joined, t.name + SD_SUFFIX), _column(joined, t.name + _REFERENCE_SUFFIX)
+        )
+        for t in chosen
+    }
+
+
+def apply_calibration_factors(predictions: "pd.DataFrame", factors: Mapping[str, float]) -> "pd.DataFrame":
+    """A copy with each `{name}_sd` rescaled so that its variance is multiplied by the factor."""
+    calibrated = predictions.copy()
+    for name, factor in factors.items():
+        column = name + SD_SUFFIX
+        if column not in calibrated.columns:
+            raise EvaluationInputError(f"no column {column!r} to calibrate")
+        calibrated[column] = apply_variance_scale(_column(calibrated, column), factor)
+    return calibrated
+
+
+def _format_number(value: object) -> str:
+    import pandas as pd
+
+    if value is None or pd.isna(value):
+        return ""
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    return f"{float(value):.3f}"
+
+
+def metrics_markdown(metrics: "pd.DataFrame") -> str:
+    """A short Markdown table of the headline numbers, ours beside the paper's."""
+    header = ("target", "unit", "N", "ICC", "R2", "MAE", "MAPE %", "AUC", "AUCE", "paper ICC", "paper MAE")
+    columns = ("name", "unit", "n", "icc", "r2", "mae", "mape_percent", "auc", "auce", "cv_icc", "cv_mae")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for record in metrics.to_dict(orient="records"):
+        cells = [str(record[c]) if c in ("name", "unit") else _format_number(record[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(metrics: "pd.DataFrame", out_dir: Path | str) -> tuple[Path, Path]:
+    """`metrics.csv` and `metrics.md` in `out_dir`, each written atomically."""
+    out = Path(out_dir)
+    csv_path, markdown_path = out / "metrics.csv", out / "metrics.md"
+    atomic_write_text(csv_path, metrics.to_csv(index=False))
+    atomic_write_text(markdown_path, metrics_markdown(metrics))
+    return csv_path, markdown_path

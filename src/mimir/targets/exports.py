@@ -1,0 +1,324 @@
+"""UK Biobank tabular exports -> the targets table (`eid`, `instance`, one column per target).
+
+Two export shapes are common and both are read, comma- or tab-separated:
+- ukbconv: `eid`, `{field}-{instance}.{array}` (e.g. `22407-2.0`); its R flavour uses
+  `f.eid` and `f.{field}.{instance}.{array}`.
+- Research Analysis Platform (RAP): `participant.eid` or `eid`, and `p{field}_i{instance}`,
+  optionally `_a{array}` and a `participant.` prefix; fields recorded once (sex) have no
+  `_i` part, which we read as instance 0.
+Targets without a UK Biobank field appear under their catalog name. Array index 0 is used.
+Only the header is parsed in full; values are read for the selected columns alone, so very
+wide exports stay cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mimir.atomic import atomic_path
+from mimir.targets.catalog import Target, catalog
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+#: UK Biobank field of sex, recorded once at the baseline visit (instance 0).
+SEX_FIELD = 31
+EID_COLUMNS = ("eid", "participant.eid", "f.eid")
+MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none"})
+#: RAP exports may replace codes by their meaning; sex is the one catalog target affected.
+SEX_MEANINGS = {"male": 1.0, "female": 0.0}
+
+_UKBCONV = re.compile(r"(\d+)-(\d+)\.(\d+)")
+_UKBCONV_LIKE = re.compile(r"\d+(?:[-.].*)?")
+_R_STYLE = re.compile(r"f\.(\d+)\.(\d+)\.(\d+)")
+_R_STYLE_LIKE = re.compile(r"f\.\d+(?:\..*)?")
+_RAP = re.compile(r"(?:participant\.)?p(\d+)(?:_i(\d+))?(?:_a(\d+))?")
+_RAP_LIKE = re.compile(r"(?:participant\.)?p\d+(?:_.*)?")
+
+
+class ExportFormatError(ValueError):
+    """An export whose header or values cannot be turned into a targets table."""
+
+
+@dataclass(frozen=True)
+class FieldColumn:
+    """A column that holds one UK Biobank field at one instance and array index."""
+
+    field: int
+    instance: int
+    array: int
+
+
+def parse_field_column(column: str) -> FieldColumn | None:
+    """The field, instance and array a column name encodes; None if it names no field.
+
+    Raises ExportFormatError for names that look like a field column but whose
+    instance/array suffix is malformed (e.g. `22407-2`, `22407-x.0`, `p22407_i`).
+    """
+    name = column.strip()
+    for pattern, looks_like, expected in (
+        (_UKBCONV, _UKBCONV_LIKE, "FIELD-INSTANCE.ARRAY such as 22407-2.0"),
+        (_R_STYLE, _R_STYLE_LIKE, "f.FIELD.INSTANCE.ARRAY such as f.22407.2.0"),
+        (_RAP, _RAP_LIKE, "pFIELD_iINSTANCE[_aARRAY] such as p22407_i2"),
+    ):
+        match = pattern.fullmatch(name)
+        if match:
+            field, instance, array = match.groups()
+            return FieldColumn(int(field), int(instance or 0), int(array or 0))
+        if looks_like.fullmatch(name):
+            raise ExportFormatError(
+                f"column {column!r} looks like a UK Biobank field column but its instance/array "
+                f"suffix is malformed; expected {expected}"
+            )
+    return None
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_header(path: Path) -> tuple[list[str], str]:
+    """Column names and delimiter (tab if the header has more tabs than commas)."""
+    with _open_text(path) as handle:
+        first_line = handle.readline()
+    if not first_line.strip():
+        raise ExportFormatError(f"{path}: empty file, expected a header line")
+    delimiter = "\t" if first_line.count("\t") > first_line.count(",") else ","
+    columns = next(csv.reader([first_line.rstrip("\r\n")], delimiter=delimiter))
+    return [column.strip() for column in columns], delimiter
+
+
+def _duplicates(names: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return repeated
+
+
+def find_eid_column(columns: Sequence[str]) -> str:
+    present = [column for column in columns if column in EID_COLUMNS]
+    if not present:
+        shown = ", ".join(repr(column) for column in columns[:8])
+        raise ExportFormatError(
+            f"no participant id column: expected one of {', '.join(EID_COLUMNS)}; the header starts with {shown}"
+        )
+    if len(present) > 1:
+        raise ExportFormatError(f"several participant id columns: {', '.join(present)}")
+    return present[0]
+
+
+@dataclass(frozen=True)
+class ColumnSelection:
+    """Which export column feeds which catalog target, and what was left out."""
+
+    eid_column: str
+    by_target: dict[str, str]
+    ignored: tuple[str, ...]
+    other_instances: tuple[str, ...]
+
+
+def select_columns(columns: Sequence[str], instance: int, targets: Sequence[Target]) -> ColumnSelection:
+    """Map catalog targets to export columns; raise on malformed or ambiguous headers."""
+    repeated = _duplicates(columns)
+    if repeated:
+        raise ExportFormatError(f"duplicated columns: {', '.join(repeated)}")
+    eid_column = find_eid_column(columns)
+    target_by_field = {t.ukb_field: t for t in targets if t.ukb_field is not None}
+    named_targets = {t.name for t in targets if t.ukb_field is None}
+    by_target: dict[str, str] = {}
+    ignored: list[str] = []
+    other_instances: list[str] = []
+    for column in columns:
+        if column == eid_column:
+            continue
+        parsed = parse_field_column(column)
+        if parsed is None:
+            name = column if column in named_targets else None
+        elif parsed.field in target_by_field:
+            wanted = 0 if parsed.field == SEX_FIELD else instance
+            name = target_by_field[parsed.field].name
+            if parsed.instance != wanted or parsed.array != 0:
+                other_instances.append(column)
+                continue
+        else:
+            name = None
+        if name is None:
+            ignored.append(column)
+            continue
+        if name in by_target:
+            raise ExportFormatError(f"columns {by_target[name]!r} and {column!r} both hold target {name}")
+        by_target[name] = column
+    return ColumnSelection(eid_column, by_target, tuple(ignored), tuple(other_instances))
+
+
+def _numeric_column(values: "pd.Series", column: str, target: str, eids: "pd.Series") -> "pd.Series":
+    """Floats from export text: missing tokens become NaN, anything else unparsable raises."""
+    import pandas as pd
+
+    stripped = values.astype(str).str.strip()
+    lowered = stripped.str.lower()
+    missing = lowered.isin(MISSING_TOKENS)
+    numbers = pd.to_numeric(stripped.where(~missing), errors="coerce").astype("float64")
+    if target == "sex":
+        numbers = numbers.fillna(lowered.map(SEX_MEANINGS).astype("float64"))
+    bad = numbers.isna() & ~missing
+    if bad.any():
+        position = int(bad.to_numpy().nonzero()[0][0])
+        raise ExportFormatError(
+            f"column {column!r} ({target}) holds a non-numeric value {values.iloc[position]!r} "
+            f"for eid {eids.iloc[position]} ({int(bad.sum())} such values)"
+        )
+    return numbers.reset_index(drop=True)
+
+
+def _parse_eids(values: "pd.Series", column: str) -> "pd.Series":
+    stripped = values.astype(str).str.strip()
+    valid = stripped.str.fullmatch(r"\d+")
+    if not valid.all():
+        example = values[~valid].iloc[0]
+        raise ExportFormatError(f"column {column!r} holds {example!r}, not a participant id")
+    return stripped.astype("int64").reset_index(drop=True)
+
+
+def _summarise(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
+
+
+def _log_selection(selection: ColumnSelection, targets: Sequence[Target], instance: int) -> None:
+    if selection.ignored:
+        logger.info(
+            "ignored %d columns that hold no catalog target: %s", len(selection.ignored), _summarise(selection.ignored)
+        )
+    if selection.other_instances:
+        logger.info(
+            "ignored %d catalog-field columns of other instances or array indices (using instance %d, array 0): %s",
+            len(selection.other_instances),
+            instance,
+            _summarise(selection.other_instances),
+        )
+    missing = [t.name for t in targets if t.name not in selection.by_target]
+    if missing:
+        logger.info("%d of %d targets are not in the export: %s", len(missing), len(targets), _summarise(missing))
+
+
+def export_to_targets(
+    path: Path | str, instance: int = 2, targets: Sequence[Target] | None = None
+) -> "pd.DataFrame":
+    """Read a UK Biobank export into the targets table for one imaging instance.
+
+    One row per eid that has at least one target value; every requested target is a column
+    (NaN where the export lacks it). Raises ExportFormatError for malformed exports.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    chosen = tuple(targets) if targets is not None else catalog()
+    columns, delimiter = read_header(path)
+    selection = select_columns(columns, instance, chosen)
+    _log_selection(selection, chosen, instance)
+    wanted = {selection.eid_column, *selection.by_target.values()}
+    try:
+        raw = pd.read_csv(
+            path,
+            sep=delimiter,
+            usecols=lambda name: name.strip() in wanted,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ExportFormatError(f"{path}: unreadable rows: {error}") from error
+    raw.columns = [str(column).strip() for column in raw.columns]
+    eids = _parse_eids(raw[selection.eid_column], selection.eid_column)
+    repeated = eids[eids.duplicated()].unique()
+    if repeated.size:
+        raise ExportFormatError(f"duplicated eid rows, e.g. {', '.join(map(str, repeated[:5]))}")
+    columns_out: dict[str, pd.Series] = {
+        "eid": eids,
+        "instance": pd.Series(instance, index=eids.index, dtype="int64"),
+    }
+    for target in chosen:
+        column = selection.by_target.get(target.name)
+        columns_out[target.name] = (
+            pd.Series(math.nan, index=eids.index, dtype="float64")
+            if column is None
+            else _numeric_column(raw[column], column, target.name, eids)
+        )
+    table = pd.DataFrame(columns_out)
+    values = table[[t.name for t in chosen]]
+    empty = values.isna().all(axis=1)
+    if empty.any():
+        logger.info("dropped %d eids without any target value", int(empty.sum()))
+    table = table.loc[~empty].reset_index(drop=True)
+    logger.info("read %d eids with %d targets from %s", len(table), len(selection.by_target), path)
+    return table
+
+
+def is_targets_table(columns: Sequence[str]) -> bool:
+    """True for a table already in targets form: `eid`, `instance` and no field columns."""
+    if "eid" not in columns or "instance" not in columns:
+        return False
+    return all(parse_field_column(column) is None for column in columns)
+
+
+def read_targets_table(path: Path | str, targets: Sequence[Target] | None = None) -> "pd.DataFrame":
+    """Read a targets table (as written by `write_targets_table`), checking its columns."""
+    import pandas as pd
+
+    path = Path(path)
+    columns, delimiter = read_header(path)
+    repeated = _duplicates(columns)
+    if repeated:
+        raise ExportFormatError(f"{path}: duplicated columns: {', '.join(repeated)}")
+    if not is_targets_table(columns):
+        raise ExportFormatError(f"{path}: not a targets table (needs eid and instance columns, no field columns)")
+    chosen = tuple(targets) if targets is not None else catalog()
+    names = [t.name for t in chosen if t.name in columns]
+    table = pd.read_csv(path, sep=delimiter, usecols=["eid", "instance", *names], encoding="utf-8-sig")
+    for column in ("eid", "instance"):
+        if table[column].isna().any() or not pd.api.types.is_integer_dtype(table[column]):
+            raise ExportFormatError(f"{path}: column {column!r} must hold integers in every row")
+    for name in names:
+        if not pd.api.types.is_numeric_dtype(table[name]):
+            raise ExportFormatError(f"{path}: column {name!r} holds non-numeric values")
+    return pd.DataFrame(
+        {
+            "eid": table["eid"].astype("int64"),
+            "instance": table["instance"].astype("int64"),
+            **{
+                t.name: table[t.name].astype("float64") if t.name in names else math.nan
+                for t in chosen
+            },
+        }
+    )
+
+
+def read_reference(path: Path | str, instance: int = 2, targets: Sequence[Target] | None = None) -> "pd.DataFrame":
+    """A targets table from either a targets table or a raw UK Biobank export."""
+    columns, _ = read_header(Path(path))
+    if is_targets_table(columns):
+        return read_targets_table(path, targets)
+    return export_to_targets(path, instance, targets)
+
+
+def write_targets_table(table: "pd.DataFrame", path: Path | str) -> None:
+    """Write the targets table atomically (a killed run leaves the old file or none)."""
+    with atomic_path(Path(path)) as temporary:
+        table.to_csv(temporary, index=False)

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+
+from mimir.targets.catalog import catalog, catalog_table, get_target, module_names, module_targets
+
+NO_FIELD_TARGETS = {"liverVolume", "kidneyParenchymalVolume", "age", "diabetesType2Probable"}
+
+
+def test_catalog_has_72_unique_targets_with_valid_kinds():
+    targets = catalog()
+    assert len(targets) == 72
+    assert len({t.name for t in targets}) == 72
+    assert {t.kind for t in targets} == {"continuous", "binary"}
+    assert {t.name for t in targets if t.is_binary} == {"sex", "diabetesType2Probable"}
+    fields = [t.ukb_field for t in targets if t.ukb_field is not None]
+    assert len(fields) == len(set(fields))
+
+
+def test_targets_without_a_field_are_the_known_four():
+    assert {t.name for t in catalog() if t.ukb_field is None} == NO_FIELD_TARGETS
+
+
+def test_export_columns_follow_ukbconv_naming():
+    assert get_target("AtlasVatVolume").export_column(2) == "22407-2.0"
+    assert get_target("AtlasVatVolume").export_column(3) == "22407-3.0"
+    assert get_target("sex").export_column(3) == "31-0.0"
+    assert get_target("liverVolume").export_column(2) == "liverVolume"
+
+
+def test_published_metrics_are_parsed():
+    height = get_target("height")
+    assert height.ukb_field == 12144 and height.unit == "cm" and height.module == "experimental"
+    assert height.published["cv_mae"] == pytest.approx(1.794)
+    assert math.isnan(height.published["test_icc"])
+    assert get_target("AtlasVatVolume").published["test_n"] == 14772
+
+
+def test_get_target_suggests_near_misses():
+    with pytest.raises(KeyError, match="Did you mean: .*liverFat"):
+        get_target("liverfat2")
+    with pytest.raises(KeyError, match="unknown target 'zzz'"):
+        get_target("zzz")
+
+
+def test_modules_partition_the_catalog():
+    assert module_names() == ("experimental", "organs", "age", "bodycomp")
+    assert sum(len(module_targets(m)) for m in module_names()) == 72
+    assert [t.name for t in module_targets("age")] == ["age"]
+    with pytest.raises(KeyError, match="unknown module"):
+        module_targets("brain")
+
+
+def test_catalog_table_types():
+    table = catalog_table()
+    assert len(table) == 72
+    assert str(table["ukb_field"].dtype) == "Int64"
+    assert table["ukb_field"].isna().sum() == len(NO_FIELD_TARGETS)
+    assert table.loc[table["name"] == "weight", "cv_icc"].item() == pytest.approx(0.997)

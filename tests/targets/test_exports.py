@@ -1,0 +1,231 @@
+import argparse
+import gzip
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mimir.cli import UsageError, targets_cmd
+from mimir.targets.catalog import catalog, get_target
+from mimir.targets.exports import (
+    ExportFormatError,
+    FieldColumn,
+    export_to_targets,
+    parse_field_column,
+    read_reference,
+    read_targets_table,
+    write_targets_table,
+)
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def value_for(target_index: int, row: int) -> float:
+    """Distinct, exactly representable values per (target, participant)."""
+    return 0.5 * target_index + row + 0.25 if catalog()[target_index].name != "sex" else float(row % 2)
+
+
+@pytest.fixture
+def synthetic_reference(tmp_path):
+    """A file shaped like the synthetic cohort's reference.csv: Target.export_column headers."""
+    targets = catalog()
+    header = ["eid"] + [t.export_column(2) for t in targets]
+    rows = []
+    for row in range(3):
+        values = [f"{value_for(i, row):g}" for i in range(len(targets))]
+        if row == 1:
+            values[0] = ""  # a missing value
+        rows.append([str(1000001 + row), *values])
+    return write_lines(tmp_path / "reference.csv", [",".join(header)] + [",".join(r) for r in rows])
+
+
+def test_synthetic_reference_shape_maps_every_target(synthetic_reference):
+    table = export_to_targets(synthetic_reference)
+    names = [t.name for t in catalog()]
+    assert list(table.columns) == ["eid", "instance", *names]
+    assert table["eid"].tolist() == [1000001, 1000002, 1000003]
+    assert table["instance"].tolist() == [2, 2, 2]
+    assert table["eid"].dtype == np.int64 and table["instance"].dtype == np.int64
+    for i, name in enumerate(names):
+        expected = [value_for(i, row) for row in range(3)]
+        if i == 0:
+            expected[1] = math.nan
+        np.testing.assert_array_equal(table[name].to_numpy(), expected, err_msg=name)
+
+
+def test_tab_separated_and_gzip_exports(tmp_path, synthetic_reference):
+    expected = export_to_targets(synthetic_reference)
+    tab_text = synthetic_reference.read_text().replace(",", "\t")
+    (tmp_path / "reference.tsv").write_text(tab_text)
+    pd.testing.assert_frame_equal(export_to_targets(tmp_path / "reference.tsv"), expected)
+    with gzip.open(tmp_path / "reference.csv.gz", "wt") as handle:
+        handle.write(synthetic_reference.read_text())
+    pd.testing.assert_frame_equal(export_to_targets(tmp_path / "reference.csv.gz"), expected)
+
+
+def test_rap_export_with_and_without_entity_prefix(tmp_path):
+    path = write_lines(
+        tmp_path / "rap.tsv",
+        [
+            "participant.eid\tparticipant.p22407_i2\tparticipant.p31\tp12144_i2_a0\tp12144_i3\tp21002_i2_a1\tage",
+            "1234567\t1.25\tMale\t170.5\t171\t80\t61",
+            "2345678\tNA\tFemale\t\t\t\t",
+        ],
+    )
+    table = export_to_targets(path).set_index("eid")
+    assert table.loc[1234567, "AtlasVatVolume"] == 1.25
+    assert table.loc[1234567, "sex"] == 1.0 and table.loc[2345678, "sex"] == 0.0
+    assert table.loc[1234567, "height"] == 170.5  # instance 2, not the repeat visit
+    assert math.isnan(table.loc[1234567, "weight"])  # only array 1 present: array 0 is used
+    assert table.loc[1234567, "age"] == 61
+    assert math.isnan(table.loc[2345678, "AtlasVatVolume"])
+
+
+def test_rap_comma_export_without_prefix_and_padded_header(tmp_path):
+    path = write_lines(tmp_path / "rap.csv", ['"eid", p22407_i2 ,p31', "1, 2.5,0"])
+    table = export_to_targets(path)
+    assert table.loc[0, "AtlasVatVolume"] == 2.5 and table.loc[0, "sex"] == 0.0
+
+
+def test_r_style_ukbconv_export(tmp_path):
+    path = write_lines(tmp_path / "ukb.tab", ["f.eid\tf.22407.2.0\tf.31.0.0", "7\t1.5\t1"])
+    table = export_to_targets(path)
+    assert table.loc[0, "eid"] == 7 and table.loc[0, "AtlasVatVolume"] == 1.5 and table.loc[0, "sex"] == 1.0
+
+
+def test_repeat_instance_is_selected_and_sex_stays_baseline(tmp_path):
+    path = write_lines(tmp_path / "ukb.csv", ["eid,22407-2.0,22407-3.0,31-0.0,31-2.0", "1,1.0,2.0,1,0"])
+    table = export_to_targets(path, instance=3)
+    assert table.loc[0, "instance"] == 3
+    assert table.loc[0, "AtlasVatVolume"] == 2.0
+    assert table.loc[0, "sex"] == 1.0
+
+
+def test_unknown_columns_are_ignored_with_a_summary(tmp_path, caplog):
+    path = write_lines(
+        tmp_path / "ukb.csv",
+        ["eid,53-2.0,note,22407-2.0,22407-3.0", '1,2015-01-01,"free, text",1.0,', "2,,x,,"],
+    )
+    with caplog.at_level(logging.INFO, logger="mimir.targets.exports"):
+        table = export_to_targets(path)
+    assert table["eid"].tolist() == [1]  # eid 2 has no target value
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "ignored 2 columns that hold no catalog target: 53-2.0, note" in messages
+    assert "22407-3.0" in messages
+    assert "71 of 72 targets are not in the export" in messages
+    assert "dropped 1 eids" in messages
+
+
+def test_restricting_targets(tmp_path, synthetic_reference):
+    chosen = [get_target("height"), get_target("liverVolume")]
+    table = export_to_targets(synthetic_reference, targets=chosen)
+    assert list(table.columns) == ["eid", "instance", "height", "liverVolume"]
+
+
+@pytest.mark.parametrize(
+    ("column", "expected"),
+    [
+        ("22407-2.0", FieldColumn(22407, 2, 0)),
+        ("31-0.0", FieldColumn(31, 0, 0)),
+        ("102-2.1", FieldColumn(102, 2, 1)),
+        ("f.22407.3.0", FieldColumn(22407, 3, 0)),
+        ("participant.p22407_i2", FieldColumn(22407, 2, 0)),
+        ("p22407_i2_a1", FieldColumn(22407, 2, 1)),
+        ("p31", FieldColumn(31, 0, 0)),
+        ("eid", None),
+        ("liverVolume", None),
+        ("participant.eid", None),
+        ("f.eid", None),
+        ("pulse", None),
+    ],
+)
+def test_parse_field_column(column, expected):
+    assert parse_field_column(column) == expected
+
+
+@pytest.mark.parametrize(
+    "column",
+    ["22407-2", "22407-x.0", "22407-2.a", "22407", "f.22407.2", "p22407_i", "p22407_ix_a0", "participant.p22407_i2_a"],
+)
+def test_malformed_field_suffix_is_rejected(tmp_path, column):
+    path = write_lines(tmp_path / "bad.csv", [f"eid,{column}", "1,2"])
+    with pytest.raises(ExportFormatError, match="instance/array suffix is malformed"):
+        export_to_targets(path)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["id,22407-2.0", "1,2"], "no participant id column"),
+        (["eid,participant.eid,p31", "1,1,0"], "several participant id columns"),
+        (["eid,22407-2.0,22407-2.0", "1,2,3"], "duplicated columns: 22407-2.0"),
+        (["eid,participant.p22407_i2,p22407_i2", "1,2,3"], "both hold target AtlasVatVolume"),
+        (["eid,22407-2.0", "1,2", "2,1.5 L"], "non-numeric value '1.5 L' for eid 2"),
+        (["eid,liverVolume", "1,big"], r"'liverVolume' \(liverVolume\) holds a non-numeric value"),
+        (["eid,22407-2.0", "A12,2"], "not a participant id"),
+        (["eid,22407-2.0", "1,2", "1,3"], "duplicated eid rows, e.g. 1"),
+        (["eid,22407-2.0", "1,2", "2,\"3"], "unreadable rows"),
+        ([""], "empty file"),
+    ],
+)
+def test_malformed_exports_give_clear_errors(tmp_path, lines, message):
+    path = write_lines(tmp_path / "bad.csv", lines)
+    with pytest.raises(ExportFormatError, match=message):
+        export_to_targets(path)
+
+
+def test_missing_tokens_are_nan_and_ignored_columns_may_hold_text(tmp_path):
+    path = write_lines(tmp_path / "ukb.csv", ["eid,22407-2.0,12144-2.0,20001-0.0", "1,NA,170,cancer", "2,nan,,"])
+    table = export_to_targets(path)
+    assert table["eid"].tolist() == [1]
+    assert math.isnan(table.loc[0, "AtlasVatVolume"]) and table.loc[0, "height"] == 170
+
+
+def test_write_is_atomic_and_round_trips(tmp_path, synthetic_reference):
+    table = export_to_targets(synthetic_reference)
+    out = tmp_path / "out" / "targets.csv"
+    write_targets_table(table, out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["targets.csv"]
+    pd.testing.assert_frame_equal(read_targets_table(out), table)
+
+
+def test_read_reference_accepts_targets_tables_and_exports(tmp_path, synthetic_reference):
+    from_export = read_reference(synthetic_reference)
+    targets_path = tmp_path / "targets.csv"
+    write_targets_table(from_export, targets_path)
+    pd.testing.assert_frame_equal(read_reference(targets_path), from_export)
+
+
+def test_read_targets_table_rejects_text_values(tmp_path):
+    path = write_lines(tmp_path / "targets.csv", ["eid,instance,height", "1,2,tall"])
+    with pytest.raises(ExportFormatError, match="'height' holds non-numeric"):
+        read_targets_table(path)
+
+
+def run_targets_command(argv):
+    parser = argparse.ArgumentParser()
+    targets_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["targets", *argv])
+    return args.handler(args)
+
+
+def test_targets_command_writes_table(tmp_path, synthetic_reference, capsys):
+    out = tmp_path / "targets.csv"
+    assert run_targets_command([str(synthetic_reference), "--out", str(out), "--instance", "2"]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 3 and table.columns[:2].tolist() == ["eid", "instance"]
+    assert "wrote 3 participants x 72 targets" in capsys.readouterr().out
+
+
+def test_targets_command_maps_format_errors_to_usage_errors(tmp_path):
+    bad = write_lines(tmp_path / "bad.csv", ["id,22407-2.0", "1,2"])
+    with pytest.raises(UsageError, match="no participant id column"):
+        run_targets_command([str(bad), "--out", str(tmp_path / "t.csv")])
+    with pytest.raises(UsageError, match="no such export file"):
+        run_targets_command([str(tmp_path / "missing.csv"), "--out", str(tmp_path / "t.csv")])
+    assert not (tmp_path / "t.csv").exists()
