@@ -39,3 +39,22 @@ class Station:
     @property
     def top_z(self) -> float:
         return float(self.positions[0, 2])
+
+
+@dataclass
+class ExamStations:
+    """Every station of one exam as a reader delivers it to fusion.
+
+    Lives beside Station (not in imaging.read) so each reader can return it without
+    importing the dispatcher that imports the readers.
+    """
+
+    #: Head to foot (descending top z), water and fat paired and cropped to a common size.
+    stations: list[Station]
+    #: Everything repaired or ignored while reading (duplicates dropped, crops, skipped slices).
+    notes: list[str] = field(default_factory=list)
+    #: Series dropped because a later series covered the same position (a repeated
+    #: station drops one water and one fat series: 2).
+    duplicates_dropped: int = 0
+    #: Files that were not DICOM image slices or could not be parsed at all.
+    skipped_files: int = 0
