@@ -39,3 +39,9 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
 
     assert remove_stale_temporaries(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, unrelated.name])
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    target = tmp_path / "shared.txt"
+    atomic_write_text(target, "x")
+    assert target.stat().st_mode & 0o044 == 0o044

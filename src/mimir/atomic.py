@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _SUFFIX = ".part"
+_FILE_MODE = 0o644
 #: Leftovers of other hosts are only removed when older than this (their process may be alive).
 _FOREIGN_TEMPORARY_AGE_S = 24 * 3600
 
@@ -40,6 +41,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        os.chmod(temporary_path, _FILE_MODE)  # mkstemp makes 0600; results are meant to be shared
         os.replace(temporary_path, target)
     finally:
         temporary_path.unlink(missing_ok=True)

@@ -1,0 +1,67 @@
+"""The subject figure renders the image and lists every prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mimir.report.figure import PredictionLine, _text_rows, subject_figure
+from mimir.targets.catalog import catalog
+
+
+def synthetic_image() -> np.ndarray:
+    rows, columns = np.mgrid[:256, :256]
+    body = ((columns - 70) / 45.0) ** 2 + ((rows - 128) / 120.0) ** 2 < 1
+    image = np.zeros((3, 256, 256), dtype=np.uint8)
+    image[0][body], image[1][body], image[2][body] = 180, 60, 40
+    return image
+
+
+def test_subject_figure_all_targets(tmp_path):
+    predictions = pd.DataFrame(
+        [{"name": t.name, "unit": t.unit, "mean": 10.0 + i, "low": 8.0 + i, "high": 12.0 + i}
+         for i, t in enumerate(catalog())]
+    )
+    predictions.loc[3, "low"] = np.nan
+    target = tmp_path / "subject.png"
+    assert subject_figure(synthetic_image(), predictions, title="Subject 1234567", path=target) == target
+    with Image.open(target) as image:
+        assert image.format == "PNG"
+        assert image.width > image.height > 300
+    assert [entry.name for entry in tmp_path.iterdir()] == ["subject.png"]
+
+
+def test_subject_figure_rows_of_mappings_and_empty(tmp_path):
+    rows = [{"name": "custom", "unit": "", "mean": 1.5, "low": 1.0, "high": 2.0, "module": "extra"}]
+    small = subject_figure(synthetic_image(), rows, title="one", path=tmp_path / "one.png")
+    empty = subject_figure(synthetic_image(), [], title="none", path=tmp_path / "none.png")
+    for path in (small, empty):
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+
+
+def test_subject_figure_rejects_wrong_image(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        subject_figure(np.zeros((256, 256), np.uint8), [], title="x", path=tmp_path / "x.png")
+    with pytest.raises(ValueError, match="uint8"):
+        subject_figure(np.zeros((3, 256, 256), np.float32), [], title="x", path=tmp_path / "x.png")
+    with pytest.raises(ValueError, match="lacks"):
+        subject_figure(synthetic_image(), [{"name": "height"}], title="x", path=tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prediction_text_and_grouping():
+    lines = [
+        PredictionLine("organs", "liverFat", "%", 3.456, 1.2, 6.78),
+        PredictionLine("age", "age", "years", 63.21, 58.0, 68.4),
+        PredictionLine("organs", "liverVolume", "L", 1.5, 1.2, 1.8),
+    ]
+    assert lines[0].text() == "liverFat: 3.46 (1.20 \u2013 6.78) %"
+    assert lines[1].text() == "age: 63.2 (58.0 \u2013 68.4) years"
+    assert PredictionLine("age", "height", "cm", 175.0, 168.44, 181.6).text() == "height: 175 (168 \u2013 182) cm"
+    assert PredictionLine("x", "y", "", 0.98, 0.9123, float("nan")).text() == "y: 0.980 (0.912 \u2013 \u2013)"
+    rows = _text_rows(lines)
+    assert [kind for kind, _ in rows] == ["heading", "line", "line", "gap", "heading", "line"]
+    assert rows[0][1] == "Abdominal organs" and rows[4][1] == "Age"
