@@ -1,0 +1,792 @@
+"""DICOM files to paired water/fat stations: the logic shared by zip and folder readers.
+
+Readers hand over `Member`s (a name plus ways to open or read the bytes); this module decides
+from headers alone which files matter (water `_W` and fat `_F` series), decodes only those,
+and assembles them into head-to-foot `Station`s, repairing what it can and noting all of it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
+
+from mimir.imaging.errors import ExamReadError, Stage
+from mimir.imaging.station import ExamStations, Station
+
+logger = logging.getLogger(__name__)
+
+_SERIES_DESCRIPTION = 0x0008103E
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+_ITEM, _ITEM_DELIMITER, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+_IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_TAG = struct.Struct("<HH")
+_UINT16 = struct.Struct("<H")
+_UINT32 = struct.Struct("<L")
+#: Bytes decompressed to classify a file by its SeriesDescription (group 0008 comes first).
+_PEEK_BYTES = 8192
+_TEXT, _INTEGER_STRING, _DECIMALS, _UNSIGNED_SHORT = "text", "integer string", "decimals", "unsigned short"
+#: Every header value a water/fat slice needs: tag -> (keyword, how it is encoded).
+_WANTED: dict[int, tuple[str, str]] = {
+    0x00080031: ("SeriesTime", _TEXT),
+    0x0008103E: ("SeriesDescription", _TEXT),
+    0x0020000E: ("SeriesInstanceUID", _TEXT),
+    0x00200011: ("SeriesNumber", _INTEGER_STRING),
+    0x00200032: ("ImagePositionPatient", _DECIMALS),
+    0x00200037: ("ImageOrientationPatient", _DECIMALS),
+    0x00280002: ("SamplesPerPixel", _UNSIGNED_SHORT),
+    0x00280008: ("NumberOfFrames", _INTEGER_STRING),
+    0x00280010: ("Rows", _UNSIGNED_SHORT),
+    0x00280011: ("Columns", _UNSIGNED_SHORT),
+    0x00280030: ("PixelSpacing", _DECIMALS),
+    0x00280100: ("BitsAllocated", _UNSIGNED_SHORT),
+    0x00280103: ("PixelRepresentation", _UNSIGNED_SHORT),
+    0x00281052: ("RescaleIntercept", _DECIMALS),
+    0x00281053: ("RescaleSlope", _DECIMALS),
+}
+_LAST_SLICE_TAG = max(_WANTED)
+_AXIAL_ORIENTATION = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+_ORIENTATION_TOLERANCE = 1e-3
+#: Positions closer than this share a slice (DICOM writes positions to ~1e-6 mm).
+_POSITION_TOLERANCE_MM = 0.1
+#: A series with fewer decodable slices than this share is unreadable, not repairable.
+_MIN_DECODED_SHARE = 0.5
+#: Two series of one contrast covering more than this share of the shorter one are one station.
+_DUPLICATE_OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Sanity limits checked before anything is decompressed (zip bombs, runaway inputs).
+
+    A real field-20201 exam holds ~1,300 files of ~90 kB (~120 MB uncompressed).
+    """
+
+    max_files: int = 20_000
+    max_file_bytes: int = 64 * 2**20
+    max_total_bytes: int = 2 * 2**30
+    max_container_bytes: int = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of an exam, wherever it lives; `open_stream` allows reading only a header."""
+
+    name: str
+    open_stream: Callable[[], BinaryIO]
+    read_bytes: Callable[[], bytes]
+
+
+@dataclass
+class _Slice:
+    """One decoded (or undecodable) water/fat slice with the header facts assembly needs."""
+
+    member: str
+    contrast: str
+    series_key: str
+    description: str
+    number: int
+    time: str
+    position: np.ndarray
+    orientation: np.ndarray | None
+    spacing: tuple[float, float]
+    shape: tuple[int, int]
+    pixels: np.ndarray | None
+
+
+@dataclass
+class _Series:
+    """One series as a regular z-ordered volume, head to foot."""
+
+    contrast: str
+    description: str
+    number: int
+    time: str
+    volume: np.ndarray
+    positions: np.ndarray
+    spacing: tuple[float, float]
+    regular: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.description} #{self.number}"
+
+    @property
+    def slice_spacing(self) -> float:
+        if len(self.positions) < 2:
+            return 0.0
+        return float(np.median(-np.diff(self.positions[:, 2])))
+
+    def z_extent(self) -> tuple[float, float]:
+        half = self.slice_spacing / 2
+        return float(self.positions[-1, 2]) - half, float(self.positions[0, 2]) + half
+
+
+@dataclass
+class _Collected:
+    slices: list[_Slice] = field(default_factory=list)
+    dicom_files: int = 0
+    skipped_files: int = 0
+    container_failures: int = 0
+    lenient_reads: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def contrast_of(description: str) -> str | None:
+    """'W' or 'F' for water and fat series descriptions (e.g. Dixon_BH_17s_W); None otherwise."""
+    suffix = description.strip().rsplit("_", 1)[-1].upper() if "_" in description else ""
+    return suffix if suffix in ("W", "F") else None
+
+
+def read_members(members: Iterable[Member], container_errors: tuple[type[BaseException], ...] = (OSError,)) -> ExamStations:
+    """Classify, decode and assemble the members of one exam.
+
+    `container_errors` are the exceptions that mean a member's bytes could not be fetched
+    (a corrupt zip entry, an unreadable file): such members are skipped and noted.
+    """
+    collected = _Collected()
+    total = 0
+    for member in members:
+        total += 1
+        _collect_member(member, collected, container_errors)
+    if total and collected.container_failures == total:
+        raise ExamReadError(Stage.OPEN, f"none of the {total} files could be read from the container")
+    if collected.lenient_reads:
+        collected.notes.append(f"{collected.lenient_reads} files needed a lenient (forced) DICOM read")
+    return assemble(collected, total)
+
+
+def _collect_member(member: Member, collected: _Collected, container_errors: tuple[type[BaseException], ...]) -> None:
+    try:
+        description = _peek_description(member)
+    except container_errors as error:
+        collected.container_failures += 1
+        collected.skipped_files += 1
+        collected.notes.append(f"{member.name}: unreadable ({type(error).__name__}), skipped")
+        return
+    if description is not None:
+        collected.dicom_files += 1
+        if contrast_of(description) is None:
+            return
+    try:
+        data = member.read_bytes()
+    except container_errors as error:
+        collected.container_failures += 1
+        collected.skipped_files += 1
+        collected.notes.append(f"{member.name}: unreadable ({type(error).__name__}), skipped")
+        return
+    parsed = _parse_slice(member.name, data, strict_header_ok=description is not None)
+    if parsed is None:
+        collected.skipped_files += 1
+        if description is not None:
+            collected.notes.append(f"{member.name}: {description} header unreadable, skipped")
+        return
+    slice_, lenient = parsed
+    if description is None:
+        collected.dicom_files += 1
+        if lenient:
+            collected.lenient_reads += 1
+    if slice_ is not None:
+        collected.slices.append(slice_)
+
+
+def _past_description(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag > _SERIES_DESCRIPTION
+
+
+def _past_slice_tags(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag > _LAST_SLICE_TAG
+
+
+def _peek_description(member: Member) -> str | None:
+    """SeriesDescription from the first bytes of a strictly valid DICOM file, else None.
+
+    Only a prefix is decompressed, so in-phase/opposed-phase files cost a few kilobytes.
+    """
+    with member.open_stream() as stream:
+        scan = _scan_header(stream.read(_PEEK_BYTES), last_tag=_SERIES_DESCRIPTION)
+    if scan is not None and scan.complete:
+        value = scan.values.get("SeriesDescription")
+        return None if value is None else str(value)
+    with member.open_stream() as stream:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dataset = read_partial(stream, stop_when=_past_description, specific_tags=[_SERIES_DESCRIPTION])
+            value = dataset.get("SeriesDescription")
+        except Exception:  # noqa: BLE001 - any parse failure sends the file to the lenient path
+            logger.debug("header peek failed for %s", member.name, exc_info=True)
+            return None
+    return None if value is None else str(value)
+
+
+def _parse_slice(name: str, data: bytes, strict_header_ok: bool) -> tuple[_Slice | None, bool] | None:
+    """(slice or None when not water/fat, lenient read used), or None when not a DICOM slice."""
+    scan = _scan_header(data, last_tag=_PIXEL_DATA)
+    lenient = False
+    if scan is not None and scan.complete and scan.pixel_offset is not None:
+        values, pixel_offset = scan.values, scan.pixel_offset
+    else:
+        header = _pydicom_header(name, data, strict_header_ok)
+        if header is None:
+            return None
+        dataset, lenient = header
+        try:
+            values = _values_from_dataset(dataset)
+            pixel_offset = _pixel_offset_at_end(dataset, values, data)
+        except Exception:  # noqa: BLE001 - malformed header values make the file unusable
+            logger.debug("header values unusable in %s", name, exc_info=True)
+            return None
+    if "SeriesDescription" not in values or "ImagePositionPatient" not in values:
+        return None
+    try:
+        return _slice_from_values(name, values, data, pixel_offset), lenient
+    except (TypeError, ValueError, IndexError, KeyError):
+        logger.debug("header values unusable in %s", name, exc_info=True)
+        return None
+
+
+def _pydicom_header(name: str, data: bytes, strict_header_ok: bool) -> tuple[Dataset, bool] | None:
+    """(header, lenient) read by pydicom, strictly first, then forced; None if neither parses."""
+    try:
+        return _read_header(data, force=False), False
+    except Exception:  # noqa: BLE001 - strict failures of any kind get the lenient read
+        if strict_header_ok:
+            logger.debug("strict header read failed for %s", name, exc_info=True)
+    try:
+        return _read_header(data, force=True), True
+    except Exception:  # noqa: BLE001
+        logger.debug("lenient header read failed for %s", name, exc_info=True)
+        return None
+
+
+def _read_header(data: bytes, force: bool) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_partial(io.BytesIO(data), stop_when=_past_slice_tags, force=force, specific_tags=list(_WANTED))
+
+
+def _values_from_dataset(dataset: Dataset) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for keyword, kind in _WANTED.values():
+        value = dataset.get(keyword)
+        if value is None or value == "":
+            continue
+        if kind == _DECIMALS:
+            items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+            values[keyword] = [float(item) for item in items]
+        elif kind in (_INTEGER_STRING, _UNSIGNED_SHORT):
+            values[keyword] = int(value)
+        else:
+            values[keyword] = str(value).strip()
+    return values
+
+
+def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_offset: int | None) -> _Slice | None:
+    """The slice a header describes; None for a DICOM file that is not a water/fat image."""
+    description = str(values.get("SeriesDescription", ""))
+    contrast = contrast_of(description)
+    position = values.get("ImagePositionPatient")
+    if contrast is None or not isinstance(position, list) or len(position) != 3 or "Rows" not in values or "Columns" not in values:
+        return None
+    number = int(values.get("SeriesNumber", 0))  # type: ignore[call-overload]
+    spacing = values.get("PixelSpacing") or [1.0, 1.0]
+    orientation = values.get("ImageOrientationPatient")
+    shape = (int(values["Rows"]), int(values["Columns"]))  # type: ignore[call-overload]
+    return _Slice(
+        member=name,
+        contrast=contrast,
+        series_key=str(values.get("SeriesInstanceUID", "")) or f"{number}|{description}",
+        description=description,
+        number=number,
+        time=str(values.get("SeriesTime", "")),
+        position=np.array(position, dtype=np.float64),
+        orientation=None if orientation is None else np.array(orientation, dtype=np.float64),
+        spacing=(float(spacing[0]), float(spacing[1])),  # type: ignore[index]
+        shape=shape,
+        pixels=_decode_pixels(name, values, data, shape, pixel_offset),
+    )
+
+
+def _decode_pixels(name: str, values: dict[str, object], data: bytes, shape: tuple[int, int], offset: int | None) -> np.ndarray | None:
+    """float32 pixels: uncompressed bytes straight into numpy, anything else through pydicom."""
+    try:
+        raw = _uncompressed_pixels(values, data, shape, offset)
+        if raw is None:
+            raw = _pixels_via_pydicom(data)
+        if raw is None or raw.shape != shape:
+            return None
+        pixels = raw.astype(np.float32)
+        slope = values.get("RescaleSlope", [1.0])[0]  # type: ignore[index]
+        intercept = values.get("RescaleIntercept", [0.0])[0]  # type: ignore[index]
+        if slope != 1.0 or intercept != 0.0:
+            pixels = pixels * np.float32(slope) + np.float32(intercept)
+        return pixels
+    except Exception:  # noqa: BLE001 - an undecodable slice is repaired later, not fatal
+        logger.debug("pixel data undecodable in %s", name, exc_info=True)
+        return None
+
+
+def _pixel_layout(values: dict[str, object]) -> tuple[np.dtype, int] | None:
+    """(little-endian dtype, bytes per pixel) of single-frame greyscale 8/16-bit pixels, else None."""
+    if int(values.get("SamplesPerPixel", 1)) != 1 or int(values.get("NumberOfFrames", 1)) != 1:  # type: ignore[call-overload]
+        return None
+    bits = int(values.get("BitsAllocated", 16))  # type: ignore[call-overload]
+    if bits not in (8, 16):
+        return None
+    signed = int(values.get("PixelRepresentation", 0)) == 1  # type: ignore[call-overload]
+    return np.dtype(f"<{'i' if signed else 'u'}{bits // 8}"), bits // 8
+
+
+def _uncompressed_pixels(values: dict[str, object], data: bytes, shape: tuple[int, int], offset: int | None) -> np.ndarray | None:
+    layout = _pixel_layout(values)
+    if layout is None or offset is None:
+        return None
+    dtype, width = layout
+    count = shape[0] * shape[1]
+    if offset + count * width > len(data):
+        return None
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def _pixel_offset_at_end(header: Dataset, values: dict[str, object], data: bytes) -> int | None:
+    """Where uncompressed little-endian pixels start when PixelData is the file's last element.
+
+    Verified against the element header just before them; None sends decoding to pydicom.
+    """
+    meta = getattr(header, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    implicit, little = header.original_encoding
+    if syntax is not None:
+        if syntax.is_compressed:
+            return None
+        implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    layout = _pixel_layout(values)
+    if layout is None or not little or "Rows" not in values or "Columns" not in values:
+        return None
+    size = int(values["Rows"]) * int(values["Columns"]) * layout[1]  # type: ignore[call-overload]
+    stored = size + size % 2
+    start = len(data) - stored
+    length = stored.to_bytes(4, "little")
+    headers = [_PIXEL_DATA_TAG + length] if implicit else [_PIXEL_DATA_TAG + vr + b"\x00\x00" + length for vr in (b"OW", b"OB")]
+    for element in headers:
+        if start >= len(element) and data[start - len(element) : start] == element:
+            return start
+    return None
+
+
+def _pixels_via_pydicom(data: bytes) -> np.ndarray | None:
+    """The general decoder (compressed syntaxes, odd layouts), strict then forced."""
+    for force in (False, True):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dataset = pydicom.dcmread(io.BytesIO(data), force=force)
+                return np.asarray(dataset.pixel_array)
+        except Exception:  # noqa: BLE001 - try the next, more lenient, way
+            logger.debug("pydicom decode failed (force=%s)", force, exc_info=True)
+    return None
+
+
+class _NotSimple(Exception):
+    """An encoding the fast scanner leaves to pydicom."""
+
+
+@dataclass
+class _Scan:
+    values: dict[str, object]
+    #: False when the data ended before `last_tag` or PixelData was passed.
+    complete: bool
+    pixel_offset: int | None = None
+
+
+def _scan_header(data: bytes, last_tag: int) -> _Scan | None:
+    """Header values of a little-endian Part 10 file, walked without building a pydicom Dataset.
+
+    Profiling showed pydicom's Dataset machinery dominating read time; this walk reads only
+    element headers and the wanted values. None means "not the simple case": pydicom decides.
+    """
+    try:
+        if data[128:132] != b"DICM":
+            return None
+        position, syntax = _scan_file_meta(data, 132)
+        if syntax not in (_EXPLICIT_LITTLE, _IMPLICIT_LITTLE):
+            return None
+        return _scan_dataset(data, position, syntax == _IMPLICIT_LITTLE, last_tag)
+    except (struct.error, _NotSimple, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _element_header(data: bytes, position: int, implicit: bool) -> tuple[int, int, int]:
+    """(tag, value length, value position) of the element starting at `position`."""
+    group, element = _TAG.unpack_from(data, position)
+    tag = group << 16 | element
+    if implicit or group == 0xFFFE:
+        return tag, _UINT32.unpack_from(data, position + 4)[0], position + 8
+    vr = data[position + 4 : position + 6]
+    if not (len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+        raise _NotSimple("invalid VR")
+    if vr in _LONG_VRS:
+        return tag, _UINT32.unpack_from(data, position + 8)[0], position + 12
+    return tag, _UINT16.unpack_from(data, position + 6)[0], position + 8
+
+
+def _scan_file_meta(data: bytes, position: int) -> tuple[int, str | None]:
+    syntax = None
+    while _TAG.unpack_from(data, position)[0] == 0x0002:
+        tag, length, value = _element_header(data, position, implicit=False)
+        if length == _UNDEFINED:
+            raise _NotSimple("undefined length in file meta")
+        if tag == 0x00020010:
+            syntax = data[value : value + length].decode("ascii").strip("\x00 ")
+        position = value + length
+    return position, syntax
+
+
+def _scan_dataset(data: bytes, position: int, implicit: bool, last_tag: int) -> _Scan:
+    values: dict[str, object] = {}
+    end = len(data)
+    while position + 8 <= end:
+        tag, length, value = _element_header(data, position, implicit)
+        if tag == _PIXEL_DATA:
+            if length == _UNDEFINED:
+                raise _NotSimple("encapsulated pixel data")
+            return _Scan(values, complete=True, pixel_offset=value)
+        if tag > last_tag:
+            return _Scan(values, complete=True)
+        if length == _UNDEFINED:
+            position = _skip_undefined(data, value, implicit)
+            continue
+        if value + length > end:
+            break
+        wanted = _WANTED.get(tag)
+        if wanted is not None:
+            values[wanted[0]] = _decode_value(data[value : value + length], wanted[1])
+        position = value + length
+    return _Scan(values, complete=False)
+
+
+def _skip_undefined(data: bytes, position: int, implicit: bool) -> int:
+    """Position after an undefined-length value: items up to the sequence delimiter."""
+    while True:
+        tag, length, value = _element_header(data, position, implicit)
+        if tag == _SEQUENCE_DELIMITER:
+            return value
+        if tag != _ITEM:
+            raise _NotSimple("unexpected element in undefined-length value")
+        position = _skip_item(data, value, implicit) if length == _UNDEFINED else value + length
+
+
+def _skip_item(data: bytes, position: int, implicit: bool) -> int:
+    while True:
+        tag, length, value = _element_header(data, position, implicit)
+        if tag == _ITEM_DELIMITER:
+            return value
+        position = _skip_undefined(data, value, implicit) if length == _UNDEFINED else value + length
+
+
+def _decode_value(raw: bytes, kind: str) -> object:
+    if kind == _UNSIGNED_SHORT:
+        return _UINT16.unpack_from(raw)[0]
+    text = raw.decode("latin-1").strip("\x00 ")
+    if kind == _DECIMALS:
+        return [float(item) for item in text.split("\\")]
+    if kind == _INTEGER_STRING:
+        return int(float(text)) if text else 0
+    return text
+
+
+def assemble(collected: _Collected, total_files: int) -> ExamStations:
+    """Group decoded slices into series, drop duplicates, pair water with fat, sort head to foot."""
+    if collected.dicom_files == 0:
+        raise ExamReadError(Stage.DICOM, f"no DICOM image files among {total_files} files")
+    notes = list(collected.notes)
+    groups: dict[tuple[str, str], list[_Slice]] = {}
+    for slice_ in collected.slices:
+        groups.setdefault((slice_.contrast, slice_.series_key), []).append(slice_)
+    by_contrast: dict[str, list[_Series]] = {"W": [], "F": []}
+    for (contrast, _), slices in sorted(groups.items(), key=lambda item: item[0]):
+        by_contrast[contrast].append(build_series(slices))
+    for contrast, name in (("W", "water (_W)"), ("F", "fat (_F)")):
+        if not by_contrast[contrast]:
+            raise ExamReadError(Stage.SERIES, f"no {name} series among {collected.dicom_files} DICOM files")
+    dropped = 0
+    for contrast in ("W", "F"):
+        kept, dropped_series = _drop_duplicates(by_contrast[contrast])
+        by_contrast[contrast] = kept
+        dropped += len(dropped_series)
+        notes.extend(dropped_series)
+    stations = [pair_station(water, fat) for water, fat in _pair_series(by_contrast["W"], by_contrast["F"])]
+    stations.sort(key=lambda station: station.top_z, reverse=True)
+    for station in stations:
+        notes.extend(station.notes)
+    return ExamStations(stations=stations, notes=notes, duplicates_dropped=dropped, skipped_files=collected.skipped_files)
+
+
+def build_series(slices: list[_Slice]) -> _Series:
+    """One series' slices as a head-to-foot volume; corrupt and missing slices interpolated."""
+    first = slices[0]
+    label = f"{first.description} #{first.number}"
+    notes: list[str] = []
+    _check_axial(slices, label)
+    shape = _majority([s.shape for s in slices])
+    spacing = _majority([s.spacing for s in slices])
+    for slice_ in slices:
+        if slice_.pixels is not None and (slice_.shape != shape or not np.allclose(slice_.spacing, spacing, atol=1e-4)):
+            notes.append(f"{label}: slice {slice_.member} has size {slice_.shape} unlike {shape}, treated as corrupt")
+            slice_.pixels = None
+    ordered = sorted(slices, key=lambda s: (-s.position[2], s.pixels is None))
+    unique: list[_Slice] = []
+    for slice_ in ordered:
+        if unique and abs(unique[-1].position[2] - slice_.position[2]) < _POSITION_TOLERANCE_MM:
+            notes.append(f"{label}: two slices at z={slice_.position[2]:.2f}, kept one")
+            continue
+        unique.append(slice_)
+    decoded = [s for s in unique if s.pixels is not None]
+    if len(decoded) < max(1, _MIN_DECODED_SHARE * len(unique)):
+        raise ExamReadError(Stage.PIXELS, f"{label}: pixel data unreadable in {len(unique) - len(decoded)} of {len(unique)} slices")
+    for slice_ in unique:
+        if slice_.pixels is None:
+            notes.append(f"{label}: slice {slice_.member} at z={slice_.position[2]:.2f} has unreadable pixel data")
+    volume, positions, regular = _regular_volume(unique, shape, label, notes)
+    return _Series(
+        contrast=first.contrast,
+        description=first.description,
+        number=first.number,
+        time=max(s.time for s in slices),
+        volume=volume,
+        positions=positions,
+        spacing=spacing,
+        regular=regular,
+        notes=notes,
+    )
+
+
+def _majority(values: list) -> object:
+    counts: dict[object, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return max(counts, key=lambda value: counts[value])
+
+
+def _check_axial(slices: list[_Slice], label: str) -> None:
+    for slice_ in slices:
+        if slice_.orientation is None:
+            continue
+        if slice_.orientation.shape != (6,) or not np.allclose(slice_.orientation, _AXIAL_ORIENTATION, atol=_ORIENTATION_TOLERANCE):
+            raise ExamReadError(
+                Stage.GEOMETRY,
+                f"{label}: ImageOrientationPatient {np.round(slice_.orientation, 3).tolist()} is not axial (1,0,0,0,1,0)",
+            )
+
+
+def _regular_volume(unique: list[_Slice], shape: tuple[int, int], label: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Place slices on a regular z grid, filling gaps and corrupt slices from their neighbours.
+
+    Filling keeps every station regular (one spacing, no holes) so fusion can copy it onto the
+    grid; each filled slice is noted. Irregular spacing is left as is (fusion resamples by position).
+    """
+    z = np.array([s.position[2] for s in unique])
+    if len(unique) < 2:
+        return _stack_decoded(unique, shape), np.array([s.position for s in unique]), True
+    steps = -np.diff(z)
+    spacing = float(np.median(steps))
+    grid_index = np.round((z[0] - z) / spacing).astype(int)
+    regular = spacing > 0 and bool(np.all(np.abs(z[0] - grid_index * spacing - z) < max(_POSITION_TOLERANCE_MM, 0.05 * spacing)))
+    if not regular:
+        notes.append(f"{label}: irregular slice spacing (steps {np.round(steps.min(), 2)} to {np.round(steps.max(), 2)} mm), kept as acquired")
+        kept = [s for s in unique if s.pixels is not None]
+        return _stack_decoded(kept, shape), np.array([s.position for s in kept]), False
+    count = int(grid_index[-1]) + 1
+    volume = np.empty((count, *shape), dtype=np.float32)
+    have = np.zeros(count, dtype=bool)
+    for index, slice_ in zip(grid_index, unique, strict=True):
+        if slice_.pixels is not None:
+            volume[index] = slice_.pixels
+            have[index] = True
+    positions = np.repeat(unique[0].position[None, :], count, axis=0)
+    positions[:, 2] = z[0] - np.arange(count) * spacing
+    for index, slice_ in zip(grid_index, unique, strict=True):
+        positions[index] = slice_.position
+    missing = np.flatnonzero(~have)
+    if missing.size:
+        _interpolate_missing(volume, have)
+        absent = count - len(unique)
+        if absent:
+            notes.append(f"{label}: {absent} slices missing from the z positions (gap larger than the {spacing:.2f} mm spacing)")
+        notes.append(
+            f"{label}: {missing.size} slices filled by linear interpolation of their neighbours "
+            f"at z={', '.join(f'{positions[i, 2]:.2f}' for i in missing)}"
+        )
+    return volume, positions, True
+
+
+def _stack_decoded(slices: list[_Slice], shape: tuple[int, int]) -> np.ndarray:
+    return np.stack([s.pixels for s in slices if s.pixels is not None]).astype(np.float32, copy=False).reshape(-1, *shape)
+
+
+def _interpolate_missing(volume: np.ndarray, have: np.ndarray) -> None:
+    """Linear interpolation along z between the nearest present slices; ends copy their neighbour."""
+    present = np.flatnonzero(have)
+    for index in np.flatnonzero(~have):
+        after = present[np.searchsorted(present, index)] if index < present[-1] else None
+        before = present[np.searchsorted(present, index) - 1] if index > present[0] else None
+        if before is None:
+            volume[index] = volume[after]
+        elif after is None:
+            volume[index] = volume[before]
+        else:
+            weight = (index - before) / (after - before)
+            volume[index] = (1 - weight) * volume[before] + weight * volume[after]
+
+
+def _overlap_share(first: _Series, second: _Series) -> float:
+    low_a, high_a = first.z_extent()
+    low_b, high_b = second.z_extent()
+    overlap = min(high_a, high_b) - max(low_a, low_b)
+    shorter = min(high_a - low_a, high_b - low_b)
+    if shorter <= 0:
+        return 1.0 if abs(first.positions[0, 2] - second.positions[0, 2]) < _POSITION_TOLERANCE_MM else 0.0
+    return max(0.0, overlap) / shorter
+
+
+def _drop_duplicates(series: list[_Series]) -> tuple[list[_Series], list[str]]:
+    """Keep the most recent series (SeriesTime, then SeriesNumber) of each position."""
+    latest_first = sorted(series, key=lambda s: (s.time, s.number), reverse=True)
+    kept: list[_Series] = []
+    notes: list[str] = []
+    for candidate in latest_first:
+        newer = next((s for s in kept if _overlap_share(s, candidate) > _DUPLICATE_OVERLAP), None)
+        if newer is None:
+            kept.append(candidate)
+        else:
+            notes.append(
+                f"duplicate station: dropped {candidate.label} (SeriesTime {candidate.time or '?'}), "
+                f"kept {newer.label} (SeriesTime {newer.time or '?'})"
+            )
+    return kept, notes
+
+
+def _pair_series(waters: list[_Series], fats: list[_Series]) -> list[tuple[_Series, _Series]]:
+    """Match each water series with the fat series covering the same z range."""
+    pairs: list[tuple[_Series, _Series]] = []
+    unused = list(fats)
+    for water in sorted(waters, key=lambda s: -s.positions[0, 2]):
+        best = max(unused, key=lambda fat: (_overlap_share(water, fat), _same_stem(water, fat)), default=None)
+        if best is None or _overlap_share(water, best) <= _DUPLICATE_OVERLAP:
+            raise ExamReadError(Stage.PAIRING, f"water series {water.label} at z={water.positions[0, 2]:.1f} has no fat series at its position")
+        unused.remove(best)
+        pairs.append((water, best))
+    if unused:
+        labels = ", ".join(f.label for f in unused)
+        raise ExamReadError(Stage.PAIRING, f"fat series {labels} has no water series at its position")
+    return pairs
+
+
+def _same_stem(water: _Series, fat: _Series) -> bool:
+    return water.description.rsplit("_", 1)[0] == fat.description.rsplit("_", 1)[0]
+
+
+def pair_station(water: _Series, fat: _Series) -> Station:
+    """One station from matched series: common slices, common in-plane field of view."""
+    notes = [*water.notes, *fat.notes]
+    label = f"{water.label}/{fat.label}"
+    if not np.allclose(water.spacing, fat.spacing, rtol=1e-3):
+        raise ExamReadError(Stage.PAIRING, f"{label}: pixel spacing differs ({water.spacing} vs {fat.spacing})")
+    water_rows, fat_rows = _common_slices(water, fat, label, notes)
+    water_volume = water.volume[water_rows]
+    fat_volume = fat.volume[fat_rows]
+    positions = water.positions[water_rows].copy()
+    if water_volume.shape[1:] != fat_volume.shape[1:]:
+        water_volume, fat_volume, positions = _crop_in_plane(water_volume, fat_volume, positions, fat.positions[fat_rows[0]], water.spacing, label, notes)
+    return Station(
+        water=np.ascontiguousarray(water_volume),
+        fat=np.ascontiguousarray(fat_volume),
+        positions=positions,
+        pixel_spacing=water.spacing,
+        series_description=water.description,
+        series_number=water.number,
+        series_time=water.time,
+        notes=notes,
+    )
+
+
+def _common_slices(water: _Series, fat: _Series, label: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the slices both series hold at the same z (within tolerance)."""
+    water_z = water.positions[:, 2]
+    fat_z = fat.positions[:, 2]
+    if len(water_z) == len(fat_z) and np.allclose(water_z, fat_z, atol=_POSITION_TOLERANCE_MM):
+        every = np.arange(len(water_z))
+        return every, every
+    distance = np.abs(water_z[:, None] - fat_z[None, :])
+    water_rows, fat_rows = np.nonzero(distance < _POSITION_TOLERANCE_MM)
+    longest = max(len(water_z), len(fat_z))
+    contiguous = water_rows.size > 0 and np.all(np.diff(water_rows) == 1) and np.all(np.diff(fat_rows) == 1)
+    if water_rows.size < _MIN_DECODED_SHARE * longest or not contiguous:
+        raise ExamReadError(
+            Stage.PAIRING,
+            f"{label}: slice positions do not match ({len(water_z)} water, {len(fat_z)} fat slices, {water_rows.size} shared)",
+        )
+    notes.append(f"{label}: water has {len(water_z)} and fat {len(fat_z)} slices; kept the {water_rows.size} at common positions")
+    return water_rows, fat_rows
+
+
+def _crop_in_plane(
+    water: np.ndarray,
+    fat: np.ndarray,
+    positions: np.ndarray,
+    fat_origin: np.ndarray,
+    spacing: tuple[float, float],
+    label: str,
+    notes: list[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop both to the field of view they share, located by ImagePositionPatient.
+
+    The first voxel's x/y say where each image starts, so the shared rows/columns are the
+    intersection of the two extents; for isocentred images that is a centred crop, which
+    keeps the isocentre convention. Headers that disagree by a fraction of a pixel fall back
+    to a centred crop.
+    """
+    water_origin = positions[0]
+    row_offset = (fat_origin[1] - water_origin[1]) / spacing[0]
+    col_offset = (fat_origin[0] - water_origin[0]) / spacing[1]
+    by_header = abs(row_offset - round(row_offset)) < 0.05 and abs(col_offset - round(col_offset)) < 0.05
+    if by_header:
+        row_offset, col_offset = round(row_offset), round(col_offset)
+    else:
+        row_offset = (water.shape[1] - fat.shape[1]) // 2
+        col_offset = (water.shape[2] - fat.shape[2]) // 2
+        notes.append(f"{label}: water and fat origins disagree by a fraction of a pixel; cropped about the centre")
+    water_row_range = (max(0, row_offset), min(water.shape[1], row_offset + fat.shape[1]))
+    water_col_range = (max(0, col_offset), min(water.shape[2], col_offset + fat.shape[2]))
+    if water_row_range[1] <= water_row_range[0] or water_col_range[1] <= water_col_range[0]:
+        raise ExamReadError(Stage.PAIRING, f"{label}: water and fat fields of view do not overlap in-plane")
+    rows = slice(*water_row_range)
+    cols = slice(*water_col_range)
+    fat_rows = slice(water_row_range[0] - row_offset, water_row_range[1] - row_offset)
+    fat_cols = slice(water_col_range[0] - col_offset, water_col_range[1] - col_offset)
+    cropped_positions = positions.copy()
+    cropped_positions[:, 0] += water_col_range[0] * spacing[1]
+    cropped_positions[:, 1] += water_row_range[0] * spacing[0]
+    water_cropped, fat_cropped = water[:, rows, cols], fat[:, fat_rows, fat_cols]
+    notes.append(
+        f"{label}: water {water.shape[1]}x{water.shape[2]} and fat {fat.shape[1]}x{fat.shape[2]} "
+        f"cropped to the common {water_cropped.shape[1]}x{water_cropped.shape[2]}"
+    )
+    return water_cropped, fat_cropped, cropped_positions
