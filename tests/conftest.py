@@ -15,3 +15,11 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_cohort")
     generate_cohort(CohortConfig(n=4, seed=11), out)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tests are small: several threads only fight over the CI machine's two cores."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -1,0 +1,83 @@
+"""`mimir train`: train one module's mean-variance network on the image cache."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a mean-variance ResNet for one module on cached images and a targets table",
+        description=(
+            "Train one module's network. Every hyperparameter comes from the TOML config "
+            "(see configs/paper.toml); the run folder receives config.toml, data_summary.json, "
+            "standardization.json, checkpoints/, history.csv, weights.safetensors and run.json. "
+            "An interrupted run continues with --resume."
+        ),
+    )
+    parser.add_argument("--images", required=True, help="image cache folder ({exam}.npy files)")
+    parser.add_argument("--targets", required=True, help="targets CSV: eid, instance (optional, default 2), target columns")
+    parser.add_argument("--module", required=True, help="bodycomp, organs, experimental, age, or a module of the config")
+    parser.add_argument("--config", help="TOML training config (optional with --resume: the run's own config.toml)")
+    parser.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
+    parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when present")
+    parser.add_argument("--workers", type=int, help="DataLoader worker processes (overrides the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from mimir.cli import UsageError
+    from mimir.learn.config import ConfigError, TrainConfig
+    from mimir.learn.dataset import TrainingDataError
+    from mimir.learn.train import RunFolderError, TrainProgress, train
+    from mimir.network import PretrainedWeightsUnavailable
+
+    usage_errors = (ConfigError, RunFolderError, PretrainedWeightsUnavailable, TrainingDataError, KeyError, FileNotFoundError)
+    out = Path(args.out)
+    config_path = Path(args.config) if args.config else out / "config.toml" if args.resume else None
+    if config_path is None:
+        raise UsageError("--config is required (e.g. configs/paper.toml)")
+    if not config_path.is_file():
+        raise UsageError(f"config file not found: {config_path}")
+    for flag, path in (("--images", Path(args.images)), ("--targets", Path(args.targets))):
+        if not path.exists():
+            raise UsageError(f"{flag} {path} does not exist")
+    try:
+        config = TrainConfig.from_toml(config_path)
+        overrides = {"init": args.init} if args.init else {}
+        if args.workers is not None:
+            overrides["workers"] = args.workers
+        config = config.replace(**overrides)
+    except ConfigError as error:
+        raise UsageError(str(error)) from error
+
+    with tqdm(total=config.iterations, unit="it", desc=f"train {args.module}", disable=args.quiet) as bar:
+
+        def show(event: TrainProgress) -> None:
+            bar.n = event.iteration
+            postfix = {"lr": f"{event.learning_rate:.1e}"}
+            if event.train_loss is not None:
+                postfix["loss"] = f"{event.train_loss:.3f}"
+            if event.val_loss is not None:
+                postfix["val"] = f"{event.val_loss:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.refresh()
+
+        try:
+            result = train(
+                config, Path(args.images), Path(args.targets), args.module, out,
+                device=args.device, resume=args.resume, progress=show,
+            )
+        except usage_errors as error:
+            raise UsageError(str(error).strip("'\"")) from error
+    final = result.history.iloc[-1] if len(result.history) else None
+    loss = f"; final train loss {final.train_loss:.4f}" if final is not None else ""
+    print(f"trained {args.module}: {result.iterations} iterations in {result.seconds:.1f} s{loss}; run folder {result.run_dir}")
+    return 0

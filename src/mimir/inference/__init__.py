@@ -1,0 +1,56 @@
+"""Inference: the MIMIR module format, legacy import, and post-processing of network output.
+
+Importing this package does not import torch; loading a module does.
+"""
+
+from mimir.inference.modules import (
+    FORMAT_VERSION,
+    LoadedModule,
+    ModuleArchiveError,
+    ModuleBuildError,
+    ModuleChecksumError,
+    ModuleFormatError,
+    ModuleMissingFileError,
+    ModuleRepresentationError,
+    ModuleShapeError,
+    ModuleSpec,
+    ModuleSpecError,
+    ModuleTruncatedError,
+    ModuleVersionError,
+    ModuleWeightsError,
+    Provenance,
+    TargetSpec,
+    build_module,
+    describe_module,
+    inspect_module,
+    load_module,
+    read_spec,
+    save_module,
+    verify_module,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadedModule",
+    "ModuleArchiveError",
+    "ModuleBuildError",
+    "ModuleChecksumError",
+    "ModuleFormatError",
+    "ModuleMissingFileError",
+    "ModuleRepresentationError",
+    "ModuleShapeError",
+    "ModuleSpec",
+    "ModuleSpecError",
+    "ModuleTruncatedError",
+    "ModuleVersionError",
+    "ModuleWeightsError",
+    "Provenance",
+    "TargetSpec",
+    "build_module",
+    "describe_module",
+    "inspect_module",
+    "load_module",
+    "read_spec",
+    "save_module",
+    "verify_module",
+]

@@ -1,0 +1,925 @@
+"""The MIMIR module format: one network with everything needed to turn its output into units.
+
+A module is a folder (or a .zip / .tar archive of that folder) holding
+
+    module.json            name, architecture, input representation, targets with their
+                           standardisation, calibration factor and cross-validation metrics,
+                           provenance, and the sha256 of the weights
+    weights.safetensors    the network's state dict (torchvision ResNet names)
+
+Nothing in it is pickled, so loading a module from a stranger cannot execute code. Loading
+checks, in this order, the format version, the input representation, the weights' size and
+checksum, and the tensor names and shapes against the architecture; each failure has its own
+exception so that callers and users see exactly what is wrong.
+
+This file imports neither torch nor numpy at import time: `mimir module info` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import struct
+import tarfile
+import tempfile
+import tomllib
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mimir import __version__
+from mimir.atomic import atomic_path
+from mimir.protocol import IMAGE_SHAPE, REPRESENTATION_VERSION
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from mimir.network import MeanVarianceResNet
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "mimir-module"
+FORMAT_VERSION = 1
+SPEC_FILE = "module.json"
+WEIGHTS_FILE = "weights.safetensors"
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+#: Metrics columns of a cross-validation metrics table that describe the target, not the fit.
+_DESCRIPTIVE_METRIC_COLUMNS = frozenset({"name", "module", "ukb_field", "unit", "kind", "target"})
+
+
+# errors ------------------------------------------------------------------------------------------
+class ModuleFormatError(ValueError):
+    """A module (or the inputs to build one) that cannot be used; subclasses say why."""
+
+
+class ModuleMissingFileError(ModuleFormatError, FileNotFoundError):
+    """A file the module (or a run / legacy folder) must hold is absent."""
+
+
+class ModuleArchiveError(ModuleFormatError):
+    """A module archive that cannot be read (corrupt, truncated, ambiguous layout)."""
+
+
+class ModuleSpecError(ModuleFormatError):
+    """module.json is not valid JSON or lacks / mistypes a field."""
+
+
+class ModuleVersionError(ModuleFormatError):
+    """The module was written in another format version than this MIMIR reads."""
+
+
+class ModuleRepresentationError(ModuleVersionError):
+    """The module expects another input representation than this MIMIR produces."""
+
+
+class ModuleTruncatedError(ModuleFormatError):
+    """The weights file is shorter than module.json records (an interrupted copy)."""
+
+
+class ModuleChecksumError(ModuleFormatError):
+    """The weights file's sha256 differs from module.json (altered or corrupted)."""
+
+
+class ModuleWeightsError(ModuleFormatError):
+    """The weights file is not a readable safetensors file."""
+
+
+class ModuleShapeError(ModuleFormatError):
+    """Tensor names or shapes do not fit the architecture and number of targets."""
+
+
+class ModuleBuildError(ModuleFormatError):
+    """A training run or cross-validation folder that cannot become a module."""
+
+
+# the specification -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetSpec:
+    """One output of the network and how to turn it into a calibrated value in `unit`."""
+
+    name: str
+    ukb_field: int | None
+    unit: str
+    kind: str  # "continuous" or "binary"
+    mean: float  # standardisation: value = network mean * sd + mean
+    sd: float
+    calibration: float = 1.0  # variance scale factor fitted on cross-validation predictions
+    in_catalog: bool = True
+    n_train: int | None = None  # known training values; 0 -> the output is meaningless (NaN)
+    cv_metrics: dict[str, float] = field(default_factory=dict)
+    sd_p99: float | None = None  # 99th percentile of the calibrated cross-validation sd
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the weights came from, for a reader of module.json a year later."""
+
+    source: str  # "training" or "legacy"
+    mimir_version: str = __version__
+    created: str = ""  # ISO 8601 (UTC) when the module was written
+    config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """Everything in module.json."""
+
+    name: str
+    architecture: str
+    targets: tuple[TargetSpec, ...]
+    provenance: Provenance
+    input_pool: int = 1
+    representation_version: str = REPRESENTATION_VERSION
+    image_shape: tuple[int, int, int] = IMAGE_SHAPE
+    #: Clamp of the log-variance applied before post-processing (what training used); None: none.
+    log_var_range: tuple[float, float] | None = None
+    weights_sha256: str = ""
+    weights_bytes: int = 0
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(target.name for target in self.targets)
+
+    @property
+    def n_outputs(self) -> int:
+        return 2 * len(self.targets)
+
+    def to_json(self) -> str:
+        document = {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "name": self.name,
+            "architecture": self.architecture,
+            "input_pool": self.input_pool,
+            "input": {
+                "representation_version": self.representation_version,
+                "shape": list(self.image_shape),
+                "dtype": "uint8",
+                "network_input": "float32 of the stored values (0-255), no normalisation",
+            },
+            "output": {
+                "layout": "per target interleaved (mean, log_variance) of the standardised target",
+                "log_var_range": None if self.log_var_range is None else list(self.log_var_range),
+            },
+            "targets": [_target_to_json(target) for target in self.targets],
+            "provenance": {
+                "source": self.provenance.source,
+                "mimir_version": self.provenance.mimir_version,
+                "created": self.provenance.created,
+                "config": self.provenance.config,
+                "data": self.provenance.data,
+                "notes": list(self.provenance.notes),
+            },
+            "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256, "bytes": self.weights_bytes},
+        }
+        return json.dumps(_json_safe(document), indent=1, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModuleSpec:
+        try:
+            document = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ModuleSpecError(f"{SPEC_FILE} is not valid JSON (truncated or edited?): {error}") from error
+        if not isinstance(document, dict):
+            raise ModuleSpecError(f"{SPEC_FILE} must hold a JSON object")
+        if document.get("format") != FORMAT_NAME:
+            raise ModuleVersionError(f"{SPEC_FILE} is not a {FORMAT_NAME} (format: {document.get('format')!r})")
+        version = document.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModuleVersionError(
+                f"module format version {version!r} is not supported: this MIMIR ({__version__}) reads "
+                f"version {FORMAT_VERSION}; use the MIMIR version that wrote the module or rebuild it"
+            )
+        return _spec_from_document(document)
+
+
+def _target_to_json(target: TargetSpec) -> dict[str, Any]:
+    return {
+        "name": target.name,
+        "ukb_field": target.ukb_field,
+        "unit": target.unit,
+        "kind": target.kind,
+        "in_catalog": target.in_catalog,
+        "standardization": {"mean": target.mean, "sd": target.sd},
+        "calibration_factor": target.calibration,
+        "n_train": target.n_train,
+        "cv_metrics": target.cv_metrics,
+        "sd_p99": target.sd_p99,
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null (strict JSON); other non-JSON values become strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return _json_safe(value.item())
+    return str(value)
+
+
+def _get(document: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in document:
+        raise ModuleSpecError(f"{SPEC_FILE}: {where}{key} is missing")
+    value = document[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        raise ModuleSpecError(f"{SPEC_FILE}: {where}{key} has the wrong type ({type(value).__name__}: {value!r})")
+    return value
+
+
+def _optional_float(document: Mapping[str, Any], key: str, where: str) -> float | None:
+    if document.get(key) is None:
+        return None
+    return _get(document, key, float, where)
+
+
+def _spec_from_document(document: Mapping[str, Any]) -> ModuleSpec:
+    raw_targets = _get(document, "targets", list, "")
+    if not raw_targets:
+        raise ModuleSpecError(f"{SPEC_FILE}: targets is empty")
+    targets = tuple(_target_from_document(item, index) for index, item in enumerate(raw_targets))
+    names = [target.name for target in targets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ModuleSpecError(f"{SPEC_FILE}: targets repeat names {repeated}")
+    input_block = _get(document, "input", dict, "")
+    shape = _get(input_block, "shape", list, "input.")
+    output_block = _get(document, "output", dict, "")
+    clamp = output_block.get("log_var_range")
+    if clamp is not None and (not isinstance(clamp, list) or len(clamp) != 2 or not clamp[0] < clamp[1]):
+        raise ModuleSpecError(f"{SPEC_FILE}: output.log_var_range must be null or [low, high], got {clamp!r}")
+    provenance_block = _get(document, "provenance", dict, "")
+    weights_block = _get(document, "weights", dict, "")
+    if _get(weights_block, "file", str, "weights.") != WEIGHTS_FILE:
+        raise ModuleSpecError(f"{SPEC_FILE}: weights.file must be {WEIGHTS_FILE!r}")
+    checksum = _get(weights_block, "sha256", str, "weights.")
+    if len(checksum) != 64 or any(char not in "0123456789abcdef" for char in checksum):
+        raise ModuleSpecError(f"{SPEC_FILE}: weights.sha256 is not a sha256 hex digest: {checksum!r}")
+    input_pool = _get(document, "input_pool", int, "")
+    if input_pool < 1:
+        raise ModuleSpecError(f"{SPEC_FILE}: input_pool must be >= 1, got {input_pool}")
+    return ModuleSpec(
+        name=_get(document, "name", str, ""),
+        architecture=_get(document, "architecture", str, ""),
+        targets=targets,
+        provenance=Provenance(
+            source=_get(provenance_block, "source", str, "provenance."),
+            mimir_version=_get(provenance_block, "mimir_version", str, "provenance."),
+            created=_get(provenance_block, "created", str, "provenance."),
+            config=_get(provenance_block, "config", dict, "provenance."),
+            data=_get(provenance_block, "data", dict, "provenance."),
+            notes=tuple(_get(provenance_block, "notes", list, "provenance.")),
+        ),
+        input_pool=input_pool,
+        representation_version=_get(input_block, "representation_version", str, "input."),
+        image_shape=tuple(int(size) for size in shape),  # type: ignore[arg-type]
+        log_var_range=None if clamp is None else (float(clamp[0]), float(clamp[1])),
+        weights_sha256=checksum,
+        weights_bytes=_get(weights_block, "bytes", int, "weights."),
+        format_version=_get(document, "format_version", int, ""),
+    )
+
+
+def _target_from_document(item: Any, index: int) -> TargetSpec:
+    where = f"targets[{index}]."
+    if not isinstance(item, dict):
+        raise ModuleSpecError(f"{SPEC_FILE}: targets[{index}] must be an object")
+    standardization = _get(item, "standardization", dict, where)
+    field_value = item.get("ukb_field")
+    if field_value is not None and (not isinstance(field_value, int) or isinstance(field_value, bool)):
+        raise ModuleSpecError(f"{SPEC_FILE}: {where}ukb_field must be an integer or null")
+    metrics = _get(item, "cv_metrics", dict, where)
+    n_train = item.get("n_train")
+    target = TargetSpec(
+        name=_get(item, "name", str, where),
+        ukb_field=field_value,
+        unit=_get(item, "unit", str, where),
+        kind=_get(item, "kind", str, where),
+        mean=_get(standardization, "mean", float, where + "standardization."),
+        sd=_get(standardization, "sd", float, where + "standardization."),
+        calibration=_get(item, "calibration_factor", float, where),
+        in_catalog=_get(item, "in_catalog", bool, where),
+        n_train=None if n_train is None else _get(item, "n_train", int, where),
+        cv_metrics={str(key): float(value) for key, value in metrics.items() if isinstance(value, int | float)},
+        sd_p99=_optional_float(item, "sd_p99", where),
+    )
+    _check_target(target, f"{SPEC_FILE}: {where[:-1]}")
+    return target
+
+
+def _check_target(target: TargetSpec, where: str) -> None:
+    if not target.name:
+        raise ModuleSpecError(f"{where}: empty target name")
+    if not math.isfinite(target.mean):
+        raise ModuleSpecError(f"{where} ({target.name}): standardisation mean must be finite, got {target.mean}")
+    if not (math.isfinite(target.sd) and target.sd > 0):
+        raise ModuleSpecError(f"{where} ({target.name}): standardisation sd must be finite and positive, got {target.sd}")
+    if not (math.isfinite(target.calibration) and target.calibration > 0):
+        raise ModuleSpecError(f"{where} ({target.name}): calibration factor must be finite and positive, got {target.calibration}")
+
+
+# reading a module folder or archive --------------------------------------------------------------
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+
+
+def _archive_member(names: Sequence[str], member: str, path: Path) -> str | None:
+    """`member` at the archive root or inside one top-level folder (an archived module folder)."""
+    candidates = [
+        name for name in names
+        if name == member or (name.endswith("/" + member) and name.count("/") == 1)
+    ]
+    if len(candidates) > 1:
+        raise ModuleArchiveError(f"{path}: several {member} in the archive ({', '.join(candidates)})")
+    return candidates[0] if candidates else None
+
+
+def _read_member(path: Path, member: str) -> bytes:
+    """The bytes of one module file, from a folder, a zip or a tar archive."""
+    path = Path(path)
+    if not path.exists():
+        raise ModuleMissingFileError(f"module not found: {path}")
+    if path.is_dir():
+        file = path / member
+        if not file.is_file():
+            raise ModuleMissingFileError(f"{path} is not a complete module: {member} is missing")
+        return file.read_bytes()
+    if not _is_archive(path):
+        raise ModuleFormatError(f"{path} is neither a module folder nor a .zip / .tar archive of one")
+    try:
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                name = _archive_member(archive.namelist(), member, path)
+                if name is None:
+                    raise ModuleMissingFileError(f"{path}: the archive holds no {member}")
+                return archive.read(name)
+        with tarfile.open(path, "r:*") as archive:
+            regular = [info.name for info in archive.getmembers() if info.isfile()]
+            name = _archive_member(regular, member, path)
+            if name is None:
+                raise ModuleMissingFileError(f"{path}: the archive holds no {member}")
+            extracted = archive.extractfile(name)
+            assert extracted is not None  # regular files always extract
+            return extracted.read()
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
+        if isinstance(error, ModuleFormatError):
+            raise
+        raise ModuleArchiveError(f"{path}: unreadable module archive (truncated or corrupt?): {error}") from error
+
+
+def read_spec(path: Path | str) -> ModuleSpec:
+    """The parsed module.json of a module folder or archive (no weights read, no torch)."""
+    try:
+        return ModuleSpec.from_json(_read_member(Path(path), SPEC_FILE))
+    except ModuleFormatError as error:
+        if str(path) in str(error):
+            raise
+        raise type(error)(f"{path}: {error}") from error
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_weights_bytes(spec: ModuleSpec, data: bytes, source: Path) -> None:
+    if len(data) < spec.weights_bytes:
+        raise ModuleTruncatedError(
+            f"{source}: {WEIGHTS_FILE} has {len(data)} bytes, module.json records {spec.weights_bytes} "
+            "(an interrupted copy or download?)"
+        )
+    checksum = sha256_hex(data)
+    if len(data) != spec.weights_bytes or checksum != spec.weights_sha256:
+        raise ModuleChecksumError(
+            f"{source}: {WEIGHTS_FILE} does not match module.json (sha256 {checksum[:16]}..., "
+            f"{len(data)} bytes; expected {spec.weights_sha256[:16]}..., {spec.weights_bytes} bytes): "
+            "the weights were altered or corrupted"
+        )
+
+
+def safetensors_shapes(data: bytes, source: str = WEIGHTS_FILE) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, without torch or reading the tensors."""
+    if len(data) < 8:
+        raise ModuleWeightsError(f"{source}: too short to be a safetensors file ({len(data)} bytes)")
+    (header_length,) = struct.unpack("<Q", data[:8])
+    if 8 + header_length > len(data):
+        raise ModuleWeightsError(f"{source}: safetensors header runs past the end of the file")
+    try:
+        header = json.loads(data[8 : 8 + header_length])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModuleWeightsError(f"{source}: unreadable safetensors header: {error}") from error
+    if not isinstance(header, dict):
+        raise ModuleWeightsError(f"{source}: safetensors header is not an object")
+    shapes: dict[str, tuple[int, ...]] = {}
+    data_end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shapes[name] = tuple(int(size) for size in entry["shape"])
+            data_end = max(data_end, int(entry["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise ModuleWeightsError(f"{source}: malformed safetensors entry {name!r}") from error
+    if 8 + header_length + data_end > len(data):
+        raise ModuleWeightsError(f"{source}: tensor data runs past the end of the file (truncated?)")
+    return shapes
+
+
+def _check_head_shapes(spec: ModuleSpec, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """The final layer must have two outputs per target: the commonest mismatch, named plainly."""
+    missing = [key for key in ("fc.weight", "fc.bias") if key not in shapes]
+    if missing:
+        raise ModuleShapeError(f"{source}: the weights lack the final layer ({', '.join(missing)})")
+    out_features = shapes["fc.weight"][0]
+    if out_features != spec.n_outputs or shapes["fc.bias"] != (spec.n_outputs,):
+        raise ModuleShapeError(
+            f"{source}: the final layer has {out_features} outputs but the module lists "
+            f"{len(spec.targets)} targets (needs 2 per target = {spec.n_outputs})"
+        )
+
+
+def _empty_network(spec: ModuleSpec, source: str) -> MeanVarianceResNet:
+    """The spec's network on the meta device: shapes without the cost of initialising weights."""
+    import torch
+
+    from mimir.network import MeanVarianceResNet
+
+    try:
+        with torch.device("meta"):
+            return MeanVarianceResNet(spec.architecture, len(spec.targets), spec.input_pool)
+    except ValueError as error:
+        raise ModuleSpecError(f"{source}: {error}") from error
+
+
+def check_state_against_architecture(spec: ModuleSpec, shapes: Mapping[str, Sequence[int]], source: str) -> None:
+    """Raise unless tensors of these names and shapes are exactly the spec's network."""
+    _check_head_shapes(spec, {key: tuple(value) for key, value in shapes.items()}, source)
+    network = _empty_network(spec, source)
+    expected = {key: tuple(tensor.shape) for key, tensor in network.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise ModuleShapeError(
+            f"{source}: the weights are not a {spec.architecture}: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    wrong = [key for key in expected if tuple(shapes[key]) != expected[key]]
+    if wrong:
+        key = wrong[0]
+        raise ModuleShapeError(
+            f"{source}: {len(wrong)} tensors do not fit a {spec.architecture}, e.g. {key} has shape "
+            f"{tuple(shapes[key])}, expected {expected[key]}"
+        )
+
+
+# writing -----------------------------------------------------------------------------------------
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def save_module(
+    spec: ModuleSpec, state_dict: Mapping[str, torch.Tensor], out: Path | str, *, overwrite: bool = False
+) -> Path:
+    """Write a module folder (or a .zip when `out` ends so) atomically; returns `out`.
+
+    The checksum, size and creation date in `spec` are filled in here; the state dict is checked
+    against the architecture first, so a module that cannot load is never written.
+    """
+    from safetensors.torch import save as safetensors_bytes
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another path or overwrite it explicitly")
+    if _is_archive(out) and not out.name.lower().endswith(".zip"):
+        raise ModuleFormatError(f"{out}: modules are written as a folder or a .zip archive")
+    for index, target in enumerate(spec.targets):
+        _check_target(target, f"targets[{index}]")
+    if not spec.targets:
+        raise ModuleSpecError("a module needs at least one target")
+    shapes = {key: tuple(tensor.shape) for key, tensor in state_dict.items()}
+    check_state_against_architecture(spec, shapes, f"weights for module {spec.name!r}")
+    tensors = {key: tensor.detach().to("cpu").contiguous() for key, tensor in state_dict.items()}
+    weights = safetensors_bytes(tensors, metadata={"format": FORMAT_NAME, "module": spec.name})
+    provenance = dataclasses.replace(spec.provenance, created=spec.provenance.created or now_iso())
+    final = dataclasses.replace(
+        spec, provenance=provenance, weights_sha256=sha256_hex(weights), weights_bytes=len(weights)
+    )
+    files = {SPEC_FILE: final.to_json().encode("utf-8"), WEIGHTS_FILE: weights}
+    if _is_archive(out):
+        _write_zip(out, files)
+    else:
+        _write_folder(out, files)
+    logger.info("wrote module %s (%d targets, %s) to %s", spec.name, len(spec.targets), spec.architecture, out)
+    return out
+
+
+def _write_zip(out: Path, files: Mapping[str, bytes]) -> None:
+    with atomic_path(out) as temporary:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, data in files.items():
+                archive.writestr(f"{out.stem}/{name}", data)
+
+
+def _write_folder(out: Path, files: Mapping[str, bytes]) -> None:
+    """Build the folder beside `out`, then rename: readers never see a half-written module."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    retired: Path | None = None
+    try:
+        for name, data in files.items():
+            with (staging / name).open("wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if out.exists() or out.is_symlink():
+            retired = staging.with_name(staging.name.removesuffix(".part") + ".old")
+            os.replace(out, retired)
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if retired is not None:  # put the previous module back
+                os.replace(retired, out)
+                retired = None
+            raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None:
+            if retired.is_dir() and not retired.is_symlink():
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                retired.unlink(missing_ok=True)
+
+
+# loading -----------------------------------------------------------------------------------------
+@dataclass
+class LoadedModule:
+    """A module ready to predict: its spec and the network in eval mode."""
+
+    spec: ModuleSpec
+    network: MeanVarianceResNet
+    source: Path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def predict_arrays(self, images: np.ndarray | torch.Tensor, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated mean and sd (N, T) in target units for stored (N, 3, 256, 256) uint8 images."""
+        import numpy as np
+        import torch
+
+        from mimir.inference.postprocess import postprocess
+        from mimir.network import images_to_input
+
+        batch_all = torch.as_tensor(images)
+        if batch_all.dtype != torch.uint8 or tuple(batch_all.shape[1:]) != tuple(self.spec.image_shape):
+            raise ValueError(f"expected (N, {', '.join(map(str, self.spec.image_shape))}) uint8 images, got {tuple(batch_all.shape)} {batch_all.dtype}")
+        outputs = []
+        self.network.eval()
+        with torch.no_grad():
+            for start in range(0, len(batch_all), batch_size):
+                batch = images_to_input(batch_all[start : start + batch_size].to(self.device))
+                outputs.append(self.network(batch).float().cpu().numpy())
+        raw = np.concatenate(outputs) if outputs else np.zeros((0, self.spec.n_outputs), dtype=np.float32)
+        return postprocess(raw, self.spec)
+
+
+def _checked_weights(path: Path, spec: ModuleSpec) -> bytes:
+    """The weights bytes, after their size, checksum and final layer were checked against `spec`."""
+    data = _read_member(path, WEIGHTS_FILE)
+    _check_weights_bytes(spec, data, path)
+    _check_head_shapes(spec, safetensors_shapes(data, f"{path}: {WEIGHTS_FILE}"), str(path))
+    return data
+
+
+def verify_module(path: Path | str) -> ModuleSpec:
+    """The spec of a module whose weights match it (no torch; the representation is not judged)."""
+    path = Path(path)
+    spec = read_spec(path)
+    _checked_weights(path, spec)
+    return spec
+
+
+def load_module(
+    path: Path | str,
+    device: str = "cpu",
+    *,
+    expected_representation: str | None = REPRESENTATION_VERSION,
+) -> LoadedModule:
+    """Check a module completely and return its network in eval mode on `device`.
+
+    `expected_representation` None accepts a module made for another input representation (for
+    inspection; its predictions on our images would be wrong).
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    path = Path(path)
+    spec = read_spec(path)
+    if expected_representation is not None and spec.representation_version != expected_representation:
+        raise ModuleRepresentationError(
+            f"{path}: the module expects input representation {spec.representation_version!r} but this "
+            f"MIMIR produces {expected_representation!r}; recompress the images with a matching MIMIR or retrain"
+        )
+    data = _checked_weights(path, spec)
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise ModuleWeightsError(f"{path}: {WEIGHTS_FILE} cannot be read: {error}") from error
+    check_state_against_architecture(spec, {key: tuple(value.shape) for key, value in state.items()}, str(path))
+    network = _empty_network(spec, str(path))
+    network.load_state_dict(state, strict=True, assign=True)
+    network.to(device=device, dtype=torch.float32)
+    network.eval()
+    logger.info("loaded module %s (%s, %d targets) from %s", spec.name, spec.architecture, len(spec.targets), path)
+    return LoadedModule(spec, network, path)
+
+
+# describing --------------------------------------------------------------------------------------
+_SHOWN_METRICS = ("n", "icc", "r2", "mae", "mape_percent", "auc", "auce_scaled")
+
+
+def _format_value(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if float(value).is_integer() and abs(value) < 1e7:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def describe_module(path: Path | str) -> str:
+    """A readable summary of module.json plus the state of the weights (for `mimir module info`)."""
+    return inspect_module(path)[0]
+
+
+def inspect_module(path: Path | str) -> tuple[str, bool]:
+    """`describe_module`'s text, and whether the weights passed their checks."""
+    path = Path(path)
+    spec = read_spec(path)
+    try:
+        _checked_weights(path, spec)
+        weights_state, weights_ok = "OK (checksum and final layer match module.json)", True
+    except ModuleFormatError as error:
+        weights_state, weights_ok = f"FAILED: {type(error).__name__}: {error}", False
+    representation_note = "" if spec.representation_version == REPRESENTATION_VERSION else (
+        f"  (this MIMIR produces {REPRESENTATION_VERSION}: not usable as is)"
+    )
+    provenance = spec.provenance
+    lines = [
+        f"module {spec.name}  ({FORMAT_NAME} format {spec.format_version})",
+        f"  source: {provenance.source}, written by mimir {provenance.mimir_version} on {provenance.created}",
+        f"  architecture: {spec.architecture}, input pool {spec.input_pool}, "
+        f"input {spec.representation_version} {tuple(spec.image_shape)} uint8{representation_note}",
+        f"  log-variance clamp: {'none' if spec.log_var_range is None else list(spec.log_var_range)}",
+        f"  weights: {WEIGHTS_FILE}, {spec.weights_bytes / 1e6:.1f} MB, sha256 {spec.weights_sha256[:16]}...: {weights_state}",
+    ]
+    lines += [f"  note: {note}" for note in provenance.notes]
+    metric_names = [name for name in _SHOWN_METRICS if any(name in t.cv_metrics for t in spec.targets)]
+    header = f"  {'target':<34}{'unit':<11}{'field':>7}{'calib.':>9}{'sd p99':>10}" + "".join(
+        f"{'cv ' + name:>12}" for name in metric_names
+    )
+    lines += ["", f"  {len(spec.targets)} targets:", header]
+    for target in spec.targets:
+        name = target.name if target.in_catalog else f"{target.name} (not in catalog)"
+        row = (
+            f"  {name:<34}{target.unit:<11}{target.ukb_field if target.ukb_field is not None else '-':>7}"
+            f"{target.calibration:>9.3f}{_format_value(target.sd_p99):>10}"
+        )
+        row += "".join(f"{_format_value(target.cv_metrics.get(metric)):>12}" for metric in metric_names)
+        lines.append(row)
+    if not metric_names:
+        lines.append("  (no cross-validation metrics recorded)")
+    return "\n".join(lines), weights_ok
+
+
+# building from a training run --------------------------------------------------------------------
+def _read_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ModuleMissingFileError(f"{path} is missing") from error
+    except json.JSONDecodeError as error:
+        raise ModuleBuildError(f"{path}: invalid JSON: {error}") from error
+
+
+def _run_standardization(run: Path) -> tuple[str, list[str], list[float], list[float], list[int] | None]:
+    """(module, targets, mean, sd, n_train) from the run's standardization.json."""
+    data = _read_json_file(run / "standardization.json")
+    try:
+        targets = [str(name) for name in data["targets"]]
+        mean = [float(value) for value in data["mean"]]
+        sd = [float(value) for value in data["sd"]]
+        n_train = None if data.get("n_train") is None else [int(value) for value in data["n_train"]]
+        module = str(data.get("module") or run.name)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModuleBuildError(f"{run / 'standardization.json'}: expected module, targets, mean, sd (and n_train) lists: {error}") from error
+    lengths = {len(targets), len(mean), len(sd), *([len(n_train)] if n_train is not None else [])}
+    if len(lengths) != 1 or not targets:
+        raise ModuleBuildError(f"{run / 'standardization.json'}: targets, mean, sd and n_train must be non-empty lists of one length")
+    return module, targets, mean, sd, n_train
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    path = run / "config.toml"
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as error:
+        raise ModuleMissingFileError(f"{path} is missing") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ModuleBuildError(f"{path}: invalid TOML: {error}") from error
+
+
+@dataclass(frozen=True)
+class CrossvalSummary:
+    """Per target: calibration factor, metrics and 99th percentile of calibrated sd."""
+
+    calibration: dict[str, float]
+    metrics: dict[str, dict[str, float]]
+    sd_p99: dict[str, float]
+    source: str
+
+
+def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary:
+    """Calibration, metrics and sd percentiles for `targets` from a cross-validation folder.
+
+    Expects calibration.csv (target, variance_scale), and optionally metrics.csv (name, metric
+    columns) and oof_predictions.csv ({name}, {name}_sd with the network's uncalibrated sd).
+    """
+    import numpy as np
+    import pandas as pd
+
+    folder = Path(folder)
+    calibration_path = folder / "calibration.csv"
+    if not calibration_path.is_file():
+        raise ModuleMissingFileError(f"{calibration_path} is missing: is {folder} a cross-validation folder?")
+    table = pd.read_csv(calibration_path)
+    if not {"target", "variance_scale"} <= set(table.columns):
+        raise ModuleBuildError(f"{calibration_path}: needs columns target, variance_scale; has {list(table.columns)}")
+    scales = dict(zip(table["target"].astype(str), pd.to_numeric(table["variance_scale"], errors="coerce"), strict=True))
+    calibration: dict[str, float] = {}
+    for name in targets:
+        if name not in scales:
+            raise ModuleBuildError(f"{calibration_path} has no row for target {name}: was it cross-validated with this module?")
+        factor = float(scales[name])
+        if not (math.isfinite(factor) and factor > 0):
+            logger.warning("target %s: calibration factor %s is unusable; 1.0 is used", name, factor)
+            factor = 1.0
+        calibration[name] = factor
+
+    metrics: dict[str, dict[str, float]] = {}
+    metrics_path = folder / "metrics.csv"
+    if metrics_path.is_file():
+        table = pd.read_csv(metrics_path)
+        if "name" not in table.columns:
+            raise ModuleBuildError(f"{metrics_path}: needs a name column")
+        for _, row in table[table["name"].astype(str).isin(targets)].iterrows():
+            values = {}
+            for column, value in row.items():
+                if column in _DESCRIPTIVE_METRIC_COLUMNS or str(column).startswith(("cv_", "test_")):
+                    continue  # descriptive, or the catalog's published numbers
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(number):
+                    values[str(column)] = number
+            metrics[str(row["name"])] = values
+    else:
+        logger.warning("%s is missing: the module records no cross-validation metrics", metrics_path)
+
+    sd_p99: dict[str, float] = {}
+    oof_path = folder / "oof_predictions.csv"
+    if oof_path.is_file():
+        table = pd.read_csv(oof_path)
+        for name in targets:
+            column = f"{name}_sd"
+            if column in table.columns:
+                sd = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64) * math.sqrt(calibration[name])
+                sd = sd[np.isfinite(sd)]
+                if sd.size:
+                    sd_p99[name] = float(np.percentile(sd, 99))
+    else:
+        logger.warning("%s is missing: no sd percentile for the uncertainty flag", oof_path)
+    return CrossvalSummary(calibration, metrics, sd_p99, str(folder))
+
+
+def build_module(
+    run: Path | str, crossval: Path | str | None, out: Path | str, name: str | None = None, *, overwrite: bool = False
+) -> Path:
+    """A module from a finished training run and, ideally, its cross-validation folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mimir.network import LOG_VAR_RANGE
+    from mimir.targets.catalog import get_target
+
+    run = Path(run)
+    if not run.is_dir():
+        raise ModuleMissingFileError(f"training run folder not found: {run}")
+    weights_path = run / "weights.safetensors"
+    if not weights_path.is_file():
+        raise ModuleMissingFileError(f"{weights_path} is missing: has the training run finished?")
+    config = _run_config(run)
+    module_name, target_names, means, sds, n_train = _run_standardization(run)
+    if crossval is None:
+        logger.warning("no cross-validation folder given: calibration factors are 1.0 and no metrics are recorded")
+        summary = CrossvalSummary({}, {}, {}, "")
+    else:
+        summary = read_crossval(Path(crossval), target_names)
+
+    targets = []
+    for index, target_name in enumerate(target_names):
+        try:
+            known = get_target(target_name)
+            field_id, unit, kind, in_catalog = known.ukb_field, known.unit, known.kind, True
+        except KeyError:
+            logger.warning("target %s is not in the catalog; its unit is unknown", target_name)
+            field_id, unit, kind, in_catalog = None, "", "continuous", False
+        targets.append(
+            TargetSpec(
+                name=target_name, ukb_field=field_id, unit=unit, kind=kind,
+                mean=means[index], sd=sds[index],
+                calibration=summary.calibration.get(target_name, 1.0),
+                in_catalog=in_catalog,
+                n_train=None if n_train is None else n_train[index],
+                cv_metrics=summary.metrics.get(target_name, {}),
+                sd_p99=summary.sd_p99.get(target_name),
+            )
+        )
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModuleWeightsError(f"{weights_path} cannot be read: {error}") from error
+    data_summary_path = run / "data_summary.json"
+    run_record_path = run / "run.json"
+    spec = ModuleSpec(
+        name=name or module_name,
+        architecture=str(config.get("architecture", "resnet50")),
+        targets=tuple(targets),
+        provenance=Provenance(
+            source="training",
+            config=config,
+            data={
+                "training": _read_json_file(data_summary_path) if data_summary_path.is_file() else {},
+                "run": _read_json_file(run_record_path) if run_record_path.is_file() else {},
+                "run_folder": run.resolve().name,
+                "crossval_folder": Path(summary.source).resolve().name if summary.source else None,
+            },
+            notes=() if crossval is not None else ("not calibrated: built without cross-validation (factors 1.0)",),
+        ),
+        input_pool=int(config.get("input_pool", 1)),
+        log_var_range=(
+            float(config.get("log_var_min", LOG_VAR_RANGE[0])),
+            float(config.get("log_var_max", LOG_VAR_RANGE[1])),
+        ),
+    )
+    return save_module(spec, state, out, overwrite=overwrite)
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadedModule",
+    "ModuleArchiveError",
+    "ModuleBuildError",
+    "ModuleChecksumError",
+    "ModuleFormatError",
+    "ModuleMissingFileError",
+    "ModuleRepresentationError",
+    "ModuleShapeError",
+    "ModuleSpec",
+    "ModuleSpecError",
+    "ModuleTruncatedError",
+    "ModuleVersionError",
+    "ModuleWeightsError",
+    "Provenance",
+    "TargetSpec",
+    "build_module",
+    "describe_module",
+    "inspect_module",
+    "load_module",
+    "read_crossval",
+    "read_spec",
+    "save_module",
+    "verify_module",
+]

@@ -1,0 +1,182 @@
+"""Training configuration: one dataclass, read from and written to TOML.
+
+Every hyperparameter of a run lives here so that `config.toml` in a run folder fully describes
+how the network was trained. Defaults are the published MIMIR settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from mimir.network import LOG_VAR_RANGE, RESNETS
+
+AUTOCAST_MODES = ("auto", "none", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (defaults: the paper)."""
+
+    # network
+    architecture: str = "resnet50"
+    init: str = "imagenet"  # "imagenet", "scratch", or a path to a .safetensors / torch state dict
+    input_pool: int = 1  # average-pool the input by this factor before the ResNet (CPU speed)
+    channels_last: bool = False
+    autocast: str = "auto"  # "auto" (bfloat16/float16 on CUDA, none on CPU), "none", "bfloat16", "float16"
+    log_var_min: float = LOG_VAR_RANGE[0]
+    log_var_max: float = LOG_VAR_RANGE[1]
+    # optimisation (Adam)
+    batch_size: int = 32
+    iterations: int = 10_000
+    learning_rate: float = 5e-5
+    lr_milestones: list[int] = field(default_factory=lambda: [8_000])  # lr *= lr_gamma at each
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    # augmentation
+    max_shift: int = 16  # random integer translation in pixels along both axes, zero fill
+    # run
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_every: int = 1_000  # also where validation loss is recorded
+    keep_checkpoints: int = 2
+    log_every: int = 10  # iterations between reads of the training loss (a device sync)
+    eval_batch_size: int = 64
+    workers: int = 0
+    # extra modules: name -> catalog target names
+    modules: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.architecture not in RESNETS:
+            raise ConfigError(f"architecture {self.architecture!r} unknown; choose from {', '.join(RESNETS)}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise ConfigError(f"autocast {self.autocast!r} unknown; choose from {', '.join(AUTOCAST_MODES)}")
+        positive = ("input_pool", "batch_size", "checkpoint_every", "log_every", "eval_batch_size", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("iterations", "max_shift", "workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.lr_gamma <= 0:
+            raise ConfigError("learning_rate and lr_gamma must be positive")
+        if list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ConfigError(f"lr_milestones must be increasing, got {self.lr_milestones}")
+        if not self.log_var_min < self.log_var_max:
+            raise ConfigError("log_var_min must be below log_var_max")
+        for module, targets in self.modules.items():
+            if not targets or not all(isinstance(t, str) for t in targets):
+                raise ConfigError(f"module {module!r} needs a non-empty list of target names")
+
+    @property
+    def log_var_range(self) -> tuple[float, float]:
+        return (self.log_var_min, self.log_var_max)
+
+    def learning_rate_at(self, iteration: int) -> float:
+        """The step schedule: a function of the iteration alone, so resuming reproduces it."""
+        drops = sum(1 for milestone in self.lr_milestones if iteration >= milestone)
+        return self.learning_rate * self.lr_gamma**drops
+
+    def replace(self, **changes: object) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # TOML ---------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> TrainConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys: {', '.join(known)}")
+        hints = typing.get_type_hints(cls)
+        checked = {}
+        for name, value in values.items():
+            if name == "modules":
+                checked[name] = _modules_from(value)
+            else:
+                checked[name] = _coerce(name, value, hints[name])
+        return cls(**checked)
+
+    @classmethod
+    def from_toml(cls, path: Path) -> TrainConfig:
+        try:
+            with Path(path).open("rb") as handle:
+                values = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: invalid TOML: {error}") from error
+        try:
+            return cls.from_dict(values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
+
+    def to_toml(self) -> str:
+        lines = ["# MIMIR training configuration (written by mimir; see configs/paper.toml for comments)"]
+        for item in fields(self):
+            if item.name != "modules":
+                lines.append(f"{item.name} = {_toml_value(getattr(self, item.name))}")
+        for module, targets in self.modules.items():
+            lines += ["", f"[modules.{_toml_key(module)}]", f"targets = {_toml_value(list(targets))}"]
+        return "\n".join(lines) + "\n"
+
+    def write_toml(self, path: Path) -> None:
+        Path(path).write_text(self.to_toml(), encoding="utf-8")
+
+
+def _modules_from(value: object) -> dict[str, list[str]]:
+    if not isinstance(value, dict):
+        raise ConfigError("modules must be a table of [modules.NAME] sections")
+    modules = {}
+    for name, body in value.items():
+        if not isinstance(body, dict) or set(body) != {"targets"}:
+            raise ConfigError(f"[modules.{name}] must hold exactly one key: targets = [...]")
+        targets = body["targets"]
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise ConfigError(f"[modules.{name}] targets must be a list of catalog target names")
+        modules[name] = list(targets)
+    return modules
+
+
+def _coerce(name: str, value: object, hint: object) -> object:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list")
+        return [_coerce(name, item, item_type) for item in value]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{name}: unsupported type {hint}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):  # type: ignore[arg-type]
+        raise ConfigError(f"{name} must be of type {getattr(hint, '__name__', hint)}, got {value!r}")
+    return value
+
+
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else json.dumps(key)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")

@@ -1,0 +1,695 @@
+"""Training loop of a mean-variance network: data, schedule, checkpoints, resume, predictions.
+
+`train` is the one entry point (the CLI and cross-validation both call it). A run folder holds:
+
+    config.toml            the effective TrainConfig
+    data_summary.json      exams used and dropped, known values, target means and sds
+    standardization.json   module, targets, training mean / sample sd per target
+    checkpoints/           iter_NNNNNNN.safetensors + .state.pt (see checkpoint.py)
+    history.csv            iteration, train_loss, learning_rate, val_loss, val_mae_sd
+    weights.safetensors    final weights
+    val_predictions.csv    predictions for the validation exams (when given)
+    run.json               software versions, device, timings of each session
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from mimir.atomic import atomic_write_text
+from mimir.learn.checkpoint import Checkpoint, latest_checkpoint, load_state, load_weights, save_checkpoint, save_weights
+from mimir.learn.config import ConfigError, TrainConfig
+from mimir.learn.dataset import (
+    ExamImages,
+    ExamKey,
+    ExamSet,
+    TrainingBatches,
+    TrainingDataError,
+    assemble_exams,
+    exam_keys,
+    index_image_cache,
+    read_targets,
+)
+from mimir.learn.loss import gaussian_nll
+from mimir.learn.modules import ModuleDefinition, resolve_module
+from mimir.network import MeanVarianceResNet, build_network, images_to_input, split_output
+
+logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ["iteration", "train_loss", "learning_rate", "val_loss", "val_mae_sd"]
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be started or resumed as asked."""
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What a progress callback sees after each iteration."""
+
+    iteration: int  # iterations completed
+    iterations: int  # total planned
+    train_loss: float | None  # mean training loss over the last `log_every` iterations
+    learning_rate: float
+    val_loss: float | None = None  # set at checkpoints when there is a validation set
+
+
+@dataclass
+class Standardization:
+    """Training mean and sample sd per target; the network works in these units."""
+
+    module: str
+    targets: tuple[str, ...]
+    mean: np.ndarray
+    sd: np.ndarray
+    n_train: np.ndarray  # known training values per target; 0 -> predictions are NaN
+
+    @classmethod
+    def fit(cls, module: str, targets: Sequence[str], values: np.ndarray) -> Standardization:
+        known = ~np.isnan(values)
+        n_known = known.sum(axis=0)
+        mean = np.zeros(len(targets))
+        sd = np.ones(len(targets))
+        for column, count in enumerate(n_known):
+            column_values = values[known[:, column], column]
+            if count >= 1:
+                mean[column] = column_values.mean()
+            if count >= 2 and column_values.std(ddof=1) > 0:
+                sd[column] = column_values.std(ddof=1)
+        for name, count in zip(targets, n_known, strict=True):
+            if count < 2:
+                logger.warning("target %s has %d known training values; its standardisation is a placeholder", name, count)
+        return cls(module, tuple(targets), mean, sd, n_known.astype(int))
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean) / self.sd).astype(np.float32)
+
+    def invert(self, mean: np.ndarray, log_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised (mean, log-variance) -> mean and sd in catalog units."""
+        value = mean * self.sd + self.mean
+        sd = np.exp(0.5 * log_var) * self.sd
+        untrained = self.n_train == 0
+        value[:, untrained] = np.nan
+        sd[:, untrained] = np.nan
+        return value, sd
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "module": self.module,
+                "targets": list(self.targets),
+                "mean": self.mean.tolist(),
+                "sd": self.sd.tolist(),
+                "n_train": self.n_train.tolist(),
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Standardization:
+        data = json.loads(text)
+        return cls(
+            data["module"],
+            tuple(data["targets"]),
+            np.asarray(data["mean"], dtype=np.float64),
+            np.asarray(data["sd"], dtype=np.float64),
+            np.asarray(data["n_train"], dtype=int),
+        )
+
+
+@dataclass
+class TrainedModel:
+    """A network with what is needed to turn its output into catalog units."""
+
+    network: MeanVarianceResNet
+    standardization: Standardization
+    config: TrainConfig
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.standardization.targets
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: TrainedModel
+    iterations: int
+    history: pd.DataFrame
+    val_predictions: pd.DataFrame | None
+    seconds: float
+
+
+# devices and precision ------------------------------------------------------------------------
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested but torch finds no CUDA device")
+    return resolved
+
+
+def resolve_autocast(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a config mode on a device (None: full float32)."""
+    if mode == "none":
+        return None
+    if device.type == "cuda":
+        if mode == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if mode == "bfloat16" else torch.float16
+    if mode == "auto":
+        return None
+    if mode == "float16":
+        raise ConfigError("autocast float16 is for CUDA; on a CPU use bfloat16 or none")
+    return torch.bfloat16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _determinism(config: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Seed, and in deterministic mode pin algorithms; global settings are restored afterwards.
+
+    On CUDA some kernels (e.g. the adaptive average pooling backward) have no deterministic
+    version; there the mode warns instead of failing, so CUDA runs are close, not bit-identical.
+    """
+    torch.manual_seed(config.seed)
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    if config.deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+
+
+def _to_device_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 travels to the device (4x less than float32), then becomes the float input there."""
+    batch = images_to_input(images.to(device, non_blocking=True))
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+
+# data ---------------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    train: ExamSet
+    val: ExamSet | None
+    standardization: Standardization
+    summary: dict[str, object]
+
+
+def _set_summary(exams: ExamSet, standardization: Standardization) -> dict[str, object]:
+    values = exams.values()
+    known = (~np.isnan(values)).sum(axis=0)
+    return {
+        "n_exams": len(exams),
+        "n_subjects": int(exams.table["eid"].nunique()),
+        "n_known": dict(zip(exams.targets, map(int, known), strict=True)),
+        "missing_fraction": float(np.isnan(values).mean()) if values.size else math.nan,
+        "dropped": exams.dropped,
+    }
+
+
+def _prepare_data(
+    images: Path,
+    targets: pd.DataFrame | Path,
+    module: ModuleDefinition,
+    train_ids: Sequence[ExamKey] | pd.DataFrame | None,
+    val_ids: Sequence[ExamKey] | pd.DataFrame | None,
+) -> _Data:
+    index = index_image_cache(images)
+    table = read_targets(targets)
+    train_keys = None if train_ids is None else exam_keys(train_ids)
+    train = assemble_exams(index, table, module.targets, train_keys)
+    if len(train) == 0:
+        raise TrainingDataError(f"no exam has both an image in {images} and a known target of module {module.name}")
+    val = None
+    if val_ids is not None:
+        val_keys = exam_keys(val_ids)
+        overlap = set(val_keys) & set(train.keys())
+        if overlap:
+            raise TrainingDataError(f"{len(overlap)} exams are in both the training and the validation set")
+        val = assemble_exams(index, table, module.targets, val_keys)
+    standardization = Standardization.fit(module.name, module.targets, train.values())
+    summary = {
+        "module": module.name,
+        "targets": list(module.targets),
+        "n_images_in_cache": len(index),
+        "n_target_rows": len(table),
+        "target_columns_absent": [t for t in module.targets if t not in table.columns],
+        "train": {
+            **_set_summary(train, standardization),
+            "mean": dict(zip(module.targets, standardization.mean.tolist(), strict=True)),
+            "sd": dict(zip(module.targets, standardization.sd.tolist(), strict=True)),
+        },
+        "val": None if val is None else _set_summary(val, standardization),
+    }
+    for name, exams in (("training", train), ("validation", val)):
+        if exams is not None:
+            dropped = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in exams.dropped.items() if count)
+            logger.info("%s set: %d exams%s", name, len(exams), f" (dropped: {dropped})" if dropped else "")
+    return _Data(train, val, standardization, summary)
+
+
+def _exam_loader(
+    paths: Sequence[Path], targets: np.ndarray, batch_size: int, workers: int, device: torch.device
+) -> DataLoader:
+    return DataLoader(
+        ExamImages(paths, targets),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+# prediction ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def _standardised_outputs(
+    model: TrainedModel, loader: DataLoader, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised means and clamped log-variances for every exam of a sequential loader."""
+    config = model.config
+    dtype = resolve_autocast(config.autocast, device)
+    network = model.network
+    was_training = network.training
+    network.eval()
+    means, log_vars = [], []
+    try:
+        for images, _ in loader:
+            batch = _to_device_input(images, device, config.channels_last)
+            with _autocast(device, dtype):
+                output = network(batch)
+            mean, log_var = split_output(output.float(), config.log_var_range)
+            means.append(mean.cpu().numpy())
+            log_vars.append(log_var.cpu().numpy())
+    finally:
+        network.train(was_training)
+    n_targets = len(model.targets)
+    if not means:
+        return np.zeros((0, n_targets)), np.zeros((0, n_targets))
+    return np.concatenate(means).astype(np.float64), np.concatenate(log_vars).astype(np.float64)
+
+
+def _predictions_table(keys: pd.DataFrame, model: TrainedModel, mean: np.ndarray, log_var: np.ndarray) -> pd.DataFrame:
+    value, sd = model.standardization.invert(mean, log_var)
+    table = keys[["eid", "instance"]].reset_index(drop=True).copy()
+    columns = {}
+    for column, name in enumerate(model.targets):
+        columns[name] = value[:, column]
+        columns[f"{name}_sd"] = sd[:, column]
+    return pd.concat([table, pd.DataFrame(columns)], axis=1)
+
+
+def load_run(run_dir: Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """The final network of a finished run folder, ready for prediction."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_toml(run_dir / "config.toml")
+    standardization = Standardization.from_json((run_dir / "standardization.json").read_text())
+    network = MeanVarianceResNet(config.architecture, len(standardization.targets), config.input_pool)
+    load_weights(network, run_dir / "weights.safetensors")
+    _place(network, resolve_device(device), config.channels_last)
+    return TrainedModel(network, standardization, config)
+
+
+def predict_images(
+    model: TrainedModel | Path | str,
+    images: Path,
+    *,
+    exams: Sequence[ExamKey] | pd.DataFrame | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int | None = None,
+    workers: int = 0,
+) -> pd.DataFrame:
+    """Predictions (mean and sd per target, catalog units) for cached images.
+
+    `model` is a TrainedModel or a run folder; `exams` restricts the cache to those
+    (eid, instance) pairs, which must all have an image.
+    """
+    resolved = resolve_device(device)
+    trained = load_run(Path(model), resolved) if isinstance(model, str | Path) else model
+    _place(trained.network, resolved, trained.config.channels_last)
+    index = index_image_cache(images)
+    if exams is not None:
+        wanted = pd.DataFrame(exam_keys(exams), columns=["eid", "instance"])
+        selected = wanted.merge(index, on=["eid", "instance"], how="left")
+        missing = selected["path"].isna()
+        if missing.any():
+            first = selected[missing].iloc[0]
+            raise FileNotFoundError(
+                f"{int(missing.sum())} requested exams have no image in {images}, "
+                f"e.g. eid {first.eid} instance {first.instance}"
+            )
+        index = selected
+    placeholder = np.full((len(index), len(trained.targets)), np.nan, dtype=np.float32)
+    loader = _exam_loader(list(index["path"]), placeholder, batch_size or trained.config.eval_batch_size, workers, resolved)
+    mean, log_var = _standardised_outputs(trained, loader, resolved)
+    return _predictions_table(index, trained, mean, log_var)
+
+
+def _place(network: torch.nn.Module, device: torch.device, channels_last: bool) -> None:
+    network.to(device)
+    if channels_last:
+        network.to(memory_format=torch.channels_last)
+
+
+def _validation_scores(standardised: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> tuple[float, float]:
+    """NLL over known values, and the mean over targets of the MAE in training sds."""
+    known = ~np.isnan(standardised)
+    if not known.any():
+        return math.nan, math.nan
+    filled = np.where(known, standardised, 0.0)
+    nll = np.exp(-log_var) * (filled - mean) ** 2 + log_var
+    loss = float(nll[known].mean())
+    errors = np.where(known, np.abs(filled - mean), np.nan)
+    per_target = [np.nanmean(errors[:, t]) for t in range(errors.shape[1]) if known[:, t].any()]
+    return loss, float(np.mean(per_target))
+
+
+# run folder ---------------------------------------------------------------------------------------
+def _check_run_folder(out: Path, config: TrainConfig, resume: bool) -> None:
+    saved_config = out / "config.toml"
+    has_run = saved_config.exists() or (out / "checkpoints").exists() or (out / "weights.safetensors").exists()
+    if not resume:
+        if has_run:
+            raise RunFolderError(f"{out} already holds a run; pass resume=True (--resume) or choose another folder")
+        return
+    if saved_config.exists():
+        previous = TrainConfig.from_toml(saved_config)
+        differing = [
+            name for name in vars(config)
+            if name != "workers" and getattr(config, name) != getattr(previous, name)
+        ]
+        if differing:
+            raise RunFolderError(f"cannot resume {out}: the configuration differs in {', '.join(differing)}")
+
+
+def _software_versions() -> dict[str, str]:
+    import torchvision
+
+    from mimir import __version__
+
+    return {
+        "mimir": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _write_json(path: Path, data: object) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def _read_history(path: Path, up_to: int) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    table = pd.read_csv(path)
+    return table[table["iteration"] <= up_to].to_dict("records")
+
+
+# training -----------------------------------------------------------------------------------------
+def train(
+    config: TrainConfig,
+    images: Path,
+    targets: pd.DataFrame | Path,
+    module: str,
+    out: Path,
+    *,
+    train_ids: Sequence[ExamKey] | pd.DataFrame | None = None,
+    val_ids: Sequence[ExamKey] | pd.DataFrame | None = None,
+    device: str | torch.device = "auto",
+    resume: bool = False,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> TrainResult:
+    """Train one module's network on cached images; write the run folder described above.
+
+    `train_ids` / `val_ids` are (eid, instance) pairs (or tables with those columns); without
+    `train_ids` every exam with an image and a known target of the module is used. With
+    `resume`, training continues from the newest complete checkpoint in `out` (same iteration,
+    schedule and batches); a folder without checkpoints starts from the beginning.
+    """
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out = Path(out)
+    definition = resolve_module(module, config.modules)
+    resolved = resolve_device(device)
+    autocast_dtype = resolve_autocast(config.autocast, resolved)
+    _check_run_folder(out, config, resume)
+    data = _prepare_data(Path(images), targets, definition, train_ids, val_ids)
+    checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
+    if checkpoint is not None:
+        saved = out / "standardization.json"
+        if saved.exists() and Standardization.from_json(saved.read_text()).to_json() != data.standardization.to_json():
+            raise RunFolderError(f"cannot resume {out}: the training data differ from those of the interrupted run")
+
+    with _determinism(config, resolved):
+        network = build_network(
+            config.architecture,
+            len(definition.targets),
+            input_pool=config.input_pool,
+            init="scratch" if checkpoint is not None else config.init,
+        )
+        # Written only once the inputs and initial weights are known to be usable, so a failed
+        # start leaves no run behind that would demand --resume.
+        atomic_write_text(out / "config.toml", config.to_toml())
+        _write_json(out / "data_summary.json", data.summary)
+        atomic_write_text(out / "standardization.json", data.standardization.to_json() + "\n")
+        _place(network, resolved, config.channels_last)
+        model = TrainedModel(network, data.standardization, config)
+        optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype is torch.float16 and resolved.type == "cuda")
+        start = 0
+        if checkpoint is not None:
+            start = _restore(checkpoint, network, optimizer, scaler)
+            logger.info("resuming %s from iteration %d", out, start)
+        history = _read_history(out / "history.csv", start)
+        loop_started = time.perf_counter()
+        _run_iterations(config, data, model, optimizer, scaler, resolved, autocast_dtype, out, start, history, progress)
+        loop_seconds = time.perf_counter() - loop_started
+
+    save_weights(network, out / "weights.safetensors", {"architecture": config.architecture, "module": definition.name})
+    val_predictions = None
+    if data.val is not None:
+        val_targets = data.standardization.apply(data.val.values())
+        loader = _exam_loader(list(data.val.table["path"]), val_targets, config.eval_batch_size, config.workers, resolved)
+        mean, log_var = _standardised_outputs(model, loader, resolved)
+        val_predictions = _predictions_table(data.val.table, model, mean, log_var)
+        atomic_write_text(out / "val_predictions.csv", val_predictions.to_csv(index=False))
+    seconds = time.perf_counter() - started
+    iterations_run = config.iterations - start
+    _record_session(out, resolved, started_at, seconds, loop_seconds, start, iterations_run, config.batch_size)
+    return TrainResult(out, model, config.iterations, pd.DataFrame(history, columns=HISTORY_COLUMNS), val_predictions, seconds)
+
+
+def _restore(
+    checkpoint: Checkpoint, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> int:
+    """Weights, optimizer moments and scaler of a checkpoint; returns its iteration."""
+    load_weights(network, checkpoint.weights)
+    state = load_state(checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["iteration"])
+
+
+class _LossMeter:
+    """Sums the training loss on the device and reads it back only every few iterations.
+
+    Reading a CUDA scalar synchronises the device; doing so once per `log_every` iterations
+    keeps the GPU busy. The interval mean since the last checkpoint goes to history.csv.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._on_device = torch.zeros((), device=device)
+        self._pending = 0
+        self._interval_sum = 0.0
+        self._interval_count = 0
+        self.last: float | None = None
+
+    def add(self, loss: torch.Tensor) -> None:
+        self._on_device += loss.detach()
+        self._pending += 1
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def flush(self, iteration: int) -> None:
+        if not self._pending:
+            return
+        total = float(self._on_device.item())
+        self.last = total / self._pending
+        if not math.isfinite(self.last):
+            raise FloatingPointError(
+                f"training loss became {self.last} at iteration {iteration}; lower the learning rate or check the targets"
+            )
+        self._interval_sum += total
+        self._interval_count += self._pending
+        self._on_device.zero_()
+        self._pending = 0
+
+    def take_interval_mean(self) -> float:
+        mean = self._interval_sum / self._interval_count if self._interval_count else math.nan
+        self._interval_sum, self._interval_count = 0.0, 0
+        return mean
+
+
+def _training_loader(config: TrainConfig, data: _Data, start: int, device: torch.device) -> DataLoader:
+    batches = TrainingBatches(len(data.train), config.batch_size, config.max_shift, config.seed, start, config.iterations)
+    dataset = ExamImages(list(data.train.table["path"]), data.standardization.apply(data.train.values()))
+    return DataLoader(dataset, batch_sampler=batches, num_workers=config.workers, pin_memory=device.type == "cuda")
+
+
+def _run_iterations(
+    config: TrainConfig,
+    data: _Data,
+    model: TrainedModel,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    out: Path,
+    start: int,
+    history: list[dict[str, float]],
+    progress: Callable[[TrainProgress], None] | None,
+) -> None:
+    network = model.network
+    val_loader = None
+    if data.val is not None and len(data.val):
+        val_targets = data.standardization.apply(data.val.values())
+        val_loader = _exam_loader(list(data.val.table["path"]), val_targets, config.eval_batch_size, config.workers, device)
+    meter = _LossMeter(device)
+    network.train()
+    iteration = start
+    for images, targets in _training_loader(config, data, start, device):
+        learning_rate = config.learning_rate_at(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        batch = _to_device_input(images, device, config.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with _autocast(device, autocast_dtype):
+            output = network(batch)
+        mean, log_var = split_output(output.float(), config.log_var_range)
+        loss = gaussian_nll(mean, log_var, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        meter.add(loss)
+        iteration += 1
+        at_checkpoint = iteration % config.checkpoint_every == 0 or iteration == config.iterations
+        if meter.pending == config.log_every or at_checkpoint:
+            meter.flush(iteration)
+        val_loss = None
+        if at_checkpoint:
+            row = _history_row(model, val_loader, device, iteration, meter.take_interval_mean(), learning_rate)
+            val_loss = row["val_loss"] if val_loader is not None else None
+            history.append(row)
+            atomic_write_text(out / "history.csv", pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
+            state = _training_state(optimizer, scaler)
+            save_checkpoint(out / "checkpoints", iteration, network, state, config.keep_checkpoints)
+        if progress is not None:
+            progress(TrainProgress(iteration, config.iterations, meter.last, learning_rate, val_loss))
+
+
+def _history_row(
+    model: TrainedModel,
+    val_loader: DataLoader | None,
+    device: torch.device,
+    iteration: int,
+    train_loss: float,
+    learning_rate: float,
+) -> dict[str, float]:
+    row = {"iteration": iteration, "train_loss": train_loss, "learning_rate": learning_rate}
+    row["val_loss"], row["val_mae_sd"] = math.nan, math.nan
+    if val_loader is None:
+        logger.info("iteration %d: train loss %.4f", iteration, train_loss)
+        return row
+    mean, log_var = _standardised_outputs(model, val_loader, device)
+    row["val_loss"], row["val_mae_sd"] = _validation_scores(val_loader.dataset.targets.numpy(), mean, log_var)
+    logger.info("iteration %d: train loss %.4f, validation loss %.4f", iteration, train_loss, row["val_loss"])
+    return row
+
+
+def _training_state(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict[str, object]:
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _record_session(
+    out: Path,
+    device: torch.device,
+    started_at: str,
+    seconds: float,
+    loop_seconds: float,
+    start: int,
+    iterations_run: int,
+    batch_size: int,
+) -> None:
+    path = out / "run.json"
+    sessions = json.loads(path.read_text()).get("sessions", []) if path.exists() else []
+    sessions.append(
+        {
+            "started": started_at,
+            "seconds": round(seconds, 3),
+            "training_loop_seconds": round(loop_seconds, 3),
+            "start_iteration": start,
+            "iterations": iterations_run,
+            "images_per_second": (
+                round(iterations_run * batch_size / loop_seconds, 2) if iterations_run and loop_seconds > 0 else None
+            ),
+            "device": str(device),
+            "device_name": _device_description(device),
+        }
+    )
+    _write_json(path, {"software": _software_versions(), "sessions": sessions})
