@@ -12,10 +12,19 @@ import sys
 from collections.abc import Sequence
 
 from mimir import __version__
-from mimir.cli import catalog_cmd, compress_cmd, evaluate_cmd, module_cmd, synth_cmd, targets_cmd, train_cmd
+from mimir.cli import (
+    catalog_cmd,
+    compress_cmd,
+    crossval_cmd,
+    evaluate_cmd,
+    module_cmd,
+    synth_cmd,
+    targets_cmd,
+    train_cmd,
+)
 
 #: Subcommand modules in the order `mimir --help` lists them (pipeline order).
-COMMANDS = (synth_cmd, compress_cmd, targets_cmd, train_cmd, evaluate_cmd, module_cmd, catalog_cmd)
+COMMANDS = (synth_cmd, compress_cmd, targets_cmd, train_cmd, crossval_cmd, evaluate_cmd, module_cmd, catalog_cmd)
 
 
 class UsageError(Exception):

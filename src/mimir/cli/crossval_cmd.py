@@ -1,0 +1,151 @@
+"""`mimir crossval`: k-fold cross-validation of one module, calibration, metrics and report.
+
+`mimir crossval run` trains the folds (all, or a subset with --fold-ids for several machines
+sharing one folder) and merges once every fold is complete; `mimir crossval merge CV` combines
+whatever folds are complete (all must be, unless --allow-partial).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "crossval",
+        help="k-fold cross-validation: fold networks, out-of-fold predictions, calibration, metrics, report",
+        description=(
+            "Cross-validate one module. `run` splits subjects into stratified folds once "
+            "(CV/splits.json), trains one network per fold into CV/fold_K/ (complete folds are "
+            "skipped, interrupted ones resume) and fits a ridge baseline on the same folds; "
+            "`merge` writes oof_predictions.csv, calibration.csv, metrics.csv, curves.csv, "
+            "summary.csv and report.html. See docs/crossval.md."
+        ),
+    )
+    actions = parser.add_subparsers(dest="crossval_action", metavar="ACTION", required=True)
+
+    run_parser = actions.add_parser("run", help="train folds (all, or --fold-ids) and merge when all are done")
+    run_parser.add_argument("--images", required=True, help="image cache folder ({exam}.npy files)")
+    run_parser.add_argument("--targets", required=True, help="targets CSV: eid, instance, target columns")
+    run_parser.add_argument("--module", required=True, help="bodycomp, organs, experimental, age, or a module of the config")
+    run_parser.add_argument("--config", help="TOML training config (default: the folder's recorded config.toml)")
+    run_parser.add_argument("--out", required=True, help="cross-validation folder (created, or continued)")
+    run_parser.add_argument("--folds", type=int, help="number of folds (default: as recorded, 10 for a new folder)")
+    run_parser.add_argument("--fold-ids", help="comma-separated folds to train here, e.g. 0,1,2 (default: all)")
+    run_parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when present")
+    run_parser.add_argument("--workers", type=int, help="DataLoader worker processes (overrides the config)")
+    run_parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
+    run_parser.add_argument("--baseline-size", type=int, default=16, help="ridge baseline: pooled image side, 3*size^2 features (default 16)")
+    run_parser.add_argument("--no-baseline", action="store_true", help="skip the ridge-regression baseline")
+    run_parser.add_argument("--no-report", action="store_true", help="merge without writing report.html")
+    run_parser.set_defaults(handler=run)
+
+    merge_parser = actions.add_parser("merge", help="combine the complete folds of a cross-validation folder")
+    merge_parser.add_argument("folder", help="cross-validation folder")
+    merge_parser.add_argument("--allow-partial", action="store_true", help="merge even if some folds are missing")
+    merge_parser.add_argument("--no-report", action="store_true", help="do not write report.html")
+    merge_parser.set_defaults(handler=run)
+
+
+def _parse_fold_ids(text: str | None) -> list[int] | None:
+    from mimir.cli import UsageError
+
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise UsageError(f"--fold-ids must be comma-separated integers, got {text!r}") from error
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.crossval_action == "merge":
+        return _merge(args)
+    return _run(args)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mimir.cli import UsageError
+    from mimir.learn.crossval import CrossvalError, merge_crossval
+
+    try:
+        result = merge_crossval(Path(args.folder), allow_partial=args.allow_partial, report=not args.no_report)
+    except (CrossvalError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from error
+    _print_result(result)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from mimir.cli import UsageError
+    from mimir.learn.baseline import BaselineConfig, BaselineError
+    from mimir.learn.config import ConfigError, TrainConfig
+    from mimir.learn.crossval import CrossvalError, run_crossval
+    from mimir.learn.dataset import TrainingDataError
+    from mimir.learn.splits import SplitsError
+    from mimir.learn.train import RunFolderError, TrainProgress
+    from mimir.network import PretrainedWeightsUnavailable
+
+    out = Path(args.out)
+    config_path = Path(args.config) if args.config else out / "config.toml"
+    if not config_path.is_file():
+        raise UsageError(f"config file not found: {config_path}" + ("" if args.config else " (pass --config)"))
+    for flag, path in (("--images", Path(args.images)), ("--targets", Path(args.targets))):
+        if not path.exists():
+            raise UsageError(f"{flag} {path} does not exist")
+    try:
+        config = TrainConfig.from_toml(config_path)
+        if args.workers is not None:
+            config = config.replace(workers=args.workers)
+        baseline = None if args.no_baseline else BaselineConfig(size=args.baseline_size)
+    except (ConfigError, BaselineError) as error:
+        raise UsageError(str(error)) from error
+
+    usage_errors = (
+        ConfigError, CrossvalError, SplitsError, RunFolderError, PretrainedWeightsUnavailable,
+        TrainingDataError, KeyError, FileNotFoundError,
+    )
+    bars: dict[int, tqdm] = {}
+
+    def show(fold: int, event: TrainProgress) -> None:
+        if fold not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[fold] = tqdm(total=event.iterations, unit="it", desc=f"fold {fold}", disable=args.quiet)
+        bar = bars[fold]
+        bar.n = event.iteration
+        if event.train_loss is not None:
+            bar.set_postfix({"loss": f"{event.train_loss:.3f}"}, refresh=False)
+        bar.refresh()
+
+    try:
+        result = run_crossval(
+            config, Path(args.images), Path(args.targets), args.module, out,
+            folds=args.folds, fold_ids=_parse_fold_ids(args.fold_ids), device=args.device, progress=show,
+            init=args.init, baseline=baseline, report=not args.no_report,
+        )
+    except usage_errors as error:
+        raise UsageError(str(error).strip("'\"")) from error
+    finally:
+        for bar in bars.values():
+            bar.close()
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:  # noqa: ANN001 - CrossvalResult, imported lazily
+    done = ", ".join(map(str, result.completed)) or "none"
+    if not result.merged:
+        missing = ",".join(map(str, result.missing))
+        print(f"folds complete: {done}; still missing: {missing}. Run them (--fold-ids {missing}), then `mimir crossval merge {result.out}`")
+        return
+    print(f"merged folds {done} of {result.folds} into {result.out}")
+    for path in (result.oof_predictions, result.calibration, result.metrics_path, result.summary, result.report):
+        if path is not None:
+            print(f"  {path}")

@@ -1,0 +1,619 @@
+"""K-fold cross-validation of one module: fold networks, out-of-fold predictions, calibration.
+
+A cross-validation folder `CV/` holds
+
+    config.toml                     the training configuration every fold uses
+    splits.json                     subject-grouped, stratified folds (written once; see splits.py)
+    reference.csv                   eid, instance and the module's reference values of every exam
+    data_summary.json               exams, subjects and known values per fold
+    crossval.json                   module, folds, software versions, sessions and timings
+    fold_{k}/                       a training run folder (see train.py) plus fold.json when done,
+                                    and baseline_predictions.csv from the ridge baseline
+    oof_predictions.csv             eid, instance, fold, {name}, {name}_sd: every exam predicted by
+                                    the network that did not see it; sd as the network gives it
+    calibration.csv                 target, variance_scale, n
+    oof_predictions_calibrated.csv  the same with each sd multiplied by sqrt(variance_scale)
+    metrics.csv, metrics.md         per target N, ICC(2,1), R2, MAE, MAPE, AUC/precision/recall
+                                    (binary), AUCE before (`auce`) and after (`auce_scaled`)
+                                    calibration, and the published cv_* values beside them
+    curves.csv                      target, kind, x, y, stage: calibration and sparsification
+                                    curves before and after calibration
+    baseline_predictions.csv        ridge-regression out-of-fold predictions (same folds)
+    baseline_metrics.csv            the same metrics for the ridge baseline
+    summary.csv                     the network's headline numbers with baseline_icc, baseline_mae
+    report.html                     one self-contained page (see report/crossval_report.py)
+
+Calibration objective. One variance scale factor c per target is fitted on the out-of-fold
+predictions: the c that minimises the Gaussian negative log-likelihood of the reference values
+when every predicted variance is multiplied by c. Its closed form is c = mean(z^2), the mean
+squared standardised error z = (reference - mean) / sd over all exams with a reference. c > 1
+means the network was overconfident. Prediction applies the same c: sd_calibrated = sd *
+sqrt(c). Because the factor is fitted on the same out-of-fold predictions it is judged on,
+"AUCE after calibration" is an in-sample figure; it still shows how well a single factor
+can repair the uncertainty of a target.
+
+Folds can run on several machines (`fold_ids`) against one shared folder; `merge_crossval`
+combines whichever folds are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mimir.atomic import atomic_write_text
+from mimir.evaluation.calibration import (
+    apply_variance_scale,
+    auce,
+    calibration_curve,
+    fit_variance_scale,
+    sparsification_curve,
+    standardised_errors,
+)
+from mimir.evaluation.evaluate import evaluate_predictions, write_metrics
+from mimir.learn.baseline import BaselineConfig, RidgeCrossval, image_features
+from mimir.learn.config import TrainConfig
+from mimir.learn.dataset import assemble_exams, index_image_cache, read_targets
+from mimir.learn.modules import ModuleDefinition, resolve_module
+from mimir.learn.splits import SPLITS_FILE, Splits, load_or_create_splits
+from mimir.targets.catalog import Target, get_target
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mimir.learn.train import TrainProgress
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.toml"
+REFERENCE_FILE = "reference.csv"
+DATA_SUMMARY_FILE = "data_summary.json"
+RECORD_FILE = "crossval.json"
+BASELINE_CONFIG_FILE = "baseline.json"
+FOLD_DONE_FILE = "fold.json"
+FOLD_PREDICTIONS_FILE = "val_predictions.csv"
+FOLD_BASELINE_FILE = "baseline_predictions.csv"
+OOF_FILE = "oof_predictions.csv"
+OOF_CALIBRATED_FILE = "oof_predictions_calibrated.csv"
+CALIBRATION_FILE = "calibration.csv"
+CURVES_FILE = "curves.csv"
+BASELINE_PREDICTIONS_FILE = "baseline_predictions.csv"
+BASELINE_METRICS_FILE = "baseline_metrics.csv"
+SUMMARY_FILE = "summary.csv"
+#: Configuration keys that may differ between the machines sharing one folder.
+_RUNTIME_KEYS = ("workers",)
+
+FoldProgress = Callable[[int, "TrainProgress"], None]
+
+
+class CrossvalError(RuntimeError):
+    """A cross-validation folder that cannot be run or merged as asked."""
+
+
+class IncompleteCrossvalError(CrossvalError):
+    """Merging needs folds that have not finished."""
+
+    def __init__(self, out: Path, missing: Sequence[int]):
+        self.missing = list(missing)
+        listed = ", ".join(map(str, self.missing))
+        super().__init__(
+            f"{out}: folds {listed} are not complete; run them (--fold-ids {','.join(map(str, self.missing))}) "
+            "or merge with allow_partial / --allow-partial"
+        )
+
+
+@dataclass
+class CrossvalResult:
+    """Where a cross-validation's outputs are; the merged tables are None until merged."""
+
+    out: Path
+    folds: int
+    completed: list[int]
+    missing: list[int]
+    metrics: pd.DataFrame | None = None
+    oof_predictions: Path | None = None
+    oof_predictions_calibrated: Path | None = None
+    calibration: Path | None = None
+    metrics_path: Path | None = None
+    curves: Path | None = None
+    summary: Path | None = None
+    baseline_predictions: Path | None = None
+    baseline_metrics: Path | None = None
+    report: Path | None = None
+    fold_seconds: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def merged(self) -> bool:
+        return self.metrics is not None
+
+
+def fold_dir(out: Path, fold: int) -> Path:
+    return Path(out) / f"fold_{fold}"
+
+
+def fold_is_complete(out: Path, fold: int) -> bool:
+    folder = fold_dir(out, fold)
+    return all((folder / name).is_file() for name in (FOLD_DONE_FILE, FOLD_PREDICTIONS_FILE, "weights.safetensors"))
+
+
+# preparation --------------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    definition: ModuleDefinition
+    splits: Splits
+    reference: pd.DataFrame  # eid, instance, targets, in eid/instance order
+    paths: list[Path]  # image of each reference row
+    fold: np.ndarray  # fold of each reference row
+
+
+def _check_config(out: Path, config: TrainConfig) -> None:
+    path = out / CONFIG_FILE
+    if not path.exists():
+        atomic_write_text(path, config.to_toml())
+        return
+    recorded = TrainConfig.from_toml(path)
+    differing = [
+        name for name in vars(config)
+        if name not in _RUNTIME_KEYS and getattr(config, name) != getattr(recorded, name)
+    ]
+    if differing:
+        raise CrossvalError(
+            f"{out} was run with another configuration (differs in {', '.join(differing)}); "
+            "every fold must share one configuration: use the recorded one or another folder"
+        )
+
+
+def _check_reference(out: Path, reference: pd.DataFrame) -> None:
+    import pandas as pd
+
+    path = out / REFERENCE_FILE
+    if not path.exists():
+        atomic_write_text(path, reference.to_csv(index=False))
+        return
+    recorded = pd.read_csv(path)
+    same_shape = list(recorded.columns) == list(reference.columns) and len(recorded) == len(reference)
+    same = same_shape and (
+        np.array_equal(recorded[["eid", "instance"]].to_numpy(), reference[["eid", "instance"]].to_numpy())
+        and np.allclose(
+            recorded.iloc[:, 2:].to_numpy(dtype=np.float64),
+            reference.iloc[:, 2:].to_numpy(dtype=np.float64),
+            rtol=1e-12, atol=0.0, equal_nan=True,
+        )
+    )
+    if not same:
+        raise CrossvalError(
+            f"the exams or reference values differ from those recorded in {path}; "
+            "a cross-validation folder serves one data set: use another output folder"
+        )
+
+
+def _data_summary(prepared: _Prepared, dropped: dict[str, int], images: Path, targets_source: str) -> dict[str, object]:
+    reference, targets = prepared.reference, prepared.definition.targets
+    values = reference[list(targets)].to_numpy(dtype=np.float64)
+    per_fold = []
+    for fold in range(prepared.splits.folds):
+        rows = prepared.fold == fold
+        per_fold.append(
+            {
+                "fold": fold,
+                "n_subjects": int(reference.loc[rows, "eid"].nunique()),
+                "n_exams": int(rows.sum()),
+                "n_known": {name: int(np.sum(~np.isnan(values[rows, column]))) for column, name in enumerate(targets)},
+            }
+        )
+    return {
+        "module": prepared.definition.name,
+        "targets": list(targets),
+        "images": str(images),
+        "targets_source": targets_source,
+        "n_subjects": int(reference["eid"].nunique()),
+        "n_exams": len(reference),
+        "missing_fraction": float(np.isnan(values).mean()) if values.size else math.nan,
+        "dropped": dropped,
+        "folds": per_fold,
+    }
+
+
+def _prepare(
+    config: TrainConfig, images: Path, targets: pd.DataFrame | Path, module: str, out: Path, folds: int | None
+) -> _Prepared:
+    definition = resolve_module(module, config.modules)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, config)
+    exams = assemble_exams(index_image_cache(images), read_targets(targets), definition.targets)
+    if len(exams) == 0:
+        raise CrossvalError(f"no exam has both an image in {images} and a known target of module {definition.name}")
+    reference = exams.table[["eid", "instance", *definition.targets]].reset_index(drop=True)
+    new_split = not (out / SPLITS_FILE).exists()
+    splits = load_or_create_splits(out, reference, definition.name, definition.targets, folds, config.seed)
+    _check_reference(out, reference)
+    prepared = _Prepared(definition, splits, reference, list(exams.table["path"]), splits.fold_column(reference["eid"]))
+    if new_split or not (out / DATA_SUMMARY_FILE).exists():
+        source = str(targets) if not hasattr(targets, "columns") else "in-memory table"
+        _write_json(out / DATA_SUMMARY_FILE, _data_summary(prepared, exams.dropped, images, source))
+    return prepared
+
+
+# running ------------------------------------------------------------------------------------------
+def run_crossval(
+    config: TrainConfig,
+    images: Path | str,
+    targets: pd.DataFrame | Path | str,
+    module: str,
+    out: Path | str,
+    *,
+    folds: int | None = None,
+    fold_ids: Sequence[int] | None = None,
+    device: str = "auto",
+    progress: FoldProgress | None = None,
+    init: str | None = None,
+    baseline: BaselineConfig | None = BaselineConfig(),
+    report: bool = True,
+) -> CrossvalResult:
+    """Train the requested folds (all by default) and, once every fold is done, merge.
+
+    `folds=None` takes the folder's recorded fold count (10 for a new folder). Complete folds
+    are skipped and interrupted ones resume from their newest checkpoint, so rerunning the same
+    call after a crash continues where it stopped. `init` overrides the config's init.
+    `baseline=None` skips the ridge baseline. Returns the merged result when all folds are
+    complete, otherwise the lists of completed and missing folds.
+    """
+    from mimir.learn.train import train
+
+    started = time.perf_counter()
+    started_at = _now()
+    out, images = Path(out), Path(images)
+    if init is not None:
+        config = config.replace(init=init)
+    prepared = _prepare(config, images, targets, module, out, folds)
+    count = prepared.splits.folds
+    requested = _requested_folds(fold_ids, count)
+    if baseline is not None:
+        _run_baseline(out, prepared, baseline, requested)
+    trained: dict[int, float] = {}
+    for fold in requested:
+        if fold_is_complete(out, fold):
+            logger.info("fold %d of %d is complete; skipped", fold, count)
+            continue
+        logger.info("training fold %d of %d", fold, count)
+        fold_started = time.perf_counter()
+        in_fold = prepared.fold == fold
+        keys = prepared.reference[["eid", "instance"]]
+        callback = None if progress is None else (lambda event, fold=fold: progress(fold, event))
+        result = train(
+            config, images, prepared.reference, prepared.definition.name, fold_dir(out, fold),
+            train_ids=keys[~in_fold], val_ids=keys[in_fold], device=device, resume=True, progress=callback,
+        )
+        trained[fold] = time.perf_counter() - fold_started
+        _write_json(
+            fold_dir(out, fold) / FOLD_DONE_FILE,
+            {
+                "fold": fold,
+                "finished": _now(),
+                "seconds": round(trained[fold], 3),
+                "iterations": result.iterations,
+                "n_train_exams": int((~in_fold).sum()),
+                "n_test_exams": int(in_fold.sum()),
+            },
+        )
+    _record_session(out, prepared, config, images, device, started_at, time.perf_counter() - started, requested, trained)
+    completed, missing = _fold_status(out, count)
+    if missing:
+        logger.info("folds %s are still missing; run them, then merge", missing)
+        return CrossvalResult(out, count, completed, missing, fold_seconds=trained)
+    merged = merge_crossval(out, report=report)
+    merged.fold_seconds = trained
+    return merged
+
+
+def _requested_folds(fold_ids: Sequence[int] | None, count: int) -> list[int]:
+    if fold_ids is None:
+        return list(range(count))
+    requested = sorted(set(int(fold) for fold in fold_ids))
+    outside = [fold for fold in requested if not 0 <= fold < count]
+    if outside or not requested:
+        raise CrossvalError(f"fold ids must lie in 0..{count - 1}; got {list(fold_ids)}")
+    return requested
+
+
+def _run_baseline(out: Path, prepared: _Prepared, config: BaselineConfig, requested: Sequence[int]) -> None:
+    """Ridge predictions for every requested fold that lacks them (all exams are featurised once)."""
+    import pandas as pd
+
+    recorded_path = out / BASELINE_CONFIG_FILE
+    settings = {"size": config.size, "alphas": list(config.alphas), "inner_folds": config.inner_folds}
+    if recorded_path.exists():
+        recorded = json.loads(recorded_path.read_text())
+        if recorded != settings:
+            raise CrossvalError(f"{recorded_path} records baseline settings {recorded}, not {settings}")
+    else:
+        _write_json(recorded_path, settings)
+    needed = [fold for fold in requested if not (fold_dir(out, fold) / FOLD_BASELINE_FILE).is_file()]
+    if not needed:
+        return
+    started = time.perf_counter()
+    features = image_features(prepared.paths, config.size)
+    targets = prepared.definition.targets
+    values = prepared.reference[list(targets)].to_numpy(dtype=np.float64)
+    ridge = RidgeCrossval(features, values, prepared.fold, prepared.splits.folds, config)
+    for fold in needed:
+        result = ridge.predict_fold(fold)
+        table = prepared.reference.iloc[result.rows][["eid", "instance"]].reset_index(drop=True)
+        table = pd.concat([table, pd.DataFrame(result.predictions, columns=list(targets))], axis=1)
+        folder = fold_dir(out, fold)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / "baseline_alphas.json", dict(zip(targets, result.alphas.tolist(), strict=True)))
+        atomic_write_text(folder / FOLD_BASELINE_FILE, table.to_csv(index=False))
+    logger.info("ridge baseline for folds %s in %.1f s (%d features)", needed, time.perf_counter() - started, features.shape[1])
+
+
+def _fold_status(out: Path, count: int) -> tuple[list[int], list[int]]:
+    completed = [fold for fold in range(count) if fold_is_complete(out, fold)]
+    return completed, [fold for fold in range(count) if fold not in completed]
+
+
+# merging ------------------------------------------------------------------------------------------
+def merge_crossval(out: Path | str, allow_partial: bool = False, *, report: bool = True) -> CrossvalResult:
+    """Combine the complete folds into out-of-fold predictions, calibration, metrics and curves.
+
+    Raises IncompleteCrossvalError when folds are missing, unless `allow_partial`.
+    """
+    import pandas as pd
+
+    started = time.perf_counter()
+    out = Path(out)
+    if not (out / SPLITS_FILE).is_file():
+        raise CrossvalError(f"{out} is not a cross-validation folder (no {SPLITS_FILE})")
+    splits = Splits.from_json((out / SPLITS_FILE).read_text(encoding="utf-8"))
+    reference = pd.read_csv(out / REFERENCE_FILE)
+    targets = [get_target(name) for name in splits.targets]
+    completed, missing = _fold_status(out, splits.folds)
+    if not completed:
+        raise IncompleteCrossvalError(out, missing)
+    if missing and not allow_partial:
+        raise IncompleteCrossvalError(out, missing)
+    if missing:
+        logger.warning("merging %d of %d folds; folds %s are missing", len(completed), splits.folds, missing)
+    reference = reference.assign(fold=splits.fold_column(reference["eid"]))
+    reference = reference[reference["fold"].isin(completed)].reset_index(drop=True)
+
+    oof = _stack_folds(out, completed, FOLD_PREDICTIONS_FILE, reference)
+    factors = _calibration_factors(oof, reference, targets)
+    calibrated = _calibrated(oof, factors)
+    metrics = evaluate_predictions(oof, reference, targets)
+    result = CrossvalResult(out, splits.folds, completed, missing, metrics=metrics)
+    result.oof_predictions = _write_csv(out / OOF_FILE, oof)
+    result.oof_predictions_calibrated = _write_csv(out / OOF_CALIBRATED_FILE, calibrated)
+    result.calibration = _write_csv(out / CALIBRATION_FILE, factors)
+    result.metrics_path, _ = write_metrics(metrics, out)
+    result.curves = _write_csv(out / CURVES_FILE, _curves(oof, calibrated, reference, targets))
+    baseline_metrics = None
+    if all((fold_dir(out, fold) / FOLD_BASELINE_FILE).is_file() for fold in completed):
+        baseline = _stack_folds(out, completed, FOLD_BASELINE_FILE, reference)
+        baseline_metrics = evaluate_predictions(baseline, reference, targets)
+        result.baseline_predictions = _write_csv(out / BASELINE_PREDICTIONS_FILE, baseline)
+        result.baseline_metrics = _write_csv(out / BASELINE_METRICS_FILE, baseline_metrics)
+    else:
+        logger.warning("some folds have no ridge baseline predictions; baseline_metrics.csv is not written")
+    result.summary = _write_csv(out / SUMMARY_FILE, summary_table(metrics, calibrated, reference, baseline_metrics))
+    _record_merge(out, completed, missing, time.perf_counter() - started)
+    if report:
+        from mimir.report.crossval_report import write_crossval_report
+
+        result.report = write_crossval_report(out)
+    return result
+
+
+def _stack_folds(out: Path, completed: Sequence[int], name: str, reference: pd.DataFrame) -> pd.DataFrame:
+    """One table of every completed fold's predictions with a fold column, checked against the split."""
+    import pandas as pd
+
+    parts = []
+    for fold in completed:
+        part = pd.read_csv(fold_dir(out, fold) / name)
+        part.insert(2, "fold", fold)
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True).sort_values(["eid", "instance"]).reset_index(drop=True)
+    expected = reference[["eid", "instance", "fold"]].sort_values(["eid", "instance"]).reset_index(drop=True)
+    if not table[["eid", "instance", "fold"]].equals(expected.astype(table[["eid", "instance", "fold"]].dtypes)):
+        raise CrossvalError(
+            f"the {name} files of folds {list(completed)} do not cover each exam of those folds exactly once; "
+            "a fold folder may be from another split"
+        )
+    return table
+
+
+def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+    return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _calibration_factors(oof: pd.DataFrame, reference: pd.DataFrame, targets: Sequence[Target]) -> pd.DataFrame:
+    """One NLL-optimal variance scale per target, with the number of exams it was fitted on."""
+    import pandas as pd
+
+    rows = []
+    for target in targets:
+        mean, sd = _column(oof, target.name), _column(oof, f"{target.name}_sd")
+        truth = _column(reference, target.name)
+        factor = fit_variance_scale(mean, sd, truth)
+        rows.append({"target": target.name, "variance_scale": factor, "n": int(standardised_errors(mean, sd, truth).size)})
+        if not (math.isfinite(factor) and factor > 0):
+            logger.warning("target %s: no usable variance scale (%s); its sd stays uncalibrated", target.name, factor)
+    return pd.DataFrame(rows, columns=["target", "variance_scale", "n"])
+
+
+def _usable(factor: float) -> bool:
+    return math.isfinite(factor) and factor > 0
+
+
+def _calibrated(oof: pd.DataFrame, factors: pd.DataFrame) -> pd.DataFrame:
+    calibrated = oof.copy()
+    for name, factor in zip(factors["target"], factors["variance_scale"], strict=True):
+        if _usable(float(factor)):
+            calibrated[f"{name}_sd"] = apply_variance_scale(_column(oof, f"{name}_sd"), float(factor))
+    return calibrated
+
+
+def _curves(
+    oof: pd.DataFrame, calibrated: pd.DataFrame, reference: pd.DataFrame, targets: Sequence[Target]
+) -> pd.DataFrame:
+    """Long table: calibration (x = nominal coverage, y = observed share) and sparsification
+    (x = share removed, y = MAE; kind `sparsification_oracle` removes by true error)."""
+    import pandas as pd
+
+    rows: list[dict[str, object]] = []
+    for target in targets:
+        truth = _column(reference, target.name)
+        for stage, table in (("before", oof), ("after", calibrated)):
+            mean, sd = _column(table, target.name), _column(table, f"{target.name}_sd")
+            curve = calibration_curve(mean, sd, truth)
+            rows += _curve_rows(target.name, "calibration", curve.expected, curve.observed, stage)
+            sparsification = sparsification_curve(mean, sd, truth)
+            rows += _curve_rows(target.name, "sparsification", sparsification.fractions, sparsification.by_uncertainty, stage)
+            rows += _curve_rows(target.name, "sparsification_oracle", sparsification.fractions, sparsification.oracle, stage)
+    return pd.DataFrame(rows, columns=["target", "kind", "x", "y", "stage"])
+
+
+def _curve_rows(name: str, kind: str, x: np.ndarray, y: np.ndarray, stage: str) -> list[dict[str, object]]:
+    return [{"target": name, "kind": kind, "x": float(a), "y": float(b), "stage": stage} for a, b in zip(x, y, strict=True)]
+
+
+SUMMARY_COLUMNS = (
+    "name", "module", "ukb_field", "unit", "kind", "n", "icc", "r2", "mae", "mape_percent", "auc",
+    "auce", "auce_calibrated", "variance_scale", "baseline_icc", "baseline_r2", "baseline_mae",
+    "cv_n", "cv_icc", "cv_r2", "cv_mae", "cv_mape_percent",
+)
+
+
+def summary_table(
+    metrics: pd.DataFrame, calibrated: pd.DataFrame, reference: pd.DataFrame, baseline: pd.DataFrame | None
+) -> pd.DataFrame:
+    """The paper-like table: network metrics, AUCE after calibration, ridge baseline, published values."""
+    table = metrics.copy()
+    by_name = reference.set_index(["eid", "instance"])
+    aligned = calibrated.set_index(["eid", "instance"]).reindex(by_name.index)
+    table["auce_calibrated"] = [
+        auce(aligned[name].to_numpy(dtype=np.float64), aligned[f"{name}_sd"].to_numpy(dtype=np.float64),
+             by_name[name].to_numpy(dtype=np.float64))
+        for name in table["name"]
+    ]
+    table["variance_scale"] = table["variance_factor"]
+    for metric in ("icc", "r2", "mae"):
+        column = f"baseline_{metric}"
+        table[column] = math.nan if baseline is None else table["name"].map(baseline.set_index("name")[metric])
+    return table[list(SUMMARY_COLUMNS)]
+
+
+def _write_csv(path: Path, table: pd.DataFrame) -> Path:
+    atomic_write_text(path, table.to_csv(index=False))
+    return path
+
+
+# records ------------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: object) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def software_versions() -> dict[str, str]:
+    import pandas as pd
+    import torch
+
+    from mimir import __version__
+
+    return {
+        "mimir": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "platform": platform.platform(),
+        "host": platform.node(),
+    }
+
+
+def _read_record(out: Path) -> dict[str, object]:
+    path = out / RECORD_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _record_session(
+    out: Path,
+    prepared: _Prepared,
+    config: TrainConfig,
+    images: Path,
+    device: str,
+    started_at: str,
+    seconds: float,
+    requested: Sequence[int],
+    trained: dict[int, float],
+) -> None:
+    """Append this invocation to crossval.json (machines sharing a folder each add their own)."""
+    record = _read_record(out)
+    record.update(
+        {
+            "module": prepared.definition.name,
+            "targets": list(prepared.definition.targets),
+            "folds": prepared.splits.folds,
+            "seed": prepared.splits.seed,
+            "images": str(images),
+            "config": asdict(config),
+            "data_summary": DATA_SUMMARY_FILE,
+        }
+    )
+    sessions = list(record.get("sessions", []))
+    sessions.append(
+        {
+            "started": started_at,
+            "seconds": round(seconds, 3),
+            "device": device,
+            "fold_ids": list(requested),
+            "folds_trained": {str(fold): round(value, 3) for fold, value in trained.items()},
+            "software": software_versions(),
+        }
+    )
+    record["sessions"] = sessions
+    _write_json(out / RECORD_FILE, record)
+
+
+def _record_merge(out: Path, completed: Sequence[int], missing: Sequence[int], seconds: float) -> None:
+    record = _read_record(out)
+    fold_seconds = {}
+    for fold in completed:
+        done = json.loads((fold_dir(out, fold) / FOLD_DONE_FILE).read_text())
+        fold_seconds[str(fold)] = done.get("seconds")
+    record["merge"] = {
+        "merged": _now(),
+        "seconds": round(seconds, 3),
+        "completed_folds": list(completed),
+        "missing_folds": list(missing),
+        "partial": bool(missing),
+        "fold_training_seconds": fold_seconds,
+        "software": software_versions(),
+    }
+    _write_json(out / RECORD_FILE, record)
+
+
+__all__ = [
+    "CrossvalError",
+    "CrossvalResult",
+    "IncompleteCrossvalError",
+    "fold_dir",
+    "fold_is_complete",
+    "merge_crossval",
+    "run_crossval",
+    "summary_table",
+]

@@ -1,0 +1,194 @@
+"""The cross-validation report: one self-contained page for a merged cross-validation folder.
+
+Per target: agreement scatter with Bland-Altman plot (calibrated 95 % intervals as error bars),
+calibration curve before and after calibration, and the sparsification curve. Before them, the
+training and validation loss of every fold over its checkpoints, overlaid, and a summary table
+like the paper's with the published values beside ours. The ridge baseline appears in each
+target's numbers and in a side-by-side table in the page header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mimir.report import format_significant
+from mimir.report.html import ReportSection, format_metric, write_report
+from mimir.report.plots import agreement_plot, calibration_plot, sparsification_plot, validation_curve_plot
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+FIGURES_FOLDER = "figures"
+VALIDATION_SECTION = "validation-curve"
+
+#: Summary column -> key shown in each target's numbers (keys html.py knows how to title).
+_SECTION_METRICS = {
+    "n": "n", "icc": "icc", "r2": "r2", "mae": "mae", "mape_percent": "mape_percent", "auc": "auc",
+    "auce": "auce_before", "auce_calibrated": "auce_after", "variance_scale": "variance_scale",
+    "baseline_icc": "Ridge baseline ICC", "baseline_r2": "Ridge baseline R\u00b2", "baseline_mae": "Ridge baseline MAE",
+}
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def _column(table: "pd.DataFrame", name: str) -> np.ndarray:
+    return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _target_figures(
+    name: str, unit: str, joined: "pd.DataFrame", curves: "pd.DataFrame", figures: Path
+) -> list[Path]:
+    stem = _file_stem(name)
+    paths = [
+        agreement_plot(
+            _column(joined, f"{name}__reference"), _column(joined, name), sd=_column(joined, f"{name}_sd"),
+            name=name, unit=unit, path=figures / f"{stem}_agreement.png",
+        )
+    ]
+    own = curves[curves["target"] == name]
+
+    def curve(kind: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = own[(own["kind"] == kind) & (own["stage"] == stage)].sort_values("x")
+        return _column(rows, "x"), _column(rows, "y")
+
+    expected, before = curve("calibration", "before")
+    _, after = curve("calibration", "after")
+    paths.append(
+        calibration_plot(
+            expected, before, after if after.size else None, name=name, path=figures / f"{stem}_calibration.png",
+            auce_before=_auce(expected, before), auce_after=_auce(expected, after),
+        )
+    )
+    fractions, by_uncertainty = curve("sparsification", "after")
+    _, oracle = curve("sparsification_oracle", "after")
+    paths.append(
+        sparsification_plot(fractions, by_uncertainty, oracle, name=name, unit=unit, path=figures / f"{stem}_sparsification.png")
+    )
+    return paths
+
+
+def _auce(expected: np.ndarray, observed: np.ndarray) -> float | None:
+    from mimir.evaluation.calibration import area_under_calibration_error
+
+    if expected.size == 0 or observed.size != expected.size:
+        return None
+    return area_under_calibration_error(expected, observed)
+
+
+def _histories(out: Path, folds: int) -> "pd.DataFrame":
+    import pandas as pd
+
+    parts = []
+    for fold in range(folds):
+        path = out / f"fold_{fold}" / "history.csv"
+        if path.is_file():
+            parts.append(pd.read_csv(path).assign(fold=fold))
+    if not parts:
+        return pd.DataFrame(columns=["iteration", "train_loss", "val_loss", "fold"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _baseline_note(summary: "pd.DataFrame") -> str:
+    """A fixed-width table of MAE and ICC, network beside ridge baseline (the page shows notes as text)."""
+    width = max(12, *(len(str(name)) for name in summary["name"]))
+    lines = [f"{'target':<{width}}  {'MAE net':>10}  {'MAE ridge':>10}  {'ICC net':>8}  {'ICC ridge':>9}"]
+    for row in summary.to_dict(orient="records"):
+        lines.append(
+            f"{row['name']:<{width}}  {format_significant(row['mae']):>10}  {format_significant(row['baseline_mae']):>10}"
+            f"  {format_metric('icc', row['icc']):>8}  {format_metric('icc', row['baseline_icc']):>9}"
+        )
+    return "\n".join(lines)
+
+
+def _notes(out: Path, summary: "pd.DataFrame") -> dict[str, str]:
+    record = json.loads((out / "crossval.json").read_text()) if (out / "crossval.json").is_file() else {}
+    data = json.loads((out / "data_summary.json").read_text()) if (out / "data_summary.json").is_file() else {}
+    merge = record.get("merge", {})
+    notes = {
+        "module": str(record.get("module", data.get("module", ""))),
+        "folds": str(record.get("folds", "")),
+        "subjects / exams": f"{data.get('n_subjects', '?')} / {data.get('n_exams', '?')}",
+        "missing target values": (
+            f"{100 * data['missing_fraction']:.1f} %" if isinstance(data.get("missing_fraction"), float) else "?"
+        ),
+    }
+    if merge.get("partial"):
+        notes["PARTIAL"] = f"folds {merge.get('missing_folds')} are missing: these numbers cover only part of the data"
+    config = record.get("config", {})
+    if config:
+        notes["network"] = (
+            f"{config.get('architecture')} (init {config.get('init')}), {config.get('iterations')} iterations, "
+            f"batch {config.get('batch_size')}, learning rate {config.get('learning_rate')}"
+        )
+    notes["calibration"] = (
+        "one variance scale factor per target, c = mean(z^2) over the out-of-fold predictions "
+        "(the Gaussian-NLL optimum); AUCE after calibration is in-sample"
+    )
+    if summary["baseline_mae"].notna().any():
+        notes["ridge baseline"] = _baseline_note(summary)
+    return notes
+
+
+def write_crossval_report(out: Path | str) -> Path:
+    """Write `out/report.html` (figures under `out/figures/`) from a merged cross-validation folder."""
+    import pandas as pd
+
+    from mimir.targets.catalog import get_target
+
+    out = Path(out)
+    summary = pd.read_csv(out / "summary.csv")
+    curves = pd.read_csv(out / "curves.csv")
+    calibrated = pd.read_csv(out / "oof_predictions_calibrated.csv")
+    reference = pd.read_csv(out / "reference.csv")
+    folds = int(json.loads((out / "splits.json").read_text())["folds"])
+    names = list(summary["name"])
+    reference_part = reference[["eid", "instance", *names]].rename(columns={n: f"{n}__reference" for n in names})
+    joined = calibrated.merge(reference_part, on=["eid", "instance"], how="inner")
+    figures = out / FIGURES_FOLDER
+    figures.mkdir(parents=True, exist_ok=True)
+
+    sections = [
+        ReportSection(
+            VALIDATION_SECTION,
+            "Training and validation loss over checkpoints (all folds)",
+            [validation_curve_plot(_histories(out, folds), path=figures / "validation_curve.png",
+                                   title="Gaussian NLL per fold (validation = the held-out fold)")],
+        )
+    ]
+    for row in summary.to_dict(orient="records"):
+        name = str(row["name"])
+        unit = str(row.get("unit") or "") if not _missing(row.get("unit")) else get_target(name).unit
+        metrics = {
+            key: float(row[column])
+            for column, key in _SECTION_METRICS.items()
+            if column in row and not _missing(row[column])
+        }
+        title = f"{name} ({unit})" if unit else name
+        sections.append(ReportSection(name, title, _target_figures(name, unit, joined, curves, figures), metrics))
+    record_path = out / "crossval.json"
+    module = json.loads(record_path.read_text()).get("module", "") if record_path.is_file() else ""
+    return write_report(
+        out,
+        title=f"MIMIR cross-validation: {module}",
+        summary_table=summary,
+        sections=sections,
+        notes=_notes(out, summary),
+    )
+
+
+def _missing(value: object) -> bool:
+    try:
+        return value is None or math.isnan(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False

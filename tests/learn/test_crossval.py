@@ -1,0 +1,206 @@
+import argparse
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mimir.cli import UsageError, crossval_cmd
+from mimir.inference.modules import read_crossval
+from mimir.learn.baseline import BaselineConfig
+from mimir.learn.config import TrainConfig
+from mimir.learn.crossval import (
+    CrossvalError,
+    IncompleteCrossvalError,
+    fold_is_complete,
+    merge_crossval,
+    run_crossval,
+)
+from mimir.learn.splits import SplitsError
+
+MODULE = {"cvtest": ["age", "height", "sex"]}
+TARGETS = MODULE["cvtest"]
+FOLDS = 3
+BASELINE = BaselineConfig(size=8)
+
+
+def tiny_config(**changes) -> TrainConfig:
+    base = TrainConfig(
+        architecture="resnet18", init="scratch", input_pool=8, autocast="none", batch_size=4, iterations=6,
+        learning_rate=1e-3, lr_milestones=[4], checkpoint_every=3, log_every=1, eval_batch_size=8,
+        deterministic=True, seed=0, max_shift=4, modules=MODULE,
+    )
+    return base.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """18 subjects (some with two visits) whose image brightness sets age, height and sex."""
+    root = tmp_path_factory.mktemp("cv_cohort")
+    cache = root / "cache"
+    cache.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for subject in range(18):
+        for instance in (2, 3) if subject % 4 == 0 else (2,):
+            brightness = rng.uniform(20, 220)
+            image = np.clip(rng.normal(brightness, 10, (3, 256, 256)), 0, 255).astype(np.uint8)
+            eid = 1_000_000 + subject
+            np.save(cache / f"{eid}_20201_{instance}_0.npy", image)
+            rows.append({
+                "eid": eid, "instance": instance, "age": 40 + brightness / 8,
+                "height": 150 + brightness / 4 if subject % 3 else np.nan, "sex": float(brightness > 120),
+            })
+    rows.append({"eid": 2_000_000, "instance": 2, "age": 50.0, "height": 170.0, "sex": 1.0})  # no image
+    targets = pd.DataFrame(rows)
+    targets.to_csv(root / "targets.csv", index=False)
+    return cache, root / "targets.csv"
+
+
+@pytest.fixture(scope="module")
+def full_run(cohort, tmp_path_factory):
+    cache, targets = cohort
+    out = tmp_path_factory.mktemp("cv_full") / "cv"
+    result = run_crossval(tiny_config(), cache, targets, "cvtest", out, folds=FOLDS, device="cpu", baseline=BASELINE)
+    return out, result
+
+
+def test_full_run_writes_every_output(full_run):
+    out, result = full_run
+    assert result.merged and result.completed == [0, 1, 2] and result.missing == []
+    for name in ("config.toml", "splits.json", "reference.csv", "data_summary.json", "crossval.json",
+                 "oof_predictions.csv", "oof_predictions_calibrated.csv", "calibration.csv", "metrics.csv",
+                 "metrics.md", "curves.csv", "baseline_predictions.csv", "baseline_metrics.csv", "summary.csv",
+                 "report.html"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "crossval.json").read_text())
+    assert record["module"] == "cvtest" and record["folds"] == FOLDS
+    assert set(record["merge"]["fold_training_seconds"]) == {"0", "1", "2"}
+    assert record["sessions"][0]["software"]["torch"]
+    data = json.loads((out / "data_summary.json").read_text())
+    assert data["n_subjects"] == 18 and data["n_exams"] == 23
+    assert sum(fold["n_exams"] for fold in data["folds"]) == 23
+
+
+def test_oof_covers_each_exam_with_a_reference_exactly_once(full_run, cohort):
+    out, _ = full_run
+    oof = pd.read_csv(out / "oof_predictions.csv")
+    assert list(oof.columns) == ["eid", "instance", "fold", *[c for t in TARGETS for c in (t, f"{t}_sd")]]
+    targets = pd.read_csv(cohort[1])
+    with_image = targets[targets["eid"] < 2_000_000]
+    assert not oof.duplicated(["eid", "instance"]).any()
+    assert set(zip(oof["eid"], oof["instance"])) == set(zip(with_image["eid"], with_image["instance"]))
+    splits = json.loads((out / "splits.json").read_text())
+    fold_of = {eid: int(fold) for fold, eids in splits["eids"].items() for eid in eids}
+    assert (oof["fold"] == oof["eid"].map(fold_of)).all()
+    assert oof.groupby("eid")["fold"].nunique().max() == 1
+    assert oof[[f"{t}_sd" for t in TARGETS]].gt(0).all().all()
+
+
+def test_calibration_factor_is_mean_squared_z_and_is_applied(full_run):
+    out, result = full_run
+    oof = pd.read_csv(out / "oof_predictions.csv")
+    calibrated = pd.read_csv(out / "oof_predictions_calibrated.csv")
+    reference = pd.read_csv(out / "reference.csv")
+    calibration = pd.read_csv(out / "calibration.csv").set_index("target")
+    assert list(calibration.index) == TARGETS
+    for name in TARGETS:
+        z = (reference[name] - oof[name]) / oof[f"{name}_sd"]
+        factor = calibration.loc[name, "variance_scale"]
+        assert factor == pytest.approx(np.nanmean(z**2))
+        assert calibration.loc[name, "n"] == reference[name].notna().sum()
+        np.testing.assert_allclose(calibrated[f"{name}_sd"], oof[f"{name}_sd"] * math.sqrt(factor))
+        np.testing.assert_array_equal(calibrated[name], oof[name])
+    # inference reads the folder as it is written here
+    summary = read_crossval(out, TARGETS)
+    assert summary.calibration["age"] == pytest.approx(calibration.loc["age", "variance_scale"])
+    assert "icc" in summary.metrics["height"] and "age" in summary.sd_p99
+
+
+def test_metrics_curves_and_baseline(full_run):
+    out, result = full_run
+    metrics = pd.read_csv(out / "metrics.csv").set_index("name")
+    assert metrics.loc["height", "n"] == 15 and metrics.loc["age", "n"] == 23
+    assert math.isfinite(metrics.loc["sex", "auc"]) and math.isnan(metrics.loc["age", "auc"])
+    assert {"auce", "auce_scaled", "cv_icc", "cv_mae"} <= set(metrics.columns)
+    curves = pd.read_csv(out / "curves.csv")
+    assert list(curves.columns) == ["target", "kind", "x", "y", "stage"]
+    counts = curves.groupby(["target", "kind", "stage"]).size()
+    assert len(counts) == 3 * 3 * 2 and (counts == 10).all()
+    after = curves[(curves["kind"] == "calibration") & (curves["stage"] == "after") & (curves["target"] == "age")]
+    summary = pd.read_csv(out / "summary.csv").set_index("name")
+    from mimir.evaluation.calibration import area_under_calibration_error
+
+    assert summary.loc["age", "auce_calibrated"] == pytest.approx(area_under_calibration_error(after["x"], after["y"]))
+    # brightness is linear in the targets: the ridge baseline is nearly exact
+    assert summary.loc["age", "baseline_icc"] > 0.9
+    assert summary.loc["age", "baseline_mae"] < summary.loc["age", "mae"]
+    baseline = pd.read_csv(out / "baseline_predictions.csv")
+    assert len(baseline) == 23 and list(baseline.columns) == ["eid", "instance", "fold", *TARGETS]
+    assert (json.loads((out / "fold_0" / "baseline_alphas.json").read_text()).keys()) == set(TARGETS)
+
+
+def test_fold_subset_with_interruption_then_merge_equals_running_all(full_run, cohort, tmp_path):
+    cache, targets = cohort
+    out = tmp_path / "cv"
+
+    def interrupt(fold, event):
+        if fold == 1 and event.iteration == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_crossval(tiny_config(), cache, targets, "cvtest", out, folds=FOLDS, fold_ids=[1], device="cpu",
+                     baseline=BASELINE, progress=interrupt)
+    assert not fold_is_complete(out, 1)
+    partial = run_crossval(tiny_config(), cache, targets, "cvtest", out, fold_ids=[1], device="cpu",
+                           baseline=BASELINE)
+    sessions = json.loads((out / "fold_1" / "run.json").read_text())["sessions"]
+    assert sessions[-1]["start_iteration"] == 3  # resumed from the checkpoint
+    assert not partial.merged and partial.completed == [1] and partial.missing == [0, 2]
+    with pytest.raises(IncompleteCrossvalError, match="folds 0, 2 are not complete"):
+        merge_crossval(out)
+    some = merge_crossval(out, allow_partial=True, report=False)
+    assert set(pd.read_csv(some.oof_predictions)["fold"]) == {1}
+    assert json.loads((out / "crossval.json").read_text())["merge"]["partial"] is True
+
+    result = run_crossval(tiny_config(), cache, targets, "cvtest", out, fold_ids=[0, 2], device="cpu",
+                          baseline=BASELINE, report=False)
+    assert result.merged and result.completed == [0, 1, 2]
+    full_out, _ = full_run
+    for name in ("oof_predictions.csv", "calibration.csv", "baseline_predictions.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(full_out / name), rtol=1e-5)
+
+
+def test_complete_folds_are_skipped_and_mismatches_are_errors(full_run, cohort):
+    out, _ = full_run
+    cache, targets = cohort
+    before = (out / "fold_0" / "fold.json").read_text()
+    again = run_crossval(tiny_config(), cache, targets, "cvtest", out, fold_ids=[0], device="cpu",
+                         baseline=BASELINE, report=False)
+    assert again.fold_seconds == {} and (out / "fold_0" / "fold.json").read_text() == before
+    with pytest.raises(SplitsError, match="folds 3 \\(asked: 5\\)"):
+        run_crossval(tiny_config(), cache, targets, "cvtest", out, folds=5, device="cpu", baseline=BASELINE)
+    with pytest.raises(CrossvalError, match="differs in iterations"):
+        run_crossval(tiny_config(iterations=7), cache, targets, "cvtest", out, device="cpu", baseline=BASELINE)
+    with pytest.raises(CrossvalError, match="baseline settings"):
+        run_crossval(tiny_config(), cache, targets, "cvtest", out, device="cpu", baseline=BaselineConfig(size=16))
+    with pytest.raises(CrossvalError, match="fold ids must lie in 0..2"):
+        run_crossval(tiny_config(), cache, targets, "cvtest", out, fold_ids=[3], device="cpu", baseline=BASELINE)
+
+
+def test_cli_merge_and_usage_errors(full_run, tmp_path, capsys):
+    out, _ = full_run
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quiet", action="store_true")
+    crossval_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["crossval", "merge", str(out), "--no-report"])
+    assert args.handler(args) == 0
+    assert "merged folds 0, 1, 2 of 3" in capsys.readouterr().out
+    args = parser.parse_args(["crossval", "merge", str(tmp_path)])
+    with pytest.raises(UsageError, match="not a cross-validation folder"):
+        args.handler(args)
+    args = parser.parse_args(["crossval", "run", "--images", str(tmp_path), "--targets", str(tmp_path),
+                              "--module", "age", "--out", str(tmp_path / "new")])
+    with pytest.raises(UsageError, match="pass --config"):
+        args.handler(args)
