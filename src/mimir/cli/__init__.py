@@ -18,13 +18,26 @@ from mimir.cli import (
     crossval_cmd,
     evaluate_cmd,
     module_cmd,
+    predict_cmd,
+    show_cmd,
     synth_cmd,
     targets_cmd,
     train_cmd,
 )
 
 #: Subcommand modules in the order `mimir --help` lists them (pipeline order).
-COMMANDS = (synth_cmd, compress_cmd, targets_cmd, train_cmd, crossval_cmd, evaluate_cmd, module_cmd, catalog_cmd)
+COMMANDS = (
+    synth_cmd,
+    compress_cmd,
+    targets_cmd,
+    train_cmd,
+    crossval_cmd,
+    evaluate_cmd,
+    module_cmd,
+    predict_cmd,
+    show_cmd,
+    catalog_cmd,
+)
 
 
 class UsageError(Exception):

@@ -1,0 +1,130 @@
+"""Benchmark `mimir predict` end to end: zips -> cache -> four modules -> table.
+
+Generates N synthetic exams and (unless --modules names real ones) the paper's four modules as
+ResNet50s with random weights whose batch-norm statistics are fitted to the synthetic images
+(so activations and outputs have realistic scales). Runs the prediction once as configured
+(compressing every exam), then from the cache in float32 and in bfloat16 (where supported), and
+prints where the time went, subjects per minute, and how far the means of the faster
+precisions are from float32, in target sds.
+Goals (issue 5): <= 0.08 s per subject per ResNet50 module on CPU; 1,000 subjects in 10 minutes
+end to end with four modules; bfloat16 within 0.02 sd of float32.
+
+    nice -n 10 python benchmarks/predict_speed.py --n 8
+    python benchmarks/predict_speed.py --zips DIR --modules body organs experimental age
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mimir.inference.modules import ModuleSpec, Provenance, TargetSpec, save_module
+from mimir.inference.predict import PredictionResult, cpu_supports_bfloat16, run_prediction
+from mimir.network import MeanVarianceResNet
+from mimir.targets.catalog import module_names, module_targets
+
+
+def synthetic_modules(folder: Path, images: np.ndarray, architecture: str) -> list[Path]:
+    """The paper's four modules with random weights, batch norm fitted to `images`."""
+    paths = []
+    for seed, name in enumerate(module_names()):
+        targets = tuple(
+            TargetSpec(t.name, t.ukb_field, t.unit, t.kind, mean=10.0, sd=2.0) for t in module_targets(name)
+        )
+        torch.manual_seed(seed)
+        network = MeanVarianceResNet(architecture, len(targets))
+        for layer in network.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.momentum = None
+        network.train()
+        with torch.no_grad():
+            network(torch.from_numpy(images).float())
+        spec = ModuleSpec(name=name, architecture=architecture, targets=targets,
+                          provenance=Provenance("training", notes=("benchmark: random weights",)),
+                          log_var_range=(-10.0, 10.0))
+        paths.append(save_module(spec, network.state_dict(), folder / name))
+    return paths
+
+
+def calibration_images(zips: list[Path], cache: Path, count: int) -> np.ndarray:
+    from mimir.imaging.cache import load_image
+    from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
+
+    inputs = discover_inputs(zips[:count])
+    compress_exams(inputs, CompressOptions(cache=cache), workers=1)
+    return np.stack([load_image(path) for path in sorted(cache.glob("*.npy"))])
+
+
+def report(title: str, result: PredictionResult, n: int) -> None:
+    print(f"\n{title}: {n} exams on {result.device}, {result.precision}, batch {result.batch_size}, "
+          f"{result.compressed} compressed, {result.failed} failed")
+    print(f"  {'stage':<28}{'seconds':>9}{'s / exam':>10}")
+    for stage, seconds in result.timings.items():
+        print(f"  {stage:<28}{seconds:9.2f}{seconds / n:10.3f}")
+    total = result.timings["total"]
+    print(f"  -> {60.0 * n / total:.1f} subjects per minute "
+          f"({1000 * total / n / 60:.1f} min per 1,000 subjects)")
+
+
+def max_deviation_in_sd(fast: PredictionResult, reference: PredictionResult, specs: list[ModuleSpec]) -> float:
+    worst = 0.0
+    for spec in specs:
+        for target in spec.targets:
+            difference = (fast.table[target.name] - reference.table[target.name]).abs().max()
+            worst = max(worst, float(difference) / target.sd)
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=8, help="synthetic exams (default 8)")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--zips", type=Path, help="folder of field-20201 zips to use instead")
+    parser.add_argument("--modules", nargs="+", type=Path, help="real modules instead of random ResNet50s")
+    parser.add_argument("--architecture", default="resnet50")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--workers", type=int, help="compression processes (default: all cores)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_path = Path(scratch)
+        if args.zips:
+            zips = sorted(args.zips.glob("*.zip"))
+        else:
+            from mimir.synth import CohortConfig, generate_cohort
+
+            started = time.perf_counter()
+            zips = generate_cohort(CohortConfig(n=args.n, seed=args.seed), scratch_path / "cohort").zips
+            print(f"generated {len(zips)} synthetic exams in {time.perf_counter() - started:.1f} s")
+        if args.modules:
+            modules = args.modules
+        else:
+            images = calibration_images(zips, scratch_path / "calibration", count=4)
+            modules = synthetic_modules(scratch_path / "modules", images, args.architecture)
+        from mimir.inference.modules import read_spec
+
+        specs = [read_spec(path) for path in modules]
+        common = dict(device=args.device, batch_size=args.batch_size, workers=args.workers)
+        cache = scratch_path / "cache"
+        first = run_prediction(zips, modules, cache=cache, precision=args.precision, **common)
+        report("end to end (zips -> table)", first, len(zips))
+        reference = run_prediction(zips, modules, cache=cache, precision="float32", **common)
+        report("from the cache, float32", reference, len(zips))
+        faster = [first] if first.precision != "float32" else []
+        if first.precision != "bfloat16" and (first.device.startswith("cuda") or cpu_supports_bfloat16()):
+            faster.append(run_prediction(zips, modules, cache=cache, precision="bfloat16", **common))
+            report("from the cache, bfloat16", faster[-1], len(zips))
+        for result in faster:
+            print(f"\n{result.precision} vs float32: largest |mean difference| = "
+                  f"{max_deviation_in_sd(result, reference, specs):.4f} target sd (goal <= 0.02)")
+
+
+if __name__ == "__main__":
+    main()

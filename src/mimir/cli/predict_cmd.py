@@ -1,0 +1,108 @@
+"""`mimir predict`: exams (or cached images) through every module to one calibrated table."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict every module's targets for many exams: one row per subject and visit",
+        description=(
+            "Compress the exams that are not cached yet (as `mimir compress`, into --cache), run "
+            "every module and write one row per exam: per target the calibrated mean, sd and 95 % "
+            "interval, plus the QC flag, the failure (stage: reason) of exams that could not be "
+            "compressed or loaded (their predictions are empty), and the targets whose sd is "
+            "unusually large. A rerun reuses the cache."
+        ),
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="field-20201 zips, folders of zips, list files (as for `mimir compress`), or already "
+        "compressed images: .npy files or a cache folder (a folder of .npy files without zips)",
+    )
+    parser.add_argument("--modules", nargs="+", required=True, metavar="MODULE", help="module folders or archives")
+    parser.add_argument("--out", required=True, help="output table: .csv or .parquet")
+    parser.add_argument("--cache", help="image cache for the compressed exams (default: {out stem}_cache beside --out)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--batch-size", type=int, help="images per network batch (default: 16 on CPU, 128 on GPU)")
+    parser.add_argument("--workers", type=int, help="compression processes (default: all cores)")
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+        help="network arithmetic; auto: float32 on a CPU, float16 on a GPU. bfloat16 is about twice "
+        "as fast on CPUs with AVX512-BF16 but less exact (check it on your modules first)",
+    )
+    parser.add_argument("--long", action="store_true", help="one row per exam and target instead of per exam")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from mimir.cli import UsageError
+    from mimir.imaging.compress import InputError
+    from mimir.inference.modules import ModuleFormatError
+    from mimir.inference.predict import (
+        PredictError,
+        check_output_path,
+        default_cache_for,
+        run_prediction,
+        write_predictions,
+    )
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    missing = [path for path in args.inputs if not Path(path).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    try:
+        out = check_output_path(args.out)
+    except PredictError as error:
+        raise UsageError(str(error)) from error
+    cache = Path(args.cache) if args.cache else default_cache_for(out)
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for earlier in bars.values():
+                earlier.close()
+            bar = bars[stage] = tqdm(total=total, unit="exam", desc=stage, disable=args.quiet)
+        bar.update(done - bar.n)
+
+    try:
+        result = run_prediction(
+            args.inputs, args.modules, cache=cache, device=args.device, batch_size=args.batch_size,
+            workers=args.workers, precision=args.precision, progress=progress,
+        )
+    except (InputError, PredictError, ModuleFormatError) as error:
+        raise UsageError(str(error)) from error
+    finally:
+        for bar in bars.values():
+            bar.close()
+    writing = time.perf_counter()
+    write_predictions(result.table, out, long=args.long)
+    result.timings["write"] = time.perf_counter() - writing
+
+    n_exams = len(result.table)
+    print(
+        f"{n_exams} exams ({result.compressed} compressed, {result.reused} already cached, {result.failed} failed) "
+        f"on {result.device}, {result.precision}, batch {result.batch_size}"
+    )
+    for stage, seconds in result.timings.items():
+        if stage != "total":
+            print(f"  {stage:<32}{seconds:9.2f} s")
+    total = result.timings.get("total", 0.0) + result.timings["write"]
+    rate = 60.0 * n_exams / total if total > 0 else float("nan")
+    print(f"  {'total':<32}{total:9.2f} s  ({rate:.1f} exams per minute)")
+    if result.failed:
+        print(f"{result.failed} exams have no predictions: see the failure column")
+    print(f"predictions: {out}")
+    return 1 if n_exams and result.failed == n_exams else 0
