@@ -11,12 +11,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compare a predictions table with reference values: ICC, R2, MAE, MAPE, AUC, AUCE per target",
         description=(
             "Join predictions (eid, instance, {name}, {name}_sd) with a reference, given as a targets "
-            "table or a raw UK Biobank export, and write metrics.csv and metrics.md to --out."
+            "table or a raw UK Biobank export, and write metrics.csv, metrics.md and report.html "
+            "(agreement, Bland-Altman, calibration and sparsification plots) to --out."
         ),
     )
     parser.add_argument("predictions", help="predictions CSV (eid, instance, then {name} and {name}_sd per target)")
     parser.add_argument("reference", help="targets table, or a UK Biobank export (ukbconv or RAP)")
-    parser.add_argument("--out", required=True, help="folder for metrics.csv and metrics.md")
+    parser.add_argument("--out", required=True, help="folder for metrics.csv, metrics.md and report.html")
+    parser.add_argument("--no-report", action="store_true", help="only the metrics tables, no plots or HTML")
     parser.add_argument("--instance", type=int, default=2, help="imaging visit read from a raw export (default 2)")
     parser.add_argument("--targets", help="comma-separated target names (default: all present in both)")
     parser.set_defaults(handler=run)
@@ -50,4 +52,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.predictions}: not a readable CSV table ({error})") from error
     csv_path, markdown_path = write_metrics(metrics, Path(args.out))
     print(f"evaluated {len(metrics)} targets; wrote {csv_path} and {markdown_path}")
+    if not args.no_report:
+        from mimir.report.evaluation_report import write_evaluation_report
+
+        report = write_evaluation_report(
+            Path(args.out), predictions, reference, metrics,
+            notes={"predictions": str(args.predictions), "reference": str(args.reference)},
+        )
+        print(f"report: {report}")
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,8 @@ import numpy as np
 
 from mimir.report import format_significant
 from mimir.report.html import ReportSection, format_metric, write_report
-from mimir.report.plots import agreement_plot, calibration_plot, sparsification_plot, validation_curve_plot
+from mimir.report.plots import validation_curve_plot
+from mimir.report.target_figures import target_figures
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,52 +38,8 @@ _SECTION_METRICS = {
 }
 
 
-def _file_stem(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
-
-
 def _column(table: "pd.DataFrame", name: str) -> np.ndarray:
     return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _target_figures(
-    name: str, unit: str, joined: "pd.DataFrame", curves: "pd.DataFrame", figures: Path
-) -> list[Path]:
-    stem = _file_stem(name)
-    paths = [
-        agreement_plot(
-            _column(joined, f"{name}__reference"), _column(joined, name), sd=_column(joined, f"{name}_sd"),
-            name=name, unit=unit, path=figures / f"{stem}_agreement.png",
-        )
-    ]
-    own = curves[curves["target"] == name]
-
-    def curve(kind: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = own[(own["kind"] == kind) & (own["stage"] == stage)].sort_values("x")
-        return _column(rows, "x"), _column(rows, "y")
-
-    expected, before = curve("calibration", "before")
-    _, after = curve("calibration", "after")
-    paths.append(
-        calibration_plot(
-            expected, before, after if after.size else None, name=name, path=figures / f"{stem}_calibration.png",
-            auce_before=_auce(expected, before), auce_after=_auce(expected, after),
-        )
-    )
-    fractions, by_uncertainty = curve("sparsification", "after")
-    _, oracle = curve("sparsification_oracle", "after")
-    paths.append(
-        sparsification_plot(fractions, by_uncertainty, oracle, name=name, unit=unit, path=figures / f"{stem}_sparsification.png")
-    )
-    return paths
-
-
-def _auce(expected: np.ndarray, observed: np.ndarray) -> float | None:
-    from mimir.evaluation.calibration import area_under_calibration_error
-
-    if expected.size == 0 or observed.size != expected.size:
-        return None
-    return area_under_calibration_error(expected, observed)
 
 
 def _histories(out: Path, folds: int) -> "pd.DataFrame":
@@ -148,13 +104,18 @@ def write_crossval_report(out: Path | str) -> Path:
 
     out = Path(out)
     summary = pd.read_csv(out / "summary.csv")
-    curves = pd.read_csv(out / "curves.csv")
     calibrated = pd.read_csv(out / "oof_predictions_calibrated.csv")
+    uncalibrated = pd.read_csv(out / "oof_predictions.csv")
     reference = pd.read_csv(out / "reference.csv")
     folds = int(json.loads((out / "splits.json").read_text())["folds"])
     names = list(summary["name"])
     reference_part = reference[["eid", "instance", *names]].rename(columns={n: f"{n}__reference" for n in names})
-    joined = calibrated.merge(reference_part, on=["eid", "instance"], how="inner")
+    uncalibrated_sd = uncalibrated[["eid", "instance", *(f"{n}_sd" for n in names)]].rename(
+        columns={f"{n}_sd": f"{n}__sd_before" for n in names}
+    )
+    joined = calibrated.merge(reference_part, on=["eid", "instance"], how="inner").merge(
+        uncalibrated_sd, on=["eid", "instance"], how="left"
+    )
     figures = out / FIGURES_FOLDER
     figures.mkdir(parents=True, exist_ok=True)
 
@@ -175,7 +136,11 @@ def write_crossval_report(out: Path | str) -> Path:
             if column in row and not _missing(row[column])
         }
         title = f"{name} ({unit})" if unit else name
-        sections.append(ReportSection(name, title, _target_figures(name, unit, joined, curves, figures), metrics))
+        figure_paths = target_figures(
+            name, unit, _column(joined, f"{name}__reference"), _column(joined, name), _column(joined, f"{name}_sd"),
+            figures, sd_before_calibration=_column(joined, f"{name}__sd_before"),
+        )
+        sections.append(ReportSection(name, title, figure_paths, metrics))
     record_path = out / "crossval.json"
     module = json.loads(record_path.read_text()).get("module", "") if record_path.is_file() else ""
     return write_report(

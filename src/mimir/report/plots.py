@@ -250,15 +250,20 @@ def calibration_plot(
     path: Path,
     auce_before: float | None = None,
     auce_after: float | None = None,
+    labels: tuple[str, str] = ("before calibration", "after calibration"),
 ) -> Path:
-    """Observed share inside each central interval against its nominal coverage p."""
+    """Observed share inside each central interval against its nominal coverage p.
+
+    `labels` name the two curves; predictions that were calibrated at inference have only
+    one curve, which then is better called e.g. "as predicted".
+    """
     figure = new_figure(5.2, 5.0)
     axes = figure.subplots()
     axes.set_title(f"Calibration: {name}", fontsize=12)
     axes.plot([0, 1], [0, 1], color=_REFERENCE_LINE_COLOUR, linestyle="--", linewidth=1.0, label="ideal")
-    curves = [(observed_before, "before calibration", auce_before, _BEFORE_COLOUR, "o")]
+    curves = [(observed_before, labels[0], auce_before, _BEFORE_COLOUR, "o")]
     if observed_after is not None:
-        curves.append((observed_after, "after calibration", auce_after, _AFTER_COLOUR, "s"))
+        curves.append((observed_after, labels[1], auce_after, _AFTER_COLOUR, "s"))
     for observed, label, area, colour, marker in curves:
         nominal, share = _finite_pairs(expected, observed)
         if area is not None and np.isfinite(area):

@@ -1,0 +1,62 @@
+"""The evaluation report: predictions against a reference release, one self-contained page."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mimir.report.html import ReportSection, write_report
+from mimir.report.target_figures import target_figures
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FIGURES_FOLDER = "figures"
+_SECTION_METRICS = ("n", "icc", "r2", "mae", "mape_percent", "auc", "auce")
+
+
+def _column(table: "pd.DataFrame", name: str) -> np.ndarray | None:
+    if name not in table.columns:
+        return None
+    return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def write_evaluation_report(
+    out: Path,
+    predictions: "pd.DataFrame",
+    reference: "pd.DataFrame",
+    metrics: "pd.DataFrame",
+    *,
+    title: str = "MIMIR evaluation",
+    notes: dict[str, str] | None = None,
+) -> Path:
+    """Write `out/report.html` with the metrics table and each target's figures."""
+    from mimir.evaluation.evaluate import paired_table
+    from mimir.targets.catalog import get_target
+
+    out = Path(out)
+    targets = [get_target(name) for name in metrics["name"]]
+    joined = paired_table(predictions, reference, targets)
+    figures = out / FIGURES_FOLDER
+    figures.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for row, target in zip(metrics.to_dict(orient="records"), targets, strict=True):
+        paths = target_figures(
+            target.name,
+            target.unit,
+            _column(joined, f"{target.name}__reference"),
+            _column(joined, target.name),
+            _column(joined, f"{target.name}_sd"),
+            figures,
+        )
+        numbers = {
+            key: float(row[key])
+            for key in _SECTION_METRICS
+            if row.get(key) is not None and not math.isnan(float(row[key]))
+        }
+        sections.append(ReportSection(target.name, f"{target.name} ({target.unit})", paths, numbers))
+    facts = {"predicted rows": str(len(predictions)), "paired with the reference": str(len(joined))}
+    return write_report(out, title=title, summary_table=metrics, sections=sections, notes={**facts, **(notes or {})})
