@@ -1,0 +1,97 @@
+"""The synthetic anatomy: every tissue present, body inside the grid, bed at the back, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mimir import protocol
+from mimir.synth.anatomy import BED_ROW, build_anatomy
+from mimir.synth.labels import Region, Tissue
+from mimir.synth.subject import SubjectParams, sample_subject
+
+
+@pytest.fixture(scope="module")
+def subject() -> tuple[SubjectParams, object]:
+    rng = np.random.default_rng([5, 1])
+    params = sample_subject(rng, 1234567)
+    return params, build_anatomy(params, 400, rng)
+
+
+def test_volume_shape_and_types(subject) -> None:
+    _, anatomy = subject
+    assert anatomy.labels.shape == (400, protocol.GRID_ROWS, protocol.COLUMNS)
+    assert anatomy.labels.dtype == np.uint8
+    assert anatomy.fat_fraction.dtype == np.float32
+    assert anatomy.fat_fraction.shape == anatomy.labels.shape
+    assert 0.0 <= anatomy.fat_fraction.min() and anatomy.fat_fraction.max() <= 1.0
+
+
+def test_every_tissue_is_present(subject) -> None:
+    _, anatomy = subject
+    present = set(np.unique(anatomy.labels).tolist())
+    assert {int(t) for t in Tissue} <= present
+    assert {int(r) for r in Region} <= set(np.unique(anatomy.region).tolist())
+
+
+def test_bed_fills_the_posterior_edge_and_the_body_lies_on_it(subject) -> None:
+    _, anatomy = subject
+    labels = anatomy.labels
+    assert (labels[:, BED_ROW:, :] == Tissue.BED).all()
+    assert not (labels[:, :BED_ROW, :] == Tissue.BED).any()
+    body = (labels != Tissue.BACKGROUND) & (labels != Tissue.BED)
+    # The back touches the bed along the trunk; nothing touches the anterior edge.
+    assert body[:, BED_ROW - 1, :].any(axis=1).mean() > 0.5
+    assert not body[:, 0, :].any()
+
+
+def test_body_is_centred_and_upright(subject) -> None:
+    _, anatomy = subject
+    body = (anatomy.labels != Tissue.BACKGROUND) & (anatomy.labels != Tissue.BED)
+    cols = np.flatnonzero(body.any(axis=(0, 1)))
+    centre = (cols[0] + cols[-1]) / 2
+    assert abs(centre - (protocol.COLUMNS - 1) / 2) < 30
+    # Lungs above the liver above the thighs (slice 0 is the top).
+    depth_of = {t: np.flatnonzero((anatomy.labels == t).any(axis=(1, 2))).mean() for t in (Tissue.LUNG, Tissue.LIVER, Tissue.THIGH_ANTERIOR_LEFT)}
+    assert depth_of[Tissue.LUNG] < depth_of[Tissue.LIVER] < depth_of[Tissue.THIGH_ANTERIOR_LEFT]
+
+
+def test_left_and_right_follow_the_patient(subject) -> None:
+    _, anatomy = subject
+    columns = np.arange(protocol.COLUMNS)
+    left = (anatomy.labels == Tissue.THIGH_ANTERIOR_LEFT).any(axis=(0, 1))
+    right = (anatomy.labels == Tissue.THIGH_ANTERIOR_RIGHT).any(axis=(0, 1))
+    liver = (anatomy.labels == Tissue.LIVER).any(axis=(0, 1))
+    spleen = (anatomy.labels == Tissue.SPLEEN).any(axis=(0, 1))
+    # Columns run from patient right to patient left.
+    assert columns[right].mean() < columns[left].mean()
+    assert columns[liver].mean() < columns[spleen].mean()
+
+
+def test_whole_body_spans_vertex_to_sole(subject) -> None:
+    params, anatomy = subject
+    whole = anatomy.whole_body
+    body = (whole.labels != Tissue.BACKGROUND) & (whole.labels != Tissue.BED)
+    slices = np.flatnonzero(body.any(axis=(1, 2)))
+    top, bottom = whole.grid.depth_mm[slices[0]], whole.grid.depth_mm[slices[-1]]
+    assert top < 20.0
+    assert bottom > params.height_cm * 10.0 - 20.0
+    assert (whole.region[body] != Region.OUTSIDE).all()
+
+
+def test_same_seed_same_anatomy() -> None:
+    first = np.random.default_rng([9, 9])
+    second = np.random.default_rng([9, 9])
+    a = build_anatomy(sample_subject(first, 1), 60, first)
+    b = build_anatomy(sample_subject(second, 1), 60, second)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.fat_fraction, b.fat_fraction)
+    c_rng = np.random.default_rng([9, 10])
+    c = build_anatomy(sample_subject(c_rng, 1), 60, c_rng)
+    assert not np.array_equal(a.labels, c.labels)
+
+
+def test_too_few_slices_is_an_error() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="slices"):
+        build_anatomy(sample_subject(rng, 1), 1, rng)

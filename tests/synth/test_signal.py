@@ -1,0 +1,36 @@
+"""Water and fat signal from the labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mimir.synth.anatomy import build_anatomy
+from mimir.synth.labels import Tissue
+from mimir.synth.signal import partial_volume, render_signal
+from mimir.synth.subject import sample_subject
+
+
+def test_signal_follows_tissue_and_fat_fraction() -> None:
+    rng = np.random.default_rng([3, 3])
+    params = sample_subject(rng, 7)
+    anatomy = build_anatomy(params, 200, rng)
+    water, fat = render_signal(anatomy, params, rng)
+    assert water.shape == anatomy.labels.shape and water.dtype == np.float32
+    assert fat.dtype == np.float32 and water.min() >= 0 and fat.min() >= 0
+    labels = anatomy.labels
+    sat = labels == Tissue.SAT
+    muscle = labels == Tissue.MUSCLE
+    lung = labels == Tissue.LUNG
+    assert np.median(fat[sat]) > 0.8 and np.median(water[sat]) < 0.3
+    assert np.median(water[muscle]) > 0.8 and np.median(fat[muscle]) < 0.2
+    assert np.median(water[lung] + fat[lung]) < 0.2
+    assert (water[labels == Tissue.BACKGROUND] + fat[labels == Tissue.BACKGROUND]).mean() < 0.05
+
+
+def test_partial_volume_softens_an_edge_and_keeps_the_total() -> None:
+    volume = np.zeros((6, 8, 10), dtype=np.float32)
+    volume[:, :, 5:] = 1.0
+    soft = partial_volume(volume)
+    row = soft[3, 4]
+    assert row[3] == 0.0 and 0.0 < row[4] < 0.5 < row[5] < 1.0 and row[7] == 1.0
+    assert np.isclose(soft.sum(), volume.sum(), rtol=0.01)
