@@ -16,6 +16,7 @@ from mimir.cli import (
     catalog_cmd,
     compress_cmd,
     crossval_cmd,
+    demo_cmd,
     evaluate_cmd,
     module_cmd,
     predict_cmd,
@@ -36,6 +37,7 @@ COMMANDS = (
     module_cmd,
     predict_cmd,
     show_cmd,
+    demo_cmd,
     catalog_cmd,
 )
 
@@ -50,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calibrated body measurements from UK Biobank neck-to-knee MRI.",
     )
     parser.add_argument("--version", action="version", version=f"mimir {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress details (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 and not quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 

@@ -1,0 +1,34 @@
+"""The README's main command, end to end in a reduced size."""
+
+import json
+
+import pandas as pd
+
+from mimir.cli import main
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    arguments = ["-q", "demo", "--out", str(out), "--n-train", "6", "--n-test", "2", "--folds", "2",
+                 "--iterations", "3", "--workers", "1"]
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "evaluation report:" in printed and "predictions:" in printed
+
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == 2
+    assert {"weight", "weight_sd", "weight_low", "weight_high", "failure", "qc_flag"} <= set(predictions.columns)
+    assert predictions["weight"].notna().all()
+    assert (predictions["weight_low"] < predictions["weight"]).all()
+    metrics = pd.read_csv(out / "evaluation" / "metrics.csv")
+    assert set(metrics["name"]) >= {"weight", "height", "AtlasVatVolume"}
+    assert (out / "evaluation" / "report.html").is_file()
+    assert (out / "crossval" / "report.html").is_file()
+    assert json.loads((out / "module" / "module.json").read_text())["name"] == "demo"
+    assert not list((out / "train").glob("*.zip")), "training zips are removed once compressed"
+
+    cohort_record = (out / "train" / "cohort.json").stat().st_mtime_ns
+    weights = (out / "run" / "weights.safetensors").read_bytes()
+    assert main(arguments) == 0
+    assert (out / "train" / "cohort.json").stat().st_mtime_ns == cohort_record
+    assert (out / "run" / "weights.safetensors").read_bytes() == weights
