@@ -216,7 +216,7 @@ def test_describe_lists_targets_units_calibration_and_metrics(module_dir):
     assert "cm" in height_line and "1.300" in height_line and "4.2" in height_line and "1.8" in height_line
 
 
-def _fake_run(tmp_path, state) -> "Path":
+def _fake_run(tmp_path, state):
     from mimir.learn.config import TrainConfig
     from mimir.learn.train import Standardization
 

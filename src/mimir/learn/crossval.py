@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -67,6 +66,7 @@ from mimir.learn.dataset import assemble_exams, index_image_cache, read_targets
 from mimir.learn.modules import ModuleDefinition, resolve_module
 from mimir.learn.splits import SPLITS_FILE, Splits, load_or_create_splits
 from mimir.targets.catalog import Target, get_target
+from mimir.versions import software_versions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -526,23 +526,6 @@ def _now() -> str:
 
 def _write_json(path: Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
-
-
-def software_versions() -> dict[str, str]:
-    import pandas as pd
-    import torch
-
-    from mimir import __version__
-
-    return {
-        "mimir": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "platform": platform.platform(),
-        "host": platform.node(),
-    }
 
 
 def _read_record(out: Path) -> dict[str, object]:

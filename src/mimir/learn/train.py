@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimir.atomic import atomic_write_text
-from mimir.learn.checkpoint import Checkpoint, latest_checkpoint, load_state, load_weights, save_checkpoint, save_weights
+from mimir.learn.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from mimir.learn.config import ConfigError, TrainConfig
 from mimir.learn.dataset import (
     ExamImages,
@@ -47,7 +53,13 @@ from mimir.learn.dataset import (
 )
 from mimir.learn.loss import gaussian_nll
 from mimir.learn.modules import ModuleDefinition, resolve_module
-from mimir.network import MeanVarianceResNet, build_network, images_to_input, split_output
+from mimir.network import (
+    MeanVarianceResNet,
+    build_network,
+    images_to_input,
+    split_output,
+)
+from mimir.versions import software_versions
 
 logger = logging.getLogger(__name__)
 
@@ -419,22 +431,6 @@ def _check_run_folder(out: Path, config: TrainConfig, resume: bool) -> None:
             raise RunFolderError(f"cannot resume {out}: the configuration differs in {', '.join(differing)}")
 
 
-def _software_versions() -> dict[str, str]:
-    import torchvision
-
-    from mimir import __version__
-
-    return {
-        "mimir": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "platform": platform.platform(),
-    }
-
-
 def _device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -692,4 +688,4 @@ def _record_session(
             "device_name": _device_description(device),
         }
     )
-    _write_json(path, {"software": _software_versions(), "sessions": sessions})
+    _write_json(path, {"software": software_versions(), "sessions": sessions})
