@@ -1,18 +1,22 @@
 import numpy as np
 import pytest
-from PIL import Image
 
 from mimir.imaging.fusion import FusedVolume
 from mimir.imaging.projection import (
+    body_mask,
     body_threshold,
     build_representation,
     crop_bed,
     encode_fat_fraction,
     fat_fraction,
     half_count_index,
+    normalize_minmax,
     otsu_threshold,
-    resize_bilinear,
+    otsu_thresholds,
+    projection_channel,
+    resize_linear_uint8,
     slice_positions,
+    truncate_to_uint8,
 )
 from mimir.protocol import BED_ROWS
 
@@ -29,14 +33,63 @@ def predicted(index, size_in, size_out=256):
     return (index + 0.5) * size_out / size_in - 0.5
 
 
-def test_resize_is_bilinear_with_half_pixel_centres():
-    np.testing.assert_allclose(resize_bilinear(np.array([[0.0, 1.0]]), (1, 4)), [[0, 0.25, 0.75, 1]])
+# Expected outputs below were produced by cv2.resize(image, (width, height)) (INTER_LINEAR)
+# with OpenCV 4.5.5 and 5.0 alike, as the published pipeline calls it on uint8 images.
+SMALL = np.array(
+    [
+        [34, 32, 204, 127, 151, 153, 182],
+        [7, 124, 37, 102, 237, 140, 18],
+        [138, 33, 193, 242, 250, 159, 222],
+        [94, 37, 130, 113, 169, 254, 70],
+        [219, 35, 89, 201, 63, 171, 117],
+    ],
+    np.uint8,
+)
+SMALL_TO_3X4 = [[39, 145, 172, 135], [99, 199, 249, 198], [124, 111, 107, 138]]
+TINY = np.array([[131, 240, 209, 214], [140, 251, 251, 34], [52, 78, 141, 210]], np.uint8)
+TINY_TO_5X7 = [
+    [131, 170, 232, 224, 209, 212, 214],
+    [134, 174, 236, 235, 220, 172, 142],
+    [140, 180, 243, 251, 236, 111, 34],
+    [87, 109, 143, 166, 182, 156, 140],
+    [52, 61, 76, 109, 146, 185, 210],
+]
 
 
-def test_resize_matches_pillow_bilinear_when_enlarging():
-    image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
-    pillow = np.asarray(Image.fromarray(image, mode="F").resize((45, 33), Image.Resampling.BILINEAR))
-    np.testing.assert_allclose(resize_bilinear(image, (33, 45)), pillow, atol=1e-5)
+def test_resize_reproduces_opencv_linear_on_uint8_when_shrinking():
+    result = resize_linear_uint8(SMALL, (3, 4))
+    assert result.dtype == np.uint8
+    np.testing.assert_array_equal(result, SMALL_TO_3X4)
+
+
+def test_resize_reproduces_opencv_linear_on_uint8_when_enlarging():
+    np.testing.assert_array_equal(resize_linear_uint8(TINY, (5, 7)), TINY_TO_5X7)
+
+
+def test_resize_is_half_pixel_linear_without_antialiasing():
+    # a one-pixel line sampled by no output centre vanishes (no area averaging)
+    image = np.zeros((1, 8), np.uint8)
+    image[0, 3] = 200  # output centres sample between pixels 1-2 and 5-6
+    np.testing.assert_array_equal(resize_linear_uint8(image, (1, 2)), [[0, 0]])
+    np.testing.assert_array_equal(resize_linear_uint8(np.array([[0, 255]], np.uint8), (1, 4)), [[0, 64, 191, 255]])
+
+
+def test_resize_refuses_float_input():
+    with pytest.raises(ValueError):
+        resize_linear_uint8(np.zeros((4, 4)), (2, 2))
+
+
+def test_views_are_truncated_not_rounded_before_resizing():
+    assert truncate_to_uint8(np.array([127.99, 0.5, 255.0])).tolist() == [127, 0, 255]
+    channel = np.zeros((40, 10, 12), np.float32)
+    channel[:, :, 4:8] = 1.0  # coronal sum 10: the maximum
+    channel[:, :, 8:] = 0.9999  # coronal sum 9.999: 254.97 before the cast
+    coronal = truncate_to_uint8(normalize_minmax(channel.sum(axis=1, dtype=np.float64)))
+    assert set(np.unique(coronal)) == {0, 254, 255}
+    image = projection_channel(channel, (40, 22))  # 12 + 10 columns: resizing is the identity
+    np.testing.assert_array_equal(image[:, :12], coronal)
+    assert image[20, 9] == 254
+    assert not image[:, 12:].any()  # every sagittal pixel sums the same: a constant view is 0
 
 
 def bright_centre(view):
@@ -67,26 +120,51 @@ def test_views_are_min_max_scaled_separately():
     assert image[0, :, :100].min() == 0
 
 
-def test_bed_rows_do_not_reach_the_image():
+def test_bed_rows_do_not_reach_the_projections():
     rng = np.random.default_rng(1)
     water = rng.random((SLICES, ROWS, COLS)).astype(np.float32)
     fat = rng.random((SLICES, ROWS, COLS)).astype(np.float32)
     with_bed_w, with_bed_f = water.copy(), fat.copy()
     with_bed_w[:, -BED_ROWS:] = 1e4
     with_bed_f[:, -BED_ROWS:] = 7e3
-    np.testing.assert_array_equal(build_representation(volume(water, fat)), build_representation(volume(with_bed_w, with_bed_f)))
+    plain, with_bed = build_representation(volume(water, fat)), build_representation(volume(with_bed_w, with_bed_f))
+    np.testing.assert_array_equal(plain[:2], with_bed[:2])
     assert crop_bed(water).shape == (SLICES, ROWS - BED_ROWS, COLS)
+
+
+def test_body_threshold_sees_the_bed_rows_and_counts_empty_voxels_as_one():
+    # the published pipeline thresholds W + F before the bed crop, with 0 replaced by 1
+    water = np.zeros((6, 30, 8), np.float32)
+    water[:, 2:8, 2:6] = 100.0
+    water[:, -BED_ROWS:, :] = 900.0  # a bright bed raises the mean coronal threshold
+    total = water.astype(np.float64)
+    total[total == 0] = 1.0
+    threshold = float(otsu_thresholds(total, axis=1).mean())
+    assert 100.0 < threshold < 900.0
+    mask = body_mask(water, np.zeros_like(water))
+    np.testing.assert_array_equal(mask, total >= threshold)
+    assert not mask[:, 2:8].any()
+
+
+def test_body_mask_includes_voxels_at_the_threshold():
+    water = np.zeros((2, 3, 4), np.float32)
+    water[:, :, 2:] = 5.0  # two-valued slices: the threshold is the lower bin's centre
+    threshold = otsu_threshold(np.where(water[:, 0] == 0, 1.0, water[:, 0]))
+    mask = body_mask(water, np.zeros_like(water))
+    assert mask[:, :, 2:].all() and not mask[:, :, :2].any()
+    assert threshold < 5.0
 
 
 def test_fat_fraction_encoding():
     assert fat_fraction(np.array([3.0, 0.0]), np.array([1.0, 0.0])).tolist() == [250.0, 0.0]
-    np.testing.assert_allclose(encode_fat_fraction(np.array([0.0, 250.0, 500.0, 900.0])), [0, 127.5, 255, 255])
+    encoded = encode_fat_fraction(np.array([0.0, 250.0, 499.0, 500.0, 900.0]))
+    assert encoded.dtype == np.uint8 and encoded.tolist() == [0, 127, 254, 255, 255]  # truncated
     water = np.zeros((SLICES, ROWS, COLS), np.float32)
     fat = np.zeros_like(water)
     water[:, 5:25, 5:35] = 3.0
     fat[:, 5:25, 5:35] = 1.0  # 25 % fat fraction inside the body, nothing outside
     image = build_representation(volume(water, fat))
-    assert image[2, 128, 64] in (127, 128)
+    assert image[2, 128, 64] == 127
     assert image[2, 128, 1] == 0
 
 
@@ -111,9 +189,11 @@ def test_slice_positions_halve_the_body():
     mask = np.zeros((8, 40, 60), bool)
     mask[:, 10:30, 0:40] = True  # patient right occupies columns 0-29 of the first half
     row, col = slice_positions(mask)
-    assert row == 19  # cumulative count reaches half after rows 10..19
-    assert col == 14  # half of columns 0..29 (first half of 60) reached at column 14
-    assert half_count_index(np.zeros(6)) == 3
+    assert row == 20  # rows 10..19 before it hold half the body: the slice just past half
+    assert col == 15  # columns 0..14 before it hold half of the right half's (0..29) count
+    assert half_count_index(np.array([0, 0, 4, 0, 4, 0])) == 3
+    assert half_count_index(np.array([0, 0, 0, 0, 0, 8])) == 0  # never reached before the last slice
+    assert half_count_index(np.zeros(6)) == 0
 
 
 def test_representation_shape_and_type():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,50 @@ def test_too_few_slices_is_an_error() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="slices"):
         build_anatomy(sample_subject(rng, 1), 1, rng)
+
+
+def _body_measures(params: SubjectParams, seed: int) -> tuple[object, dict[str, float]]:
+    from mimir.synth.measure import measure
+
+    rng = np.random.default_rng([seed, 0])
+    anatomy = build_anatomy(params, 400, rng)
+    return anatomy, measure(anatomy, params, np.random.default_rng(0))
+
+
+def test_hands_on_belly_move_the_arms_not_the_trunk() -> None:
+    params = replace(sample_subject(np.random.default_rng([0, 18]), 1), hands_on_belly=False)  # slim: the pose fits
+    beside, beside_values = _body_measures(params, 3)
+    resting, resting_values = _body_measures(replace(params, hands_on_belly=True), 3)
+    arms = (Region.ARM_LEFT, Region.ARM_RIGHT)
+    rows = np.arange(protocol.GRID_ROWS)[None, :, None]
+    front = {name: np.where(np.isin(a.region, arms), rows, 999).min() for name, a in (("beside", beside), ("resting", resting))}
+    assert front["resting"] < front["beside"] - 10  # forearms lie in front of the body
+    trunk = beside.region == Region.TRUNK
+    np.testing.assert_array_equal(beside.labels[trunk], resting.labels[trunk])
+    for name in ("AtlasVatVolume", "AtlasAsatVolume", "liverVolume", "AtlasTotalThighMuscleVolume"):
+        assert resting_values[name] == beside_values[name], name
+    assert resting_values["weight"] == pytest.approx(beside_values["weight"], rel=0.01)
+
+
+def test_breathing_moves_the_liver_not_its_size() -> None:
+    params = replace(sample_subject(np.random.default_rng([5, 3]), 1), breath_mm=0.0)
+    depth_of = {}
+    volume = {}
+    for breath in (0.0, 24.0):
+        anatomy, values = _body_measures(replace(params, breath_mm=breath), 4)
+        liver = (anatomy.labels == Tissue.LIVER).sum(axis=(1, 2))
+        depth_of[breath] = float((anatomy.grid.depth_mm * liver).sum() / liver.sum())
+        volume[breath] = values["liverVolume"]
+    assert depth_of[24.0] - depth_of[0.0] == pytest.approx(24.0, abs=6.0)
+    assert volume[24.0] == pytest.approx(volume[0.0], rel=0.05)
+
+
+def test_fat_spread_changes_where_subcutaneous_fat_lies_not_how_much() -> None:
+    params = replace(sample_subject(np.random.default_rng([5, 4]), 1), sat_anterior=1.0, sat_posterior=1.0, sat_lateral=1.0)
+    even, even_values = _body_measures(params, 5)
+    front, front_values = _body_measures(replace(params, sat_anterior=1.6, sat_posterior=0.6), 5)
+    assert front_values["AtlasTotalTrunkFat"] == pytest.approx(even_values["AtlasTotalTrunkFat"], rel=0.06)
+    sat = {name: (a.labels == Tissue.SAT) & (a.region == Region.TRUNK) for name, a in (("even", even), ("front", front))}
+    rows = np.arange(protocol.GRID_ROWS)[None, :, None]
+    centre = {name: float((rows * mask).sum() / mask.sum()) for name, mask in sat.items()}
+    assert centre["front"] < centre["even"] - 2  # the fat moved anteriorly (lower rows)

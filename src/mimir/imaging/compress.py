@@ -247,7 +247,8 @@ def compress_exams(
         stem = exam_stem(source)
         if not options.force and is_cached(cache, stem):
             summary.skipped += 1
-            progress and progress(ExamOutcome(stem=stem, source=str(source.path), status="skipped"))
+            if progress is not None:
+                progress(ExamOutcome(stem=stem, source=str(source.path), status="skipped"))
         else:
             todo.append(source)
     for result in map_outcomes(partial(compress_exam, options=options), todo, workers):
@@ -264,7 +265,8 @@ def compress_exams(
             summary.failed += 1
             summary.failures.append(outcome)
             logger.warning("%s failed at %s: %s", outcome.stem, outcome.stage, outcome.reason)
-        progress and progress(outcome)
+        if progress is not None:
+            progress(outcome)
     write_failures(cache, summary.failures)
     write_qc_table(cache)
     summary.seconds = time.perf_counter() - started

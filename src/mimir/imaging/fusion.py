@@ -3,7 +3,9 @@
 Each station is placed on the grid anchored on the first station (copied when it sits on
 the grid, else resampled linearly); overlaps with the next station are trimmed
 symmetrically to at most MAX_OVERLAP_SLICES, blended with a linear ramp and rescaled so the
-slice mean runs linearly across the seam; the ends lose FOLDING_TRIM_SLICES slices each.
+slice mean runs linearly across the seam; gaps stay empty; the ends lose
+FOLDING_TRIM_SLICES slices each. Every rule follows the published pipeline
+(docs/representation.md), so the networks see the volume they were trained on.
 Per seam it also records what quality control needs and only fusion can see: both
 stations' signal over the same slices, before blending hides any disagreement.
 """
@@ -22,11 +24,6 @@ from mimir.imaging.station import Station
 from mimir.protocol import FOLDING_TRIM_SLICES, MAX_OVERLAP_SLICES
 
 logger = logging.getLogger(__name__)
-
-#: Gaps between stations up to this many grid slices are filled by linear interpolation
-#: between the bounding slices; longer gaps stay zero (a black band is more honest there).
-MAX_GAP_FILL_SLICES = 4
-
 
 class FusionError(ValueError):
     """Stations that cannot be fused into one volume."""
@@ -199,15 +196,26 @@ def _compare_across(seam: SeamInfo, upper: tuple[np.ndarray, np.ndarray], lower:
     seam.crossed_correlation = _mean_of_defined([_correlation(upper_water, lower_fat), _correlation(upper_fat, lower_water)])
 
 
-def _rescale_to_ramp(blended: np.ndarray, start_mean: float, end_mean: float) -> None:
-    """Scale each overlap slice so its mean lies on the line between the bounding slices' means."""
-    count = len(blended)
+def _footprint_mean(slice_: np.ndarray, area: int) -> float:
+    """Mean of a full-grid slice over one station's in-plane footprint (zero outside it)."""
+    return float(slice_.sum(dtype=np.float64)) / area
+
+
+def _ramp_factors(
+    upper_faded: np.ndarray, lower_faded: np.ndarray, upper_area: int, lower_area: int, start_mean: float, end_mean: float
+) -> np.ndarray:
+    """Per overlap slice, the factor that puts the blended mean on the line between the bounding slices.
+
+    Means are taken per station over its own footprint, and the blended slice's mean is the
+    sum of the two faded stations' means: the published correction, which for stations of
+    different row counts is not the mean over the fused grid.
+    """
+    count = len(upper_faded)
     targets = start_mean + (end_mean - start_mean) * np.arange(1, count + 1) / (count + 1)
-    means = blended.reshape(count, -1).mean(axis=1, dtype=np.float64)
+    current = upper_faded.reshape(count, -1).sum(axis=1, dtype=np.float64) / upper_area
+    current += lower_faded.reshape(count, -1).sum(axis=1, dtype=np.float64) / lower_area
     floor = 1e-6 * max(abs(start_mean), abs(end_mean))
-    for index in range(count):
-        if means[index] > floor:
-            blended[index] *= np.float32(targets[index] / means[index])
+    return np.where(current > floor, targets / np.where(current > floor, current, 1.0), 1.0).astype(np.float32)
 
 
 def _blend_overlap(
@@ -215,12 +223,13 @@ def _blend_overlap(
 ) -> None:
     """Write the blended, mean-corrected overlap [start, stop) (grid slices) into the canvas.
 
-    Where only one station covers a voxel in-plane (a station of fewer rows), it is used
-    alone rather than faded against the other's empty rows.
+    Each station is faded across the overlap and the two are added, also where only one of
+    them covers a voxel in-plane (a station of fewer rows): there the other contributes zero.
     """
     upper_water, upper_fat = canvas.station_slices(upper, start, stop)
     lower_water, lower_fat = canvas.station_slices(lower, start, stop)
     upper_cover, lower_cover = canvas.coverage(upper), canvas.coverage(lower)
+    upper_area, lower_area = int(upper_cover.sum()), int(lower_cover.sum())
     common = upper_cover & lower_cover
     _compare_across(seam, (upper_water[:, common], upper_fat[:, common]), (lower_water[:, common], lower_fat[:, common]))
     weights = blend_weights(stop - start)[:, None, None]
@@ -231,15 +240,23 @@ def _blend_overlap(
         (upper_water, lower_water, before_water, after_water, canvas.water),
         (upper_fat, lower_fat, before_fat, after_fat, canvas.fat),
     ):
-        blended = upper_part * (1 - weights) + lower_part * weights
-        blended[:, upper_cover & ~lower_cover] = upper_part[:, upper_cover & ~lower_cover]
-        blended[:, lower_cover & ~upper_cover] = lower_part[:, lower_cover & ~upper_cover]
-        _rescale_to_ramp(blended, float(before.mean()), float(after.mean()))
-        out[target] = blended
+        upper_part *= 1 - weights
+        lower_part *= weights
+        factors = _ramp_factors(
+            upper_part,
+            lower_part,
+            upper_area,
+            lower_area,
+            _footprint_mean(before, upper_area),
+            _footprint_mean(after, lower_area),
+        )
+        upper_part += lower_part
+        upper_part *= factors[:, None, None]
+        out[target] = upper_part
 
 
-def _bridge(canvas: _Canvas, upper: PlacedStation, lower: PlacedStation, last: int, first: int, seam: SeamInfo) -> None:
-    """Stations that only touch or leave a gap: compare the facing slices, fill short gaps."""
+def _compare_facing(canvas: _Canvas, upper: PlacedStation, lower: PlacedStation, last: int, first: int, seam: SeamInfo) -> None:
+    """Stations that only touch or leave a gap: compare the facing slices (the gap stays empty)."""
     upper_slices = canvas.station_slices(upper, last, last + 1)
     lower_slices = canvas.station_slices(lower, first, first + 1)
     common = canvas.coverage(upper) & canvas.coverage(lower)
@@ -248,13 +265,6 @@ def _bridge(canvas: _Canvas, upper: PlacedStation, lower: PlacedStation, last: i
         (upper_slices[0][:, common], upper_slices[1][:, common]),
         (lower_slices[0][:, common], lower_slices[1][:, common]),
     )
-    gap = first - last - 1
-    if not 0 < gap <= MAX_GAP_FILL_SLICES:
-        return
-    weights = blend_weights(gap)[:, None, None]
-    target = slice(last + 1 - canvas.slice_offset, first - canvas.slice_offset)
-    for above, below, out in ((upper_slices[0], lower_slices[0], canvas.water), (upper_slices[1], lower_slices[1], canvas.fat)):
-        out[target] = above * (1 - weights) + below * weights
 
 
 def fuse_stations(stations: Sequence[Station]) -> FusedVolume:
@@ -289,10 +299,9 @@ def fuse_stations(stations: Sequence[Station]) -> FusedVolume:
         if seam.overlap > 0:
             _blend_overlap(canvas, placed[upper], placed[upper + 1], lower_start, upper_stop, seam)
         else:
-            _bridge(canvas, placed[upper], placed[upper + 1], upper_stop - 1, lower_start, seam)
+            _compare_facing(canvas, placed[upper], placed[upper + 1], upper_stop - 1, lower_start, seam)
             if seam.gap:
-                filled = "interpolated" if seam.gap <= MAX_GAP_FILL_SLICES else "left empty"
-                notes.append(f"gap of {seam.gap} slices between stations {upper} and {upper + 1} ({filled})")
+                notes.append(f"gap of {seam.gap} slices between stations {upper} and {upper + 1} (left empty)")
             else:
                 notes.append(f"no overlap between stations {upper} and {upper + 1}")
         seams.append(seam)

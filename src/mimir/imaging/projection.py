@@ -1,14 +1,16 @@
 """The fused volume to the (3, 256, 256) uint8 image the published networks expect (shared doc, section 3).
 
+docs/representation.md lists the facts of the published pipeline this module reproduces.
 Orientation (array conventions: slices head to foot, rows anterior to posterior, columns
 patient right to left): every view has the head at the top. The coronal view keeps the
-column order, so the patient's right is on the image's left (radiological convention, as
-if facing the patient). The sagittal view keeps the row order, so anterior is on the left
-and the patient faces left. Coronal views sit on the left half, sagittal views on the right.
+column order, so the patient's right is on the image's left. The sagittal view keeps the
+row order, so anterior is on the left. Coronal views sit on the left half, sagittal views
+on the right; channels are water, fat, fat fraction.
 
-Resizing is bilinear with half-pixel centres and no antialiasing (the semantics of OpenCV's
-INTER_LINEAR): output pixel i samples the input at (i + 0.5) * in / out - 0.5, clamped to
-the edge pixels. Values are rounded to the nearest integer (halves to even) once, at the end.
+Quantisation follows the published pipeline: each view is truncated to uint8 *before* the
+two are concatenated and resized, and the resize is OpenCV's INTER_LINEAR on 8-bit images
+(half-pixel centres, no antialiasing, 11-bit fixed-point weights), reproduced bit-exactly
+by `resize_linear_uint8`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import numpy as np
 from mimir.imaging.fusion import FusedVolume
 from mimir.protocol import BED_ROWS, IMAGE_SHAPE
 
-#: Histogram bins of the Otsu threshold (as common implementations default to).
+#: Histogram bins of the Otsu threshold (scikit-image's default, which the published code used).
 OTSU_BINS = 256
 #: Fat fraction (per mille) that maps to 255 in channel 2: the channel covers 0-50 %.
 FAT_FRACTION_FULL_SCALE = 500.0
 #: Voxels quantised at a time while building Otsu histograms (keeps temporaries in cache).
 _OTSU_CHUNK_VOXELS = 1 << 20
+#: Fixed-point precision of OpenCV's linear resize weights on 8-bit images.
+_RESIZE_COEF_BITS = 11
 
 
 class ProjectionError(ValueError):
@@ -37,82 +41,114 @@ def crop_bed(array: np.ndarray, bed_rows: int = BED_ROWS) -> np.ndarray:
     return array[:, : array.shape[1] - bed_rows, :]
 
 
-def interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) matrix of bilinear weights with half-pixel centres, edges clamped."""
-    position = (np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5
-    position = np.clip(position, 0, size_in - 1)
-    lower = np.minimum(np.floor(position).astype(np.intp), size_in - 1)
-    upper = np.minimum(lower + 1, size_in - 1)
-    fraction = position - lower
-    matrix = np.zeros((size_out, size_in), dtype=np.float64)
-    outputs = np.arange(size_out)
-    np.add.at(matrix, (outputs, lower), 1 - fraction)
-    np.add.at(matrix, (outputs, upper), fraction)
-    return matrix
+def _linear_taps(size_in: int, size_out: int, clamp_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and integer weights (summing to 2048) of each output pixel along one axis.
+
+    Positions use half-pixel centres computed in float32 as OpenCV does. Along columns,
+    positions outside the image take the edge pixel with full weight; along rows OpenCV only
+    clamps the indices and keeps the fractional weights (`clamp_weights` False).
+    """
+    scale = size_in / size_out
+    position = ((np.arange(size_out, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    lower = np.floor(position).astype(np.intp)
+    fraction = (position - lower.astype(np.float32)).astype(np.float32)
+    if clamp_weights:
+        outside = (lower < 0) | (lower >= size_in - 1)
+        fraction[outside] = 0.0
+        lower = np.clip(lower, 0, size_in - 1)
+    one = np.float32(1 << _RESIZE_COEF_BITS)
+    weight_lower = np.rint((np.float32(1.0) - fraction) * one).astype(np.int64)
+    weight_upper = np.rint(fraction * one).astype(np.int64)
+    return np.clip(lower, 0, size_in - 1), np.clip(lower + 1, 0, size_in - 1), weight_lower, weight_upper
 
 
-def resize_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a 2D image to `shape` (rows, cols); see the module docstring for the semantics."""
-    rows = interpolation_matrix(image.shape[0], shape[0])
-    cols = interpolation_matrix(image.shape[1], shape[1])
-    return rows @ image.astype(np.float64) @ cols.T
+def resize_linear_uint8(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a 2D uint8 image to `shape` (rows, cols) exactly as OpenCV's INTER_LINEAR does.
+
+    Horizontal pass in exact integers; vertical pass with the rounding of OpenCV's SIMD
+    kernel (the path every output row of width 256 takes): each row sum is shifted right by
+    4, multiplied by its weight keeping the high 16 bits, and the total rounded by 2 bits.
+    """
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ProjectionError(f"expected a 2D uint8 image, got {image.dtype} {image.shape}")
+    source = image.astype(np.int64)
+    left, right, weight_left, weight_right = _linear_taps(image.shape[1], shape[1], clamp_weights=True)
+    horizontal = source[:, left] * weight_left + source[:, right] * weight_right
+    top, bottom, weight_top, weight_bottom = _linear_taps(image.shape[0], shape[0], clamp_weights=False)
+    vertical = ((horizontal[top] >> 4) * weight_top[:, None]) >> 16
+    vertical += ((horizontal[bottom] >> 4) * weight_bottom[:, None]) >> 16
+    return np.clip((vertical + 2) >> 2, 0, 255).astype(np.uint8)
+
+
+def truncate_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Values in [0, 255] to uint8 by truncation, as numpy's cast does (not rounding)."""
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def normalize_minmax(view: np.ndarray) -> np.ndarray:
-    """Scale a view to 0-255 by its own minimum and maximum (a constant view becomes 0)."""
+    """Scale a view to 0-255 (float) by its own minimum and maximum (a constant view becomes 0)."""
     view = view.astype(np.float64)
     low, high = float(view.min()), float(view.max())
     if high <= low:
         return np.zeros_like(view)
-    return (view - low) * (255.0 / (high - low))
+    return (view - low) / (high - low) * 255.0
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+def _histogram_bins(chunk: np.ndarray, low: np.ndarray, high: np.ndarray, bins: int) -> np.ndarray:
+    """Bin of every value as numpy.histogram assigns it over [low, high] (per slice, float64).
+
+    The first guess floor((x - low) * bins / span) can miss by one at a bin edge; like numpy,
+    compare against the edges themselves and correct.
+    """
+    span = np.where(high > low, high - low, 1.0)
+    step = span / bins
+    guess = ((chunk - low) * (bins / span)).astype(np.intp)
+    np.clip(guess, 0, bins - 1, out=guess)
+    lower_edge = low + guess * step
+    upper_edge = np.where(guess == bins - 1, np.inf, low + (guess + 1) * step)
+    guess -= chunk < lower_edge
+    guess += chunk >= upper_edge
+    return guess
 
 
 def otsu_thresholds(samples: np.ndarray, axis: int = 0, bins: int = OTSU_BINS) -> np.ndarray:
     """Otsu's threshold of every slice of `samples` along `axis`, all slices at once.
 
-    Values above the threshold are foreground; the threshold is the centre of the last bin
-    of the background class. A constant slice gets its value. The array is read in its own
-    layout (no transposed copy), which matters on a 14-million-voxel volume.
+    Same result as scikit-image's threshold_otsu on each slice in float64: a 256-bin
+    histogram over the slice's [min, max], the threshold is the centre of the last
+    background bin, a constant slice gets its value. The array is read in its own layout
+    (no transposed copy), which matters on a 14-million-voxel volume.
     """
-    samples = np.asarray(samples, dtype=np.float32)
+    samples = np.asarray(samples)
     others = tuple(other for other in range(samples.ndim) if other != axis)
     count = samples.shape[axis]
-    width = samples.size // count
-    low = samples.min(axis=others)
-    high = samples.max(axis=others)
-    span = np.where(high > low, high - low, 1).astype(np.float32)
     along = [1] * samples.ndim
     along[axis] = count
-    offset = low.reshape(along)
-    scale = (bins / span).reshape(along)
+    low = samples.min(axis=others).astype(np.float64)
+    high = samples.max(axis=others).astype(np.float64)
     bin_base = (np.arange(count, dtype=np.intp) * bins).reshape(along)
     histogram = np.zeros(count * bins, dtype=np.int64)
     chunk_axis = others[0]
     step = max(1, _OTSU_CHUNK_VOXELS // max(1, samples.size // samples.shape[chunk_axis]))
     for start in range(0, samples.shape[chunk_axis], step):
-        chunk = samples[(slice(None),) * chunk_axis + (slice(start, start + step),)]
-        quantised = ((chunk - offset) * scale).astype(np.intp)
-        np.minimum(quantised, bins - 1, out=quantised)
+        chunk = samples[(slice(None),) * chunk_axis + (slice(start, start + step),)].astype(np.float64)
+        quantised = _histogram_bins(chunk, low.reshape(along), high.reshape(along), bins)
         quantised += bin_base
         histogram += np.bincount(quantised.ravel(), minlength=count * bins)
     histogram = histogram.reshape(count, bins).astype(np.float64)
-    centres = low[:, None] + (np.arange(bins) + 0.5)[None, :] * (span / bins)[:, None]
+    edges = low[:, None] + np.arange(bins + 1)[None, :] * ((high - low) / bins)[:, None]
+    edges[:, -1] = high
+    centres = (edges[:, :-1] + edges[:, 1:]) / 2
+    weighted = histogram * centres
     background = np.cumsum(histogram, axis=1)
-    foreground = width - background
-    background_sum = np.cumsum(histogram * centres, axis=1)
-    total_sum = background_sum[:, -1:]
+    foreground = np.cumsum(histogram[:, ::-1], axis=1)[:, ::-1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        background_mean = background_sum / background
-        foreground_mean = (total_sum - background_sum) / foreground
-        between = background * foreground * (background_mean - foreground_mean) ** 2
-    between = np.nan_to_num(between, nan=-1.0)
-    best = np.argmax(between, axis=1)
+        background_mean = np.cumsum(weighted, axis=1) / background
+        foreground_mean = np.cumsum(weighted[:, ::-1], axis=1)[:, ::-1] / foreground
+        between = background[:, :-1] * foreground[:, 1:] * (background_mean[:, :-1] - foreground_mean[:, 1:]) ** 2
+    best = np.argmax(np.nan_to_num(between, nan=-1.0), axis=1)
     thresholds = centres[np.arange(count), best]
-    return np.where(high > low, thresholds, low).astype(np.float64)
+    return np.where(high > low, thresholds, low)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
@@ -135,17 +171,34 @@ def fat_fraction(water: np.ndarray, fat: np.ndarray) -> np.ndarray:
 
 
 def encode_fat_fraction(fraction_permille: np.ndarray) -> np.ndarray:
-    """Per mille fat fraction to 0-255 (float): 0-50 % spans the range, higher values saturate."""
-    return np.clip(fraction_permille / FAT_FRACTION_FULL_SCALE, 0.0, 1.0) * 255.0
+    """Per mille fat fraction to uint8: 0-50 % spans 0-255 (truncated), higher values saturate."""
+    return truncate_to_uint8(np.clip(fraction_permille / FAT_FRACTION_FULL_SCALE, 0.0, 1.0) * 255.0)
 
 
-def half_count_index(counts: np.ndarray) -> int:
-    """First index where the cumulative count reaches half the total (the middle if empty)."""
+def body_mask(water: np.ndarray, fat: np.ndarray) -> np.ndarray:
+    """W + F (zeros counted as 1) at or above the mean coronal Otsu threshold of the whole volume.
+
+    The published pipeline thresholds the volume before the bed crop, on the same sum it
+    divides by for the fat fraction (where 0 became 1).
+    """
+    total = water.astype(np.float64) + fat
+    total[total == 0] = 1.0
+    return total >= body_threshold(total)
+
+
+def half_count_index(counts: np.ndarray, half: float | None = None) -> int:
+    """First index i whose preceding entries (0..i-1) hold at least `half` (default: half the total).
+
+    The published pipeline counts the mask strictly before the candidate slice, so the
+    chosen slice is the one just past the halfway point; 0 when no index qualifies.
+    """
     cumulative = np.cumsum(counts, dtype=np.int64)
-    total = int(cumulative[-1]) if len(cumulative) else 0
-    if total == 0:
-        return len(counts) // 2
-    return int(np.searchsorted(cumulative, total / 2, side="left"))
+    if half is None:
+        half = (int(cumulative[-1]) if len(cumulative) else 0) / 2
+    if half <= 0:
+        return 0
+    index = int(np.searchsorted(cumulative, half, side="left")) + 1
+    return index if index < len(counts) else 0
 
 
 def slice_positions(mask: np.ndarray) -> tuple[int, int]:
@@ -156,24 +209,23 @@ def slice_positions(mask: np.ndarray) -> tuple[int, int]:
     """
     per_row = np.count_nonzero(mask, axis=(0, 2))
     per_col = np.count_nonzero(mask, axis=(0, 1))
-    return half_count_index(per_row), half_count_index(per_col[: mask.shape[2] // 2])
+    right_half = int(per_col[: mask.shape[2] // 2].sum())
+    return half_count_index(per_row), half_count_index(per_col, right_half / 2)
 
 
 def side_by_side(coronal: np.ndarray, sagittal: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return resize_bilinear(np.concatenate([coronal, sagittal], axis=1), shape)
+    return resize_linear_uint8(np.concatenate([coronal, sagittal], axis=1), shape)
 
 
 def projection_channel(channel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Coronal and sagittal sums of one (bed-cropped) channel, each min-max scaled, resized."""
-    coronal = channel.sum(axis=1, dtype=np.float32)
-    sagittal = channel.sum(axis=2, dtype=np.float32)
-    return side_by_side(normalize_minmax(coronal), normalize_minmax(sagittal), shape)
+    """Coronal and sagittal sums of one (bed-cropped) channel, each min-max scaled and truncated, resized."""
+    coronal = channel.sum(axis=1, dtype=np.float64)
+    sagittal = channel.sum(axis=2, dtype=np.float64)
+    return side_by_side(truncate_to_uint8(normalize_minmax(coronal)), truncate_to_uint8(normalize_minmax(sagittal)), shape)
 
 
-def fat_fraction_channel(water: np.ndarray, fat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Coronal and sagittal fat fraction slices through the body centre (bed-cropped input)."""
-    total = water + fat
-    mask = total > body_threshold(total)
+def fat_fraction_channel(water: np.ndarray, fat: np.ndarray, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Coronal and sagittal fat fraction slices through the body centre (bed-cropped input and mask)."""
     row, col = slice_positions(mask)
     coronal = encode_fat_fraction(fat_fraction(water[:, row, :], fat[:, row, :]))
     sagittal = encode_fat_fraction(fat_fraction(water[:, :, col], fat[:, :, col]))
@@ -182,14 +234,16 @@ def fat_fraction_channel(water: np.ndarray, fat: np.ndarray, shape: tuple[int, i
 
 def build_representation(volume: FusedVolume) -> np.ndarray:
     """The (3, 256, 256) uint8 image: water projections, fat projections, fat fraction slices."""
+    if volume.water.shape != volume.fat.shape or volume.water.size == 0:
+        raise ProjectionError(f"water {volume.water.shape} and fat {volume.fat.shape} do not form one volume")
     water = crop_bed(volume.water)
     fat = crop_bed(volume.fat)
-    if water.shape != fat.shape or water.size == 0:
-        raise ProjectionError(f"water {volume.water.shape} and fat {volume.fat.shape} do not form one volume")
+    mask = crop_bed(body_mask(volume.water, volume.fat))
     shape = IMAGE_SHAPE[1:]
-    channels = (
-        projection_channel(water, shape),
-        projection_channel(fat, shape),
-        fat_fraction_channel(water, fat, shape),
+    return np.stack(
+        [
+            projection_channel(water, shape),
+            projection_channel(fat, shape),
+            fat_fraction_channel(water, fat, mask, shape),
+        ]
     )
-    return np.stack([to_uint8(channel) for channel in channels])

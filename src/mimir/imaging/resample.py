@@ -1,5 +1,7 @@
 """Placing one station on the common grid: an exact copy when it sits on it, else linear resampling.
 
+The extent and copy rules are those of the published pipeline (docs/representation.md).
+
 Grid coordinates are continuous voxel indices of the fused grid, anchored on voxel (0, 0, 0)
 of the first station: slice = (z0 - z) / slice spacing, row = (y - y0) / pixel spacing,
 column = (x - x0) / pixel spacing. Resampling is separable (along z, then rows, then
@@ -9,7 +11,6 @@ columns), which equals trilinear interpolation and is far cheaper than a 3D gath
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,25 +123,28 @@ def _grid_coordinates(station: Station, grid: GridSpec) -> tuple[np.ndarray, np.
 
 
 def place_axis(coords: np.ndarray, tolerance: float = ON_GRID_TOLERANCE_VOXELS) -> AxisPlacement:
-    """Grid indices whose centres fall inside the voxel extent of samples at `coords`.
+    """Grid indices [round(first centre), round(first centre + count * mean step)) for samples at `coords`.
 
-    The extent reaches half a (median) source step beyond the first and last centre, so a
-    station on the grid covers exactly its own voxel count; grid points between a centre and
-    the extent edge take the edge value. Irregular steps (a missing slice) are interpolated
-    along the true positions.
+    As in the published pipeline, a station's extent starts at its first voxel and reaches
+    one full (mean) source step past its last, each end rounded to the grid (halves to
+    even); grid points past the last centre take the edge value. It is copied when both
+    ends lie within `tolerance` of the grid and the extent equals its voxel count.
+    Irregular steps (a missing slice) are interpolated along the true positions.
     """
     count = len(coords)
-    step = float(np.median(np.diff(coords))) if count > 1 else 1.0
-    start = math.ceil(coords[0] - step / 2 - tolerance)
-    stop = math.floor(coords[-1] + step / 2 + tolerance) + 1
+    step = float(coords[-1] - coords[0]) / (count - 1) if count > 1 else 1.0
+    first, end = float(coords[0]), float(coords[0]) + count * step
+    start, stop = int(np.rint(first)), int(np.rint(end))
     nearest = np.round(coords)
     on_grid = (
-        np.all(np.abs(coords - nearest) <= tolerance)
-        and np.array_equal(nearest - nearest[0], np.arange(count))
+        abs(first - start) <= tolerance
+        and abs(end - stop) <= tolerance
         and stop - start == count
+        and np.all(np.abs(coords - nearest) <= tolerance)
+        and np.array_equal(nearest - nearest[0], np.arange(count))
     )
     if on_grid:
-        return AxisPlacement(start=int(nearest[0]), stop=int(nearest[0]) + count)
+        return AxisPlacement(start=start, stop=stop)
     targets = np.arange(start, stop, dtype=np.float64)
     fractional = np.interp(targets, coords, np.arange(count, dtype=np.float64))
     lower = np.clip(np.floor(fractional).astype(np.intp), 0, max(count - 2, 0))

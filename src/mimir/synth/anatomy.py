@@ -35,6 +35,8 @@ _COARSE_SLICE_MM = 9.0
 _COARSE_PIXEL_MM = 2.0 * protocol.PIXEL_SPACING_MM
 _COARSE_SHAPE = (100, 156)
 _FIELD_LATTICE_MM = 16.0
+#: Nothing may lie further anterior than this (mm in front of the isocentre): the grid's edge.
+_ANTERIOR_LIMIT_MM = 0.5 * protocol.PIXEL_SPACING_MM * (protocol.GRID_ROWS - 4)
 
 #: Reference landmarks (u) used by the measurements.
 LANDMARKS_U = {
@@ -137,11 +139,12 @@ def _interp(u: np.ndarray, knots: tuple[float, ...], values: tuple[float, ...]) 
     return np.interp(u, knots, values, left=values[0], right=values[-1])
 
 
-_TRUNK_U = (0.165, 0.178, 0.19, 0.205, 0.225, 0.26, 0.30, 0.34, 0.385, 0.42, 0.46, 0.49, 0.51, 0.525, 0.532)
-_TRUNK_A = (50, 95, 135, 160, 150, 146, 141, 133, 129, 136, 143, 141, 122, 80, 1)
-_TRUNK_B = (45, 55, 70, 86, 96, 101, 99, 93, 87, 86, 93, 96, 88, 60, 1)
-_TRUNK_FAT_U = (0.165, 0.20, 0.26, 0.30, 0.34, 0.385, 0.42, 0.46, 0.50, 0.525, 0.532)
-_TRUNK_FAT_W = (0.3, 0.5, 0.7, 0.8, 1.0, 1.2, 1.2, 1.1, 0.9, 0.4, 0.0)
+# The trunk's top slopes from the neck to the shoulders and its bottom arches between the thighs.
+_TRUNK_U = (0.158, 0.168, 0.178, 0.19, 0.205, 0.225, 0.26, 0.30, 0.34, 0.385, 0.42, 0.46, 0.49, 0.505, 0.518, 0.528, 0.536, 0.542)
+_TRUNK_A = (45, 80, 110, 136, 157, 150, 146, 141, 133, 129, 136, 143, 141, 131, 108, 76, 42, 1)
+_TRUNK_B = (42, 50, 60, 72, 86, 96, 101, 99, 93, 87, 86, 93, 96, 91, 80, 62, 38, 1)
+_TRUNK_FAT_U = (0.158, 0.20, 0.26, 0.30, 0.34, 0.385, 0.42, 0.46, 0.50, 0.525, 0.536, 0.542)
+_TRUNK_FAT_W = (0.3, 0.5, 0.7, 0.8, 1.0, 1.2, 1.2, 1.1, 0.9, 0.5, 0.25, 0.0)
 _VAT_U = (0.29, 0.32, 0.36, 0.40, 0.44, 0.48, 0.51, 0.52)
 _VAT_W = (0.0, 0.5, 1.0, 1.0, 0.8, 0.5, 0.2, 0.0)
 _LEG_U = (0.445, 0.49, 0.53, 0.60, 0.68, 0.715, 0.76, 0.84, 0.92, 0.955, 0.965)
@@ -183,7 +186,14 @@ class _Body:
         return float(np.interp(u, (0.0, _CHIN_U, _REF_CROTCH_U, 1.0), (0.0, _CHIN_U * self.height, crotch, self.height)))
 
     def midline(self, depth: np.ndarray) -> np.ndarray:
-        return self.p.x_offset_mm + np.tan(np.radians(self.p.tilt_deg)) * (depth - 0.4 * self.height)
+        """Body axis: shifted, tilted, and bent sideways above the hips."""
+        bend = self.p.lean_mm * _interp(self.u_of(depth), (0.12, 0.3, 0.39, 0.47), (1.8, 1.6, 1.0, 0.0))
+        return self.p.x_offset_mm + np.tan(np.radians(self.p.tilt_deg)) * (depth - 0.4 * self.height) + bend
+
+    @property
+    def dome_mm(self) -> float:
+        """Depth of the diaphragm's right dome, which moves with breathing."""
+        return self.depth_of(0.29) + self.p.breath_mm
 
     def roll_shift(self, lateral_mm: np.ndarray | float) -> np.ndarray | float:
         """Anterior-posterior shift of a structure at `lateral_mm` from the midline (body roll)."""
@@ -341,9 +351,14 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     # Trunk lean core, widened by the visceral fat it holds.
     shoulder = 1.0 + (p.shoulder_scale - 1.0 - 0.08 * female) * _interp(u, (0.18, 0.2, 0.26, 0.32), (0, 1, 1, 0))
     hips = 1.0 + (p.hip_scale - 1.0 + 0.07 * female) * _interp(u, (0.38, 0.44, 0.5, 0.53), (0, 1, 1, 0))
-    a_core = _interp(u, _TRUNK_U, _TRUNK_A) * s * shoulder * hips / np.sqrt(p.trunk_depth)
+    wave = 1.0 + sum(
+        amplitude * np.exp(-0.5 * ((u - centre) / 0.035) ** 2)
+        for amplitude, centre in ((p.trunk_wave_chest, 0.25), (p.trunk_wave_waist, 0.37), (p.trunk_wave_hips, 0.46))
+    )
+    a_core = _interp(u, _TRUNK_U, _TRUNK_A) * s * shoulder * hips * wave / np.sqrt(p.trunk_depth)
     b_core = _interp(u, _TRUNK_U, _TRUNK_B) * s * np.sqrt(p.trunk_depth) * (1.0 - 0.05 * female * _interp(u, (0.2, 0.26, 0.33), (0, 1, 0)))
-    vat_area = _area_profile(body, _VAT_U, _VAT_W, p.vat_l, u, _interp(u, _VAT_U, _VAT_W))
+    vat_knots = tuple(k + p.vat_shift * (0.0 < i < len(_VAT_U) - 1) for i, k in enumerate(_VAT_U))
+    vat_area = _area_profile(body, vat_knots, _VAT_W, p.vat_l, u, _interp(u, vat_knots, _VAT_W))
     grow = np.sqrt(1.0 + vat_area / np.maximum(np.pi * a_core * b_core * 0.55, 1.0))
     a_core = a_core * grow**0.6
     b_core = b_core * grow**1.4
@@ -352,12 +367,13 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     trunk_w = _interp(u, _TRUNK_FAT_U, _TRUNK_FAT_W)
     trunk_w = trunk_w * np.exp(0.2 * p.android * _interp(u, (0.3, 0.36, 0.42, 0.46), (0, 1, 1, 0)))
     trunk_w = trunk_w * np.exp(0.2 * p.gynoid * _interp(u, (0.42, 0.46, 0.52), (0, 1, 1)))
+    trunk_w = trunk_w * np.exp(0.25 * p.trunk_fat_shift * np.clip((0.37 - u) / 0.12, -1.0, 1.0))
     fat_area = _area_profile(body, _TRUNK_FAT_U, _TRUNK_FAT_W, body.fat_trunk_l, u, trunk_w)
     belly = _interp(u, (0.26, 0.34, 0.44, 0.48), (0, 1, 1, 0))
     seat = _interp(u, (0.42, 0.47, 0.53), (0, 1, 1))
-    m_ant = 1.0 + (0.35 + 0.15 * p.android) * belly - 0.2 * seat
-    m_post = 0.75 + 0.55 * seat
-    m_lat = 1.0 + 0.2 * female * seat
+    m_ant = (1.0 + (0.35 + 0.15 * p.android) * belly - 0.2 * seat) * p.sat_anterior
+    m_post = (0.75 + 0.55 * seat) * p.sat_posterior
+    m_lat = (1.0 + 0.2 * female * seat) * p.sat_lateral
     m_ap = (m_ant + m_post) / 2
     present = (a_core > 2) & (b_core > 2)
     t = np.where(present, _ring_thickness(a_core, b_core, fat_area, m_lat, m_ap), 0.0)
@@ -391,14 +407,21 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     leg_x = (_interp(u, (0.445, 0.52, 0.715, 0.96), (80, 86, 82, 76)) * h_rel**0.5 + 0.4 * np.maximum(leg_t - 15.0, 0.0) + p.leg_spread_mm)
 
     # Arms: a straight-ish line from the shoulder past the waist and hips to the hand.
-    arm_present = (u > 0.19) & (u < 0.625)
+    arm_present = (u > 0.172) & (u < 0.625)
     arm_scale = 1.08 * body.limb_scale * (0.88 if female else 1.0)
-    arm_a = np.where(arm_present, _interp(u, _ARM_U, _ARM_A) * arm_scale, 0.0)
-    arm_b = np.where(arm_present, _interp(u, _ARM_U, _ARM_B) * arm_scale, 0.0)
+    # The deltoid rounds the top of the arm; the hand tapers.
+    arm_cap = np.sqrt(np.clip((u - 0.172) / 0.028, 0.0, 1.0) * np.clip((0.625 - u) / 0.02, 0.0, 1.0))
+    arm_a = np.where(arm_present, _interp(u, _ARM_U, _ARM_A) * arm_scale * arm_cap, 0.0)
+    arm_b = np.where(arm_present, _interp(u, _ARM_U, _ARM_B) * arm_scale * arm_cap, 0.0)
     arm_area = _area_profile(body, (0.19, 0.33, 0.45, 0.52, 0.625), (1.0, 1.0, 0.55, 0.3, 0.1), body.fat_arm_l, u, _interp(u, (0.19, 0.33, 0.45, 0.52, 0.625), (1.0, 1.0, 0.55, 0.3, 0.1)))
     arm_t = np.where(arm_present, _ring_thickness(arm_a, arm_b, arm_area, 1.0, 1.0), 0.0)
     arm_xs = {side: _arm_path(body, side, u, a_out, leg_x + leg_r + leg_t, arm_a + arm_t) for side in (-1, 1)}
     arm_cy = body.bed_y - 0.95 * (arm_b + arm_t) - p.arm_forward_mm * _interp(u, (0.2, 0.62), (0, 1))
+    arm_cys = {side: arm_cy + body.roll_shift(side * arm_xs[side]) for side in (-1, 1)}
+    if p.hands_on_belly:
+        folded = _rest_hands_on_belly(body, u, cy_out, a_out, b_out, arm_a, arm_b, arm_t, arm_xs, arm_cys)
+        if folded is not None:
+            arm_a, arm_b, arm_t = folded
 
     cavity_hi, cavity_lo = body.depth_of(0.172), body.depth_of(0.512)
     wall_ant = 12.0 * s
@@ -407,7 +430,7 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     cav_present = (depth > cavity_hi) & (depth < cavity_lo)
     a_cav = np.where(cav_present, a_core - wall_lat, 0.0)
     b_cav = np.where(cav_present, b_core - (wall_ant + wall_post) / 2, 0.0)
-    a_cav = np.where(cav_present, np.minimum(a_cav, 0.92 * a_core) * _interp(u, (0.172, 0.2, 0.49, 0.512), (0.6, 1, 1, 0.7)), 0.0)
+    a_cav = np.where(cav_present, np.minimum(a_cav, 0.92 * a_core) * _interp(u, (0.172, 0.18, 0.19, 0.205, 0.49, 0.512), (0.35, 0.6, 0.8, 1, 1, 0.7)), 0.0)
     cy_cav = cy_core + (wall_ant - wall_post) / 2
 
     # ---- Outer layer: everything starts as subcutaneous fat.
@@ -431,7 +454,7 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
         region = Region.ARM_LEFT if side > 0 else Region.ARM_RIGHT
         arm_x = arm_xs[side]
         cx = mid + side * arm_x
-        canvas.paint(canvas.ellipses(cx, arm_cy + body.roll_shift(side * arm_x), arm_a + arm_t, arm_b + arm_t), Tissue.SAT, region)
+        canvas.paint(canvas.ellipses(cx, arm_cys[side], arm_a + arm_t, arm_b + arm_t), Tissue.SAT, region)
 
     # ---- Lean cores.
     split = p.thigh_split
@@ -464,18 +487,18 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     for side in (-1, 1):
         arm_x = arm_xs[side]
         cx = mid + side * arm_x
-        canvas.paint(canvas.ellipses(cx, arm_cy + body.roll_shift(side * arm_x), arm_a, arm_b), Tissue.MUSCLE)
+        canvas.paint(canvas.ellipses(cx, arm_cys[side], arm_a, arm_b), Tissue.MUSCLE)
 
     # ---- Trunk cavity: viscera, visceral fat, lungs, organs.
     cavity = canvas.ellipses(mid, cy_cav, a_cav, b_cav, 0.5 * p.trunk_squareness)
     canvas.paint(cavity, Tissue.VISCERA)
-    dome = body.depth_of(0.29)
+    dome = body.dome_mm
     if cavity is not None:
-        _fill_cavity(canvas, cavity, noise, mid, cy_cav, a_cav, b_cav, vat_area, dome)
+        _fill_cavity(canvas, body, cavity, noise, mid, cy_cav, a_cav, b_cav, vat_area, dome)
     _paint_organs(canvas, body, mid, cy_cav, a_cav, b_cav, dome)
 
     # ---- Bones.
-    _paint_bones(canvas, body, u, mid, cy_cav, b_cav, neck_cy, neck_r, leg_x, leg_cy, leg_r, arm_xs, arm_cy, foot)
+    _paint_bones(canvas, body, u, mid, cy_cav, b_cav, neck_cy, neck_r, leg_x, leg_cy, leg_r, arm_xs, arm_cys, foot)
 
     fat_fraction = _fat_fraction(canvas, body, noise, thigh_top, knee, dome)
     return BodyVolume(grid=grid, labels=canvas.labels, fat_fraction=fat_fraction, region=canvas.region)
@@ -498,7 +521,50 @@ def _arm_path(body: _Body, side: int, u: np.ndarray, trunk_half_width: np.ndarra
     return _interp(u, (0.19, 0.37, 0.52, 0.625), (shoulder_x, elbow_x, wrist_x, wrist_x - 5.0))
 
 
-def _fill_cavity(canvas: _Canvas, cavity, noise: _Field, mid, cy_cav, a_cav, b_cav, vat_area, dome: float) -> None:
+def _rest_hands_on_belly(
+    body: _Body, u, cy_out, a_out, b_out, arm_a, arm_b, arm_t, arm_xs, arm_cys
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Bend the elbows so that the forearms lie on the belly, clear of it and inside the grid.
+
+    The forearm and hand, seen slice by slice, fold into a shorter and wider segment of about
+    the same volume. Moves the arms in `arm_xs` and `arm_cys` in place and returns the folded
+    widths; returns None (arms stay beside the body) when a forearm would leave the field of
+    view in front of a large belly.
+    """
+    elbow, hand_end, arm_end = 0.37, 0.49, 0.625
+    forearm = (u > elbow) & (u < arm_end)
+    if not forearm.any() or u[0] > elbow or u[-1] < arm_end:
+        return None
+    folded = (u > elbow) & (u < hand_end)
+    source = elbow + (u - elbow) * (arm_end - elbow) / (hand_end - elbow)
+    # Lying across the slices, the forearm's cross-section is wide and as flat as the arm.
+    widen = (arm_end - elbow) / (hand_end - elbow)
+    arm_a, arm_b, arm_t = (
+        np.where(folded, np.interp(source, u, values) * scale, np.where(forearm, 0.0, values))
+        for values, scale in ((arm_a, widen), (arm_b, 1.0), (arm_t, 1.0))
+    )
+    bend = _interp(u, (0.37, 0.43, 0.625), (0.0, 1.0, 1.0))
+    square = body.p.trunk_squareness
+    radius = arm_b + arm_t
+    hand_x = np.maximum(0.35 * a_out, _interp(u, (0.4, 0.5), (90.0, 70.0)))
+    posed = {}
+    for side in (-1, 1):
+        x = arm_xs[side] * (1.0 - bend) + hand_x * bend
+        medial = (x - (arm_a + arm_t)) / np.maximum(a_out, 1.0)
+        inner = np.clip(medial, 0.0, 0.999) ** 2
+        clear = cy_out - b_out * np.sqrt((1.0 - inner) / (1.0 - square * inner)) - radius - 4.0
+        y = arm_cys[side] * (1.0 - bend) + clear * bend
+        y = np.where(medial < 1.0, np.minimum(y, clear), y)
+        if np.any((y - radius)[forearm] < -_ANTERIOR_LIMIT_MM):
+            return None
+        posed[side] = (x, y)
+    for side, (x, y) in posed.items():
+        arm_xs[side] = np.where(forearm, x, arm_xs[side])
+        arm_cys[side] = np.where(forearm, y, arm_cys[side])
+    return arm_a, arm_b, arm_t
+
+
+def _fill_cavity(canvas: _Canvas, body: _Body, cavity, noise: _Field, mid, cy_cav, a_cav, b_cav, vat_area, dome: float) -> None:
     """Lungs above the diaphragm; visceral fat and bowel (with gas) below it."""
     box, mask = cavity
     grid = canvas.grid
@@ -510,7 +576,11 @@ def _fill_cavity(canvas: _Canvas, cavity, noise: _Field, mid, cy_cav, a_cav, b_c
     # Diaphragm: right dome higher, lower laterally and posteriorly.
     diaphragm = dome + 35.0 * xn * xn + 40.0 * np.clip(yn, 0, None) + 12.0 * (xn > 0)
     thorax = mask & (depth[:, None, None] < diaphragm)
-    mediastinum = (np.abs(xn - 0.05) < 0.2) & (yn < 0.6)
+    # Mediastinum: lens-shaped in cross-section, narrow at the apex, wide at the heart.
+    apex = body.depth_of(0.172)
+    widening = np.clip((depth - apex) / max(dome - apex, 1.0), 0.0, 1.0)[:, None, None]
+    lens = np.sqrt(np.clip(1.0 - ((yn + 0.05) / 0.8) ** 2, 0.0, None))
+    mediastinum = np.abs(xn - 0.05) < (0.1 + 0.22 * widening) * lens
     view = canvas.labels[box]
     view[thorax & ~mediastinum] = Tissue.LUNG
     abdomen = mask & ~thorax
@@ -522,10 +592,10 @@ def _fill_cavity(canvas: _Canvas, cavity, noise: _Field, mid, cy_cav, a_cav, b_c
         return
     k0, k1 = int(sel[0]), int(sel[-1]) + 1
     field = noise.sample(depth[k0:k1], ys, xs)
-    field += 0.8 * (xn[k0:k1] ** 2 + yn[k0:k1] ** 2 - 0.5)
+    field += body.p.vat_periphery * (xn[k0:k1] ** 2 + yn[k0:k1] ** 2 - 0.5)
     sub = abdomen[k0:k1]
     vat = sub & (field > threshold[k0:k1, None, None])
-    gas = sub & (field < np.minimum(threshold[k0:k1, None, None] - 2.6, -2.2))
+    gas = sub & (field < np.minimum(threshold[k0:k1, None, None] - 2.6, -2.2 + 0.3 * body.p.bowel_gas))
     view[k0:k1][vat] = Tissue.VAT
     view[k0:k1][gas] = Tissue.AIR
 
@@ -564,7 +634,7 @@ def _paint_organs(canvas: _Canvas, body: _Body, mid, cy_cav, a_cav, b_cav, dome:
     # Kidneys: either side of the spine, the right one lower; the renal sinus holds fat.
     kidney = p.kidney_volume_l / 2 * 1.12e6
     kc = (kidney * 3 / (4 * np.pi) / (0.5 * 0.45)) ** (1 / 3)
-    kidney_depth = body.depth_of(0.355) + p.kidney_drop_mm
+    kidney_depth = body.depth_of(0.355) + p.kidney_drop_mm + 0.5 * p.breath_mm
     for side, drop in ((-1, 18.0), (1, 0.0)):
         kx = ref_mid + side * (0.38 * ref_a + 0.5 * kc)
         ky = ref_cy + ref_b - 0.5 * kc - 22.0 * body.core_scale + float(body.roll_shift(side * 0.38 * ref_a))
@@ -572,7 +642,7 @@ def _paint_organs(canvas: _Canvas, body: _Body, mid, cy_cav, a_cav, b_cav, dome:
         blob(kx - side * 0.22 * kc, ky, kidney_depth + drop, 0.45 * kc, 0.2 * kc, 0.17 * kc, Tissue.VAT, only=(Tissue.KIDNEY,))
 
 
-def _paint_bones(canvas: _Canvas, body: _Body, u, mid, cy_cav, b_cav, neck_cy, neck_r, leg_x, leg_cy, leg_r, arm_xs, arm_cy, foot) -> None:
+def _paint_bones(canvas: _Canvas, body: _Body, u, mid, cy_cav, b_cav, neck_cy, neck_r, leg_x, leg_cy, leg_r, arm_xs, arm_cys, foot) -> None:
     depth = canvas.grid.depth_mm
     s = body.core_scale
     # Spine: vertebral bodies at the back of the cavity, spinous processes in the back muscle.
@@ -617,7 +687,7 @@ def _paint_bones(canvas: _Canvas, body: _Body, u, mid, cy_cav, b_cav, neck_cy, n
     for side in (-1, 1):
         arm_x = arm_xs[side]
         cx = mid + side * arm_x
-        canvas.paint(canvas.ellipses(cx, arm_cy + body.roll_shift(side * arm_x), 0.75 * arm_bone, arm_bone), Tissue.BONE, only=(Tissue.MUSCLE,))
+        canvas.paint(canvas.ellipses(cx, arm_cys[side], 0.75 * arm_bone, arm_bone), Tissue.BONE, only=(Tissue.MUSCLE,))
     neck_bone = np.where((u > 0.1) & (u < 0.185), 8.0 * s, 0.0)
     canvas.paint(canvas.ellipses(mid, neck_cy - 0.45 * neck_r, neck_bone, neck_bone), Tissue.AIR, only=(Tissue.MUSCLE,))
 

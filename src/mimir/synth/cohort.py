@@ -239,11 +239,13 @@ def generate_cohort(
     for outcome in map_outcomes(generate_subject, jobs, workers):
         if outcome.ok and outcome.value is not None:
             results.append(outcome.value)
-            progress and progress(outcome.value)
+            if progress is not None:
+                progress(outcome.value)
         else:
             logger.error("subject %d failed: %s: %s", outcome.item.eid, outcome.error_type, outcome.error)
             summary.failed[outcome.item.eid] = f"{outcome.error_type}: {outcome.error}"
-            progress and progress(None)
+            if progress is not None:
+                progress(None)
     _write_tables(out, results, config)
     summary.eids = sorted(r.eid for r in results)
     summary.seconds = time.perf_counter() - started

@@ -1,8 +1,10 @@
 """Labels to noiseless Dixon water and fat signal with partial-volume edges.
 
 Signal per voxel is proton density times (1 - fat fraction) for water and times the fat
-fraction for fat. Partial volume comes from a small blur, as if each voxel averaged its
-neighbourhood. Gain, coil inhomogeneity and noise are added per station by the zip writer.
+fraction for fat. Each participant's tissues are scaled by their own factors (relaxation
+differs between people), so that a sum of signal is not a fixed multiple of a tissue volume.
+Partial volume comes from a small blur, as if each voxel averaged its neighbourhood. Gain,
+coil inhomogeneity and noise are added per station by the zip writer.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import numpy as np
 from scipy import ndimage
 
 from mimir.synth.anatomy import Anatomy
-from mimir.synth.labels import Tissue
+from mimir.synth.labels import THIGH_MUSCLES, Tissue
 from mimir.synth.subject import SubjectParams
 
-#: Relative proton density (signal of the tissue at full magnetisation).
+#: Relative signal of each tissue for an average participant (proton density and weighting).
 PROTON_DENSITY = {
     Tissue.SAT: 1.08,
     Tissue.VAT: 1.08,
@@ -23,14 +25,14 @@ PROTON_DENSITY = {
     Tissue.THIGH_ANTERIOR_LEFT: 1.0,
     Tissue.THIGH_POSTERIOR_RIGHT: 1.0,
     Tissue.THIGH_POSTERIOR_LEFT: 1.0,
-    Tissue.LIVER: 0.9,
+    Tissue.LIVER: 0.95,
     Tissue.KIDNEY: 1.05,
     Tissue.SPLEEN: 1.05,
     Tissue.BONE: 0.6,
     Tissue.LUNG: 0.06,
     Tissue.AIR: 0.0,
     Tissue.BED: 0.03,
-    Tissue.VISCERA: 0.85,
+    Tissue.VISCERA: 0.72,
 }
 
 
@@ -42,12 +44,29 @@ def partial_volume(volume: np.ndarray) -> np.ndarray:
     return volume
 
 
+def tissue_signal(params: SubjectParams) -> np.ndarray:
+    """Lookup table label -> signal of pure tissue for this participant."""
+    scale = {
+        Tissue.SAT: params.signal_adipose,
+        Tissue.VAT: params.signal_adipose,
+        Tissue.MUSCLE: params.signal_muscle,
+        Tissue.LIVER: params.signal_liver,
+        Tissue.KIDNEY: params.signal_kidney,
+        Tissue.SPLEEN: params.signal_kidney,
+        Tissue.BONE: params.signal_marrow,
+        Tissue.VISCERA: params.signal_viscera,
+        **{tissue: params.signal_muscle for tissue in THIGH_MUSCLES},
+    }
+    table = np.zeros(256, dtype=np.float32)
+    for tissue, value in PROTON_DENSITY.items():
+        table[tissue] = value * scale.get(tissue, 1.0)
+    return table
+
+
 def render_signal(anatomy: Anatomy, params: SubjectParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Noiseless float32 water and fat volumes on the exam grid."""
-    del params, rng  # the signal is a deterministic function of the anatomy
-    density = np.zeros(256, dtype=np.float32)
-    for tissue, value in PROTON_DENSITY.items():
-        density[tissue] = value
+    del rng  # the signal is a deterministic function of the anatomy and the participant
+    density = tissue_signal(params)
     pd = density[anatomy.labels]
     fat = pd * anatomy.fat_fraction
     water = pd - fat

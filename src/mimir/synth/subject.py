@@ -4,7 +4,10 @@ Everything random about a participant's body and exam pose is drawn here, once, 
 anatomy is a deterministic function of these numbers (plus texture noise). The factors are
 correlated the way populations are (BMI raises every fat depot, men carry more visceral fat,
 age lowers muscle and raises muscle and marrow fat) and include nuisance factors (position,
-rotation, arm pose, coverage) that change the images without changing the measurements.
+rotation, sideways bend, arm pose, breathing, coverage, tissue brightness) that change the
+images without changing the measurements, and shape factors (trunk outline, where the
+subcutaneous and visceral fat lie) independent of how much tissue there is, so that no fixed
+linear read-out of the pixels recovers the measurements.
 """
 
 from __future__ import annotations
@@ -83,6 +86,37 @@ class SubjectParams:
     arm_forward_mm: float
     knee_lift_mm: float
     head_lift_mm: float
+    #: Forearms resting on the belly instead of lying beside the body.
+    hands_on_belly: bool
+    #: Sideways bend of the trunk (mm at the waist; positive towards the patient's left).
+    lean_mm: float
+    #: Breathing position: diaphragm, liver, spleen and kidneys lower by this much (mm).
+    breath_mm: float
+    #: Relative change of the trunk's lean width at the chest, waist and hips (~N(0, 0.05)).
+    trunk_wave_chest: float
+    trunk_wave_waist: float
+    trunk_wave_hips: float
+    #: Shift of the subcutaneous trunk fat towards the chest (+) or the hips (-), ~N(0, 1).
+    trunk_fat_shift: float
+    #: Subcutaneous trunk fat thickness factors anteriorly, posteriorly and laterally (about 1).
+    sat_anterior: float
+    sat_posterior: float
+    sat_lateral: float
+    #: Visceral fat near the cavity wall (high) versus between the bowel loops (low).
+    vat_periphery: float
+    #: Shift of the visceral fat towards the pelvis (+) or the upper abdomen (-) (fraction of u).
+    vat_shift: float
+    #: Bowel gas amount (log scale, ~N(0, 1)).
+    bowel_gas: float
+    #: Per-tissue signal scale (T1 and T2* weighting differ between people; about 1).
+    signal_muscle: float
+    signal_liver: float
+    #: Bowel and other viscera.
+    signal_viscera: float
+    #: Kidneys and spleen.
+    signal_kidney: float
+    signal_adipose: float
+    signal_marrow: float
 
     @property
     def weight_kg(self) -> float:
@@ -186,6 +220,26 @@ def sample_subject(rng: np.random.Generator, eid: int) -> SubjectParams:
         arm_forward_mm=float(rng.normal(0.0, 25.0)),
         knee_lift_mm=float(rng.uniform(0.0, 45.0)),
         head_lift_mm=float(rng.normal(35.0, 10.0)),
+        hands_on_belly=bool(rng.random() < 0.2),
+        lean_mm=float(rng.normal(0.0, 12.0)),
+        breath_mm=float(rng.normal(0.0, 12.0)),
+        trunk_wave_chest=float(rng.normal(0.0, 0.05)),
+        trunk_wave_waist=float(rng.normal(0.0, 0.05)),
+        trunk_wave_hips=float(rng.normal(0.0, 0.05)),
+        trunk_fat_shift=float(rng.normal(0.0, 1.0)),
+        sat_anterior=_lognormal(rng, 0.25),
+        sat_posterior=_lognormal(rng, 0.25),
+        sat_lateral=_lognormal(rng, 0.25),
+        vat_periphery=float(rng.normal(0.8, 0.6)),
+        vat_shift=float(rng.normal(0.0, 0.02)),
+        bowel_gas=float(rng.normal(0.0, 1.0)),
+        # Lean tissues vary more in brightness than fat does.
+        signal_muscle=_lognormal(rng, 0.1),
+        signal_liver=_lognormal(rng, 0.1),
+        signal_viscera=_lognormal(rng, 0.18),
+        signal_kidney=_lognormal(rng, 0.1),
+        signal_adipose=_lognormal(rng, 0.06),
+        signal_marrow=_lognormal(rng, 0.1),
     )
 
 
