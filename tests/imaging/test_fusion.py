@@ -99,13 +99,42 @@ def test_thick_station_is_resampled_into_the_fused_volume():
     np.testing.assert_allclose(volume.water[inside, 3, 2], grid_z[inside], rtol=1e-4, atol=1e-3)
 
 
-def test_short_gap_is_interpolated_and_noted():
+def test_short_gap_stays_empty_and_is_noted():
+    # the published pipeline fills no gap: the networks saw a black band there
     volume = fuse_stations([station(constant(1.0, 12)), station(constant(3.0, 12), top_z=-3.0 * 14)])
     seam = volume.seams[0]
     assert seam.gap == 2 and seam.overlap == 0
     profile = volume.water[:, 0, 0]
-    np.testing.assert_allclose(profile[seam.slice_index - 3 : seam.slice_index + 1], [1.0, 5 / 3, 7 / 3, 3.0], rtol=1e-6)
-    assert any("gap of 2 slices" in note for note in volume.notes)
+    np.testing.assert_array_equal(profile[seam.slice_index - 3 : seam.slice_index + 1], [1.0, 0.0, 0.0, 3.0])
+    assert "gap of 2 slices between stations 0 and 1 (left empty)" in volume.notes
+
+
+def test_rows_covered_by_one_station_are_faded_against_zero():
+    # upper station of 4 rows, lower of 8, overlapping by 3 grid slices
+    upper = station(constant(1.0, 12, rows=4), top_z=0.0)
+    lower = station(constant(1.0, 12, rows=8), top_z=-3.0 * 9)
+    volume = fuse_stations([upper, lower])
+    seam = volume.seams[0]
+    assert seam.overlap == 3
+    blended = volume.water[seam.slice_index : seam.slice_index + 3]
+    # footprint means: both stations 1.0, so the mean correction leaves the shared rows at 1
+    np.testing.assert_allclose(blended[:, 2:6], 1.0, rtol=1e-6)
+    # rows only the lower station covers keep its fade weight 1/4, 2/4, 3/4
+    np.testing.assert_allclose(blended[:, 0, 0], [0.25, 0.5, 0.75], rtol=1e-6)
+    np.testing.assert_allclose(blended[:, 7, 0], [0.25, 0.5, 0.75], rtol=1e-6)
+
+
+def test_mean_correction_uses_each_stations_own_footprint():
+    # upper: 4 rows at 2.0; lower: 8 rows at 1.0; overlap 1 slice (weights 1/2, 1/2)
+    upper = station(constant(2.0, 12, rows=4), top_z=0.0)
+    lower = station(constant(1.0, 12, rows=8), top_z=-3.0 * 11)
+    volume = fuse_stations([upper, lower])
+    seam = volume.seams[0]
+    assert seam.overlap == 1
+    blended = volume.water[seam.slice_index]
+    # target mean 2 + (1 - 2) / 2 = 1.5; faded means 2/2 + 1/2 = 1.5: factor 1
+    np.testing.assert_allclose(blended[2:6], 1.5, rtol=1e-6)
+    np.testing.assert_allclose(blended[[0, 1, 6, 7]], 0.5, rtol=1e-6)
 
 
 def test_long_gap_stays_empty():

@@ -98,6 +98,8 @@ def bright_centre(view):
 
 
 def test_cube_lands_where_predicted_in_both_views():
+    # published orientation: head up; coronal has the patient's right on the image's left,
+    # sagittal has anterior on the left; coronal view left of the sagittal view
     water = np.zeros((SLICES, ROWS, COLS), np.float32)
     water[10:14, 4:8, 28:32] = 100.0  # near the head, anterior, on the patient's left
     image = build_representation(volume(water))
@@ -166,6 +168,17 @@ def test_fat_fraction_encoding():
     image = build_representation(volume(water, fat))
     assert image[2, 128, 64] == 127
     assert image[2, 128, 1] == 0
+
+
+def test_otsu_histogram_bins_values_on_edges_as_numpy_does():
+    from mimir.imaging.projection import _histogram_bins
+
+    rng = np.random.default_rng(4)
+    values = np.concatenate([[0.0, 1000.0], 125.0 * rng.integers(0, 9, 300) / 3, rng.integers(0, 1001, 300)])
+    samples = values.astype(np.float32)[None, :]
+    bins = _histogram_bins(samples, np.array([0.0]), np.array([1000.0]), 0, 256)
+    expected, _ = np.histogram(samples.astype(np.float64), bins=256, range=(0.0, 1000.0))
+    np.testing.assert_array_equal(np.bincount(bins.ravel(), minlength=256), expected)
 
 
 def test_otsu_separates_a_bimodal_sample():

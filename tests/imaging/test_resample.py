@@ -22,7 +22,23 @@ def test_on_grid_axis_is_copied_at_its_offset():
 def test_half_voxel_offset_is_resampled():
     placement = place_axis(np.arange(10, dtype=float) + 0.5)
     assert not placement.copied
-    assert (placement.start, placement.stop) == (0, 11)
+    # ends round half to even, as numpy's around does in the published pipeline
+    assert (placement.start, placement.stop) == (0, 10)
+
+
+def test_extent_runs_from_the_first_voxel_one_full_step_past_the_last():
+    # 44 slices of 4.5 mm starting 10.6 grid slices down: [round(10.6), round(10.6 + 66))
+    placement = place_axis(10.6 + np.arange(44) * 1.5)
+    assert (placement.start, placement.stop) == (11, 77)
+    # grid slice 76 lies past the last centre (75.1): it takes the edge value
+    assert placement.lower[-1] + placement.weight[-1] == pytest.approx(43.0)
+    # grid slice 11 samples source slice (11 - 10.6) / 1.5
+    assert placement.lower[0] + placement.weight[0] == pytest.approx(0.4 / 1.5, abs=1e-6)
+
+
+def test_off_grid_within_tolerance_is_copied_at_the_rounded_start():
+    placement = place_axis(np.arange(-3, 5, dtype=float) - 0.009)
+    assert placement.copied and (placement.start, placement.stop) == (-3, 5)
 
 
 def test_thick_slices_cover_their_extent_on_the_grid():
