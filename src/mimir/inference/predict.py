@@ -39,9 +39,16 @@ import numpy as np
 
 from mimir.atomic import atomic_path, atomic_write_text
 from mimir.imaging.cache import ExamId, image_path, read_qc
-from mimir.imaging.compress import CompressOptions, InputError, compress_exams, discover_inputs, exam_stem
+from mimir.imaging.compress import (
+    CompressOptions,
+    InputError,
+    compress_exams,
+    discover_inputs,
+    exam_stem,
+)
 from mimir.inference.modules import LoadedModule, ModuleSpec, load_module, read_spec
 from mimir.inference.postprocess import postprocess, uncertain_flags
+from mimir.network import denormals_flushed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -359,7 +366,8 @@ def run_prediction(
             resolved, cache_path, workers if workers is not None else default_workers(), progress
         )
         _attach_qc_flags(rows)
-        table, infer_timings = _predict_rows(rows, runners, size, progress)
+        with denormals_flushed():
+            table, infer_timings = _predict_rows(rows, runners, size, progress)
     timings.update(infer_timings)
     timings["total"] = time.perf_counter() - started
     logger.info(

@@ -56,6 +56,7 @@ from mimir.learn.modules import ModuleDefinition, resolve_module
 from mimir.network import (
     MeanVarianceResNet,
     build_network,
+    denormals_flushed,
     images_to_input,
     split_output,
 )
@@ -224,7 +225,8 @@ def _determinism(config: TrainConfig, device: torch.device) -> Iterator[None]:
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
-        yield
+        with denormals_flushed():
+            yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
