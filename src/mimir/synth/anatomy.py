@@ -210,7 +210,7 @@ def _make_body(params: SubjectParams) -> _Body:
     female = 1 - params.sex
     weights = {
         "trunk": (0.44 + 0.06 * params.android - 0.08 * female) * (1.0 + 0.1 * np.tanh((fat_index - _REF_FAT_INDEX) / 4)),
-        "arm": 0.055 + 0.015 * female,
+        "arm": (0.055 + 0.015 * female) * params.arm_fat_share,
         "leg": (0.19 + 0.05 * female) * np.exp(0.15 * params.gynoid),
         "neck": 0.03,
     }
@@ -697,7 +697,7 @@ def _fat_fraction(canvas: _Canvas, body: _Body, noise: _Field, thigh_top: float,
     p = body.p
     table = np.zeros(256, dtype=np.float32)
     table[Tissue.SAT] = p.adipose_fat
-    table[Tissue.VAT] = p.adipose_fat - 0.02
+    table[Tissue.VAT] = p.adipose_fat + p.vat_fat_offset
     table[Tissue.MUSCLE] = 0.75 * p.muscle_fat
     table[Tissue.LIVER] = p.liver_fat
     table[Tissue.KIDNEY] = 0.01

@@ -209,6 +209,6 @@ def measure(anatomy: Anatomy, params: SubjectParams, rng: np.random.Generator) -
         np.clip(69.0 + 0.35 * (bmi - 27.0) - 2.5 * params.sex + 0.1 * out["liverFat"] + rng.normal(0.0, 10.0), 40.0, 130.0)
     )
     # Intercept tuned to the UK Biobank imaging visit's prevalence of about 6 %.
-    logit = -3.9 + 0.45 * (out["AtlasVatVolume"] - 3.5) + 0.06 * (params.age - 64.0) + 0.06 * out["liverFat"] + 0.3 * params.sex
+    logit = -3.5 + 0.45 * (out["AtlasVatVolume"] - 3.5) + 0.06 * (params.age - 64.0) + 0.06 * out["liverFat"] + 0.3 * params.sex
     out["diabetesType2Probable"] = float(rng.random() < 1.0 / (1.0 + np.exp(-logit)))
     return out

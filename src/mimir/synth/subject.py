@@ -54,6 +54,10 @@ class SubjectParams:
     marrow_fat: float
     #: Fat fraction of adipose tissue (varies with adipocyte size and water content).
     adipose_fat: float
+    #: Visceral minus subcutaneous adipose fat fraction (visceral fat holds more water).
+    vat_fat_offset: float
+    #: The arms' share of subcutaneous fat relative to the average (about 1).
+    arm_fat_share: float
     #: Fat fraction of bowel contents (diet): fat signal inside the abdomen that is not VAT.
     bowel_fat: float
     #: Bone mineral per mL of bone label (g/mL).
@@ -92,7 +96,7 @@ class SubjectParams:
     lean_mm: float
     #: Breathing position: diaphragm, liver, spleen and kidneys lower by this much (mm).
     breath_mm: float
-    #: Relative change of the trunk's lean width at the chest, waist and hips (~N(0, 0.05)).
+    #: Relative change of the trunk's lean width at the chest, waist and hips (~N(0, 0.07)).
     trunk_wave_chest: float
     trunk_wave_waist: float
     trunk_wave_hips: float
@@ -194,7 +198,7 @@ def sample_subject(rng: np.random.Generator, eid: int) -> SubjectParams:
         spleen_volume_l=spleen_volume,
         muscle_fat=muscle_fat,
         adipose_fat=float(np.clip(rng.normal(0.9, 0.025), 0.8, 0.97)),
-        bowel_fat=float(rng.uniform(0.02, 0.18)),
+        bowel_fat=float(rng.uniform(0.02, 0.25)),
         marrow_fat=float(np.clip(0.55 + 0.005 * (age - 64.0) + rng.normal(0.0, 0.05), 0.3, 0.85)),
         bone_mineral=float(
             (0.50 if male else 0.44) * (1.0 - (0.002 if male else 0.005) * (age - 64.0)) * _lognormal(rng, 0.08)
@@ -223,23 +227,25 @@ def sample_subject(rng: np.random.Generator, eid: int) -> SubjectParams:
         hands_on_belly=bool(rng.random() < 0.2),
         lean_mm=float(rng.normal(0.0, 12.0)),
         breath_mm=float(rng.normal(0.0, 12.0)),
-        trunk_wave_chest=float(rng.normal(0.0, 0.05)),
-        trunk_wave_waist=float(rng.normal(0.0, 0.05)),
-        trunk_wave_hips=float(rng.normal(0.0, 0.05)),
+        trunk_wave_chest=float(rng.normal(0.0, 0.07)),
+        trunk_wave_waist=float(rng.normal(0.0, 0.07)),
+        trunk_wave_hips=float(rng.normal(0.0, 0.07)),
         trunk_fat_shift=float(rng.normal(0.0, 1.0)),
-        sat_anterior=_lognormal(rng, 0.25),
-        sat_posterior=_lognormal(rng, 0.25),
-        sat_lateral=_lognormal(rng, 0.25),
-        vat_periphery=float(rng.normal(0.8, 0.6)),
-        vat_shift=float(rng.normal(0.0, 0.02)),
+        sat_anterior=_lognormal(rng, 0.3),
+        sat_posterior=_lognormal(rng, 0.3),
+        sat_lateral=_lognormal(rng, 0.3),
+        vat_periphery=float(rng.normal(0.8, 0.8)),
+        vat_shift=float(rng.normal(0.0, 0.03)),
         bowel_gas=float(rng.normal(0.0, 1.0)),
         # Lean tissues vary more in brightness than fat does.
-        signal_muscle=_lognormal(rng, 0.1),
+        signal_muscle=_lognormal(rng, 0.12),
         signal_liver=_lognormal(rng, 0.1),
-        signal_viscera=_lognormal(rng, 0.18),
+        signal_viscera=_lognormal(rng, 0.25),
         signal_kidney=_lognormal(rng, 0.1),
         signal_adipose=_lognormal(rng, 0.06),
         signal_marrow=_lognormal(rng, 0.1),
+        vat_fat_offset=float(np.clip(rng.normal(-0.04, 0.03), -0.15, 0.03)),
+        arm_fat_share=_lognormal(rng, 0.25),
     )
 
 
