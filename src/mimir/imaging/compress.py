@@ -169,6 +169,7 @@ def compress_exam(source: ExamInput, options: CompressOptions) -> ExamOutcome:
         qc = {
             **_exam_identity(stem),
             "source": str(source.path),
+            "stations_found": len(exam.stations) + exam.duplicates_dropped // 2,
             **assess_quality(exam.stations, volume),
             "duplicates_dropped": exam.duplicates_dropped,
             "skipped_files": exam.skipped_files,

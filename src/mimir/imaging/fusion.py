@@ -157,7 +157,9 @@ def blend_weights(overlap: int) -> np.ndarray:
 def _check_order(ranges: Sequence[tuple[int, int]]) -> None:
     for upper, (above, below) in enumerate(zip(ranges, ranges[1:])):
         if below[0] <= above[0] or below[1] <= above[1]:
-            raise FusionError(f"station {upper + 1} does not extend below station {upper}: grid slices {above} and {below}")
+            raise FusionError(
+                f"station {upper + 2} does not extend below station {upper + 1}: grid slices {above} and {below}"
+            )
 
 
 def _exclusive_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -167,7 +169,7 @@ def _exclusive_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]
         own_start = max(start, ranges[index - 1][1]) if index > 0 else start
         own_stop = min(stop, ranges[index + 1][0]) if index + 1 < len(ranges) else stop
         if own_stop <= own_start:
-            raise FusionError(f"station {index} is covered entirely by its neighbours")
+            raise FusionError(f"station {index + 1} is covered entirely by its neighbours")
         exclusive.append((own_start, own_stop))
     return exclusive
 
@@ -280,7 +282,7 @@ def fuse_stations(stations: Sequence[Station]) -> FusedVolume:
     exclusive = _exclusive_ranges(ranges)
     canvas = _canvas(placed)
     notes = [
-        f"station {index} is off the in-plane grid and was resampled"
+        f"station {index + 1} is off the in-plane grid and was resampled"
         for index, station in enumerate(placed)
         if not (station.rows.copied and station.cols.copied)
     ]

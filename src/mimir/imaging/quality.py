@@ -3,7 +3,7 @@
 The flags are screening aids, not verdicts: each has one documented threshold below, chosen
 so a normal exam raises none and the failure it names raises it clearly. `swap_score` is
 1 - the lowest per-station median fat fraction of the body's outer layer (about 0.07 for
-normal exams, 0.93 with a swapped station); stations are indexed from 0, head to foot.
+normal exams, 0.93 with a swapped station); stations are numbered from 1 (the neck), head to foot, as in quirks.csv.
 A station's median fat fraction over the whole body is reported but not used for swaps:
 it jumps past 0.5 wherever fat outweighs lean tissue (obese abdomens), swapped or not.
 """
@@ -178,7 +178,7 @@ def assess_quality(stations: Sequence[Station], volume: FusedVolume) -> dict[str
         "station_fat_fraction": _joined(body_fractions),
         "station_shell_fat_fraction": _joined(shell_fractions),
         "swap_score": round(1 - min(defined_shells), 4) if defined_shells else math.nan,
-        "swapped_stations": _joined(swapped),
+        "swapped_stations": _joined([index + 1 for index in swapped]),
         **{key: round(value, 4) for key, value in body.items()},
         "flag": ";".join(flags),
     }
