@@ -895,31 +895,3 @@ def build_module(
         ),
     )
     return save_module(spec, state, out, overwrite=overwrite)
-
-
-__all__ = [
-    "FORMAT_VERSION",
-    "LoadedModule",
-    "ModuleArchiveError",
-    "ModuleBuildError",
-    "ModuleChecksumError",
-    "ModuleFormatError",
-    "ModuleMissingFileError",
-    "ModuleRepresentationError",
-    "ModuleShapeError",
-    "ModuleSpec",
-    "ModuleSpecError",
-    "ModuleTruncatedError",
-    "ModuleVersionError",
-    "ModuleWeightsError",
-    "Provenance",
-    "TargetSpec",
-    "build_module",
-    "describe_module",
-    "inspect_module",
-    "load_module",
-    "read_crossval",
-    "read_spec",
-    "save_module",
-    "verify_module",
-]

@@ -25,7 +25,7 @@ from mimir.synth.anatomy import build_anatomy
 from mimir.synth.measure import measure
 from mimir.synth.missingness import draw_presence
 from mimir.synth.preview import write_preview
-from mimir.synth.quirks import QUIRKS, QuirkRecord
+from mimir.synth.quirks import QuirkRecord, validate_quirks
 from mimir.synth.signal import render_signal
 from mimir.synth.subject import sample_subject
 from mimir.synth.ukb_writer import plan_exam, write_exam_zip
@@ -53,9 +53,7 @@ class CohortConfig:
             raise ValueError(f"a cohort needs at least one subject, got n={self.n}")
         if self.instance not in (2, 3):
             raise ValueError(f"imaging visits are instances 2 and 3, got {self.instance}")
-        unknown = sorted(set(self.quirks) - set(QUIRKS))
-        if unknown:
-            raise ValueError(f"unknown quirks {', '.join(unknown)}; known: {', '.join(QUIRKS)}")
+        validate_quirks(self.quirks)
 
 
 @dataclass(frozen=True)
