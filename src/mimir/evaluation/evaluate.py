@@ -86,7 +86,8 @@ def paired_table(
     return joined
 
 
-def _column(table: "pd.DataFrame", name: str) -> np.ndarray:
+def column_values(table: "pd.DataFrame", name: str) -> np.ndarray:
+    """A column as float64 with missing values as NaN (the form every metric takes)."""
     return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
@@ -102,8 +103,8 @@ def _uncertainty_metrics(mean: np.ndarray, sd: np.ndarray, reference: np.ndarray
 
 def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]:
     """One metrics row for a target of a joined table (see `paired_table`)."""
-    mean = _column(joined, target.name)
-    reference = _column(joined, target.name + _REFERENCE_SUFFIX)
+    mean = column_values(joined, target.name)
+    reference = column_values(joined, target.name + _REFERENCE_SUFFIX)
     try:
         metrics = agreement_metrics(mean, reference, binary=target.is_binary)
     except MetricInputError as error:
@@ -129,7 +130,7 @@ def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]
     }
     sd_column = target.name + SD_SUFFIX
     if sd_column in joined.columns:
-        row.update(_uncertainty_metrics(mean, _column(joined, sd_column), reference))
+        row.update(_uncertainty_metrics(mean, column_values(joined, sd_column), reference))
     row.update({column: target.published[column] for column in PUBLISHED_COLUMNS})
     return row
 
@@ -169,7 +170,7 @@ def fit_calibration_factors(
     joined = paired_table(predictions, reference, chosen)
     return {
         t.name: fit_variance_scale(
-            _column(joined, t.name), _column(joined, t.name + SD_SUFFIX), _column(joined, t.name + _REFERENCE_SUFFIX)
+            column_values(joined, t.name), column_values(joined, t.name + SD_SUFFIX), column_values(joined, t.name + _REFERENCE_SUFFIX)
         )
         for t in chosen
     }
@@ -182,7 +183,7 @@ def apply_calibration_factors(predictions: "pd.DataFrame", factors: Mapping[str,
         column = name + SD_SUFFIX
         if column not in calibrated.columns:
             raise EvaluationInputError(f"no column {column!r} to calibrate")
-        calibrated[column] = apply_variance_scale(_column(calibrated, column), factor)
+        calibrated[column] = apply_variance_scale(column_values(calibrated, column), factor)
     return calibrated
 
 

@@ -59,7 +59,7 @@ from mimir.evaluation.calibration import (
     sparsification_curve,
     standardised_errors,
 )
-from mimir.evaluation.evaluate import evaluate_predictions, write_metrics
+from mimir.evaluation.evaluate import column_values, evaluate_predictions, write_metrics
 from mimir.learn.baseline import BaselineConfig, RidgeCrossval, image_features
 from mimir.learn.config import TrainConfig
 from mimir.learn.dataset import assemble_exams, index_image_cache, read_targets
@@ -433,18 +433,14 @@ def _stack_folds(out: Path, completed: Sequence[int], name: str, reference: pd.D
     return table
 
 
-def _column(table: pd.DataFrame, name: str) -> np.ndarray:
-    return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
-
-
 def _calibration_factors(oof: pd.DataFrame, reference: pd.DataFrame, targets: Sequence[Target]) -> pd.DataFrame:
     """One NLL-optimal variance scale per target, with the number of exams it was fitted on."""
     import pandas as pd
 
     rows = []
     for target in targets:
-        mean, sd = _column(oof, target.name), _column(oof, f"{target.name}_sd")
-        truth = _column(reference, target.name)
+        mean, sd = column_values(oof, target.name), column_values(oof, f"{target.name}_sd")
+        truth = column_values(reference, target.name)
         factor = fit_variance_scale(mean, sd, truth)
         rows.append({"target": target.name, "variance_scale": factor, "n": int(standardised_errors(mean, sd, truth).size)})
         if not (math.isfinite(factor) and factor > 0):
@@ -460,7 +456,7 @@ def _calibrated(oof: pd.DataFrame, factors: pd.DataFrame) -> pd.DataFrame:
     calibrated = oof.copy()
     for name, factor in zip(factors["target"], factors["variance_scale"], strict=True):
         if _usable(float(factor)):
-            calibrated[f"{name}_sd"] = apply_variance_scale(_column(oof, f"{name}_sd"), float(factor))
+            calibrated[f"{name}_sd"] = apply_variance_scale(column_values(oof, f"{name}_sd"), float(factor))
     return calibrated
 
 
@@ -473,9 +469,9 @@ def _curves(
 
     rows: list[dict[str, object]] = []
     for target in targets:
-        truth = _column(reference, target.name)
+        truth = column_values(reference, target.name)
         for stage, table in (("before", oof), ("after", calibrated)):
-            mean, sd = _column(table, target.name), _column(table, f"{target.name}_sd")
+            mean, sd = column_values(table, target.name), column_values(table, f"{target.name}_sd")
             curve = calibration_curve(mean, sd, truth)
             rows += _curve_rows(target.name, "calibration", curve.expected, curve.observed, stage)
             sparsification = sparsification_curve(mean, sd, truth)

@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 
+from mimir.evaluation.evaluate import column_values
 from mimir.report import format_significant
 from mimir.report.html import ReportSection, format_metric, write_report
 from mimir.report.plots import validation_curve_plot
@@ -36,10 +36,6 @@ _SECTION_METRICS = {
     "auce": "auce_before", "auce_calibrated": "auce_after", "variance_scale": "variance_scale",
     "baseline_icc": "Ridge baseline ICC", "baseline_r2": "Ridge baseline R\u00b2", "baseline_mae": "Ridge baseline MAE",
 }
-
-
-def _column(table: "pd.DataFrame", name: str) -> np.ndarray:
-    return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _histories(out: Path, folds: int) -> "pd.DataFrame":
@@ -137,8 +133,8 @@ def write_crossval_report(out: Path | str) -> Path:
         }
         title = f"{name} ({unit})" if unit else name
         figure_paths = target_figures(
-            name, unit, _column(joined, f"{name}__reference"), _column(joined, name), _column(joined, f"{name}_sd"),
-            figures, sd_before_calibration=_column(joined, f"{name}__sd_before"),
+            name, unit, column_values(joined, f"{name}__reference"), column_values(joined, name), column_values(joined, f"{name}_sd"),
+            figures, sd_before_calibration=column_values(joined, f"{name}__sd_before"),
         )
         sections.append(ReportSection(name, title, figure_paths, metrics))
     record_path = out / "crossval.json"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mimir.evaluation.evaluate import column_values
 from mimir.report.html import ReportSection, write_report
 from mimir.report.target_figures import target_figures
 
@@ -18,10 +19,8 @@ FIGURES_FOLDER = "figures"
 _SECTION_METRICS = ("n", "icc", "r2", "mae", "mape_percent", "auc", "auce")
 
 
-def _column(table: "pd.DataFrame", name: str) -> np.ndarray | None:
-    if name not in table.columns:
-        return None
-    return table[name].to_numpy(dtype=np.float64, na_value=np.nan)
+def _optional_column(table: "pd.DataFrame", name: str) -> np.ndarray | None:
+    return column_values(table, name) if name in table.columns else None
 
 
 def write_evaluation_report(
@@ -47,9 +46,9 @@ def write_evaluation_report(
         paths = target_figures(
             target.name,
             target.unit,
-            _column(joined, f"{target.name}__reference"),
-            _column(joined, target.name),
-            _column(joined, f"{target.name}_sd"),
+            _optional_column(joined, f"{target.name}__reference"),
+            _optional_column(joined, target.name),
+            _optional_column(joined, f"{target.name}_sd"),
             figures,
         )
         numbers = {
