@@ -49,7 +49,8 @@ def test_unknown_key_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "values",
     [{"batch_size": "32"}, {"batch_size": True}, {"batch_size": 0}, {"autocast": "float8"},
-     {"architecture": "vgg16"}, {"lr_milestones": [5, 2]}, {"modules": {"x": {"targets": "age"}}}],
+     {"architecture": "vgg16"}, {"lr_milestones": [5, 2]}, {"modules": {"x": {"targets": "age"}}},
+     {"nll_beta": -0.5}, {"nll_beta": 2.0}],
 )
 def test_invalid_values_are_errors(values):
     with pytest.raises(ConfigError):

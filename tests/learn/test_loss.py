@@ -41,3 +41,23 @@ def test_batch_without_any_known_value_has_zero_loss_and_backward_works():
     loss.backward()
     assert loss.item() == 0.0
     assert torch.all(mean.grad == 0)
+
+
+def test_beta_one_gives_the_mean_the_gradient_of_squared_error_whatever_the_variance():
+    targets = torch.tensor([[1.0, 1.0]])
+    mean = torch.zeros(1, 2, requires_grad=True)
+    log_var = torch.tensor([[0.0, 3.0]], requires_grad=True)
+    gaussian_nll(mean, log_var, targets, beta=1.0).backward()
+    # d/dmean of (y - mean)^2 averaged over two values: -(y - mean) = -1 for both
+    assert torch.allclose(mean.grad, torch.tensor([[-1.0, -1.0]]))
+
+
+def test_beta_keeps_the_variance_gradient_direction_and_masking():
+    targets = torch.tensor([[2.0, float("nan")]])
+    mean = torch.zeros(1, 2, requires_grad=True)
+    log_var = torch.zeros(1, 2, requires_grad=True)
+    plain = gaussian_nll(mean, log_var, targets)
+    weighted = gaussian_nll(mean, log_var, targets, beta=0.5)
+    assert math.isclose(plain.item(), weighted.item(), rel_tol=1e-6)  # variance 1: weight 1
+    weighted.backward()
+    assert log_var.grad[0, 0] < 0 and log_var.grad[0, 1] == 0 and mean.grad[0, 1] == 0

@@ -35,6 +35,8 @@ class TrainConfig:
     autocast: str = "auto"  # "auto" (bfloat16/float16 on CUDA, none on CPU), "none", "bfloat16", "float16"
     log_var_min: float = LOG_VAR_RANGE[0]
     log_var_max: float = LOG_VAR_RANGE[1]
+    # loss: Gaussian NLL; nll_beta > 0 weights each term by variance**beta (beta-NLL), 0 = the paper
+    nll_beta: float = 0.0
     # optimisation (Adam)
     batch_size: int = 32
     iterations: int = 10_000
@@ -74,6 +76,8 @@ class TrainConfig:
             raise ConfigError("learning_rate and lr_gamma must be positive")
         if list(self.lr_milestones) != sorted(self.lr_milestones):
             raise ConfigError(f"lr_milestones must be increasing, got {self.lr_milestones}")
+        if not 0.0 <= self.nll_beta <= 1.0:
+            raise ConfigError(f"nll_beta must lie in [0, 1], got {self.nll_beta}")
         if not self.log_var_min < self.log_var_max:
             raise ConfigError("log_var_min must be below log_var_max")
         for module, targets in self.modules.items():

@@ -20,10 +20,17 @@ def masked_nll_terms(mean: torch.Tensor, log_var: torch.Tensor, targets: torch.T
     return torch.where(known, terms, torch.zeros_like(terms)), known
 
 
-def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, targets: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
     """The training loss: the NLL averaged over the known target values of the batch.
 
-    With no known value at all the loss is 0 (still attached to the graph).
+    `beta` > 0 gives the beta-NLL of Seitzer et al. (ICLR 2022): each value's term is weighted
+    by its predicted variance to the power beta, held constant in the gradient. Plain NLL
+    (beta 0, the paper's loss) scales a target's mean gradient by 1/variance, so targets the
+    network finds hard early on raise their variance and then learn slowly; beta 1 gives their
+    means the gradient of squared error. With no known value at all the loss is 0 (still
+    attached to the graph).
     """
     terms, known = masked_nll_terms(mean, log_var, targets)
+    if beta:
+        terms = terms * torch.exp(beta * log_var.detach())
     return terms.sum() / known.sum().clamp(min=1)

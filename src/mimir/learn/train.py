@@ -615,7 +615,7 @@ def _run_iterations(
         with _autocast(device, autocast_dtype):
             output = network(batch)
         mean, log_var = split_output(output.float(), config.log_var_range)
-        loss = gaussian_nll(mean, log_var, targets)
+        loss = gaussian_nll(mean, log_var, targets, config.nll_beta)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
