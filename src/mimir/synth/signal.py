@@ -17,6 +17,9 @@ from mimir.synth.labels import THIGH_MUSCLES, Tissue
 from mimir.synth.subject import SubjectParams
 
 #: Relative signal of each tissue for an average participant (proton density and weighting).
+#: The UK Biobank Dixon protocol is a spoiled gradient echo (TR 6.69 ms, flip angle 10 degrees)
+#: and so T1-weighted: the liver (T1 about 600-800 ms at 1.5 T) is brighter than muscle
+#: (about 1,000-1,100 ms) in the water image, which makes it stand out in the projections.
 PROTON_DENSITY = {
     Tissue.SAT: 1.08,
     Tissue.VAT: 1.08,
@@ -25,7 +28,7 @@ PROTON_DENSITY = {
     Tissue.THIGH_ANTERIOR_LEFT: 1.0,
     Tissue.THIGH_POSTERIOR_RIGHT: 1.0,
     Tissue.THIGH_POSTERIOR_LEFT: 1.0,
-    Tissue.LIVER: 0.95,
+    Tissue.LIVER: 1.25,
     Tissue.KIDNEY: 1.05,
     Tissue.SPLEEN: 1.05,
     Tissue.BONE: 0.6,
