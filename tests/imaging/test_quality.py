@@ -134,3 +134,23 @@ def test_seam_parity_and_outer_layer_name_the_swapped_stations():
     assert swapped_stations([Seam(False)] * 2, [lean] * 3) == [0, 1, 2]
     nan = float("nan")
     assert swapped_stations([Seam(True), Seam(True)], [nan, nan, nan]) == [1]
+
+
+def _outer_layer_by_definition(mask: np.ndarray, depth: int) -> np.ndarray:
+    """Voxel by voxel: body within `depth` of the first body voxel from the right, left or front."""
+    layer = np.zeros_like(mask)
+    for index in zip(*np.nonzero(mask)):
+        slice_, row, col = (int(value) for value in index)
+        line = np.flatnonzero(mask[slice_, row])
+        column = np.flatnonzero(mask[slice_, :, col])
+        layer[index] = col < line[0] + depth or col > line[-1] - depth or row < column[0] + depth
+    return layer
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_outer_layer_matches_its_definition_on_random_masks(depth):
+    rng = np.random.default_rng(depth)
+    for share in (0.05, 0.5, 0.95):
+        mask = rng.random((3, 9, 7)) < share
+        mask[0, 0] = True  # a row full of body, reaching both edges
+        np.testing.assert_array_equal(outer_layer(mask, depth=depth), _outer_layer_by_definition(mask, depth))

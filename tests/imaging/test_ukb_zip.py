@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 
 import numpy as np
@@ -284,3 +285,27 @@ def test_header_scan_handles_encodings_without_pydicom(dicom, monkeypatch, impli
     exam = read_zip_bytes(data)
     np.testing.assert_array_equal(exam.stations[0].water, dicom.find(specs, 1, "W").expected())
     np.testing.assert_array_equal(exam.stations[0].fat, dicom.find(specs, 1, "F").expected())
+
+
+def test_each_member_is_opened_once_and_never_read_twice(dicom):
+    specs = dicom.exam_specs(stations=2)
+    files = dicom.exam_files(specs)
+    opened: dict[str, int] = {}
+
+    def opener(name):
+        def open_stream():
+            opened[name] = opened.get(name, 0) + 1
+            return io.BytesIO(files[name])
+
+        return open_stream
+
+    def no_second_read():
+        raise AssertionError("the header stream should have been read on, not the member re-read")
+
+    members = [dicom_series.Member(name=name, open_stream=opener(name), read_bytes=no_second_read) for name in files]
+    exam = dicom_series.read_members(members)
+    dicom_files = [name for name in files if name.endswith(".dcm")]
+    assert dicom_files and all(opened[name] == 1 for name in dicom_files)
+    for number, station in enumerate(exam.stations, start=1):
+        np.testing.assert_array_equal(station.water, dicom.find(specs, number, "W").expected())
+        np.testing.assert_array_equal(station.fat, dicom.find(specs, number, "F").expected())

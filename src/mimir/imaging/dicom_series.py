@@ -38,6 +38,10 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _TAG = struct.Struct("<HH")
 _UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<L")
+#: Group, element, VR and 16-bit length of an explicit-VR element in one unpack.
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")
+#: Every valid VR (two upper-case letters) -> whether its length is 32 bits.
+_VR_IS_LONG = {bytes((first, second)): bytes((first, second)) in _LONG_VRS for first in range(65, 91) for second in range(65, 91)}
 #: Bytes decompressed to classify a file by its SeriesDescription (group 0008 comes first).
 _PEEK_BYTES = 8192
 _TEXT, _INTEGER_STRING, _DECIMALS, _UNSIGNED_SHORT = "text", "integer string", "decimals", "unsigned short"
@@ -173,25 +177,28 @@ def read_members(members: Iterable[Member], container_errors: tuple[type[BaseExc
 
 
 def _collect_member(member: Member, collected: _Collected, container_errors: tuple[type[BaseException], ...]) -> None:
+    """Classify by a header prefix, then read the rest of the same stream only for water/fat.
+
+    One stream per member: reopening a zip entry to read it whole costs a second local-header
+    parse and decompressing the prefix twice.
+    """
     try:
-        description = _peek_description(member)
+        with member.open_stream() as stream:
+            head = stream.read(_PEEK_BYTES)
+            peek = _scan_header(head, last_tag=_SERIES_DESCRIPTION)
+            description = _peek_description(member, peek)
+            if description is not None:
+                collected.dicom_files += 1
+                if contrast_of(description) is None:
+                    return
+            data = head + stream.read()
     except container_errors as error:
         collected.container_failures += 1
         collected.skipped_files += 1
         collected.notes.append(f"{member.name}: unreadable ({type(error).__name__}), skipped")
         return
-    if description is not None:
-        collected.dicom_files += 1
-        if contrast_of(description) is None:
-            return
-    try:
-        data = member.read_bytes()
-    except container_errors as error:
-        collected.container_failures += 1
-        collected.skipped_files += 1
-        collected.notes.append(f"{member.name}: unreadable ({type(error).__name__}), skipped")
-        return
-    parsed = _parse_slice(member.name, data, strict_header_ok=description is not None)
+    resume = peek if peek is not None and peek.complete else None
+    parsed = _parse_slice(member.name, data, strict_header_ok=description is not None, resume=resume)
     if parsed is None:
         collected.skipped_files += 1
         if description is not None:
@@ -214,13 +221,11 @@ def _past_slice_tags(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag > _LAST_SLICE_TAG
 
 
-def _peek_description(member: Member) -> str | None:
-    """SeriesDescription from the first bytes of a strictly valid DICOM file, else None.
+def _peek_description(member: Member, scan: _Scan | None) -> str | None:
+    """SeriesDescription from the scan of a file's first bytes, else from pydicom, else None.
 
     Only a prefix is decompressed, so in-phase/opposed-phase files cost a few kilobytes.
     """
-    with member.open_stream() as stream:
-        scan = _scan_header(stream.read(_PEEK_BYTES), last_tag=_SERIES_DESCRIPTION)
     if scan is not None and scan.complete:
         value = scan.values.get("SeriesDescription")
         return None if value is None else str(value)
@@ -236,9 +241,12 @@ def _peek_description(member: Member) -> str | None:
     return None if value is None else str(value)
 
 
-def _parse_slice(name: str, data: bytes, strict_header_ok: bool) -> tuple[_Slice | None, bool] | None:
-    """(slice or None when not water/fat, lenient read used), or None when not a DICOM slice."""
-    scan = _scan_header(data, last_tag=_PIXEL_DATA)
+def _parse_slice(name: str, data: bytes, strict_header_ok: bool, resume: _Scan | None = None) -> tuple[_Slice | None, bool] | None:
+    """(slice or None when not water/fat, lenient read used), or None when not a DICOM slice.
+
+    `resume` is a complete scan of a prefix of `data`: the walk goes on where it stopped.
+    """
+    scan = _scan_header(data, last_tag=_PIXEL_DATA) if resume is None else _resume_scan(data, resume, last_tag=_PIXEL_DATA)
     lenient = False
     if scan is not None and scan.complete and scan.pixel_offset is not None:
         values, pixel_offset = scan.values, scan.pixel_offset
@@ -325,19 +333,24 @@ def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_
 
 
 def _decode_pixels(name: str, values: dict[str, object], data: bytes, shape: tuple[int, int], offset: int | None) -> np.ndarray | None:
-    """float32 pixels: uncompressed bytes straight into numpy, anything else through pydicom."""
+    """Pixel values: uncompressed bytes straight into numpy, anything else through pydicom.
+
+    Unscaled 8/16-bit pixels stay a view of the file's bytes (every such value is exact in
+    float32): the station volume converts them as it copies them in, sparing a float32 copy
+    per slice. Everything else is float32 here.
+    """
     try:
         raw = _uncompressed_pixels(values, data, shape, offset)
+        simple = raw is not None
         if raw is None:
             raw = _pixels_via_pydicom(data)
         if raw is None or raw.shape != shape:
             return None
-        pixels = raw.astype(np.float32)
         slope = values.get("RescaleSlope", [1.0])[0]  # type: ignore[index]
         intercept = values.get("RescaleIntercept", [0.0])[0]  # type: ignore[index]
         if slope != 1.0 or intercept != 0.0:
-            pixels = pixels * np.float32(slope) + np.float32(intercept)
-        return pixels
+            return raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        return raw if simple else raw.astype(np.float32)
     except Exception:  # noqa: BLE001 - an undecodable slice is repaired later, not fatal
         logger.debug("pixel data undecodable in %s", name, exc_info=True)
         return None
@@ -414,6 +427,9 @@ class _Scan:
     #: False when the data ended before `last_tag` or PixelData was passed.
     complete: bool
     pixel_offset: int | None = None
+    #: Where the walk stopped (the first element past `last_tag`) and in which encoding.
+    stop: int = 0
+    implicit: bool = False
 
 
 def _scan_header(data: bytes, last_tag: int) -> _Scan | None:
@@ -431,6 +447,16 @@ def _scan_header(data: bytes, last_tag: int) -> _Scan | None:
         return _scan_dataset(data, position, syntax == _IMPLICIT_LITTLE, last_tag)
     except (struct.error, _NotSimple, ValueError, UnicodeDecodeError):
         return None
+
+
+def _resume_scan(data: bytes, prefix: _Scan, last_tag: int) -> _Scan | None:
+    """The scan `_scan_header(data, last_tag)` gives, walking on from a complete prefix scan."""
+    try:
+        scan = _scan_dataset(data, prefix.stop, prefix.implicit, last_tag)
+    except (struct.error, _NotSimple, ValueError, UnicodeDecodeError):
+        return None
+    scan.values = {**prefix.values, **scan.values}
+    return scan
 
 
 def _element_header(data: bytes, position: int, implicit: bool) -> tuple[int, int, int]:
@@ -463,13 +489,26 @@ def _scan_dataset(data: bytes, position: int, implicit: bool, last_tag: int) -> 
     values: dict[str, object] = {}
     end = len(data)
     while position + 8 <= end:
-        tag, length, value = _element_header(data, position, implicit)
+        if implicit:
+            tag, length, value = _element_header(data, position, implicit)
+        else:
+            group, element, vr, length = _EXPLICIT_HEADER.unpack_from(data, position)
+            long_vr = _VR_IS_LONG.get(vr)
+            if long_vr is None or group == 0xFFFE:
+                tag, length, value = _element_header(data, position, implicit)
+            else:
+                tag = group << 16 | element
+                if long_vr:
+                    length = _UINT32.unpack_from(data, position + 8)[0]
+                    value = position + 12
+                else:
+                    value = position + 8
         if tag == _PIXEL_DATA:
             if length == _UNDEFINED:
                 raise _NotSimple("encapsulated pixel data")
-            return _Scan(values, complete=True, pixel_offset=value)
+            return _Scan(values, complete=True, pixel_offset=value, stop=position, implicit=implicit)
         if tag > last_tag:
-            return _Scan(values, complete=True)
+            return _Scan(values, complete=True, stop=position, implicit=implicit)
         if length == _UNDEFINED:
             position = _skip_undefined(data, value, implicit)
             continue
@@ -548,7 +587,7 @@ def build_series(slices: list[_Slice]) -> _Series:
     shape = _majority([s.shape for s in slices])
     spacing = _majority([s.spacing for s in slices])
     for slice_ in slices:
-        if slice_.pixels is not None and (slice_.shape != shape or not np.allclose(slice_.spacing, spacing, atol=1e-4)):
+        if slice_.pixels is not None and (slice_.shape != shape or not _close_spacing(slice_.spacing, spacing)):
             notes.append(f"{label}: slice {slice_.member} has size {slice_.shape} unlike {shape}, treated as corrupt")
             slice_.pixels = None
     ordered = sorted(slices, key=lambda s: (-s.position[2], s.pixels is None))
@@ -578,6 +617,11 @@ def build_series(slices: list[_Slice]) -> _Series:
     )
 
 
+def _close_spacing(spacing: tuple[float, float], reference: tuple[float, float]) -> bool:
+    """np.allclose(spacing, reference, atol=1e-4), skipped for the usual identical pair."""
+    return spacing == reference or bool(np.allclose(spacing, reference, atol=1e-4))
+
+
 def _majority(values: list) -> object:
     counts: dict[object, int] = {}
     for value in values:
@@ -586,9 +630,14 @@ def _majority(values: list) -> object:
 
 
 def _check_axial(slices: list[_Slice], label: str) -> None:
-    for slice_ in slices:
-        if slice_.orientation is None:
-            continue
+    """Refuse the first slice whose orientation is not axial; all slices compared at once."""
+    oriented = [slice_ for slice_ in slices if slice_.orientation is not None]
+    if oriented and all(slice_.orientation.shape == (6,) for slice_ in oriented):  # type: ignore[union-attr]
+        orientations = np.stack([slice_.orientation for slice_ in oriented])  # type: ignore[misc]
+        if np.isclose(orientations, _AXIAL_ORIENTATION, atol=_ORIENTATION_TOLERANCE).all():
+            return
+    for slice_ in oriented:
+        assert slice_.orientation is not None
         if slice_.orientation.shape != (6,) or not np.allclose(slice_.orientation, _AXIAL_ORIENTATION, atol=_ORIENTATION_TOLERANCE):
             raise ExamReadError(
                 Stage.GEOMETRY,
@@ -714,7 +763,7 @@ def pair_station(water: _Series, fat: _Series) -> Station:
     fat_volume = fat.volume[fat_rows]
     positions = water.positions[water_rows].copy()
     if water_volume.shape[1:] != fat_volume.shape[1:]:
-        water_volume, fat_volume, positions = _crop_in_plane(water_volume, fat_volume, positions, fat.positions[fat_rows[0]], water.spacing, label, notes)
+        water_volume, fat_volume, positions = _crop_in_plane(water_volume, fat_volume, positions, fat.positions[fat_rows][0], water.spacing, label, notes)
     return Station(
         water=np.ascontiguousarray(water_volume),
         fat=np.ascontiguousarray(fat_volume),
@@ -727,13 +776,16 @@ def pair_station(water: _Series, fat: _Series) -> Station:
     )
 
 
-def _common_slices(water: _Series, fat: _Series, label: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the slices both series hold at the same z (within tolerance)."""
+def _common_slices(water: _Series, fat: _Series, label: str, notes: list[str]) -> tuple[slice, slice]:
+    """The runs of slices both series hold at the same z (within tolerance).
+
+    Slices rather than index arrays, so the station's volumes are views of the series' ones
+    instead of copies.
+    """
     water_z = water.positions[:, 2]
     fat_z = fat.positions[:, 2]
     if len(water_z) == len(fat_z) and np.allclose(water_z, fat_z, atol=_POSITION_TOLERANCE_MM):
-        every = np.arange(len(water_z))
-        return every, every
+        return slice(None), slice(None)
     distance = np.abs(water_z[:, None] - fat_z[None, :])
     water_rows, fat_rows = np.nonzero(distance < _POSITION_TOLERANCE_MM)
     longest = max(len(water_z), len(fat_z))
@@ -744,7 +796,7 @@ def _common_slices(water: _Series, fat: _Series, label: str, notes: list[str]) -
             f"{label}: slice positions do not match ({len(water_z)} water, {len(fat_z)} fat slices, {water_rows.size} shared)",
         )
     notes.append(f"{label}: water has {len(water_z)} and fat {len(fat_z)} slices; kept the {water_rows.size} at common positions")
-    return water_rows, fat_rows
+    return slice(int(water_rows[0]), int(water_rows[-1]) + 1), slice(int(fat_rows[0]), int(fat_rows[-1]) + 1)
 
 
 def _crop_in_plane(

@@ -111,9 +111,13 @@ def _histogram_bins(chunk: np.ndarray, low: np.ndarray, high: np.ndarray, slice_
     guess = scaled.astype(np.intp)
     np.clip(guess, 0, bins - 1, out=guess)
     scaled -= np.rint(scaled)
-    near_edge = np.abs(scaled) < _EDGE_MARGIN_BINS
+    np.abs(scaled, out=scaled)
+    near_edge = scaled < _EDGE_MARGIN_BINS
     if near_edge.any():
-        slices = np.nonzero(near_edge)[slice_axis]
+        # The slice of each selected value, read through a broadcast index array: the same
+        # order as np.nonzero, without building an index array per axis of the chunk.
+        slice_of = np.broadcast_to(np.arange(chunk.shape[slice_axis]).reshape(along), chunk.shape)
+        slices = slice_of[near_edge]
         values = chunk[near_edge].astype(np.float64)
         exact = ((values - low[slices]) * (bins / span[slices])).astype(np.intp)
         np.clip(exact, 0, bins - 1, out=exact)

@@ -69,14 +69,18 @@ def exclusive_ranges(volume: FusedVolume) -> list[tuple[int, int]]:
 
 
 def outer_layer(mask: np.ndarray, depth: int = SHELL_DEPTH_VOXELS) -> np.ndarray:
-    """Body voxels within `depth` of the first body voxel met from the patient's right, left and front."""
-    columns = np.arange(mask.shape[2])
-    rows = np.arange(mask.shape[1])[:, None]
-    first_from_right = mask.argmax(axis=2)[..., None]
-    last_from_left = mask.shape[2] - 1 - mask[:, :, ::-1].argmax(axis=2)[..., None]
-    first_from_front = mask.argmax(axis=1)[:, None, :]
-    near_surface = (columns < first_from_right + depth) | (columns > last_from_left - depth)
-    near_surface |= rows < first_from_front + depth
+    """Body voxels within `depth` of the first body voxel met from the patient's right, left and front.
+
+    Only the `depth` voxels from each first body voxel are marked (the voxels before it are
+    not body), rather than comparing every voxel's index with the surface.
+    """
+    near_surface = np.zeros(mask.shape, bool)
+    steps = np.arange(depth)
+    first_from_right = mask.argmax(axis=2)[..., None] + steps
+    last_from_left = mask.shape[2] - 1 - mask[:, :, ::-1].argmax(axis=2)[..., None] - steps
+    first_from_front = mask.argmax(axis=1)[:, None, :] + steps[:, None]
+    for band, axis in ((first_from_right, 2), (last_from_left, 2), (first_from_front, 1)):
+        np.put_along_axis(near_surface, np.clip(band, 0, mask.shape[axis] - 1), True, axis=axis)
     return mask & near_surface
 
 
