@@ -31,3 +31,15 @@ def test_shards_cover_every_item_once():
     assert parts[0] == [0, 3, 6, 9]
     with pytest.raises(ValueError):
         shard(items, 3, 3)
+
+
+def test_worker_processes_limit_numerical_thread_pools(monkeypatch):
+    import os
+
+    from mimir.parallel import SINGLE_THREAD_VARIABLES
+
+    for name in SINGLE_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set by the user: kept
+    outcomes = list(map_outcomes(os.getenv, list(SINGLE_THREAD_VARIABLES), workers=2))
+    assert {o.item: o.value for o in outcomes} == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}
