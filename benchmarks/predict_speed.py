@@ -9,7 +9,7 @@ precisions are from float32, in target sds.
 Goals (issue 5): <= 0.08 s per subject per ResNet50 module on CPU; 1,000 subjects in 10 minutes
 end to end with four modules; bfloat16 within 0.02 sd of float32.
 
-    nice -n 10 python benchmarks/predict_speed.py --n 8
+    nice -n 10 python benchmarks/predict_speed.py --n 8 [--sequential]
     python benchmarks/predict_speed.py --zips DIR --modules body organs experimental age
 """
 
@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--workers", type=int, help="compression processes (default: all cores)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="compress every exam before inference (default: overlap the two)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -113,8 +115,10 @@ def main() -> None:
         specs = [read_spec(path) for path in modules]
         common = dict(device=args.device, batch_size=args.batch_size, workers=args.workers)
         cache = scratch_path / "cache"
-        first = run_prediction(zips, modules, cache=cache, precision=args.precision, **common)
-        report("end to end (zips -> table)", first, len(zips))
+        first = run_prediction(zips, modules, cache=cache, precision=args.precision,
+                               overlap=not args.sequential, **common)
+        mode = "compress, then predict" if args.sequential else "compression overlapped with inference"
+        report(f"end to end (zips -> table, {mode})", first, len(zips))
         reference = run_prediction(zips, modules, cache=cache, precision="float32", **common)
         report("from the cache, float32", reference, len(zips))
         faster = [first] if first.precision != "float32" else []

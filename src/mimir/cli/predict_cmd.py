@@ -71,10 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
-        if bar is None:
-            for earlier in bars.values():
-                earlier.close()
-            bar = bars[stage] = tqdm(total=total, unit="exam", desc=stage, disable=args.quiet)
+        if bar is None:  # the stages overlap: one line per stage, all kept open
+            bar = bars[stage] = tqdm(total=total, unit="exam", desc=stage, position=len(bars), disable=args.quiet)
         bar.update(done - bar.n)
 
     try:
