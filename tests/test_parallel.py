@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 
@@ -43,3 +44,58 @@ def test_worker_processes_limit_numerical_thread_pools(monkeypatch):
     monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set by the user: kept
     outcomes = list(map_outcomes(os.getenv, list(SINGLE_THREAD_VARIABLES), workers=2))
     assert {o.item: o.value for o in outcomes} == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}
+
+
+@pytest.fixture
+def helpers(monkeypatch):
+    """The helper module, importable by name here and in spawned workers (they inherit sys.path)."""
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    return importlib.import_module("parallel_helpers")
+
+
+def test_a_worker_that_dies_fails_only_its_own_item(helpers, caplog):
+    from functools import partial
+
+    from mimir.parallel import WORKER_DIED, WORKER_DIED_MESSAGE
+
+    items = list(range(12))
+    # the others sleep so that several are in flight, and taken down, when item 5 kills its worker
+    func = partial(helpers.square_or_die, killers=frozenset({5}), seconds=0.05)
+    with caplog.at_level("WARNING", logger="mimir.parallel"):
+        outcomes = list(map_outcomes(func, items, workers=2, max_pending=4))
+    assert sorted(o.item for o in outcomes) == items
+    by_item = {o.item: o for o in outcomes}
+    assert (by_item[5].ok, by_item[5].error_type, by_item[5].error) == (False, WORKER_DIED, WORKER_DIED_MESSAGE)
+    assert {item: o.value for item, o in by_item.items() if item != 5} == {i: i * i for i in items if i != 5}
+    assert all(o.ok for item, o in by_item.items() if item != 5)
+    pool_breaks = [re.search(r"took down its pool with (\d+) items in flight", r.getMessage()) for r in caplog.records]
+    taken_down = [int(match.group(1)) for match in pool_breaks if match]
+    assert len(taken_down) == 1 and taken_down[0] > 1  # innocents were in flight, and were spared
+
+
+def test_neighbouring_killers_do_not_blame_each_other_and_the_stream_stays_bounded(helpers):
+    from functools import partial
+
+    from mimir.parallel import WORKER_DIED
+
+    consumed = 0
+
+    def counted(n):
+        nonlocal consumed
+        for item in range(n):
+            consumed += 1
+            yield item
+
+    func = partial(helpers.square_or_die, killers=frozenset({2, 3}))
+    outcomes = []
+    for outcome in map_outcomes(func, counted(10), workers=2, max_pending=3):
+        outcomes.append(outcome)
+        assert consumed <= len(outcomes) + 3  # never more than max_pending ahead, breaks or not
+    by_item = {o.item: o for o in outcomes}
+    assert sorted(by_item) == list(range(10)) and len(outcomes) == 10
+    assert {item for item, o in by_item.items() if not o.ok} == {2, 3}
+    assert {o.error_type for o in outcomes if not o.ok} == {WORKER_DIED}
+    assert all(by_item[i].value == i * i for i in range(10) if i not in (2, 3))
