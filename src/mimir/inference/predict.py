@@ -17,11 +17,18 @@ order). The images of a batch are loaded once and run through every module; netw
 freezing, `optimize_for_inference` and oneDNN tensors were measured (ResNet50, one thread, batch
 16): within 3 % of this, inside the noise, so they are not used.
 
-Precision: 'auto' is float32 on a CPU and float16 autocast on a GPU. bfloat16 (twice as fast on
-a CPU with AVX512-BF16) keeps only 8 bits of mantissa: on ResNet50s with random weights and
-realistic images its means moved by up to 0.16 target sd from float32 (float16: 0.02), against
-a goal of 0.02, so it is opt-in (`precision="bfloat16"`) until checked on trained modules
-(benchmarks/predict_speed.py --modules ... reports the difference).
+Precision: 'auto' is float32 on a CPU and float16 autocast on a GPU; bfloat16 (`precision=
+"bfloat16"`, twice as fast on a CPU with AVX512-BF16) is opt-in. Both keep fewer mantissa bits
+(bfloat16 8, float16 11), and how far a module's means drift cannot be told in advance: ResNet50s
+with random weights and realistic images moved by up to 0.16 target sd in bfloat16 (float16:
+0.02). So a module run in a reduced precision is verified on its first batch: its calibrated
+means are computed in float32 as well, and when they differ by more than
+REDUCED_PRECISION_TOLERANCE_SD (0.02 sd of the target's training values) the module runs in
+float32 from then on, that batch included, with a warning. Within the tolerance it keeps the
+reduced precision (and that batch's reduced outputs, so every exam gets the same arithmetic).
+`PredictionResult.module_precisions` says what each module ran in and the deviation measured.
+A float16 overflow fails the check on the first batch; on a later batch, that batch alone is
+recomputed in float32.
 """
 
 from __future__ import annotations
@@ -78,6 +85,10 @@ LONG_COLUMNS = (
     "eid", "instance", "exam", "module", "target", "unit", "mean", "sd", "low", "high", "uncertain", "qc_flag", "failure",
 )
 PARQUET_HINT = "pip install 'mimir-ukb[parquet]'"
+
+#: Largest |reduced-precision mean - float32 mean| a module may show on its verification batch,
+#: in target sds (the sd of the standardisation in its spec); beyond it the module runs in float32.
+REDUCED_PRECISION_TOLERANCE_SD = 0.02
 
 #: Torch threads while compression workers run beside the networks: one thread wastes no CPU
 #: time waiting on the others when the workers keep every core busy (see `run_prediction`).
@@ -169,10 +180,15 @@ class ModuleRunner:
 
     Takes over the module's network: batch norm is folded into the convolutions (the same
     function to float32 rounding, a fifth less work on a CPU) and weights go channels-last.
+    A reduced `autocast_dtype` is verified against float32 on the first batch (see the module
+    docstring); `precision_used` and `verified_deviation_sd` say how that went.
     """
 
     module: LoadedModule
     autocast_dtype: torch.dtype | None = None
+    tolerance_sd: float = REDUCED_PRECISION_TOLERANCE_SD
+    #: Largest |mean - float32 mean| in target sds on the first batch; None until measured (or in float32).
+    verified_deviation_sd: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         import torch
@@ -193,15 +209,44 @@ class ModuleRunner:
     def device(self) -> torch.device:
         return self.module.device
 
+    @property
+    def precision_used(self) -> str:
+        """What the module runs in now: the requested precision, or float32 after a failed check."""
+        return precision_name(self.autocast_dtype)
+
     def raw_output(self, network_input: torch.Tensor) -> torch.Tensor:
         """Float32 (N, 2T) output on the CPU for a float32 channels-last input on the device."""
         import torch
 
-        output = self._forward(network_input, self.autocast_dtype)
+        if self.autocast_dtype is None:
+            return self._forward(network_input, None).float().cpu()
+        output = self._forward(network_input, self.autocast_dtype).float().cpu()
+        if self.verified_deviation_sd is None and len(network_input):
+            return self._verified(network_input, output)
         if self.autocast_dtype == torch.float16 and not torch.isfinite(output).all():
             logger.warning("module %s overflowed float16 on this batch; recomputed in float32", self.spec.name)
-            output = self._forward(network_input, None)
-        return output.float().cpu()
+            output = self._forward(network_input, None).float().cpu()
+        return output
+
+    def _verified(self, network_input: torch.Tensor, reduced: torch.Tensor) -> torch.Tensor:
+        """Compare the first batch with float32; keep the reduced precision only within tolerance."""
+        reference = self._forward(network_input, None).float().cpu()
+        deviation = mean_deviation_sd(reduced, reference, self.spec)
+        self.verified_deviation_sd = deviation
+        precision = self.precision_used
+        if deviation <= self.tolerance_sd:
+            logger.info(
+                "module %s: %s means within %.4f target sd of float32 on %d exams; keeping %s",
+                self.spec.name, precision, deviation, len(network_input), precision,
+            )
+            return reduced
+        logger.warning(
+            "module %s: %s means differ from float32 by up to %.4f target sd on its first %d exams "
+            "(tolerance %g); running it in float32",
+            self.spec.name, precision, deviation, len(network_input), self.tolerance_sd,
+        )
+        self.autocast_dtype = None
+        return reference
 
     def _forward(self, network_input: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         import torch
@@ -214,6 +259,23 @@ class ModuleRunner:
     def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated mean and sd (N, T) in target units for (N, 3, 256, 256) uint8 images."""
         return postprocess(self.raw_output(network_input(images, self.device)), self.spec)
+
+
+def mean_deviation_sd(raw: Any, reference_raw: Any, spec: ModuleSpec) -> float:
+    """Largest |calibrated mean - reference mean| over exams and targets, in target sds.
+
+    Targets without training values (NaN in both) do not count; a mean that is finite in one
+    output only (an overflow) is an infinite deviation.
+    """
+    means, _ = postprocess(raw, spec)
+    reference, _ = postprocess(reference_raw, spec)
+    target_sd = np.array([target.sd for target in spec.targets])
+    with np.errstate(invalid="ignore"):
+        deviation = np.abs(means - reference) / target_sd
+    agree = (means == reference) | (np.isnan(means) & np.isnan(reference))
+    deviation[agree] = 0.0
+    deviation[np.isnan(deviation)] = np.inf
+    return float(deviation.max(initial=0.0))
 
 
 def fold_batch_norm(network: torch.nn.Module) -> int:
@@ -304,6 +366,9 @@ class PredictionResult:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     compressed: int = 0
     reused: int = 0
+    #: module name -> (precision it ran in, deviation from float32 in target sds on its verification
+    #: batch; None when nothing was verified: float32 asked for, or no exam reached the module)
+    module_precisions: dict[str, tuple[str, float | None]] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -418,6 +483,7 @@ def run_prediction(
         timings=timings,
         compressed=compressed,
         reused=reused,
+        module_precisions={runner.spec.name: (runner.precision_used, runner.verified_deviation_sd) for runner in runners},
     )
 
 
@@ -928,9 +994,12 @@ __all__ = [
     "ParquetUnavailableError",
     "PredictError",
     "PredictionResult",
+    "REDUCED_PRECISION_TOLERANCE_SD",
     "TargetConflictError",
     "check_output_path",
+    "cpu_supports_bfloat16",
     "default_cache_for",
+    "mean_deviation_sd",
     "predict",
     "read_predictions",
     "resolve_inputs",
