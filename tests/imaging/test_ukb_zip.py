@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -309,3 +310,43 @@ def test_each_member_is_opened_once_and_never_read_twice(dicom):
     for number, station in enumerate(exam.stations, start=1):
         np.testing.assert_array_equal(station.water, dicom.find(specs, number, "W").expected())
         np.testing.assert_array_equal(station.fat, dicom.find(specs, number, "F").expected())
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_BZIP2], ids=["stored", "bzip2-via-zipfile"])
+def test_every_member_compression_gives_the_same_stations(dicom, compression):
+    files = dicom.exam_files(dicom.exam_specs(stations=2))
+    deflated = read_zip_bytes(dicom.zip_bytes(files))
+    other = read_zip_bytes(dicom.zip_bytes(files, compression=compression))
+    for first, second in zip(deflated.stations, other.stations, strict=True):
+        np.testing.assert_array_equal(first.water, second.water)
+        np.testing.assert_array_equal(first.fat, second.fat)
+    assert other.notes == deflated.notes == []
+
+
+def _water_member(files):
+    return next(name for name, data in files.items() if name.endswith(".dcm") and b"_W" in data[:4096])
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "deflated"])
+def test_member_with_corrupted_data_is_skipped_and_noted(dicom, compression):
+    files = dicom.exam_files(dicom.exam_specs(stations=2))
+    victim = _water_member(files)
+    data = bytearray(dicom.zip_bytes(files, compression=compression))
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo(victim)
+    name_length, extra_length = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"), int.from_bytes(
+        data[info.header_offset + 28 : info.header_offset + 30], "little"
+    )
+    inside = info.header_offset + 30 + name_length + extra_length + info.compress_size - 5
+    data[inside] ^= 0xFF  # stored: a pixel changes (CRC mismatch); deflated: a broken stream or CRC
+    exam = read_zip_bytes(bytes(data))
+    assert any(victim in note and "unreadable" in note for note in exam.notes)
+    assert len(exam.stations) == 2  # the slice is filled from its neighbours
+
+
+def test_member_with_data_shorter_than_declared_is_skipped_and_noted(dicom):
+    files = dicom.exam_files(dicom.exam_specs(stations=2))
+    victim = _water_member(files)
+    data = dicom.declare_size(dicom.zip_bytes(files, compression=zipfile.ZIP_STORED), victim, len(files[victim]) + 10)
+    exam = read_zip_bytes(data)
+    assert any(victim in note for note in exam.notes)
+    assert len(exam.stations) == 2
