@@ -6,7 +6,7 @@ complete ground truth of six targets, and prints the network's out-of-fold metri
 ridge baseline's. Everything lands in --out; a rerun resumes (generation, compression and
 cross-validation all skip finished work).
 
-    python benchmarks/crossval_synthetic.py --n 300 --folds 5 --out /tmp/cv_synthetic
+    python benchmarks/crossval_synthetic.py --n 500 --folds 5 --out /tmp/cv_synthetic
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def build_cohort(out: Path, n: int, chunk: int, seed: int, workers: int) -> Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--seed", type=int, default=100)
