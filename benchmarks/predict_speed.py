@@ -9,7 +9,7 @@ precisions are from float32, in target sds.
 Goals (issue 5): <= 0.08 s per subject per ResNet50 module on CPU; 1,000 subjects in 10 minutes
 end to end with four modules; bfloat16 within 0.02 sd of float32.
 
-    nice -n 10 python benchmarks/predict_speed.py --n 8 [--sequential]
+    nice -n 10 python benchmarks/predict_speed.py --n 8 [--overlap yes|no] [--deflate 6]
     python benchmarks/predict_speed.py --zips DIR --modules body organs experimental age
 """
 
@@ -108,8 +108,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="compression processes (default: all cores)")
     parser.add_argument("--deflate", type=int, metavar="LEVEL",
                         help="recompress the synthetic zips with deflate at LEVEL (1-9) first, like real ones")
-    parser.add_argument("--sequential", action="store_true",
-                        help="compress every exam before inference (default: overlap the two)")
+    parser.add_argument("--overlap", choices=("auto", "yes", "no"), default="auto",
+                        help="overlap compression with inference (auto: on a GPU only, as `mimir predict`)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -142,8 +142,8 @@ def main() -> None:
         common = dict(device=args.device, batch_size=args.batch_size, workers=args.workers)
         cache = scratch_path / "cache"
         first = run_prediction(zips, modules, cache=cache, precision=args.precision,
-                               overlap=not args.sequential, **common)
-        mode = "compress, then predict" if args.sequential else "compression overlapped with inference"
+                               overlap={"auto": None, "yes": True, "no": False}[args.overlap], **common)
+        mode = "compression overlapped with inference" if "compress (overlapped)" in first.timings else "compress, then predict"
         report(f"end to end (zips -> table, {mode})", first, len(zips))
         reference = run_prediction(zips, modules, cache=cache, precision="float32", **common)
         report("from the cache, float32", reference, len(zips))

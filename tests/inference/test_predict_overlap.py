@@ -101,6 +101,7 @@ def run(inputs: list[Path], module: Path, cache: Path, fake: FakeCompression, mo
         if stage == "predict" and done > len(CACHED_STEMS):  # a batch of compressed exams went through
             fake.predicted.set()
 
+    options.setdefault("overlap", True)
     result = run_prediction(inputs, [module], cache=cache, device="cpu", batch_size=2, progress=progress, **options)
     return result, events
 
@@ -156,7 +157,7 @@ def test_torch_threads_are_one_while_compressing_and_restored_after(inputs, modu
                 if done > len(CACHED_STEMS):
                     fake.predicted.set()
 
-        run_prediction(inputs, [module], cache=tmp_path / "cache", device="cpu", batch_size=2, progress=progress)
+        run_prediction(inputs, [module], cache=tmp_path / "cache", device="cpu", batch_size=2, progress=progress, overlap=True)
         assert seen[0] == 1
         assert torch.get_num_threads() == 2
     finally:
@@ -189,7 +190,14 @@ def test_real_exams_give_the_same_table_with_and_without_overlap(tiny_cohort, mo
     pytest.importorskip("mimir.synth.anatomy")
     zips = sorted(tiny_cohort.glob("*.zip"))[:3]
     common = {"device": "cpu", "batch_size": 1, "workers": 1}
-    overlapped = run_prediction(zips, [module], cache=tmp_path / "a", **common)
+    overlapped = run_prediction(zips, [module], cache=tmp_path / "a", overlap=True, **common)
     sequential = run_prediction(zips, [module], cache=tmp_path / "b", overlap=False, **common)
     assert list(overlapped.table["exam"]) == [path.stem for path in zips]
     pd.testing.assert_frame_equal(overlapped.table, sequential.table, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_by_default_a_cpu_compresses_first_and_then_predicts(inputs, module, tmp_path, monkeypatch):
+    result, events = run(inputs, module, tmp_path / "a", FakeCompression(hold_until_predicted=False), monkeypatch, overlap=None)
+    assert "compress" in result.timings and "compress (overlapped)" not in result.timings
+    stages = [stage for stage, _, _ in events]
+    assert stages.index("predict") > max(i for i, stage in enumerate(stages) if stage == "compress")
