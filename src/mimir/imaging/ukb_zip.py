@@ -17,9 +17,11 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from types import ModuleType
+from typing import BinaryIO
 
 from mimir.imaging.dicom_series import Member, ReadLimits, read_members
 from mimir.imaging.errors import ExamReadError, Stage
@@ -114,13 +116,13 @@ def _members(archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo], data: mem
     bzip2, lzma) through zipfile."""
     for info in entries:
         if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & 0x1:
-            open_stream = lambda info=info: _MemberStream(info, data)  # noqa: E731
+            open_stream: Callable[[], BinaryIO] = partial(_MemberStream, info, data)
         else:
-            open_stream = lambda info=info: archive.open(info)  # noqa: E731
-        yield Member(name=info.filename, open_stream=open_stream, read_bytes=lambda open_stream=open_stream: _read_all(open_stream))
+            open_stream = partial(archive.open, info)
+        yield Member(name=info.filename, open_stream=open_stream, read_bytes=partial(_read_all, open_stream))
 
 
-def _read_all(open_stream) -> bytes:
+def _read_all(open_stream: Callable[[], BinaryIO]) -> bytes:
     with open_stream() as stream:
         return stream.read()
 

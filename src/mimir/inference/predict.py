@@ -794,6 +794,7 @@ def _torch_threads(count: int | None) -> Iterator[Callable[[], None]]:
     finally:
         restore()
 
+
 def _attach_qc_flags(rows: Sequence[_ExamRow]) -> None:
     """The compression QC flag of each exam, from its cache's sidecars (or qc.csv)."""
     by_folder: dict[Path, dict[str, str]] = {}
