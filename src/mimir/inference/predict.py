@@ -678,11 +678,14 @@ class _BackgroundCompression:
         self._thread.start()
 
     def _compress(self, exams: Sequence[ExamInput], options: CompressOptions, workers: int) -> None:
+        """Timed here, where compression ends, not when the predicting thread next looks."""
         try:
             summary = compress_exams(exams, options, workers=workers, progress=self._hand_over)
         except BaseException as error:  # noqa: BLE001 - re-raised in the predicting thread
+            self.seconds = time.perf_counter() - self._started
             self._queue.put(_CompressionEnded(None, error))
         else:
+            self.seconds = time.perf_counter() - self._started
             self._queue.put(_CompressionEnded(summary, None))
 
     def _hand_over(self, outcome: ExamOutcome) -> None:
@@ -702,7 +705,6 @@ class _BackgroundCompression:
         for item in items:
             if isinstance(item, _CompressionEnded):
                 self.running = False
-                self.seconds = time.perf_counter() - self._started
                 if item.error is not None:
                     raise item.error
                 self.summary = item.summary
