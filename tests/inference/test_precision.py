@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import math
 from pathlib import Path
@@ -23,6 +24,10 @@ from mimir.inference.predict import (
 )
 from mimir.network import MeanVarianceResNet
 
+_HELPERS = importlib.util.spec_from_file_location("predict_helpers", Path(__file__).with_name("test_predict.py"))
+helpers = importlib.util.module_from_spec(_HELPERS)
+_HELPERS.loader.exec_module(helpers)
+
 needs_bfloat16 = pytest.mark.skipif(not cpu_supports_bfloat16(), reason="this CPU has no native bfloat16")
 
 STEMS = ("1234567_20201_2_0", "2345678_20201_2_0", "3456789_20201_3_0")
@@ -33,22 +38,9 @@ DRIFTING_TARGETS = (
 STEADY_TARGETS = (TargetSpec("liverFat", 40061, "%", "continuous", mean=5.0, sd=4.0, calibration=1.1),)
 
 
-def body_image(seed: int) -> np.ndarray:
-    """Bright trunk and legs with smooth texture on a dark background, like a cached image."""
-    rng = np.random.default_rng(seed)
-    rows, columns = np.mgrid[:256, :256]
-    trunk = ((columns - 70 - rng.integers(-5, 5)) / 45.0) ** 2 + ((rows - 128) / 120.0) ** 2 < 1
-    legs = ((columns - 190) / 30.0) ** 2 + ((rows - 140) / 110.0) ** 2 < 1
-    texture = 40 * np.sin(rows / (7 + seed % 3)) * np.cos(columns / 11)
-    image = np.zeros((3, 256, 256))
-    for channel, level in enumerate((170, 80, 50)):
-        image[channel] = (trunk | legs) * (level + texture) + rng.normal(0, 6, (256, 256))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.from_numpy(np.stack([body_image(10 + index) for index in range(len(STEMS))]))
+    return torch.from_numpy(np.stack([helpers.realistic_image(10 + index) for index in range(len(STEMS))]))
 
 
 def fitted_network(architecture: str, n_targets: int, images: torch.Tensor, head_scale: float) -> MeanVarianceResNet:
