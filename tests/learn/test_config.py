@@ -16,6 +16,16 @@ def test_defaults_are_the_paper_settings():
     assert config.learning_rate_at(8_000) == pytest.approx(5e-6)
 
 
+def test_warmup_and_cosine_schedule():
+    config = TrainConfig(learning_rate=1.0, iterations=110, warmup_iterations=10, lr_schedule="cosine")
+    assert [config.learning_rate_at(i) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert config.learning_rate_at(10) == pytest.approx(1.0)
+    assert config.learning_rate_at(60) == pytest.approx(0.5)
+    assert config.learning_rate_at(110) == pytest.approx(0.0, abs=1e-12)
+    step = TrainConfig(learning_rate=1.0, lr_milestones=[50], warmup_iterations=4)
+    assert [step.learning_rate_at(i) for i in (1, 3, 49, 50)] == pytest.approx([0.5, 1.0, 1.0, 0.1])
+
+
 def test_round_trips_through_toml(tmp_path):
     config = TrainConfig(
         architecture="resnet18",
@@ -49,7 +59,8 @@ def test_unknown_key_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "values",
     [{"batch_size": "32"}, {"batch_size": True}, {"batch_size": 0}, {"autocast": "float8"},
-     {"architecture": "vgg16"}, {"lr_milestones": [5, 2]}, {"modules": {"x": {"targets": "age"}}},
+     {"architecture": "vgg16"}, {"lr_milestones": [5, 2]}, {"lr_schedule": "linear"},
+     {"ema_decay": 1.0}, {"ema_decay": -0.1}, {"warmup_iterations": -1}, {"modules": {"x": {"targets": "age"}}},
      {"nll_beta": -0.5}, {"nll_beta": 2.0}],
 )
 def test_invalid_values_are_errors(values):

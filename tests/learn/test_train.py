@@ -94,9 +94,10 @@ def test_standardization_inverts_to_catalog_units():
     assert sd.tolist() == [[4.0, 1.0]]
 
 
-def test_resume_reproduces_an_uninterrupted_run(cohort, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_reproduces_an_uninterrupted_run(cohort, tmp_path, ema_decay):
     cache, targets = cohort
-    config = tiny_config()
+    config = tiny_config(ema_decay=ema_decay)
     reference = train(config, cache, targets, "age", tmp_path / "straight", device="cpu")
 
     class Interrupted(Exception):
@@ -130,6 +131,22 @@ def test_resume_refuses_a_changed_config(cohort, tmp_path):
     train(tiny_config(iterations=2), cache, targets, "age", tmp_path / "run", device="cpu")
     with pytest.raises(RunFolderError, match="learning_rate"):
         train(tiny_config(iterations=2, learning_rate=0.5), cache, targets, "age", tmp_path / "run", device="cpu", resume=True)
+
+
+def test_weight_average_is_what_validation_sees_and_what_is_saved(cohort, tmp_path):
+    cache, targets = cohort
+    config = tiny_config(iterations=6, ema_decay=0.5, lr_milestones=[])
+    result = train(config, cache, targets, "age", tmp_path / "run", train_ids=_ids(range(12)),
+                   val_ids=_ids(range(12, 16)), device="cpu")
+    checkpoint = load_file(str(tmp_path / "run" / "checkpoints" / "iter_0000006.safetensors"))
+    saved = load_file(str(tmp_path / "run" / "weights.safetensors"))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "iter_0000006.state.pt", weights_only=True)
+    average = state["weight_average"]["shadow"]
+    assert state["weight_average"]["updates"] == 6
+    assert all(torch.equal(saved[key], average[key]) for key in saved)
+    assert not all(torch.equal(saved[key], checkpoint[key]) for key in saved)
+    predictions = predict_images(tmp_path / "run", cache, exams=_ids(range(12, 16)), device="cpu")
+    pd.testing.assert_frame_equal(predictions, result.val_predictions, atol=1e-4, rtol=1e-4)
 
 
 def test_load_run_gives_the_trained_network(cohort, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -17,6 +18,7 @@ from pathlib import Path
 from mimir.network import LOG_VAR_RANGE, RESNETS
 
 AUTOCAST_MODES = ("auto", "none", "bfloat16", "float16")
+LR_SCHEDULES = ("step", "cosine")
 
 
 class ConfigError(ValueError):
@@ -41,9 +43,13 @@ class TrainConfig:
     batch_size: int = 32
     iterations: int = 10_000
     learning_rate: float = 5e-5
+    lr_schedule: str = "step"  # "step": lr *= lr_gamma at each milestone; "cosine": half-cosine to 0
     lr_milestones: list[int] = field(default_factory=lambda: [8_000])  # lr *= lr_gamma at each
     lr_gamma: float = 0.1
+    warmup_iterations: int = 0  # linear ramp of the learning rate over the first iterations
     weight_decay: float = 0.0
+    # > 0: validate, predict and save an exponential moving average of the weights (0 = the paper)
+    ema_decay: float = 0.0
     # augmentation
     max_shift: int = 16  # random integer translation in pixels along both axes, zero fill
     # run
@@ -65,11 +71,13 @@ class TrainConfig:
             raise ConfigError(f"architecture {self.architecture!r} unknown; choose from {', '.join(RESNETS)}")
         if self.autocast not in AUTOCAST_MODES:
             raise ConfigError(f"autocast {self.autocast!r} unknown; choose from {', '.join(AUTOCAST_MODES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule {self.lr_schedule!r} unknown; choose from {', '.join(LR_SCHEDULES)}")
         positive = ("input_pool", "batch_size", "checkpoint_every", "log_every", "eval_batch_size", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("iterations", "max_shift", "workers"):
+        for name in ("iterations", "max_shift", "workers", "warmup_iterations"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.lr_gamma <= 0:
@@ -78,6 +86,8 @@ class TrainConfig:
             raise ConfigError(f"lr_milestones must be increasing, got {self.lr_milestones}")
         if not 0.0 <= self.nll_beta <= 1.0:
             raise ConfigError(f"nll_beta must lie in [0, 1], got {self.nll_beta}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not self.log_var_min < self.log_var_max:
             raise ConfigError("log_var_min must be below log_var_max")
         for module, targets in self.modules.items():
@@ -89,7 +99,13 @@ class TrainConfig:
         return (self.log_var_min, self.log_var_max)
 
     def learning_rate_at(self, iteration: int) -> float:
-        """The step schedule: a function of the iteration alone, so resuming reproduces it."""
+        """The schedule: a function of the iteration alone, so resuming reproduces it."""
+        if iteration < self.warmup_iterations:
+            return self.learning_rate * (iteration + 1) / self.warmup_iterations
+        if self.lr_schedule == "cosine":
+            span = max(1, self.iterations - self.warmup_iterations)
+            progress = min(1.0, (iteration - self.warmup_iterations) / span)
+            return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
         drops = sum(1 for milestone in self.lr_milestones if iteration >= milestone)
         return self.learning_rate * self.lr_gamma**drops
 

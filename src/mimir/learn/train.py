@@ -53,6 +53,7 @@ from mimir.learn.dataset import (
 )
 from mimir.learn.loss import gaussian_nll
 from mimir.learn.modules import ModuleDefinition, resolve_module
+from mimir.learn.weight_average import WeightAverage
 from mimir.network import (
     MeanVarianceResNet,
     build_network,
@@ -499,16 +500,17 @@ def train(
         atomic_write_text(out / "standardization.json", data.standardization.to_json() + "\n")
         _place(network, resolved, config.channels_last)
         model = TrainedModel(network, data.standardization, config)
-        optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype is torch.float16 and resolved.type == "cuda")
+        stepper = _Stepper(config, network, resolved, autocast_dtype)
         start = 0
         if checkpoint is not None:
-            start = _restore(checkpoint, network, optimizer, scaler)
+            start = stepper.restore(checkpoint, network)
             logger.info("resuming %s from iteration %d", out, start)
         history = _read_history(out / "history.csv", start)
         loop_started = time.perf_counter()
-        _run_iterations(config, data, model, optimizer, scaler, resolved, autocast_dtype, out, start, history, progress)
+        _run_iterations(config, data, model, stepper, resolved, autocast_dtype, out, start, history, progress)
         loop_seconds = time.perf_counter() - loop_started
+        if stepper.average is not None:
+            network.load_state_dict(stepper.average.shadow)
 
     save_weights(network, out / "weights.safetensors", {"architecture": config.architecture, "module": definition.name})
     val_predictions = None
@@ -524,17 +526,54 @@ def train(
     return TrainResult(out, model, config.iterations, pd.DataFrame(history, columns=HISTORY_COLUMNS), val_predictions, seconds)
 
 
-def _restore(
-    checkpoint: Checkpoint, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
-) -> int:
-    """Weights, optimizer moments and scaler of a checkpoint; returns its iteration."""
-    load_weights(network, checkpoint.weights)
-    state = load_state(checkpoint)
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["iteration"])
+class _Stepper:
+    """Optimizer, gradient scaler and optional weight average: one training step, one saved state."""
+
+    def __init__(
+        self, config: TrainConfig, network: torch.nn.Module, device: torch.device, autocast_dtype: torch.dtype | None
+    ) -> None:
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype is torch.float16 and device.type == "cuda")
+        self.average = WeightAverage(network, config.ema_decay) if config.ema_decay > 0 else None
+
+    def step(self, loss: torch.Tensor, network: torch.nn.Module, learning_rate: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.average is not None:
+            self.average.update(network)
+
+    def evaluation_weights(self, network: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """The weights that validation sees: the average when there is one."""
+        return self.average.applied(network) if self.average is not None else contextlib.nullcontext()
+
+    def state(self) -> dict[str, object]:
+        state: dict[str, object] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.average is not None:
+            state["weight_average"] = self.average.state_dict()
+        return state
+
+    def restore(self, checkpoint: Checkpoint, network: torch.nn.Module) -> int:
+        """Weights, optimizer moments, scaler and average of a checkpoint; returns its iteration."""
+        load_weights(network, checkpoint.weights)
+        state = load_state(checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None:
+            saved = state.get("weight_average")
+            if saved is None:
+                raise RunFolderError(f"{checkpoint.state} holds no weight average, which the configuration asks for")
+            self.average.load_state_dict(saved)  # type: ignore[arg-type]
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["iteration"])
 
 
 class _LossMeter:
@@ -589,8 +628,7 @@ def _run_iterations(
     config: TrainConfig,
     data: _Data,
     model: TrainedModel,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
+    stepper: _Stepper,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     out: Path,
@@ -608,18 +646,13 @@ def _run_iterations(
     iteration = start
     for images, targets in _training_loader(config, data, start, device):
         learning_rate = config.learning_rate_at(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
         batch = _to_device_input(images, device, config.channels_last)
         targets = targets.to(device, non_blocking=True)
         with _autocast(device, autocast_dtype):
             output = network(batch)
         mean, log_var = split_output(output.float(), config.log_var_range)
         loss = gaussian_nll(mean, log_var, targets, config.nll_beta)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        stepper.step(loss, network, learning_rate)
         meter.add(loss)
         iteration += 1
         at_checkpoint = iteration % config.checkpoint_every == 0 or iteration == config.iterations
@@ -627,12 +660,12 @@ def _run_iterations(
             meter.flush(iteration)
         val_loss = None
         if at_checkpoint:
-            row = _history_row(model, val_loader, device, iteration, meter.take_interval_mean(), learning_rate)
+            with stepper.evaluation_weights(network):
+                row = _history_row(model, val_loader, device, iteration, meter.take_interval_mean(), learning_rate)
             val_loss = row["val_loss"] if val_loader is not None else None
             history.append(row)
             atomic_write_text(out / "history.csv", pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
-            state = _training_state(optimizer, scaler)
-            save_checkpoint(out / "checkpoints", iteration, network, state, config.keep_checkpoints)
+            save_checkpoint(out / "checkpoints", iteration, network, stepper.state(), config.keep_checkpoints)
         if progress is not None:
             progress(TrainProgress(iteration, config.iterations, meter.last, learning_rate, val_loss))
 
@@ -654,14 +687,6 @@ def _history_row(
     row["val_loss"], row["val_mae_sd"] = _validation_scores(val_loader.dataset.targets.numpy(), mean, log_var)
     logger.info("iteration %d: train loss %.4f, validation loss %.4f", iteration, train_loss, row["val_loss"])
     return row
-
-
-def _training_state(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict[str, object]:
-    return {
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-        "torch_rng": torch.get_rng_state(),
-    }
 
 
 def _record_session(
