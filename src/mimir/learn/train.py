@@ -7,7 +7,7 @@
     standardization.json   module, targets, training mean / sample sd per target
     checkpoints/           iter_NNNNNNN.safetensors + .state.pt (see checkpoint.py)
     history.csv            iteration, train_loss, learning_rate, val_loss, val_mae_sd
-    weights.safetensors    final weights
+    weights.safetensors    final weights (their moving average when ema_decay > 0)
     val_predictions.csv    predictions for the validation exams (when given)
     run.json               software versions, device, timings of each session
 """
