@@ -9,7 +9,7 @@ import pytest
 
 from mimir import protocol
 from mimir.synth.anatomy import BED_ROW, build_anatomy
-from mimir.synth.labels import Region, Tissue
+from mimir.synth.labels import THIGH_MUSCLES, Region, Tissue
 from mimir.synth.subject import SubjectParams, sample_subject
 
 
@@ -144,3 +144,24 @@ def test_fat_spread_changes_where_subcutaneous_fat_lies_not_how_much() -> None:
     rows = np.arange(protocol.GRID_ROWS)[None, :, None]
     centre = {name: float((rows * mask).sum() / mask.sum()) for name, mask in sat.items()}
     assert centre["front"] < centre["even"] - 2  # the fat moved anteriorly (lower rows)
+
+
+def test_the_knee_is_a_band_of_bone_that_marks_the_leg_length(subject) -> None:
+    """At the joint line the femoral condyles fill most of the leg: the landmark for height."""
+    _, anatomy = subject
+    whole = anatomy.whole_body
+    depth = whole.grid.depth_mm
+    leg = np.isin(whole.region, (Region.LEG_RIGHT, Region.LEG_LEFT))
+    bone = leg & (whole.labels == Tissue.BONE)
+    muscle = leg & np.isin(whole.labels, (Tissue.MUSCLE, *THIGH_MUSCLES))
+
+    def at(landmark_mm: float) -> tuple[float, float]:
+        index = int(np.argmin(np.abs(depth - landmark_mm)))
+        return float(bone[index].sum() / leg[index].sum()), float(muscle[index].sum() / leg[index].sum())
+
+    knee = anatomy.landmarks_mm["knee"]
+    thigh = 0.5 * (anatomy.landmarks_mm["crotch"] + knee)
+    knee_bone, knee_muscle = at(knee)
+    thigh_bone, thigh_muscle = at(thigh)
+    assert knee_bone > 0.2 and knee_bone > 6 * thigh_bone
+    assert knee_muscle < 0.65 * thigh_muscle

@@ -149,6 +149,9 @@ _VAT_U = (0.29, 0.32, 0.36, 0.40, 0.44, 0.48, 0.51, 0.52)
 _VAT_W = (0.0, 0.5, 1.0, 1.0, 0.8, 0.5, 0.2, 0.0)
 _LEG_U = (0.445, 0.49, 0.53, 0.60, 0.68, 0.715, 0.76, 0.84, 0.92, 0.955, 0.965)
 _LEG_R = (20, 73, 71, 64, 57, 49, 53, 43, 29, 24, 22)
+#: Leg bone radius (mm): femoral shaft, condyles flaring above the knee (u 0.715), tibial plateau.
+_LEG_BONE_U = (0.49, 0.5, 0.66, 0.70, 0.725, 0.74, 0.76, 0.9, 0.96)
+_LEG_BONE_R = (18, 14, 14, 36, 36, 30, 17, 13, 0)
 _LEG_FAT_U = (0.445, 0.49, 0.55, 0.65, 0.715, 0.80, 0.95, 1.0)
 _LEG_FAT_W = (0.3, 1.0, 1.0, 0.75, 0.45, 0.35, 0.15, 0.1)
 _ARM_U = (0.19, 0.25, 0.33, 0.37, 0.40, 0.47, 0.515, 0.53, 0.58, 0.625)
@@ -674,12 +677,18 @@ def _paint_bones(canvas: _Canvas, body: _Body, u, mid, cy_cav, b_cav, neck_cy, n
         pub = np.where((u > 0.495) & (u < 0.515), 22.0 * s, 0.0)
         canvas.paint(canvas.ellipses(mid + side * 32.0 * s, cy_cav - 0.65 * b_cav, pub, 0.5 * pub), Tissue.BONE)
         canvas.paint(canvas.ellipses(mid + side * 48.0 * s, cy_cav + 0.55 * b_cav, pub, 0.8 * pub), Tissue.BONE)
-    # Femur, knee and tibia inside the leg core.
-    bone_r = _interp(u, (0.49, 0.5, 0.69, 0.705, 0.725, 0.74, 0.9, 0.96), (18, 14, 14, 26, 26, 22, 13, 0)) * s * (u > 0.49) * ~foot
+    # Femur, knee and tibia inside the leg core. At the joint line the cross-section is mostly
+    # bone: the femoral condyles and the tibial plateau are 70-85 mm wide, the thigh muscles have
+    # ended in tendons, and the fatty marrow makes the knee a dark band in the water image and a
+    # bright one in the fat image (the landmark that fixes the leg's length).
+    bone_r = _interp(u, _LEG_BONE_U, _LEG_BONE_R) * s * (u > 0.49) * ~foot
+    bone_r = np.minimum(bone_r, 0.75 * leg_r)
+    patella = np.where((u > 0.685) & (u < 0.715), 14.0 * s, 0.0)
     for side in (-1, 1):
         bx = mid + side * (leg_x + 0.08 * leg_r)
         by = leg_cy + body.roll_shift(side * leg_x) - 0.05 * leg_r
         canvas.paint(canvas.ellipses(bx, by, bone_r, bone_r), Tissue.BONE)
+        canvas.paint(canvas.ellipses(bx, by - 0.8 * leg_r, 1.3 * patella, 0.6 * patella), Tissue.BONE)
         troch = np.where((u > 0.48) & (u < 0.5), 18.0 * s, 0.0)
         canvas.paint(canvas.ellipses(bx + side * 0.45 * leg_r, by, troch, troch), Tissue.BONE)
     # Arm bones.
