@@ -10,7 +10,12 @@ cross-validation all skip finished work).
 
 By default one network learns all six targets. `--module NAME=TARGET,...` (repeatable) splits
 them over several networks, as the published method does with its four modules; each module
-is cross-validated in its own folder, crossval/NAME, and the table combines them.
+is cross-validated in its own folder, crossval/NAME, and the table combines them (names
+other than the paper's four modules):
+
+    python benchmarks/crossval_synthetic.py --n 500 --folds 5 --out /tmp/cv_two \
+        --module composition=AtlasVatVolume,AtlasAsatVolume,AtlasTotalThighMuscleVolume,weight \
+        --module liver_height=liverVolume,height
 """
 
 from __future__ import annotations
