@@ -89,9 +89,10 @@ def main() -> None:
     started = time.perf_counter()
     targets = build_cohort(args.out, args.n, args.chunk, args.seed, args.workers)
     prepared = time.perf_counter()
+    base_config = TrainConfig.from_toml(args.config)
     summaries, reports = [], []
     for name, module_targets in modules.items():
-        config = TrainConfig.from_toml(args.config).replace(modules={name: module_targets})
+        config = base_config.replace(modules={name: module_targets})
         folder = args.out / "crossval" if len(modules) == 1 else args.out / "crossval" / name
         result = run_crossval(config, args.out / "cache", targets, name, folder, folds=args.folds)
         summaries.append(pd.read_csv(result.summary).assign(module=name))

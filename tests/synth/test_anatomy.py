@@ -9,7 +9,7 @@ import pytest
 
 from mimir import protocol
 from mimir.synth.anatomy import BED_ROW, build_anatomy
-from mimir.synth.labels import THIGH_MUSCLES, Region, Tissue
+from mimir.synth.labels import MUSCLES, Region, Tissue
 from mimir.synth.subject import SubjectParams, sample_subject
 
 
@@ -153,7 +153,7 @@ def test_the_knee_is_a_band_of_bone_that_marks_the_leg_length(subject) -> None:
     depth = whole.grid.depth_mm
     leg = np.isin(whole.region, (Region.LEG_RIGHT, Region.LEG_LEFT))
     bone = leg & (whole.labels == Tissue.BONE)
-    muscle = leg & np.isin(whole.labels, (Tissue.MUSCLE, *THIGH_MUSCLES))
+    muscle = leg & np.isin(whole.labels, MUSCLES)
 
     def at(landmark_mm: float) -> tuple[float, float]:
         index = int(np.argmin(np.abs(depth - landmark_mm)))
