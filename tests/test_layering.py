@@ -1,6 +1,8 @@
 """The package layering of docs/architecture.md, checked on the import statements themselves."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,17 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     (tmp_path / "late.py").write_text("def f():\n    from mimir.report.html import write_report\n")
     (tmp_path / "fine.py").write_text("import mimir.reporting\nfrom mimir.evaluation import report\n")
     assert _offending_imports(tmp_path, "mimir.report") == {"late.py": ["mimir.report.html", "mimir.report.html.write_report"]}
+
+
+def test_the_runs_package_never_imports_torch():
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import mimir.runs\n"
+        "names = [info.name for info in pkgutil.iter_modules(mimir.runs.__path__, 'mimir.runs.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "assert {'mimir.runs.config', 'mimir.runs.layout', 'mimir.runs.standardization'} <= set(names), names\n"
+        "assert 'torch' not in sys.modules, 'torch imported by mimir.runs'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
