@@ -83,8 +83,9 @@ def main() -> None:
     args = parser.parse_args()
     modules = parse_modules(args.module)
 
-    from mimir.learn.config import TrainConfig
     from mimir.learn.crossval import run_crossval
+    from mimir.report.crossval_report import write_crossval_report
+    from mimir.runs.config import TrainConfig
 
     started = time.perf_counter()
     targets = build_cohort(args.out, args.n, args.chunk, args.seed, args.workers)
@@ -96,7 +97,7 @@ def main() -> None:
         folder = args.out / "crossval" if len(modules) == 1 else args.out / "crossval" / name
         result = run_crossval(config, args.out / "cache", targets, name, folder, folds=args.folds)
         summaries.append(pd.read_csv(result.summary).assign(module=name))
-        reports.append(result.report)
+        reports.append(write_crossval_report(result.out))
     finished = time.perf_counter()
 
     summary = pd.concat(summaries, ignore_index=True)

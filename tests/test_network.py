@@ -7,12 +7,18 @@ import torch
 from safetensors.torch import save_file
 from torchvision import models
 
+from mimir.architectures import ARCHITECTURES
 from mimir.network import (
+    RESNETS,
     MeanVarianceResNet,
     PretrainedWeightsUnavailable,
     build_network,
     split_output,
 )
+
+
+def test_network_builds_exactly_the_named_architectures():
+    assert tuple(RESNETS) == ARCHITECTURES
 
 
 def test_parameter_names_match_torchvision_so_published_weights_load():

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from mimir.atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from mimir.learn.config import TrainConfig
+    from mimir.runs.config import TrainConfig
     from mimir.targets.catalog import Target
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class DemoResult:
 
 def demo_training_config(iterations: int | None = None) -> TrainConfig:
     """The packaged demo.toml, optionally with fewer or more iterations (schedule scaled)."""
-    from mimir.learn.config import TrainConfig
+    from mimir.runs.config import TrainConfig
 
     text = resources.files("mimir").joinpath("data/demo.toml").read_text()
     config = TrainConfig.from_dict(tomllib.loads(text))
@@ -121,8 +121,9 @@ def _compress_training(config: DemoConfig, out: Path, cache: Path, workers: int,
 
 def _train_final(training: TrainConfig, cache: Path, targets: Path, run_dir: Path, device: str, progress: DemoProgress) -> None:
     from mimir.learn.train import train
+    from mimir.runs.layout import RunFolder
 
-    if not (run_dir / "weights.safetensors").is_file():
+    if not RunFolder(run_dir).weights.is_file():
         train(
             training, cache, targets, DEMO_MODULE, run_dir, device=device, resume=run_dir.exists(),
             progress=lambda step: progress("train", step.iteration, step.iterations),
@@ -136,6 +137,7 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
     from mimir.inference.predict import predict, write_predictions
     from mimir.learn.crossval import run_crossval
     from mimir.parallel import default_workers
+    from mimir.report.crossval_report import write_crossval_report
     from mimir.report.evaluation_report import write_evaluation_report
     from mimir.targets.exports import export_to_targets, read_targets_table, write_targets_table
 
@@ -158,6 +160,7 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
             training, cache, targets_path, DEMO_MODULE, out / "crossval", folds=config.folds, device=config.device,
             progress=lambda fold, step: report(f"crossval fold {fold}", step.iteration, step.iterations),
         )
+        crossval_report = write_crossval_report(crossval.out) if crossval.merged else None
     with _timed(timings, "train"):
         _train_final(training, cache, targets_path, run_dir, config.device, report)
     with _timed(timings, "module"):
@@ -183,7 +186,7 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
     atomic_write_text(out / "demo.json", json.dumps(record, indent=2, default=str) + "\n")
     return DemoResult(
         out=out, predictions=predictions_path, metrics=metrics_path, report=report_path,
-        crossval_report=crossval.report, module=module, timings=timings,
+        crossval_report=crossval_report, module=module, timings=timings,
     )
 
 

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from mimir.architectures import LOG_VAR_RANGE
+
 logger = logging.getLogger(__name__)
 
-#: Selectable architectures: name -> (constructor, ImageNet weights). An explicit table, so a
-#: configuration string can never reach an arbitrary torchvision attribute.
+#: The architectures of `mimir.architectures.ARCHITECTURES`: name -> (constructor, ImageNet weights).
+#: An explicit table, so a configuration string can never reach an arbitrary torchvision attribute.
 RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = {
     "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
     "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
@@ -36,11 +38,6 @@ RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = {
     "wide_resnet50_2": (models.wide_resnet50_2, models.Wide_ResNet50_2_Weights.IMAGENET1K_V1),
     "wide_resnet101_2": (models.wide_resnet101_2, models.Wide_ResNet101_2_Weights.IMAGENET1K_V1),
 }
-
-#: Default clamp of the predicted log-variance (standardised units). exp(-10) .. exp(10) covers
-#: residual sds from 0.007 to 150 target sds; the clamp keeps exp(-log_var) finite early in
-#: training, when an ImageNet-initialised network sees 0-255 inputs and outputs large values.
-LOG_VAR_RANGE = (-10.0, 10.0)
 
 _BACKBONE_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
 

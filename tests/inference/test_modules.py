@@ -217,8 +217,8 @@ def test_describe_lists_targets_units_calibration_and_metrics(module_dir):
 
 
 def _fake_run(tmp_path, state):
-    from mimir.learn.config import TrainConfig
-    from mimir.learn.train import Standardization
+    from mimir.runs.config import TrainConfig
+    from mimir.runs.standardization import Standardization
 
     run = tmp_path / "run"
     run.mkdir()
@@ -231,7 +231,7 @@ def _fake_run(tmp_path, state):
 
 
 def test_build_without_crossval_reproduces_the_training_run_predictions(tmp_path, state, caplog):
-    from mimir.learn.train import Standardization
+    from mimir.runs.standardization import Standardization
 
     run = _fake_run(tmp_path, state)
     with caplog.at_level("WARNING"):

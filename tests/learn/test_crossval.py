@@ -9,15 +9,15 @@ import pytest
 from mimir.cli import UsageError, crossval_cmd
 from mimir.inference.modules import read_crossval
 from mimir.learn.baseline import BaselineConfig
-from mimir.learn.config import TrainConfig
+from mimir.runs.config import TrainConfig
 from mimir.learn.crossval import (
     CrossvalError,
     IncompleteCrossvalError,
-    fold_is_complete,
     merge_crossval,
     run_crossval,
 )
 from mimir.learn.splits import SplitsError
+from mimir.runs.layout import CrossvalFolder
 
 MODULE = {"cvtest": ["age", "height", "sex"]}
 TARGETS = MODULE["cvtest"]
@@ -71,9 +71,9 @@ def test_full_run_writes_every_output(full_run):
     assert result.merged and result.completed == [0, 1, 2] and result.missing == []
     for name in ("config.toml", "splits.json", "reference.csv", "data_summary.json", "crossval.json",
                  "oof_predictions.csv", "oof_predictions_calibrated.csv", "calibration.csv", "metrics.csv",
-                 "metrics.md", "curves.csv", "baseline_predictions.csv", "baseline_metrics.csv", "summary.csv",
-                 "report.html"):
+                 "metrics.md", "curves.csv", "baseline_predictions.csv", "baseline_metrics.csv", "summary.csv"):
         assert (out / name).is_file(), name
+    assert not (out / "report.html").exists(), "pages are rendered by the caller, not by cross-validation"
     record = json.loads((out / "crossval.json").read_text())
     assert record["module"] == "cvtest" and record["folds"] == FOLDS
     assert set(record["merge"]["fold_training_seconds"]) == {"0", "1", "2"}
@@ -152,7 +152,7 @@ def test_fold_subset_with_interruption_then_merge_equals_running_all(full_run, c
     with pytest.raises(KeyboardInterrupt):
         run_crossval(tiny_config(), cache, targets, "cvtest", out, folds=FOLDS, fold_ids=[1], device="cpu",
                      baseline=BASELINE, progress=interrupt)
-    assert not fold_is_complete(out, 1)
+    assert not CrossvalFolder(out).fold(1).is_complete()
     partial = run_crossval(tiny_config(), cache, targets, "cvtest", out, fold_ids=[1], device="cpu",
                            baseline=BASELINE)
     sessions = json.loads((out / "fold_1" / "run.json").read_text())["sessions"]
@@ -160,12 +160,12 @@ def test_fold_subset_with_interruption_then_merge_equals_running_all(full_run, c
     assert not partial.merged and partial.completed == [1] and partial.missing == [0, 2]
     with pytest.raises(IncompleteCrossvalError, match="folds 0, 2 are not complete"):
         merge_crossval(out)
-    some = merge_crossval(out, allow_partial=True, report=False)
+    some = merge_crossval(out, allow_partial=True)
     assert set(pd.read_csv(some.oof_predictions)["fold"]) == {1}
     assert json.loads((out / "crossval.json").read_text())["merge"]["partial"] is True
 
     result = run_crossval(tiny_config(), cache, targets, "cvtest", out, fold_ids=[0, 2], device="cpu",
-                          baseline=BASELINE, report=False)
+                          baseline=BASELINE)
     assert result.merged and result.completed == [0, 1, 2]
     full_out, _ = full_run
     for name in ("oof_predictions.csv", "calibration.csv", "baseline_predictions.csv"):
@@ -177,7 +177,7 @@ def test_complete_folds_are_skipped_and_mismatches_are_errors(full_run, cohort):
     cache, targets = cohort
     before = (out / "fold_0" / "fold.json").read_text()
     again = run_crossval(tiny_config(), cache, targets, "cvtest", out, fold_ids=[0], device="cpu",
-                         baseline=BASELINE, report=False)
+                         baseline=BASELINE)
     assert again.fold_seconds == {} and (out / "fold_0" / "fold.json").read_text() == before
     with pytest.raises(SplitsError, match="folds 3 \\(asked: 5\\)"):
         run_crossval(tiny_config(), cache, targets, "cvtest", out, folds=5, device="cpu", baseline=BASELINE)
@@ -197,6 +197,10 @@ def test_cli_merge_and_usage_errors(full_run, tmp_path, capsys):
     args = parser.parse_args(["crossval", "merge", str(out), "--no-report"])
     assert args.handler(args) == 0
     assert "merged folds 0, 1, 2 of 3" in capsys.readouterr().out
+    assert not (out / "report.html").exists()
+    args = parser.parse_args(["crossval", "merge", str(out)])
+    assert args.handler(args) == 0
+    assert str(out / "report.html") in capsys.readouterr().out and (out / "report.html").is_file()
     args = parser.parse_args(["crossval", "merge", str(tmp_path)])
     with pytest.raises(UsageError, match="not a cross-validation folder"):
         args.handler(args)

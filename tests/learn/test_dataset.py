@@ -2,22 +2,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mimir.imaging.cache import CacheError
 from mimir.learn.dataset import (
     ExamImages,
     TrainingBatches,
     TrainingDataError,
     assemble_exams,
     index_image_cache,
-    parse_exam_stem,
     read_targets,
     translate,
 )
-
-
-def test_parse_exam_stem():
-    assert parse_exam_stem("1234567_20201_2_0") == (1234567, 2)
-    assert parse_exam_stem("1234567_20201_3_1") == (1234567, 3)
-    assert parse_exam_stem("notes") is None
 
 
 def test_translate_shifts_and_fills_with_zeros():
@@ -46,6 +40,16 @@ def _write_cache(folder, keys):
     for eid, instance in keys:
         np.save(folder / f"{eid}_20201_{instance}_0.npy", np.zeros((3, 256, 256), np.uint8))
     return index_image_cache(folder)
+
+
+def test_index_keeps_field_20201_images_and_warns_about_other_files(tmp_path, caplog):
+    _write_cache(tmp_path / "cache", [(3, 2), (1, 3)])
+    for stem in ("2_20204_2_0", "notes"):
+        np.save(tmp_path / "cache" / f"{stem}.npy", np.zeros((3, 256, 256), np.uint8))
+    with caplog.at_level("WARNING"):
+        index = index_image_cache(tmp_path / "cache")
+    assert list(zip(index["eid"], index["instance"])) == [(1, 3), (3, 2)]
+    assert "ignored 2 cache files" in caplog.text
 
 
 def test_assemble_exams_counts_what_it_drops(tmp_path):
@@ -89,5 +93,5 @@ def test_dataset_items_apply_the_requested_shift(tmp_path):
 def test_bad_image_shape_is_a_clear_error(tmp_path):
     path = tmp_path / "1_20201_2_0.npy"
     np.save(path, np.zeros((3, 128, 128), np.uint8))
-    with pytest.raises(TrainingDataError, match="expected a"):
+    with pytest.raises(CacheError, match="expected a"):
         ExamImages([path], np.zeros((1, 1)))[0]

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mimir.learn.splits import SPLITS_FILE, Splits, SplitsError, load_or_create_splits, make_splits, subject_scores
+from mimir.learn.splits import Splits, SplitsError, load_or_create_splits, make_splits, subject_scores
+from mimir.runs.layout import CrossvalFolder
 
 TARGETS = ("age", "height")
 
@@ -75,12 +76,12 @@ def test_seed_decides_the_assignment():
 
 
 def test_splits_are_written_once_and_reused(tmp_path):
-    table = cohort(30)
-    created = load_or_create_splits(tmp_path, table, "m", TARGETS, 3, seed=0)
-    text = (tmp_path / SPLITS_FILE).read_text()
+    table, path = cohort(30), CrossvalFolder(tmp_path).splits
+    created = load_or_create_splits(path, table, "m", TARGETS, 3, seed=0)
+    text = path.read_text()
     assert json.loads(text)["subjects_per_fold"] == [10, 10, 10]
-    again = load_or_create_splits(tmp_path, table, "m", TARGETS, None, seed=0)
-    assert again == created and (tmp_path / SPLITS_FILE).read_text() == text
+    again = load_or_create_splits(path, table, "m", TARGETS, None, seed=0)
+    assert again == created and path.read_text() == text
     assert Splits.from_json(text) == created
 
 
@@ -90,16 +91,16 @@ def test_splits_are_written_once_and_reused(tmp_path):
 )
 def test_a_different_fold_count_seed_or_module_is_an_error(tmp_path, folds, seed, module, message):
     table = cohort(30)
-    load_or_create_splits(tmp_path, table, "m", TARGETS, 3, seed=0)
+    load_or_create_splits(CrossvalFolder(tmp_path).splits, table, "m", TARGETS, 3, seed=0)
     with pytest.raises(SplitsError, match="keeps one split") as caught:
-        load_or_create_splits(tmp_path, table, module, TARGETS, folds, seed)
+        load_or_create_splits(CrossvalFolder(tmp_path).splits, table, module, TARGETS, folds, seed)
     assert message in str(caught.value)
 
 
 def test_new_subjects_are_an_error(tmp_path):
-    load_or_create_splits(tmp_path, cohort(30), "m", TARGETS, 3, seed=0)
+    load_or_create_splits(CrossvalFolder(tmp_path).splits, cohort(30), "m", TARGETS, 3, seed=0)
     with pytest.raises(SplitsError, match="1 subjects are new"):
-        load_or_create_splits(tmp_path, cohort(31), "m", TARGETS, 3, seed=0)
+        load_or_create_splits(CrossvalFolder(tmp_path).splits, cohort(31), "m", TARGETS, 3, seed=0)
 
 
 def test_too_few_subjects_or_folds_are_errors():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mimir.learn.config import TrainConfig
-from mimir.learn.train import RunFolderError, Standardization, load_run, predict_images, train
+from mimir.learn.train import RunFolderError, load_run, predict_images, train
+from mimir.runs.config import TrainConfig
 
 N_EXAMS = 16
 
@@ -82,16 +82,6 @@ def test_run_folder_contents_and_predictions_in_catalog_units(cohort, tmp_path):
     assert (predictions["age_sd"] > 0).all() and predictions["weight"].isna().all()
     val = predictions[predictions["eid"] >= 1_000_012].reset_index(drop=True)
     pd.testing.assert_frame_equal(val, result.val_predictions, atol=1e-4, rtol=1e-4)
-
-
-def test_standardization_inverts_to_catalog_units():
-    values = np.array([[1.0, np.nan], [3.0, 10.0], [5.0, np.nan]])
-    standardization = Standardization.fit("m", ("a", "b"), values)
-    assert standardization.mean.tolist() == [3.0, 10.0]
-    assert standardization.sd.tolist() == [2.0, 1.0]
-    mean, sd = standardization.invert(np.array([[1.0, 0.0]]), np.array([[math.log(4.0), 0.0]]))
-    assert mean.tolist() == [[5.0, 10.0]]
-    assert sd.tolist() == [[4.0, 1.0]]
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])

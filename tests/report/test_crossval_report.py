@@ -47,7 +47,7 @@ def merged_folder(tmp_path):
                       "val_loss": [3.0, 2.0], "val_mae_sd": [1.0, 0.8]}).to_csv(folder / "history.csv", index=False)
         (folder / "weights.safetensors").write_bytes(b"placeholder")
         (folder / "fold.json").write_text(json.dumps({"fold": k, "seconds": 1.0}))
-    merge_crossval(tmp_path, report=False)
+    merge_crossval(tmp_path)
     return tmp_path
 
 
@@ -74,6 +74,6 @@ def test_report_is_one_self_contained_page_with_all_figures(merged_folder):
 
 def test_partial_merge_is_flagged_in_the_report(merged_folder):
     (merged_folder / "fold_1" / "fold.json").unlink()
-    merge_crossval(merged_folder, allow_partial=True, report=False)
+    merge_crossval(merged_folder, allow_partial=True)
     page = write_crossval_report(merged_folder).read_text(encoding="utf-8")
     assert "PARTIAL" in page and "folds [1] are missing" in page

@@ -71,10 +71,10 @@ def _merge(args: argparse.Namespace) -> int:
     from mimir.learn.crossval import CrossvalError, merge_crossval
 
     try:
-        result = merge_crossval(Path(args.folder), allow_partial=args.allow_partial, report=not args.no_report)
+        result = merge_crossval(Path(args.folder), allow_partial=args.allow_partial)
     except (CrossvalError, FileNotFoundError) as error:
         raise UsageError(str(error)) from error
-    _print_result(result)
+    _print_result(result, _report(result, args.no_report))
     return 0
 
 
@@ -84,16 +84,18 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
+    from mimir.imaging.cache import CacheError
     from mimir.learn.baseline import BaselineConfig, BaselineError
-    from mimir.learn.config import ConfigError, TrainConfig
     from mimir.learn.crossval import CrossvalError, run_crossval
     from mimir.learn.dataset import TrainingDataError
     from mimir.learn.splits import SplitsError
     from mimir.learn.train import RunFolderError, TrainProgress
     from mimir.network import PretrainedWeightsUnavailable
+    from mimir.runs.config import ConfigError, TrainConfig
+    from mimir.runs.layout import CrossvalFolder
 
     out = Path(args.out)
-    config_path = Path(args.config) if args.config else out / "config.toml"
+    config_path = Path(args.config) if args.config else CrossvalFolder(out).config
     if not config_path.is_file():
         raise UsageError(f"config file not found: {config_path}" + ("" if args.config else " (pass --config)"))
     for flag, path in (("--images", Path(args.images)), ("--targets", Path(args.targets))):
@@ -109,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
 
     usage_errors = (
         ConfigError, CrossvalError, SplitsError, RunFolderError, PretrainedWeightsUnavailable,
-        TrainingDataError, KeyError, FileNotFoundError,
+        TrainingDataError, CacheError, KeyError, FileNotFoundError,
     )
     bars: dict[int, tqdm] = {}
 
@@ -128,24 +130,33 @@ def _run(args: argparse.Namespace) -> int:
         result = run_crossval(
             config, Path(args.images), Path(args.targets), args.module, out,
             folds=args.folds, fold_ids=_parse_fold_ids(args.fold_ids), device=args.device, progress=show,
-            init=args.init, baseline=baseline, report=not args.no_report,
+            init=args.init, baseline=baseline,
         )
     except usage_errors as error:
         raise UsageError(str(error).strip("'\"")) from error
     finally:
         for bar in bars.values():
             bar.close()
-    _print_result(result)
+    _print_result(result, _report(result, args.no_report))
     return 0
 
 
-def _print_result(result) -> None:  # noqa: ANN001 - CrossvalResult, imported lazily
+def _report(result, skip: bool):  # noqa: ANN001, ANN202 - CrossvalResult and Path, imported lazily
+    """The report page of a merged cross-validation (None when not merged or not wanted)."""
+    if skip or not result.merged:
+        return None
+    from mimir.report.crossval_report import write_crossval_report
+
+    return write_crossval_report(result.out)
+
+
+def _print_result(result, report) -> None:  # noqa: ANN001 - CrossvalResult and Path | None, imported lazily
     done = ", ".join(map(str, result.completed)) or "none"
     if not result.merged:
         missing = ",".join(map(str, result.missing))
         print(f"folds complete: {done}; still missing: {missing}. Run them (--fold-ids {missing}), then `mimir crossval merge {result.out}`")
         return
     print(f"merged folds {done} of {result.folds} into {result.out}")
-    for path in (result.oof_predictions, result.calibration, result.metrics_path, result.summary, result.report):
+    for path in (result.oof_predictions, result.calibration, result.metrics_path, result.summary, report):
         if path is not None:
             print(f"  {path}")

@@ -34,14 +34,18 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
-    from mimir.learn.config import ConfigError, TrainConfig
+    from mimir.imaging.cache import CacheError
     from mimir.learn.dataset import TrainingDataError
     from mimir.learn.train import RunFolderError, TrainProgress, train
     from mimir.network import PretrainedWeightsUnavailable
+    from mimir.runs.config import ConfigError, TrainConfig
+    from mimir.runs.layout import RunFolder
 
-    usage_errors = (ConfigError, RunFolderError, PretrainedWeightsUnavailable, TrainingDataError, KeyError, FileNotFoundError)
+    usage_errors = (
+        ConfigError, RunFolderError, PretrainedWeightsUnavailable, TrainingDataError, CacheError, KeyError, FileNotFoundError,
+    )
     out = Path(args.out)
-    config_path = Path(args.config) if args.config else out / "config.toml" if args.resume else None
+    config_path = Path(args.config) if args.config else RunFolder(out).config if args.resume else None
     if config_path is None:
         raise UsageError("--config is required (e.g. configs/paper.toml)")
     if not config_path.is_file():

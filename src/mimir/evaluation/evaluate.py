@@ -17,6 +17,7 @@ import numpy as np
 from mimir.atomic import atomic_write_text
 from mimir.evaluation.calibration import apply_variance_scale, auce, fit_variance_scale
 from mimir.evaluation.metrics import MetricInputError, agreement_metrics
+from mimir.runs.layout import EvaluationFolder
 from mimir.targets.catalog import Target, catalog
 
 if TYPE_CHECKING:
@@ -210,8 +211,8 @@ def metrics_markdown(metrics: "pd.DataFrame") -> str:
 
 def write_metrics(metrics: "pd.DataFrame", out_dir: Path | str) -> tuple[Path, Path]:
     """`metrics.csv` and `metrics.md` in `out_dir`, each written atomically."""
-    out = Path(out_dir)
-    csv_path, markdown_path = out / "metrics.csv", out / "metrics.md"
+    folder = EvaluationFolder(out_dir)
+    csv_path, markdown_path = folder.metrics, folder.metrics_markdown
     atomic_write_text(csv_path, metrics.to_csv(index=False))
     atomic_write_text(markdown_path, metrics_markdown(metrics))
     return csv_path, markdown_path

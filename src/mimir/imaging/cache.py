@@ -74,8 +74,18 @@ def load_image(path: Path) -> np.ndarray:
     return validate_image(image, str(path))
 
 
-def cached_stems(cache: Path) -> list[str]:
-    return sorted(path.stem for path in Path(cache).glob("*.npy"))
+@dataclass(frozen=True)
+class CachedExam:
+    """One image of the cache and the exam its file name names."""
+
+    exam: ExamId
+    path: Path
+
+
+def cached_exams(cache: Path) -> list[CachedExam]:
+    """Every image in the cache in file-name order (eid and instance None for names that are
+    not UK Biobank field-20201 stems)."""
+    return [CachedExam(ExamId.from_stem(path.stem), path) for path in sorted(Path(cache).glob("*.npy"))]
 
 
 def write_qc(cache: Path, stem: str, qc: dict[str, object]) -> None:

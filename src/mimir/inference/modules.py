@@ -38,12 +38,15 @@ from typing import TYPE_CHECKING, Any
 from mimir import __version__
 from mimir.atomic import atomic_path
 from mimir.protocol import IMAGE_SHAPE, REPRESENTATION_VERSION
+from mimir.runs.config import ConfigError, TrainConfig
+from mimir.runs.layout import CrossvalFolder, RunFolder
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
     from mimir.network import MeanVarianceResNet
+    from mimir.runs.standardization import Standardization
 
 logger = logging.getLogger(__name__)
 
@@ -722,32 +725,29 @@ def _read_json_file(path: Path) -> Any:
         raise ModuleBuildError(f"{path}: invalid JSON: {error}") from error
 
 
-def _run_standardization(run: Path) -> tuple[str, list[str], list[float], list[float], list[int] | None]:
-    """(module, targets, mean, sd, n_train) from the run's standardization.json."""
-    data = _read_json_file(run / "standardization.json")
-    try:
-        targets = [str(name) for name in data["targets"]]
-        mean = [float(value) for value in data["mean"]]
-        sd = [float(value) for value in data["sd"]]
-        n_train = None if data.get("n_train") is None else [int(value) for value in data["n_train"]]
-        module = str(data.get("module") or run.name)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModuleBuildError(f"{run / 'standardization.json'}: expected module, targets, mean, sd (and n_train) lists: {error}") from error
-    lengths = {len(targets), len(mean), len(sd), *([len(n_train)] if n_train is not None else [])}
-    if len(lengths) != 1 or not targets:
-        raise ModuleBuildError(f"{run / 'standardization.json'}: targets, mean, sd and n_train must be non-empty lists of one length")
-    return module, targets, mean, sd, n_train
+def _run_standardization(run: RunFolder) -> Standardization:
+    from mimir.runs.standardization import StandardizationError, read_standardization
 
-
-def _run_config(run: Path) -> dict[str, Any]:
-    path = run / "config.toml"
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return read_standardization(run.standardization)
     except FileNotFoundError as error:
-        raise ModuleMissingFileError(f"{path} is missing") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ModuleBuildError(f"{path}: invalid TOML: {error}") from error
+        raise ModuleMissingFileError(f"{run.standardization} is missing") from error
+    except StandardizationError as error:
+        raise ModuleBuildError(str(error)) from error
+
+
+def _run_config(run: RunFolder) -> TrainConfig:
+    try:
+        return TrainConfig.from_toml(run.config)
+    except FileNotFoundError as error:
+        raise ModuleMissingFileError(f"{run.config} is missing") from error
+    except ConfigError as error:
+        raise ModuleBuildError(str(error)) from error
+
+
+def _config_record(config: TrainConfig) -> dict[str, Any]:
+    """The configuration as its config.toml holds it: what module provenance records."""
+    return tomllib.loads(config.to_toml())
 
 
 @dataclass(frozen=True)
@@ -770,7 +770,8 @@ def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary
     import pandas as pd
 
     folder = Path(folder)
-    calibration_path = folder / "calibration.csv"
+    layout = CrossvalFolder(folder)
+    calibration_path = layout.calibration
     if not calibration_path.is_file():
         raise ModuleMissingFileError(f"{calibration_path} is missing: is {folder} a cross-validation folder?")
     table = pd.read_csv(calibration_path)
@@ -788,7 +789,7 @@ def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary
         calibration[name] = factor
 
     metrics: dict[str, dict[str, float]] = {}
-    metrics_path = folder / "metrics.csv"
+    metrics_path = layout.metrics
     if metrics_path.is_file():
         table = pd.read_csv(metrics_path)
         if "name" not in table.columns:
@@ -809,7 +810,7 @@ def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary
         logger.warning("%s is missing: the module records no cross-validation metrics", metrics_path)
 
     sd_p99: dict[str, float] = {}
-    oof_path = folder / "oof_predictions.csv"
+    oof_path = layout.oof_predictions
     if oof_path.is_file():
         table = pd.read_csv(oof_path)
         for name in targets:
@@ -831,17 +832,17 @@ def build_module(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from mimir.network import LOG_VAR_RANGE
     from mimir.targets.catalog import get_target
 
-    run = Path(run)
-    if not run.is_dir():
-        raise ModuleMissingFileError(f"training run folder not found: {run}")
-    weights_path = run / "weights.safetensors"
+    run_folder = RunFolder(run)
+    if not run_folder.path.is_dir():
+        raise ModuleMissingFileError(f"training run folder not found: {run_folder.path}")
+    weights_path = run_folder.weights
     if not weights_path.is_file():
         raise ModuleMissingFileError(f"{weights_path} is missing: has the training run finished?")
-    config = _run_config(run)
-    module_name, target_names, means, sds, n_train = _run_standardization(run)
+    config = _run_config(run_folder)
+    standardization = _run_standardization(run_folder)
+    target_names = list(standardization.targets)
     if crossval is None:
         logger.warning("no cross-validation folder given: calibration factors are 1.0 and no metrics are recorded")
         summary = CrossvalSummary({}, {}, {}, "")
@@ -859,10 +860,10 @@ def build_module(
         targets.append(
             TargetSpec(
                 name=target_name, ukb_field=field_id, unit=unit, kind=kind,
-                mean=means[index], sd=sds[index],
+                mean=float(standardization.mean[index]), sd=float(standardization.sd[index]),
                 calibration=summary.calibration.get(target_name, 1.0),
                 in_catalog=in_catalog,
-                n_train=None if n_train is None else n_train[index],
+                n_train=int(standardization.n_train[index]),
                 cv_metrics=summary.metrics.get(target_name, {}),
                 sd_p99=summary.sd_p99.get(target_name),
             )
@@ -871,27 +872,24 @@ def build_module(
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModuleWeightsError(f"{weights_path} cannot be read: {error}") from error
-    data_summary_path = run / "data_summary.json"
-    run_record_path = run / "run.json"
+    data_summary_path = run_folder.data_summary
+    run_record_path = run_folder.record
     spec = ModuleSpec(
-        name=name or module_name,
-        architecture=str(config.get("architecture", "resnet50")),
+        name=name or standardization.module,
+        architecture=config.architecture,
         targets=tuple(targets),
         provenance=Provenance(
             source="training",
-            config=config,
+            config=_config_record(config),
             data={
                 "training": _read_json_file(data_summary_path) if data_summary_path.is_file() else {},
                 "run": _read_json_file(run_record_path) if run_record_path.is_file() else {},
-                "run_folder": run.resolve().name,
+                "run_folder": run_folder.path.resolve().name,
                 "crossval_folder": Path(summary.source).resolve().name if summary.source else None,
             },
             notes=() if crossval is not None else ("not calibrated: built without cross-validation (factors 1.0)",),
         ),
-        input_pool=int(config.get("input_pool", 1)),
-        log_var_range=(
-            float(config.get("log_var_min", LOG_VAR_RANGE[0])),
-            float(config.get("log_var_max", LOG_VAR_RANGE[1])),
-        ),
+        input_pool=config.input_pool,
+        log_var_range=config.log_var_range,
     )
     return save_module(spec, state, out, overwrite=overwrite)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mimir.learn.dataset import IMAGE_SHAPE, load_image
+from mimir.imaging.cache import load_image
+from mimir.protocol import IMAGE_SHAPE
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """K-fold cross-validation of one module: fold networks, out-of-fold predictions, calibration.
 
-A cross-validation folder `CV/` holds
+A cross-validation folder `CV/` (`mimir.runs.layout.CrossvalFolder`) holds
 
     config.toml                     the training configuration every fold uses
     splits.json                     subject-grouped, stratified folds (written once; see splits.py)
@@ -21,7 +21,8 @@ A cross-validation folder `CV/` holds
     baseline_predictions.csv        ridge-regression out-of-fold predictions (same folds)
     baseline_metrics.csv            the same metrics for the ridge baseline
     summary.csv                     the network's headline numbers with baseline_icc, baseline_mae
-    report.html                     one self-contained page (see report/crossval_report.py)
+    report.html                     one self-contained page, written after a merge by the command
+                                    that asked for it (see report/crossval_report.py)
 
 Calibration objective. One variance scale factor c per target is fitted on the out-of-fold
 predictions: the c that minimises the Gaussian negative log-likelihood of the reference values
@@ -61,10 +62,11 @@ from mimir.evaluation.calibration import (
 )
 from mimir.evaluation.evaluate import column_values, evaluate_predictions, write_metrics
 from mimir.learn.baseline import BaselineConfig, RidgeCrossval, image_features
-from mimir.learn.config import TrainConfig
 from mimir.learn.dataset import assemble_exams, index_image_cache, read_targets
-from mimir.learn.modules import ModuleDefinition, resolve_module
-from mimir.learn.splits import SPLITS_FILE, Splits, load_or_create_splits
+from mimir.learn.splits import Splits, load_or_create_splits
+from mimir.learn.target_sets import ModuleDefinition, resolve_module
+from mimir.runs.config import TrainConfig
+from mimir.runs.layout import CrossvalFolder, FoldFolder
 from mimir.targets.catalog import Target, get_target
 from mimir.versions import software_versions
 
@@ -75,21 +77,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.toml"
-REFERENCE_FILE = "reference.csv"
-DATA_SUMMARY_FILE = "data_summary.json"
-RECORD_FILE = "crossval.json"
-BASELINE_CONFIG_FILE = "baseline.json"
-FOLD_DONE_FILE = "fold.json"
-FOLD_PREDICTIONS_FILE = "val_predictions.csv"
-FOLD_BASELINE_FILE = "baseline_predictions.csv"
-OOF_FILE = "oof_predictions.csv"
-OOF_CALIBRATED_FILE = "oof_predictions_calibrated.csv"
-CALIBRATION_FILE = "calibration.csv"
-CURVES_FILE = "curves.csv"
-BASELINE_PREDICTIONS_FILE = "baseline_predictions.csv"
-BASELINE_METRICS_FILE = "baseline_metrics.csv"
-SUMMARY_FILE = "summary.csv"
 #: Configuration keys that may differ between the machines sharing one folder.
 _RUNTIME_KEYS = ("workers",)
 
@@ -129,21 +116,11 @@ class CrossvalResult:
     summary: Path | None = None
     baseline_predictions: Path | None = None
     baseline_metrics: Path | None = None
-    report: Path | None = None
     fold_seconds: dict[int, float] = field(default_factory=dict)
 
     @property
     def merged(self) -> bool:
         return self.metrics is not None
-
-
-def fold_dir(out: Path, fold: int) -> Path:
-    return Path(out) / f"fold_{fold}"
-
-
-def fold_is_complete(out: Path, fold: int) -> bool:
-    folder = fold_dir(out, fold)
-    return all((folder / name).is_file() for name in (FOLD_DONE_FILE, FOLD_PREDICTIONS_FILE, "weights.safetensors"))
 
 
 # preparation --------------------------------------------------------------------------------------
@@ -156,8 +133,8 @@ class _Prepared:
     fold: np.ndarray  # fold of each reference row
 
 
-def _check_config(out: Path, config: TrainConfig) -> None:
-    path = out / CONFIG_FILE
+def _check_config(folder: CrossvalFolder, config: TrainConfig) -> None:
+    path = folder.config
     if not path.exists():
         atomic_write_text(path, config.to_toml())
         return
@@ -168,15 +145,15 @@ def _check_config(out: Path, config: TrainConfig) -> None:
     ]
     if differing:
         raise CrossvalError(
-            f"{out} was run with another configuration (differs in {', '.join(differing)}); "
+            f"{folder.path} was run with another configuration (differs in {', '.join(differing)}); "
             "every fold must share one configuration: use the recorded one or another folder"
         )
 
 
-def _check_reference(out: Path, reference: pd.DataFrame) -> None:
+def _check_reference(folder: CrossvalFolder, reference: pd.DataFrame) -> None:
     import pandas as pd
 
-    path = out / REFERENCE_FILE
+    path = folder.reference
     if not path.exists():
         atomic_write_text(path, reference.to_csv(index=False))
         return
@@ -225,22 +202,22 @@ def _data_summary(prepared: _Prepared, dropped: dict[str, int], images: Path, ta
 
 
 def _prepare(
-    config: TrainConfig, images: Path, targets: pd.DataFrame | Path, module: str, out: Path, folds: int | None
+    config: TrainConfig, images: Path, targets: pd.DataFrame | Path, module: str, folder: CrossvalFolder, folds: int | None
 ) -> _Prepared:
     definition = resolve_module(module, config.modules)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    _check_config(folder, config)
     exams = assemble_exams(index_image_cache(images), read_targets(targets), definition.targets)
     if len(exams) == 0:
         raise CrossvalError(f"no exam has both an image in {images} and a known target of module {definition.name}")
     reference = exams.table[["eid", "instance", *definition.targets]].reset_index(drop=True)
-    new_split = not (out / SPLITS_FILE).exists()
-    splits = load_or_create_splits(out, reference, definition.name, definition.targets, folds, config.seed)
-    _check_reference(out, reference)
+    new_split = not folder.splits.exists()
+    splits = load_or_create_splits(folder.splits, reference, definition.name, definition.targets, folds, config.seed)
+    _check_reference(folder, reference)
     prepared = _Prepared(definition, splits, reference, list(exams.table["path"]), splits.fold_column(reference["eid"]))
-    if new_split or not (out / DATA_SUMMARY_FILE).exists():
+    if new_split or not folder.data_summary.exists():
         source = str(targets) if not hasattr(targets, "columns") else "in-memory table"
-        _write_json(out / DATA_SUMMARY_FILE, _data_summary(prepared, exams.dropped, images, source))
+        _write_json(folder.data_summary, _data_summary(prepared, exams.dropped, images, source))
     return prepared
 
 
@@ -258,7 +235,6 @@ def run_crossval(
     progress: FoldProgress | None = None,
     init: str | None = None,
     baseline: BaselineConfig | None = BaselineConfig(),
-    report: bool = True,
 ) -> CrossvalResult:
     """Train the requested folds (all by default) and, once every fold is done, merge.
 
@@ -273,16 +249,17 @@ def run_crossval(
     started = time.perf_counter()
     started_at = _now()
     out, images = Path(out), Path(images)
+    folder = CrossvalFolder(out)
     if init is not None:
         config = config.replace(init=init)
-    prepared = _prepare(config, images, targets, module, out, folds)
+    prepared = _prepare(config, images, targets, module, folder, folds)
     count = prepared.splits.folds
     requested = _requested_folds(fold_ids, count)
     if baseline is not None:
-        _run_baseline(out, prepared, baseline, requested)
+        _run_baseline(folder, prepared, baseline, requested)
     trained: dict[int, float] = {}
     for fold in requested:
-        if fold_is_complete(out, fold):
+        if folder.fold(fold).is_complete():
             logger.info("fold %d of %d is complete; skipped", fold, count)
             continue
         logger.info("training fold %d of %d", fold, count)
@@ -291,12 +268,12 @@ def run_crossval(
         keys = prepared.reference[["eid", "instance"]]
         callback = None if progress is None else (lambda event, fold=fold: progress(fold, event))
         result = train(
-            config, images, prepared.reference, prepared.definition.name, fold_dir(out, fold),
+            config, images, prepared.reference, prepared.definition.name, folder.fold(fold).path,
             train_ids=keys[~in_fold], val_ids=keys[in_fold], device=device, resume=True, progress=callback,
         )
         trained[fold] = time.perf_counter() - fold_started
         _write_json(
-            fold_dir(out, fold) / FOLD_DONE_FILE,
+            folder.fold(fold).done,
             {
                 "fold": fold,
                 "finished": _now(),
@@ -306,12 +283,12 @@ def run_crossval(
                 "n_test_exams": int(in_fold.sum()),
             },
         )
-    _record_session(out, prepared, config, images, device, started_at, time.perf_counter() - started, requested, trained)
-    completed, missing = _fold_status(out, count)
+    _record_session(folder, prepared, config, images, device, started_at, time.perf_counter() - started, requested, trained)
+    completed, missing = _fold_status(folder, count)
     if missing:
         logger.info("folds %s are still missing; run them, then merge", missing)
         return CrossvalResult(out, count, completed, missing, fold_seconds=trained)
-    merged = merge_crossval(out, report=report)
+    merged = merge_crossval(out)
     merged.fold_seconds = trained
     return merged
 
@@ -326,11 +303,11 @@ def _requested_folds(fold_ids: Sequence[int] | None, count: int) -> list[int]:
     return requested
 
 
-def _run_baseline(out: Path, prepared: _Prepared, config: BaselineConfig, requested: Sequence[int]) -> None:
+def _run_baseline(folder: CrossvalFolder, prepared: _Prepared, config: BaselineConfig, requested: Sequence[int]) -> None:
     """Ridge predictions for every requested fold that lacks them (all exams are featurised once)."""
     import pandas as pd
 
-    recorded_path = out / BASELINE_CONFIG_FILE
+    recorded_path = folder.baseline_config
     settings = {"size": config.size, "alphas": list(config.alphas), "inner_folds": config.inner_folds}
     if recorded_path.exists():
         recorded = json.loads(recorded_path.read_text())
@@ -338,7 +315,7 @@ def _run_baseline(out: Path, prepared: _Prepared, config: BaselineConfig, reques
             raise CrossvalError(f"{recorded_path} records baseline settings {recorded}, not {settings}")
     else:
         _write_json(recorded_path, settings)
-    needed = [fold for fold in requested if not (fold_dir(out, fold) / FOLD_BASELINE_FILE).is_file()]
+    needed = [fold for fold in requested if not folder.fold(fold).baseline_predictions.is_file()]
     if not needed:
         return
     started = time.perf_counter()
@@ -350,20 +327,20 @@ def _run_baseline(out: Path, prepared: _Prepared, config: BaselineConfig, reques
         result = ridge.predict_fold(fold)
         table = prepared.reference.iloc[result.rows][["eid", "instance"]].reset_index(drop=True)
         table = pd.concat([table, pd.DataFrame(result.predictions, columns=list(targets))], axis=1)
-        folder = fold_dir(out, fold)
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "baseline_alphas.json", dict(zip(targets, result.alphas.tolist(), strict=True)))
-        atomic_write_text(folder / FOLD_BASELINE_FILE, table.to_csv(index=False))
+        fold_folder = folder.fold(fold)
+        fold_folder.path.mkdir(parents=True, exist_ok=True)
+        _write_json(fold_folder.baseline_alphas, dict(zip(targets, result.alphas.tolist(), strict=True)))
+        atomic_write_text(fold_folder.baseline_predictions, table.to_csv(index=False))
     logger.info("ridge baseline for folds %s in %.1f s (%d features)", needed, time.perf_counter() - started, features.shape[1])
 
 
-def _fold_status(out: Path, count: int) -> tuple[list[int], list[int]]:
-    completed = [fold for fold in range(count) if fold_is_complete(out, fold)]
+def _fold_status(folder: CrossvalFolder, count: int) -> tuple[list[int], list[int]]:
+    completed = [fold for fold in range(count) if folder.fold(fold).is_complete()]
     return completed, [fold for fold in range(count) if fold not in completed]
 
 
 # merging ------------------------------------------------------------------------------------------
-def merge_crossval(out: Path | str, allow_partial: bool = False, *, report: bool = True) -> CrossvalResult:
+def merge_crossval(out: Path | str, allow_partial: bool = False) -> CrossvalResult:
     """Combine the complete folds into out-of-fold predictions, calibration, metrics and curves.
 
     Raises IncompleteCrossvalError when folds are missing, unless `allow_partial`.
@@ -372,12 +349,13 @@ def merge_crossval(out: Path | str, allow_partial: bool = False, *, report: bool
 
     started = time.perf_counter()
     out = Path(out)
-    if not (out / SPLITS_FILE).is_file():
-        raise CrossvalError(f"{out} is not a cross-validation folder (no {SPLITS_FILE})")
-    splits = Splits.from_json((out / SPLITS_FILE).read_text(encoding="utf-8"))
-    reference = pd.read_csv(out / REFERENCE_FILE)
+    folder = CrossvalFolder(out)
+    if not folder.splits.is_file():
+        raise CrossvalError(f"{out} is not a cross-validation folder (no {folder.splits.name})")
+    splits = Splits.from_json(folder.splits.read_text(encoding="utf-8"))
+    reference = pd.read_csv(folder.reference)
     targets = [get_target(name) for name in splits.targets]
-    completed, missing = _fold_status(out, splits.folds)
+    completed, missing = _fold_status(folder, splits.folds)
     if not completed:
         raise IncompleteCrossvalError(out, missing)
     if missing and not allow_partial:
@@ -387,47 +365,45 @@ def merge_crossval(out: Path | str, allow_partial: bool = False, *, report: bool
     reference = reference.assign(fold=splits.fold_column(reference["eid"]))
     reference = reference[reference["fold"].isin(completed)].reset_index(drop=True)
 
-    oof = _stack_folds(out, completed, FOLD_PREDICTIONS_FILE, reference)
+    oof = _stack_folds(folder, completed, lambda fold: fold.val_predictions, reference)
     factors = _calibration_factors(oof, reference, targets)
     calibrated = _calibrated(oof, factors)
     metrics = evaluate_predictions(oof, reference, targets)
     result = CrossvalResult(out, splits.folds, completed, missing, metrics=metrics)
-    result.oof_predictions = _write_csv(out / OOF_FILE, oof)
-    result.oof_predictions_calibrated = _write_csv(out / OOF_CALIBRATED_FILE, calibrated)
-    result.calibration = _write_csv(out / CALIBRATION_FILE, factors)
+    result.oof_predictions = _write_csv(folder.oof_predictions, oof)
+    result.oof_predictions_calibrated = _write_csv(folder.oof_predictions_calibrated, calibrated)
+    result.calibration = _write_csv(folder.calibration, factors)
     result.metrics_path, _ = write_metrics(metrics, out)
-    result.curves = _write_csv(out / CURVES_FILE, _curves(oof, calibrated, reference, targets))
+    result.curves = _write_csv(folder.curves, _curves(oof, calibrated, reference, targets))
     baseline_metrics = None
-    if all((fold_dir(out, fold) / FOLD_BASELINE_FILE).is_file() for fold in completed):
-        baseline = _stack_folds(out, completed, FOLD_BASELINE_FILE, reference)
+    if all(folder.fold(fold).baseline_predictions.is_file() for fold in completed):
+        baseline = _stack_folds(folder, completed, lambda fold: fold.baseline_predictions, reference)
         baseline_metrics = evaluate_predictions(baseline, reference, targets)
-        result.baseline_predictions = _write_csv(out / BASELINE_PREDICTIONS_FILE, baseline)
-        result.baseline_metrics = _write_csv(out / BASELINE_METRICS_FILE, baseline_metrics)
+        result.baseline_predictions = _write_csv(folder.baseline_predictions, baseline)
+        result.baseline_metrics = _write_csv(folder.baseline_metrics, baseline_metrics)
     else:
         logger.warning("some folds have no ridge baseline predictions; baseline_metrics.csv is not written")
-    result.summary = _write_csv(out / SUMMARY_FILE, summary_table(metrics, calibrated, reference, baseline_metrics))
-    _record_merge(out, completed, missing, time.perf_counter() - started)
-    if report:
-        from mimir.report.crossval_report import write_crossval_report
-
-        result.report = write_crossval_report(out)
+    result.summary = _write_csv(folder.summary, summary_table(metrics, calibrated, reference, baseline_metrics))
+    _record_merge(folder, completed, missing, time.perf_counter() - started)
     return result
 
 
-def _stack_folds(out: Path, completed: Sequence[int], name: str, reference: pd.DataFrame) -> pd.DataFrame:
+def _stack_folds(
+    folder: CrossvalFolder, completed: Sequence[int], file_of: Callable[[FoldFolder], Path], reference: pd.DataFrame
+) -> pd.DataFrame:
     """One table of every completed fold's predictions with a fold column, checked against the split."""
     import pandas as pd
 
     parts = []
     for fold in completed:
-        part = pd.read_csv(fold_dir(out, fold) / name)
+        part = pd.read_csv(file_of(folder.fold(fold)))
         part.insert(2, "fold", fold)
         parts.append(part)
     table = pd.concat(parts, ignore_index=True).sort_values(["eid", "instance"]).reset_index(drop=True)
     expected = reference[["eid", "instance", "fold"]].sort_values(["eid", "instance"]).reset_index(drop=True)
     if not table[["eid", "instance", "fold"]].equals(expected.astype(table[["eid", "instance", "fold"]].dtypes)):
         raise CrossvalError(
-            f"the {name} files of folds {list(completed)} do not cover each exam of those folds exactly once; "
+            f"the {file_of(folder.fold(completed[0])).name} files of folds {list(completed)} do not cover each exam of those folds exactly once; "
             "a fold folder may be from another split"
         )
     return table
@@ -524,13 +500,13 @@ def _write_json(path: Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
-def _read_record(out: Path) -> dict[str, object]:
-    path = out / RECORD_FILE
+def _read_record(folder: CrossvalFolder) -> dict[str, object]:
+    path = folder.record
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _record_session(
-    out: Path,
+    folder: CrossvalFolder,
     prepared: _Prepared,
     config: TrainConfig,
     images: Path,
@@ -541,7 +517,7 @@ def _record_session(
     trained: dict[int, float],
 ) -> None:
     """Append this invocation to crossval.json (machines sharing a folder each add their own)."""
-    record = _read_record(out)
+    record = _read_record(folder)
     record.update(
         {
             "module": prepared.definition.name,
@@ -550,7 +526,7 @@ def _record_session(
             "seed": prepared.splits.seed,
             "images": str(images),
             "config": asdict(config),
-            "data_summary": DATA_SUMMARY_FILE,
+            "data_summary": folder.data_summary.name,
         }
     )
     sessions = list(record.get("sessions", []))
@@ -565,14 +541,14 @@ def _record_session(
         }
     )
     record["sessions"] = sessions
-    _write_json(out / RECORD_FILE, record)
+    _write_json(folder.record, record)
 
 
-def _record_merge(out: Path, completed: Sequence[int], missing: Sequence[int], seconds: float) -> None:
-    record = _read_record(out)
+def _record_merge(folder: CrossvalFolder, completed: Sequence[int], missing: Sequence[int], seconds: float) -> None:
+    record = _read_record(folder)
     fold_seconds = {}
     for fold in completed:
-        done = json.loads((fold_dir(out, fold) / FOLD_DONE_FILE).read_text())
+        done = json.loads(folder.fold(fold).done.read_text())
         fold_seconds[str(fold)] = done.get("seconds")
     record["merge"] = {
         "merged": _now(),
@@ -583,15 +559,13 @@ def _record_merge(out: Path, completed: Sequence[int], missing: Sequence[int], s
         "fold_training_seconds": fold_seconds,
         "software": software_versions(),
     }
-    _write_json(out / RECORD_FILE, record)
+    _write_json(folder.record, record)
 
 
 __all__ = [
     "CrossvalError",
     "CrossvalResult",
     "IncompleteCrossvalError",
-    "fold_dir",
-    "fold_is_complete",
     "merge_crossval",
     "run_crossval",
     "summary_table",

@@ -9,7 +9,6 @@ many DataLoader workers there are.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from mimir.imaging.cache import cached_exams, load_image
+
 logger = logging.getLogger(__name__)
 
-IMAGE_SHAPE = (3, 256, 256)
 DEFAULT_INSTANCE = 2
-#: Cache file names are UK Biobank bulk zip stems: {eid}_{field}_{instance}_{array}.
-_STEM = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)$")
 
 ExamKey = tuple[int, int]  # (eid, instance)
 
@@ -33,29 +31,20 @@ class TrainingDataError(ValueError):
     """Images and targets that cannot form a training or validation set."""
 
 
-def parse_exam_stem(stem: str) -> ExamKey | None:
-    """`1234567_20201_2_0` -> (1234567, 2); None when the name does not follow that pattern."""
-    match = _STEM.match(stem)
-    if match is None:
-        return None
-    return int(match.group(1)), int(match.group(3))
-
-
 def index_image_cache(folder: Path) -> pd.DataFrame:
     """One row per cached exam: eid, instance, path (sorted by eid, instance)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image cache folder not found: {folder}")
     rows, ignored = [], []
-    for path in sorted(folder.glob("*.npy")):
-        key = parse_exam_stem(path.stem)
-        if key is None:
-            ignored.append(path.name)
+    for cached in cached_exams(folder):
+        if cached.exam.eid is None:
+            ignored.append(cached.path.name)
         else:
-            rows.append((key[0], key[1], path))
+            rows.append((cached.exam.eid, cached.exam.instance, cached.path))
     if ignored:
         logger.warning(
-            "ignored %d cache files not named {eid}_{field}_{instance}_{array}.npy (e.g. %s)", len(ignored), ignored[0]
+            "ignored %d cache files not named {eid}_20201_{instance}_{array}.npy (e.g. %s)", len(ignored), ignored[0]
         )
     index = pd.DataFrame(rows, columns=["eid", "instance", "path"]).astype({"eid": "int64", "instance": "int64"})
     duplicated = index.duplicated(["eid", "instance"], keep="first")
@@ -143,13 +132,6 @@ def assemble_exams(
         with_image = values[["eid", "instance"]].merge(images[["eid", "instance"]], on=["eid", "instance"])
         dropped["targets_row_without_image"] = len(values) - len(with_image)
     return ExamSet(merged, tuple(target_names), dropped)
-
-
-def load_image(path: Path) -> np.ndarray:
-    image = np.load(path, allow_pickle=False)
-    if image.shape != IMAGE_SHAPE or image.dtype != np.uint8:
-        raise TrainingDataError(f"{path}: expected a {IMAGE_SHAPE} uint8 image, got {image.shape} {image.dtype}")
-    return image
 
 
 def translate(image: np.ndarray, shift_rows: int, shift_columns: int) -> np.ndarray:

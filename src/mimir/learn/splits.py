@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SPLITS_FILE = "splits.json"
 SPLITS_FORMAT = 1
 
 
@@ -141,13 +140,14 @@ def make_splits(table: "pd.DataFrame", module: str, targets: tuple[str, ...], fo
 
 
 def load_or_create_splits(
-    folder: Path, table: "pd.DataFrame", module: str, targets: tuple[str, ...], folds: int | None, seed: int
+    path: Path, table: "pd.DataFrame", module: str, targets: tuple[str, ...], folds: int | None, seed: int
 ) -> Splits:
-    """The folder's recorded splits, or new ones written there; a mismatch is a SplitsError.
+    """The splits recorded at `path` (a cross-validation folder's splits.json), or new ones
+    written there; a mismatch is a SplitsError.
 
-    `folds=None` accepts whatever the folder records (10 for a new folder).
+    `folds=None` accepts whatever the file records (10 for a new folder).
     """
-    path = Path(folder) / SPLITS_FILE
+    path = Path(path)
     if not path.exists():
         splits = make_splits(table, module, targets, 10 if folds is None else folds, seed)
         atomic_write_text(path, splits.to_json())

@@ -1,6 +1,7 @@
 """Training loop of a mean-variance network: data, schedule, checkpoints, resume, predictions.
 
-`train` is the one entry point (the CLI and cross-validation both call it). A run folder holds:
+`train` is the one entry point (the CLI and cross-validation both call it). A run folder
+(`mimir.runs.layout.RunFolder`) holds:
 
     config.toml            the effective TrainConfig
     data_summary.json      exams used and dropped, known values, target means and sds
@@ -39,7 +40,6 @@ from mimir.learn.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from mimir.learn.config import ConfigError, TrainConfig
 from mimir.learn.dataset import (
     ExamImages,
     ExamKey,
@@ -52,7 +52,7 @@ from mimir.learn.dataset import (
     read_targets,
 )
 from mimir.learn.loss import gaussian_nll
-from mimir.learn.modules import ModuleDefinition, resolve_module
+from mimir.learn.target_sets import ModuleDefinition, resolve_module
 from mimir.learn.weight_average import WeightAverage
 from mimir.network import (
     MeanVarianceResNet,
@@ -61,6 +61,9 @@ from mimir.network import (
     images_to_input,
     split_output,
 )
+from mimir.runs.config import ConfigError, TrainConfig
+from mimir.runs.layout import RunFolder
+from mimir.runs.standardization import Standardization, read_standardization
 from mimir.versions import software_versions
 
 logger = logging.getLogger(__name__)
@@ -81,69 +84,6 @@ class TrainProgress:
     train_loss: float | None  # mean training loss over the last `log_every` iterations
     learning_rate: float
     val_loss: float | None = None  # set at checkpoints when there is a validation set
-
-
-@dataclass
-class Standardization:
-    """Training mean and sample sd per target; the network works in these units."""
-
-    module: str
-    targets: tuple[str, ...]
-    mean: np.ndarray
-    sd: np.ndarray
-    n_train: np.ndarray  # known training values per target; 0 -> predictions are NaN
-
-    @classmethod
-    def fit(cls, module: str, targets: Sequence[str], values: np.ndarray) -> Standardization:
-        known = ~np.isnan(values)
-        n_known = known.sum(axis=0)
-        mean = np.zeros(len(targets))
-        sd = np.ones(len(targets))
-        for column, count in enumerate(n_known):
-            column_values = values[known[:, column], column]
-            if count >= 1:
-                mean[column] = column_values.mean()
-            if count >= 2 and column_values.std(ddof=1) > 0:
-                sd[column] = column_values.std(ddof=1)
-        for name, count in zip(targets, n_known, strict=True):
-            if count < 2:
-                logger.warning("target %s has %d known training values; its standardisation is a placeholder", name, count)
-        return cls(module, tuple(targets), mean, sd, n_known.astype(int))
-
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        return ((values - self.mean) / self.sd).astype(np.float32)
-
-    def invert(self, mean: np.ndarray, log_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Standardised (mean, log-variance) -> mean and sd in catalog units."""
-        value = mean * self.sd + self.mean
-        sd = np.exp(0.5 * log_var) * self.sd
-        untrained = self.n_train == 0
-        value[:, untrained] = np.nan
-        sd[:, untrained] = np.nan
-        return value, sd
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "module": self.module,
-                "targets": list(self.targets),
-                "mean": self.mean.tolist(),
-                "sd": self.sd.tolist(),
-                "n_train": self.n_train.tolist(),
-            },
-            indent=1,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Standardization:
-        data = json.loads(text)
-        return cls(
-            data["module"],
-            tuple(data["targets"]),
-            np.asarray(data["mean"], dtype=np.float64),
-            np.asarray(data["sd"], dtype=np.float64),
-            np.asarray(data["n_train"], dtype=int),
-        )
 
 
 @dataclass
@@ -353,11 +293,11 @@ def _predictions_table(keys: pd.DataFrame, model: TrainedModel, mean: np.ndarray
 
 def load_run(run_dir: Path, device: str | torch.device = "cpu") -> TrainedModel:
     """The final network of a finished run folder, ready for prediction."""
-    run_dir = Path(run_dir)
-    config = TrainConfig.from_toml(run_dir / "config.toml")
-    standardization = Standardization.from_json((run_dir / "standardization.json").read_text())
+    run = RunFolder(run_dir)
+    config = TrainConfig.from_toml(run.config)
+    standardization = read_standardization(run.standardization)
     network = MeanVarianceResNet(config.architecture, len(standardization.targets), config.input_pool)
-    load_weights(network, run_dir / "weights.safetensors")
+    load_weights(network, run.weights)
     _place(network, resolve_device(device), config.channels_last)
     return TrainedModel(network, standardization, config)
 
@@ -417,21 +357,20 @@ def _validation_scores(standardised: np.ndarray, mean: np.ndarray, log_var: np.n
 
 
 # run folder ---------------------------------------------------------------------------------------
-def _check_run_folder(out: Path, config: TrainConfig, resume: bool) -> None:
-    saved_config = out / "config.toml"
-    has_run = saved_config.exists() or (out / "checkpoints").exists() or (out / "weights.safetensors").exists()
+def _check_run_folder(run: RunFolder, config: TrainConfig, resume: bool) -> None:
+    has_run = run.config.exists() or run.checkpoints.exists() or run.weights.exists()
     if not resume:
         if has_run:
-            raise RunFolderError(f"{out} already holds a run; pass resume=True (--resume) or choose another folder")
+            raise RunFolderError(f"{run.path} already holds a run; pass resume=True (--resume) or choose another folder")
         return
-    if saved_config.exists():
-        previous = TrainConfig.from_toml(saved_config)
+    if run.config.exists():
+        previous = TrainConfig.from_toml(run.config)
         differing = [
             name for name in vars(config)
             if name != "workers" and getattr(config, name) != getattr(previous, name)
         ]
         if differing:
-            raise RunFolderError(f"cannot resume {out}: the configuration differs in {', '.join(differing)}")
+            raise RunFolderError(f"cannot resume {run.path}: the configuration differs in {', '.join(differing)}")
 
 
 def _device_description(device: torch.device) -> str:
@@ -475,15 +414,16 @@ def train(
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = Path(out)
+    run = RunFolder(out)
     definition = resolve_module(module, config.modules)
     resolved = resolve_device(device)
     autocast_dtype = resolve_autocast(config.autocast, resolved)
-    _check_run_folder(out, config, resume)
+    _check_run_folder(run, config, resume)
     data = _prepare_data(Path(images), targets, definition, train_ids, val_ids)
-    checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
+    checkpoint = latest_checkpoint(run.checkpoints) if resume else None
     if checkpoint is not None:
-        saved = out / "standardization.json"
-        if saved.exists() and Standardization.from_json(saved.read_text()).to_json() != data.standardization.to_json():
+        saved = run.standardization
+        if saved.exists() and read_standardization(saved).to_json() != data.standardization.to_json():
             raise RunFolderError(f"cannot resume {out}: the training data differ from those of the interrupted run")
 
     with _determinism(config, resolved):
@@ -495,9 +435,9 @@ def train(
         )
         # Written only once the inputs and initial weights are known to be usable, so a failed
         # start leaves no run behind that would demand --resume.
-        atomic_write_text(out / "config.toml", config.to_toml())
-        _write_json(out / "data_summary.json", data.summary)
-        atomic_write_text(out / "standardization.json", data.standardization.to_json() + "\n")
+        atomic_write_text(run.config, config.to_toml())
+        _write_json(run.data_summary, data.summary)
+        atomic_write_text(run.standardization, data.standardization.to_json() + "\n")
         _place(network, resolved, config.channels_last)
         model = TrainedModel(network, data.standardization, config)
         stepper = _Stepper(config, network, resolved, autocast_dtype)
@@ -505,24 +445,24 @@ def train(
         if checkpoint is not None:
             start = stepper.restore(checkpoint, network)
             logger.info("resuming %s from iteration %d", out, start)
-        history = _read_history(out / "history.csv", start)
+        history = _read_history(run.history, start)
         loop_started = time.perf_counter()
-        _run_iterations(config, data, model, stepper, resolved, autocast_dtype, out, start, history, progress)
+        _run_iterations(config, data, model, stepper, resolved, autocast_dtype, run, start, history, progress)
         loop_seconds = time.perf_counter() - loop_started
         if stepper.average is not None:
             network.load_state_dict(stepper.average.shadow)
 
-    save_weights(network, out / "weights.safetensors", {"architecture": config.architecture, "module": definition.name})
+    save_weights(network, run.weights, {"architecture": config.architecture, "module": definition.name})
     val_predictions = None
     if data.val is not None:
         val_targets = data.standardization.apply(data.val.values())
         loader = _exam_loader(list(data.val.table["path"]), val_targets, config.eval_batch_size, config.workers, resolved)
         mean, log_var = _standardised_outputs(model, loader, resolved)
         val_predictions = _predictions_table(data.val.table, model, mean, log_var)
-        atomic_write_text(out / "val_predictions.csv", val_predictions.to_csv(index=False))
+        atomic_write_text(run.val_predictions, val_predictions.to_csv(index=False))
     seconds = time.perf_counter() - started
     iterations_run = config.iterations - start
-    _record_session(out, resolved, started_at, seconds, loop_seconds, start, iterations_run, config.batch_size)
+    _record_session(run, resolved, started_at, seconds, loop_seconds, start, iterations_run, config.batch_size)
     return TrainResult(out, model, config.iterations, pd.DataFrame(history, columns=HISTORY_COLUMNS), val_predictions, seconds)
 
 
@@ -631,7 +571,7 @@ def _run_iterations(
     stepper: _Stepper,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
-    out: Path,
+    run: RunFolder,
     start: int,
     history: list[dict[str, float]],
     progress: Callable[[TrainProgress], None] | None,
@@ -664,8 +604,8 @@ def _run_iterations(
                 row = _history_row(model, val_loader, device, iteration, meter.take_interval_mean(), learning_rate)
             val_loss = row["val_loss"] if val_loader is not None else None
             history.append(row)
-            atomic_write_text(out / "history.csv", pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
-            save_checkpoint(out / "checkpoints", iteration, network, stepper.state(), config.keep_checkpoints)
+            atomic_write_text(run.history, pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
+            save_checkpoint(run.checkpoints, iteration, network, stepper.state(), config.keep_checkpoints)
         if progress is not None:
             progress(TrainProgress(iteration, config.iterations, meter.last, learning_rate, val_loss))
 
@@ -690,7 +630,7 @@ def _history_row(
 
 
 def _record_session(
-    out: Path,
+    run: RunFolder,
     device: torch.device,
     started_at: str,
     seconds: float,
@@ -699,7 +639,7 @@ def _record_session(
     iterations_run: int,
     batch_size: int,
 ) -> None:
-    path = out / "run.json"
+    path = run.record
     sessions = json.loads(path.read_text()).get("sessions", []) if path.exists() else []
     sessions.append(
         {

@@ -15,19 +15,18 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from mimir.evaluation.evaluate import column_values
 from mimir.report import format_significant
 from mimir.report.html import ReportSection, format_metric, write_report
 from mimir.report.plots import validation_curve_plot
 from mimir.report.target_figures import target_figures
+from mimir.runs.layout import CrossvalFolder
 
 if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-FIGURES_FOLDER = "figures"
 VALIDATION_SECTION = "validation-curve"
 
 #: Summary column -> key shown in each target's numbers (keys html.py knows how to title).
@@ -38,12 +37,12 @@ _SECTION_METRICS = {
 }
 
 
-def _histories(out: Path, folds: int) -> "pd.DataFrame":
+def _histories(folder: CrossvalFolder, folds: int) -> "pd.DataFrame":
     import pandas as pd
 
     parts = []
     for fold in range(folds):
-        path = out / f"fold_{fold}" / "history.csv"
+        path = folder.fold(fold).history
         if path.is_file():
             parts.append(pd.read_csv(path).assign(fold=fold))
     if not parts:
@@ -63,9 +62,14 @@ def _baseline_note(summary: "pd.DataFrame") -> str:
     return "\n".join(lines)
 
 
-def _notes(out: Path, summary: "pd.DataFrame") -> dict[str, str]:
-    record = json.loads((out / "crossval.json").read_text()) if (out / "crossval.json").is_file() else {}
-    data = json.loads((out / "data_summary.json").read_text()) if (out / "data_summary.json").is_file() else {}
+def _read_json(path: Path) -> dict[str, object]:
+    """A record of the folder, or {} when it is absent (the page then shows less)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _notes(folder: CrossvalFolder, summary: "pd.DataFrame") -> dict[str, str]:
+    record = _read_json(folder.record)
+    data = _read_json(folder.data_summary)
     merge = record.get("merge", {})
     notes = {
         "module": str(record.get("module", data.get("module", ""))),
@@ -98,12 +102,12 @@ def write_crossval_report(out: Path | str) -> Path:
 
     from mimir.targets.catalog import get_target
 
-    out = Path(out)
-    summary = pd.read_csv(out / "summary.csv")
-    calibrated = pd.read_csv(out / "oof_predictions_calibrated.csv")
-    uncalibrated = pd.read_csv(out / "oof_predictions.csv")
-    reference = pd.read_csv(out / "reference.csv")
-    folds = int(json.loads((out / "splits.json").read_text())["folds"])
+    folder = CrossvalFolder(out)
+    summary = pd.read_csv(folder.summary)
+    calibrated = pd.read_csv(folder.oof_predictions_calibrated)
+    uncalibrated = pd.read_csv(folder.oof_predictions)
+    reference = pd.read_csv(folder.reference)
+    folds = int(json.loads(folder.splits.read_text())["folds"])
     names = list(summary["name"])
     reference_part = reference[["eid", "instance", *names]].rename(columns={n: f"{n}__reference" for n in names})
     uncalibrated_sd = uncalibrated[["eid", "instance", *(f"{n}_sd" for n in names)]].rename(
@@ -112,14 +116,14 @@ def write_crossval_report(out: Path | str) -> Path:
     joined = calibrated.merge(reference_part, on=["eid", "instance"], how="inner").merge(
         uncalibrated_sd, on=["eid", "instance"], how="left"
     )
-    figures = out / FIGURES_FOLDER
+    figures = folder.figures
     figures.mkdir(parents=True, exist_ok=True)
 
     sections = [
         ReportSection(
             VALIDATION_SECTION,
             "Training and validation loss over checkpoints (all folds)",
-            [validation_curve_plot(_histories(out, folds), path=figures / "validation_curve.png",
+            [validation_curve_plot(_histories(folder, folds), path=figures / "validation_curve.png",
                                    title="Gaussian NLL per fold (validation = the held-out fold)")],
         )
     ]
@@ -137,14 +141,13 @@ def write_crossval_report(out: Path | str) -> Path:
             figures, sd_before_calibration=column_values(joined, f"{name}__sd_before"),
         )
         sections.append(ReportSection(name, title, figure_paths, metrics))
-    record_path = out / "crossval.json"
-    module = json.loads(record_path.read_text()).get("module", "") if record_path.is_file() else ""
+    module = _read_json(folder.record).get("module", "")
     return write_report(
-        out,
+        folder.path,
         title=f"MIMIR cross-validation: {module}",
         summary_table=summary,
         sections=sections,
-        notes=_notes(out, summary),
+        notes=_notes(folder, summary),
     )
 
 

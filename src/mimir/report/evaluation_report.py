@@ -11,11 +11,11 @@ import numpy as np
 from mimir.evaluation.evaluate import column_values
 from mimir.report.html import ReportSection, write_report
 from mimir.report.target_figures import target_figures
+from mimir.runs.layout import EvaluationFolder
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FIGURES_FOLDER = "figures"
 _SECTION_METRICS = ("n", "icc", "r2", "mae", "mape_percent", "auc", "auce")
 
 
@@ -39,7 +39,7 @@ def write_evaluation_report(
     out = Path(out)
     targets = [get_target(name) for name in metrics["name"]]
     joined = paired_table(predictions, reference, targets)
-    figures = out / FIGURES_FOLDER
+    figures = EvaluationFolder(out).figures
     figures.mkdir(parents=True, exist_ok=True)
     sections = []
     for row, target in zip(metrics.to_dict(orient="records"), targets, strict=True):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mimir.atomic import atomic_write_text
 from mimir.report import MISSING, MODULE_TITLES, format_count, format_decimals, format_significant
+from mimir.runs.layout import EvaluationFolder
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from mimir.targets.catalog import Target
 
 logger = logging.getLogger(__name__)
-
-REPORT_FILE_NAME = "report.html"
 
 _IMAGE_TYPES = {
     ".png": "image/png",
@@ -144,7 +143,7 @@ def write_report(
             "",
         ]
     )
-    path = Path(out_dir) / REPORT_FILE_NAME
+    path = EvaluationFolder(out_dir).report
     atomic_write_text(path, page)
     logger.info("wrote report %s (%d sections)", path, len(sections))
     return path

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mimir.learn.config import ConfigError, TrainConfig
+from mimir.runs.config import ConfigError, TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

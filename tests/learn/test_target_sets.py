@@ -1,7 +1,7 @@
 import pytest
 
-from mimir.learn.config import ConfigError
-from mimir.learn.modules import resolve_module
+from mimir.learn.target_sets import resolve_module
+from mimir.runs.config import ConfigError
 from mimir.targets.catalog import module_targets
 
 

@@ -1,4 +1,4 @@
-"""Module definitions: which catalog targets one network predicts.
+"""Target sets: which catalog targets one network predicts (the paper calls each set a module).
 
 The paper's four modules come from the catalog's module column; a configuration may add others
 as lists of catalog target names. The order of targets fixes the network's output layout.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mimir.learn.config import ConfigError
+from mimir.runs.config import ConfigError
 from mimir.targets.catalog import get_target, module_names, module_targets
 
 

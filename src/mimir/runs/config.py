@@ -1,7 +1,8 @@
 """Training configuration: one dataclass, read from and written to TOML.
 
 Every hyperparameter of a run lives here so that `config.toml` in a run folder fully describes
-how the network was trained. Defaults are the published MIMIR settings.
+how the network was trained. Defaults are the published MIMIR settings. Importing this file
+never imports torch, so module building and other readers of a run folder can use it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from mimir.network import LOG_VAR_RANGE, RESNETS
+from mimir.architectures import ARCHITECTURES, LOG_VAR_RANGE
 
 AUTOCAST_MODES = ("auto", "none", "bfloat16", "float16")
 LR_SCHEDULES = ("step", "cosine")
@@ -67,8 +68,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.architecture not in RESNETS:
-            raise ConfigError(f"architecture {self.architecture!r} unknown; choose from {', '.join(RESNETS)}")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture {self.architecture!r} unknown; choose from {', '.join(ARCHITECTURES)}")
         if self.autocast not in AUTOCAST_MODES:
             raise ConfigError(f"autocast {self.autocast!r} unknown; choose from {', '.join(AUTOCAST_MODES)}")
         if self.lr_schedule not in LR_SCHEDULES:
