@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mimir.devices import DEVICE_CHOICES, PRECISIONS, cpu_supports_bfloat16
 from mimir.inference.modules import ModuleSpec, Provenance, TargetSpec, save_module
-from mimir.inference.predict import PredictionResult, cpu_supports_bfloat16, run_prediction
+from mimir.inference.predict import PredictionResult, PredictOptions, run_prediction
 from mimir.network import MeanVarianceResNet
 from mimir.targets.catalog import module_names, module_targets
 
@@ -102,8 +104,8 @@ def main() -> None:
     parser.add_argument("--zips", type=Path, help="folder of field-20201 zips to use instead")
     parser.add_argument("--modules", nargs="+", type=Path, help="real modules instead of random ResNet50s")
     parser.add_argument("--architecture", default="resnet50")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--workers", type=int, help="compression processes (default: all cores)")
     parser.add_argument("--deflate", type=int, metavar="LEVEL",
@@ -139,17 +141,18 @@ def main() -> None:
         from mimir.inference.modules import read_spec
 
         specs = [read_spec(path) for path in modules]
-        common = dict(device=args.device, batch_size=args.batch_size, workers=args.workers)
-        cache = scratch_path / "cache"
-        first = run_prediction(zips, modules, cache=cache, precision=args.precision,
-                               overlap={"auto": None, "yes": True, "no": False}[args.overlap], **common)
+        common = PredictOptions(
+            cache=scratch_path / "cache", device=args.device, batch_size=args.batch_size, workers=args.workers
+        )
+        overlap = {"auto": None, "yes": True, "no": False}[args.overlap]
+        first = run_prediction(zips, modules, replace(common, precision=args.precision, overlap=overlap))
         mode = "compression overlapped with inference" if "compress (overlapped)" in first.timings else "compress, then predict"
         report(f"end to end (zips -> table, {mode})", first, len(zips))
-        reference = run_prediction(zips, modules, cache=cache, precision="float32", **common)
+        reference = run_prediction(zips, modules, replace(common, precision="float32"))
         report("from the cache, float32", reference, len(zips))
         faster = [first] if first.precision != "float32" else []
         if first.precision != "bfloat16" and (first.device.startswith("cuda") or cpu_supports_bfloat16()):
-            faster.append(run_prediction(zips, modules, cache=cache, precision="bfloat16", **common))
+            faster.append(run_prediction(zips, modules, replace(common, precision="bfloat16")))
             report("from the cache, bfloat16", faster[-1], len(zips))
         for result in faster:
             print(f"\n{result.precision} vs float32: largest |mean difference| = "

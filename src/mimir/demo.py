@@ -134,7 +134,8 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
     """Run every stage into `out` and return where the results are."""
     from mimir.evaluation.evaluate import evaluate_predictions, write_metrics
     from mimir.inference.modules import build_module
-    from mimir.inference.predict import predict, write_predictions
+    from mimir.inference.predict import PredictOptions, predict
+    from mimir.inference.table import write_predictions
     from mimir.learn.crossval import run_crossval
     from mimir.parallel import default_workers
     from mimir.report.crossval_report import write_crossval_report
@@ -167,8 +168,9 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
         module = build_module(run_dir, out / "crossval", out / "module", name=DEMO_MODULE, overwrite=True)
     with _timed(timings, "predict"):
         table = predict(
-            sorted((out / "test").glob("*.zip")), [module], cache=out / "test_cache", device=config.device,
-            workers=workers, progress=lambda stage, done, total: report(f"predict: {stage}", done, total),
+            sorted((out / "test").glob("*.zip")), [module],
+            PredictOptions(cache=out / "test_cache", device=config.device, workers=workers),
+            progress=lambda stage, done, total: report(f"predict: {stage}", done, total),
         )
         predictions_path = out / "predictions.csv"
         write_predictions(table, predictions_path)

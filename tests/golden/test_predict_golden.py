@@ -39,12 +39,13 @@ def _assert_same_value(column: str, exam: str, found: str, expected: str) -> Non
 
 
 def test_predictions_keep_their_recorded_values(golden_exams, golden_module, recordings, tmp_path):
-    from mimir.inference.predict import predict, write_predictions
+    from mimir.inference.predict import PredictOptions, predict
+    from mimir.inference.table import write_predictions
 
     broken = tmp_path / "9999999_20201_2_0.npy"
     broken.write_bytes(b"not an image")
     cache = tmp_path / "cache"
-    table = predict([*golden_exams.zips, broken], [golden_module], cache=cache, device="cpu", workers=1)
+    table = predict([*golden_exams.zips, broken], [golden_module], PredictOptions(cache=cache, device="cpu", workers=1))
     written = write_predictions(table, tmp_path / "predictions.csv")
     text = written.read_text().replace(str(tmp_path), "<tmp>")
     golden = recordings.data / "predictions.csv"

@@ -14,17 +14,12 @@ import torch
 
 from mimir.cli import predict_cmd
 from mimir.inference.modules import LoadedModule, ModuleSpec, Provenance, TargetSpec, load_module, save_module
-from mimir.inference.predict import (
-    REDUCED_PRECISION_TOLERANCE_SD,
-    ModuleRunner,
-    cpu_supports_bfloat16,
-    mean_deviation_sd,
-    network_input,
-    run_prediction,
-)
+from mimir.devices import cpu_supports_bfloat16
+from mimir.inference.predict import PredictOptions, run_prediction
+from mimir.inference.runner import REDUCED_PRECISION_TOLERANCE_SD, ModuleRunner, mean_deviation_sd, network_input
 from mimir.network import MeanVarianceResNet
 
-_HELPERS = importlib.util.spec_from_file_location("predict_helpers", Path(__file__).with_name("test_predict.py"))
+_HELPERS = importlib.util.spec_from_file_location("synthetic_modules", Path(__file__).with_name("synthetic_modules.py"))
 helpers = importlib.util.module_from_spec(_HELPERS)
 _HELPERS.loader.exec_module(helpers)
 
@@ -91,9 +86,9 @@ def mean_columns(table) -> np.ndarray:
 
 @needs_bfloat16
 def test_drifting_module_falls_back_to_float32_and_steady_one_keeps_bfloat16(drifting, steady, cache, caplog):
-    with caplog.at_level(logging.WARNING, logger="mimir.inference.predict"):
-        reduced = run_prediction([cache], [drifting, steady], device="cpu", precision="bfloat16", batch_size=2)
-    full = run_prediction([cache], [drifting, steady], device="cpu", precision="float32", batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="mimir.inference.runner"):
+        reduced = run_prediction([cache], [drifting, steady], PredictOptions(device="cpu", precision="bfloat16", batch_size=2))
+    full = run_prediction([cache], [drifting, steady], PredictOptions(device="cpu", precision="float32", batch_size=2))
 
     used, deviation = reduced.module_precisions["body"]
     assert used == "float32" and deviation > REDUCED_PRECISION_TOLERANCE_SD
@@ -190,7 +185,7 @@ def test_float16_overflow_on_a_later_batch_is_recomputed_for_that_batch_only(ima
     batch = network_input(images, "cpu")
     runner.raw_output(batch)
     assert runner.precision_used == "float16" and runner.verified_deviation_sd < REDUCED_PRECISION_TOLERANCE_SD
-    with caplog.at_level(logging.WARNING, logger="mimir.inference.predict"):
+    with caplog.at_level(logging.WARNING, logger="mimir.inference.runner"):
         recomputed = runner.raw_output(batch)
     torch.testing.assert_close(recomputed, float32_output(runner, batch), rtol=0, atol=0)
     assert "overflowed float16" in caplog.text

@@ -18,9 +18,11 @@ from mimir.imaging.compress import (
     ExamOutcome,
     exam_stem,
 )
+from mimir.inference import background_compression
 from mimir.inference import predict as predict_module
 from mimir.inference.modules import ModuleSpec, Provenance, TargetSpec, save_module
-from mimir.inference.predict import run_prediction
+from mimir.inference.predict import PredictOptions, run_prediction
+from mimir.inference.runner import ModuleRunner
 from mimir.network import MeanVarianceResNet
 
 RAW_STEMS = ("1000001_20201_2_0", "1000002_20201_2_0", "1000003_20201_2_0", "1000004_20201_3_0", "1000005_20201_2_0")
@@ -92,8 +94,14 @@ class FakeCompression:
         return summary
 
 
+def use_compression(monkeypatch, compress) -> None:
+    """Stand in for compress_exams both where the stages run one after the other and in the background."""
+    monkeypatch.setattr(predict_module, "compress_exams", compress)
+    monkeypatch.setattr(background_compression, "compress_exams", compress)
+
+
 def run(inputs: list[Path], module: Path, cache: Path, fake: FakeCompression, monkeypatch, **options):
-    monkeypatch.setattr(predict_module, "compress_exams", fake)
+    use_compression(monkeypatch, fake)
     events: list[tuple[str, int, int]] = []
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -102,7 +110,7 @@ def run(inputs: list[Path], module: Path, cache: Path, fake: FakeCompression, mo
             fake.predicted.set()
 
     options.setdefault("overlap", True)
-    result = run_prediction(inputs, [module], cache=cache, device="cpu", batch_size=2, progress=progress, **options)
+    result = run_prediction(inputs, [module], PredictOptions(cache=cache, device="cpu", batch_size=2, **options), progress)
     return result, events
 
 
@@ -149,7 +157,7 @@ def test_torch_threads_are_one_while_compressing_and_restored_after(inputs, modu
     original = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        monkeypatch.setattr(predict_module, "compress_exams", fake)
+        use_compression(monkeypatch, fake)
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage == "predict":
@@ -157,7 +165,8 @@ def test_torch_threads_are_one_while_compressing_and_restored_after(inputs, modu
                 if done > len(CACHED_STEMS):
                     fake.predicted.set()
 
-        run_prediction(inputs, [module], cache=tmp_path / "cache", device="cpu", batch_size=2, progress=progress, overlap=True)
+        options = PredictOptions(cache=tmp_path / "cache", device="cpu", batch_size=2, overlap=True)
+        run_prediction(inputs, [module], options, progress)
         assert seen[0] == 1
         assert torch.get_num_threads() == 2
     finally:
@@ -168,7 +177,7 @@ def test_a_failing_network_stops_compression_and_is_raised(inputs, module, tmp_p
     def broken_network(self, network_input):
         raise RuntimeError("network exploded")
 
-    monkeypatch.setattr(predict_module.ModuleRunner, "raw_output", broken_network)
+    monkeypatch.setattr(ModuleRunner, "raw_output", broken_network)
     fake = FakeCompression(hold_until_predicted=False)
     with pytest.raises(RuntimeError, match="network exploded"):
         run(inputs, module, tmp_path / "cache", fake, monkeypatch)
@@ -180,9 +189,9 @@ def test_a_compression_crash_is_raised(inputs, module, tmp_path, monkeypatch):
         time.sleep(0.05)
         raise PermissionError("cache is read-only")
 
-    monkeypatch.setattr(predict_module, "compress_exams", crashing)
+    use_compression(monkeypatch, crashing)
     with pytest.raises(PermissionError, match="read-only"):
-        run_prediction(inputs, [module], cache=tmp_path / "cache", device="cpu", batch_size=2)
+        run_prediction(inputs, [module], PredictOptions(cache=tmp_path / "cache", device="cpu", batch_size=2))
 
 
 @pytest.mark.slow
@@ -190,8 +199,8 @@ def test_real_exams_give_the_same_table_with_and_without_overlap(tiny_cohort, mo
     pytest.importorskip("mimir.synth.anatomy")
     zips = sorted(tiny_cohort.glob("*.zip"))[:3]
     common = {"device": "cpu", "batch_size": 1, "workers": 1}
-    overlapped = run_prediction(zips, [module], cache=tmp_path / "a", overlap=True, **common)
-    sequential = run_prediction(zips, [module], cache=tmp_path / "b", overlap=False, **common)
+    overlapped = run_prediction(zips, [module], PredictOptions(cache=tmp_path / "a", overlap=True, **common))
+    sequential = run_prediction(zips, [module], PredictOptions(cache=tmp_path / "b", overlap=False, **common))
     assert list(overlapped.table["exam"]) == [path.stem for path in zips]
     pd.testing.assert_frame_equal(overlapped.table, sequential.table, check_exact=False, rtol=1e-5, atol=1e-6)
 

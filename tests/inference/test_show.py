@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from mimir.cli import UsageError, show_cmd
-from mimir.inference.predict import predict, subject_predictions, write_predictions
+from mimir.inference.predict import PredictOptions, predict
+from mimir.inference.table import subject_predictions, write_predictions
 
-_HELPERS = importlib.util.spec_from_file_location("predict_helpers", Path(__file__).with_name("test_predict.py"))
+_HELPERS = importlib.util.spec_from_file_location("synthetic_modules", Path(__file__).with_name("synthetic_modules.py"))
 helpers = importlib.util.module_from_spec(_HELPERS)
 _HELPERS.loader.exec_module(helpers)
 
@@ -54,7 +55,7 @@ def test_show_predicts_with_modules(module, cache, tmp_path):
 
 
 def test_show_from_a_predictions_table_and_the_cache_beside_it(module, cache, tmp_path):
-    table = write_predictions(predict([cache], [module], device="cpu"), tmp_path / "predictions.csv")
+    table = write_predictions(predict([cache], [module], PredictOptions(device="cpu")), tmp_path / "predictions.csv")
     out = tmp_path / "from_table.png"
     assert show([STEM, "--predictions", str(table), "--out", str(out)]) == 0
     assert_png(out)
@@ -64,7 +65,7 @@ def test_show_from_a_predictions_table_and_the_cache_beside_it(module, cache, tm
 
 
 def test_subject_predictions_lists_each_target_with_its_interval(module, cache):
-    table = predict([cache], [module], device="cpu")
+    table = predict([cache], [module], PredictOptions(device="cpu"))
     rows = subject_predictions(table, STEM)
     assert list(rows["name"]) == ["height", "weight"]
     assert list(rows["unit"]) == ["cm", "kg"]

@@ -27,7 +27,7 @@ BASELINE = BaselineConfig(size=8)
 
 def tiny_config(**changes) -> TrainConfig:
     base = TrainConfig(
-        architecture="resnet18", init="scratch", input_pool=8, autocast="none", batch_size=4, iterations=6,
+        architecture="resnet18", init="scratch", input_pool=8, autocast="float32", batch_size=4, iterations=6,
         learning_rate=1e-3, lr_milestones=[4], checkpoint_every=3, log_every=1, eval_batch_size=8,
         deterministic=True, seed=0, max_shift=4, modules=MODULE,
     )

@@ -16,7 +16,7 @@ N_EXAMS = 16
 
 def tiny_config(**changes) -> TrainConfig:
     base = TrainConfig(
-        architecture="resnet18", init="scratch", input_pool=4, autocast="none", batch_size=4,
+        architecture="resnet18", init="scratch", input_pool=4, autocast="float32", batch_size=4,
         iterations=8, learning_rate=1e-3, lr_milestones=[6], checkpoint_every=2, log_every=1,
         eval_batch_size=8, deterministic=True, seed=5,
     )

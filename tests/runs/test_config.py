@@ -49,6 +49,15 @@ def test_paper_config_is_the_published_method():
     assert TrainConfig.from_toml(CONFIGS / "paper.toml") == TrainConfig(workers=4)
 
 
+def test_autocast_none_of_earlier_configs_reads_as_float32(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('autocast = "none"\n')
+    config = TrainConfig.from_toml(path)
+    assert config.autocast == "float32"
+    assert config == TrainConfig(autocast="float32")
+    assert 'autocast = "float32"' in config.to_toml()
+
+
 def test_unknown_key_is_an_error(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("learning_rat = 0.1\n")

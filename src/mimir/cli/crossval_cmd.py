@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.devices import DEVICE_CHOICES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -32,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser.add_argument("--out", required=True, help="cross-validation folder (created, or continued)")
     run_parser.add_argument("--folds", type=int, help="number of folds (default: as recorded, 10 for a new folder)")
     run_parser.add_argument("--fold-ids", help="comma-separated folds to train here, e.g. 0,1,2 (default: all)")
-    run_parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when present")
+    run_parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: CUDA when present")
     run_parser.add_argument("--workers", type=int, help="DataLoader worker processes (overrides the config)")
     run_parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
     run_parser.add_argument("--baseline-size", type=int, default=16, help="ridge baseline: pooled image side, 3*size^2 features (default 16)")
@@ -84,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
+    from mimir.devices import DeviceError
     from mimir.imaging.cache import CacheError
     from mimir.learn.baseline import BaselineConfig, BaselineError
     from mimir.learn.crossval import CrossvalError, run_crossval
@@ -110,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from error
 
     usage_errors = (
-        ConfigError, CrossvalError, SplitsError, RunFolderError, PretrainedWeightsUnavailable,
+        ConfigError, DeviceError, CrossvalError, SplitsError, RunFolderError, PretrainedWeightsUnavailable,
         TrainingDataError, CacheError, KeyError, FileNotFoundError,
     )
     bars: dict[int, tqdm] = {}

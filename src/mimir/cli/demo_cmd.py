@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.devices import DEVICE_CHOICES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--iterations", type=int, help="training iterations per network (default: demo.toml)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--keep-training-zips", action="store_true", help="keep the training zips after compression")
     parser.set_defaults(handler=run)
 

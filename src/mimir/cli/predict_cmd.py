@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.devices import DEVICE_CHOICES, PRECISIONS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,11 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--modules", nargs="+", required=True, metavar="MODULE", help="module folders or archives")
     parser.add_argument("--out", required=True, help="output table: .csv or .parquet")
     parser.add_argument("--cache", help="image cache for the compressed exams (default: {out stem}_cache beside --out)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: CUDA when present")
     parser.add_argument("--batch-size", type=int, help="images per network batch (default: 16 on CPU, 128 on GPU)")
     parser.add_argument("--workers", type=int, help="compression processes (default: all cores)")
     parser.add_argument(
-        "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+        "--precision", default="auto", choices=PRECISIONS,
         help="network arithmetic; auto: float32 on a CPU, float16 on a GPU. bfloat16 is about twice "
         "as fast on CPUs with AVX512-BF16. A module in bfloat16 or float16 is checked against float32 on "
         "its first batch and runs in float32 when its means differ by more than 0.02 target sd",
@@ -45,15 +47,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
+    from mimir.devices import DeviceError
     from mimir.imaging.compress import InputError
     from mimir.inference.modules import ModuleFormatError
-    from mimir.inference.predict import (
-        PredictError,
-        check_output_path,
-        default_cache_for,
-        run_prediction,
-        write_predictions,
-    )
+    from mimir.inference.predict import PredictError, PredictOptions, run_prediction
+    from mimir.inference.table import OutputPathError, check_output_path, default_cache_for, write_predictions
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -64,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     try:
         out = check_output_path(args.out)
-    except PredictError as error:
+    except OutputPathError as error:
         raise UsageError(str(error)) from error
     cache = Path(args.cache) if args.cache else default_cache_for(out)
 
@@ -77,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        result = run_prediction(
-            args.inputs, args.modules, cache=cache, device=args.device, batch_size=args.batch_size,
-            workers=args.workers, precision=args.precision, progress=progress,
+        options = PredictOptions(
+            cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision
         )
-    except (InputError, PredictError, ModuleFormatError) as error:
+        result = run_prediction(args.inputs, args.modules, options, progress)
+    except (InputError, PredictError, ModuleFormatError, DeviceError) as error:
         raise UsageError(str(error)) from error
     finally:
         for bar in bars.values():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.devices import DEVICE_CHOICES, PRECISIONS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image cache (default with --predictions: {table stem}_cache beside the table; with "
         "--modules: a temporary folder, removed afterwards)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: CUDA when present")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.set_defaults(handler=run)
 
 
@@ -52,16 +54,12 @@ def _show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mimir.cli import UsageError
+    from mimir.devices import DeviceError
     from mimir.imaging.cache import CacheError, ExamId, load_image
     from mimir.imaging.compress import InputError
     from mimir.inference.modules import ModuleFormatError
-    from mimir.inference.predict import (
-        PredictError,
-        default_cache_for,
-        read_predictions,
-        run_prediction,
-        subject_predictions,
-    )
+    from mimir.inference.predict import PredictError, PredictOptions, run_prediction
+    from mimir.inference.table import PredictionTableError, default_cache_for, read_predictions, subject_predictions
     from mimir.report.figure import subject_figure
 
     out = Path(args.out)
@@ -79,9 +77,8 @@ def _show(args: argparse.Namespace) -> int:
             source = exam_path if exam_path.exists() else cache / f"{args.exam}.npy"
             if not source.exists():
                 raise UsageError(f"{args.exam}: neither a file nor an image in {cache}")
-            result = run_prediction(
-                [source], args.modules, cache=cache, device=args.device, precision=args.precision, workers=1
-            )
+            options = PredictOptions(cache=cache, device=args.device, precision=args.precision, workers=1)
+            result = run_prediction([source], args.modules, options)
             table = result.table
             if len(table) != 1:
                 raise UsageError(f"{args.exam} holds {len(table)} exams; show draws one")
@@ -99,7 +96,7 @@ def _show(args: argparse.Namespace) -> int:
             image_file = exam_path if exam_path.suffix == ".npy" and exam_path.is_file() else cache / f"{stem}.npy"
         rows = subject_predictions(table, stem)
         image = load_image(image_file)
-    except (InputError, PredictError, ModuleFormatError, CacheError) as error:
+    except (InputError, PredictError, PredictionTableError, ModuleFormatError, CacheError, DeviceError) as error:
         raise UsageError(str(error)) from error
 
     exam_id = ExamId.from_stem(stem)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.devices import DEVICE_CHOICES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="TOML training config (optional with --resume: the run's own config.toml)")
     parser.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
     parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when present")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: CUDA when present")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes (overrides the config)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.set_defaults(handler=run)
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mimir.cli import UsageError
     from mimir.imaging.cache import CacheError
+    from mimir.devices import DeviceError
     from mimir.learn.dataset import TrainingDataError
     from mimir.learn.train import RunFolderError, TrainProgress, train
     from mimir.network import PretrainedWeightsUnavailable
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from mimir.runs.layout import RunFolder
 
     usage_errors = (
-        ConfigError, RunFolderError, PretrainedWeightsUnavailable, TrainingDataError, CacheError, KeyError, FileNotFoundError,
+        ConfigError, DeviceError, RunFolderError, PretrainedWeightsUnavailable, TrainingDataError, CacheError, KeyError, FileNotFoundError,
     )
     out = Path(args.out)
     config_path = Path(args.config) if args.config else RunFolder(out).config if args.resume else None

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimir.atomic import atomic_write_text
+from mimir.devices import resolve_device, resolve_precision
 from mimir.learn.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -110,31 +111,14 @@ class TrainResult:
 
 
 # devices and precision ------------------------------------------------------------------------
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when present, else CPU; asking for CUDA without one is an error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("CUDA was requested but torch finds no CUDA device")
-    return resolved
+def _torch_device(device: str | torch.device) -> torch.device:
+    """A torch.device as given, or a `mimir.devices` name resolved on this machine."""
+    return device if isinstance(device, torch.device) else torch.device(resolve_device(device))
 
 
-def resolve_autocast(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a config mode on a device (None: full float32)."""
-    if mode == "none":
-        return None
-    if device.type == "cuda":
-        if mode == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if mode == "bfloat16" else torch.float16
-    if mode == "auto":
-        return None
-    if mode == "float16":
-        raise ConfigError("autocast float16 is for CUDA; on a CPU use bfloat16 or none")
-    return torch.bfloat16
+def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The config's precision on `device`, with training's meaning of "auto"."""
+    return resolve_precision(config.autocast, device.type, training=True)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -260,7 +244,7 @@ def _standardised_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Standardised means and clamped log-variances for every exam of a sequential loader."""
     config = model.config
-    dtype = resolve_autocast(config.autocast, device)
+    dtype = _autocast_dtype(config, device)
     network = model.network
     was_training = network.training
     network.eval()
@@ -298,7 +282,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> TrainedModel:
     standardization = read_standardization(run.standardization)
     network = MeanVarianceResNet(config.architecture, len(standardization.targets), config.input_pool)
     load_weights(network, run.weights)
-    _place(network, resolve_device(device), config.channels_last)
+    _place(network, _torch_device(device), config.channels_last)
     return TrainedModel(network, standardization, config)
 
 
@@ -316,7 +300,7 @@ def predict_images(
     `model` is a TrainedModel or a run folder; `exams` restricts the cache to those
     (eid, instance) pairs, which must all have an image.
     """
-    resolved = resolve_device(device)
+    resolved = _torch_device(device)
     trained = load_run(Path(model), resolved) if isinstance(model, str | Path) else model
     _place(trained.network, resolved, trained.config.channels_last)
     index = index_image_cache(images)
@@ -416,8 +400,8 @@ def train(
     out = Path(out)
     run = RunFolder(out)
     definition = resolve_module(module, config.modules)
-    resolved = resolve_device(device)
-    autocast_dtype = resolve_autocast(config.autocast, resolved)
+    resolved = _torch_device(device)
+    autocast_dtype = _autocast_dtype(config, resolved)
     _check_run_folder(run, config, resume)
     data = _prepare_data(Path(images), targets, definition, train_ids, val_ids)
     checkpoint = latest_checkpoint(run.checkpoints) if resume else None

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mimir.architectures import ARCHITECTURES, LOG_VAR_RANGE
+from mimir.devices import PRECISIONS
 
-AUTOCAST_MODES = ("auto", "none", "bfloat16", "float16")
+#: `autocast` values of configs written before precisions had one vocabulary, read as today's names.
+LEGACY_PRECISIONS = {"none": "float32"}
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -35,7 +37,7 @@ class TrainConfig:
     init: str = "imagenet"  # "imagenet", "scratch", or a path to a .safetensors / torch state dict
     input_pool: int = 1  # average-pool the input by this factor before the ResNet (CPU speed)
     channels_last: bool = False
-    autocast: str = "auto"  # "auto" (bfloat16/float16 on CUDA, none on CPU), "none", "bfloat16", "float16"
+    autocast: str = "auto"  # "auto" (bfloat16, else float16 on CUDA; float32 on CPU), "float32", "bfloat16", "float16"
     log_var_min: float = LOG_VAR_RANGE[0]
     log_var_max: float = LOG_VAR_RANGE[1]
     # loss: Gaussian NLL; nll_beta > 0 weights each term by variance**beta (beta-NLL), 0 = the paper
@@ -65,13 +67,14 @@ class TrainConfig:
     modules: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.autocast = LEGACY_PRECISIONS.get(self.autocast, self.autocast)
         self.validate()
 
     def validate(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture {self.architecture!r} unknown; choose from {', '.join(ARCHITECTURES)}")
-        if self.autocast not in AUTOCAST_MODES:
-            raise ConfigError(f"autocast {self.autocast!r} unknown; choose from {', '.join(AUTOCAST_MODES)}")
+        if self.autocast not in PRECISIONS:
+            raise ConfigError(f"autocast {self.autocast!r} unknown; choose from {', '.join(PRECISIONS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule {self.lr_schedule!r} unknown; choose from {', '.join(LR_SCHEDULES)}")
         positive = ("input_pool", "batch_size", "checkpoint_every", "log_every", "eval_batch_size", "keep_checkpoints")

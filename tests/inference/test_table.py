@@ -1,0 +1,102 @@
+"""The predictions table: intervals, the long form, CSV and Parquet, and output paths checked first."""
+
+from __future__ import annotations
+
+import builtins
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mimir.inference.predict import PredictOptions, predict
+from mimir.inference.table import (
+    LONG_COLUMNS,
+    Z95,
+    OutputPathError,
+    ParquetUnavailableError,
+    check_output_path,
+    read_predictions,
+    to_long,
+    write_predictions,
+)
+
+_HELPERS = importlib.util.spec_from_file_location("synthetic_modules", Path(__file__).with_name("synthetic_modules.py"))
+helpers = importlib.util.module_from_spec(_HELPERS)
+_HELPERS.loader.exec_module(helpers)
+
+STEMS = helpers.STEMS
+
+
+def test_interval_is_mean_plus_minus_1_96_sd(modules, cache):
+    table = predict([cache], modules, PredictOptions(device="cpu", precision="float32"))
+    assert Z95 == pytest.approx(1.959964, abs=1e-6)
+    for name in ("height", "liverFat"):
+        np.testing.assert_allclose(table[f"{name}_low"], table[name] - 1.959964 * table[f"{name}_sd"], rtol=1e-6)
+        np.testing.assert_allclose(table[f"{name}_high"], table[name] + 1.959964 * table[f"{name}_sd"], rtol=1e-6)
+
+
+def test_long_format_has_one_row_per_exam_and_target(modules, cache, tmp_path):
+    table = predict([cache], modules, PredictOptions(device="cpu"))
+    long = to_long(table)
+    assert list(long.columns) == list(LONG_COLUMNS)
+    assert len(long) == len(STEMS) * 3
+    first = long[(long["exam"] == STEMS[2]) & (long["target"] == "liverFat")].iloc[0]
+    assert (first["module"], first["unit"], first["eid"], first["instance"]) == ("organs", "%", 3456789, 3)
+    assert first["mean"] == pytest.approx(table.iloc[2]["liverFat"])
+    assert first["high"] == pytest.approx(table.iloc[2]["liverFat_high"])
+    out = write_predictions(table, tmp_path / "long.csv", long=True)
+    assert len(pd.read_csv(out)) == len(STEMS) * 3
+
+
+def test_csv_round_trip_and_atomic_write(modules, cache, tmp_path):
+    table = predict([cache], modules, PredictOptions(device="cpu"))
+    out = write_predictions(table, tmp_path / "predictions.csv")
+    back = read_predictions(out)
+    np.testing.assert_allclose(back["weight_sd"], table["weight_sd"], rtol=1e-6)
+    assert list(back["failure"]) == [""] * len(STEMS)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "predictions.csv"]
+
+
+def test_parquet_output(modules, cache, tmp_path):
+    pytest.importorskip("pyarrow")
+    table = predict([cache], modules, PredictOptions(device="cpu"))
+    back = pd.read_parquet(write_predictions(table, tmp_path / "predictions.parquet"))
+    assert list(back.columns) == list(table.columns)
+    np.testing.assert_allclose(back["height"], table["height"])
+
+
+def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name == "pyarrow":
+            raise ImportError("No module named 'pyarrow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(ParquetUnavailableError, match=r"pip install 'mimir-ukb\[parquet\]'"):
+        check_output_path(tmp_path / "predictions.parquet")
+
+
+def test_unwritable_output_is_refused(cache, tmp_path):
+    with pytest.raises(OutputPathError, match="does not exist"):
+        check_output_path(tmp_path / "missing" / "predictions.csv")
+    with pytest.raises(OutputPathError, match=".csv or .parquet"):
+        check_output_path(tmp_path / "predictions.xlsx")
+    with pytest.raises(OutputPathError, match="folder"):
+        check_output_path(cache)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_refused(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputPathError, match="cannot write"):
+            check_output_path(folder / "predictions.csv")
+    finally:
+        folder.chmod(0o700)
