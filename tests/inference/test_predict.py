@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mimir.cli import predict_cmd
+from mimir.errors import MimirError
 from mimir.imaging.compress import InputError
 from mimir.inference.batching import CachedExam, iter_batches
 from mimir.inference.modules import ModuleSpec, Provenance, TargetSpec, load_module, save_module
@@ -32,6 +33,7 @@ from mimir.inference.predict import (
     read_predictions,
     resolve_precision,
     run_prediction,
+    subject_predictions,
     to_long,
     write_predictions,
 )
@@ -252,8 +254,6 @@ def test_read_only_folder_is_refused(tmp_path):
 
 
 def run_cli(argv: list[str]) -> int:
-    from mimir.cli import UsageError
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--quiet", action="store_true", default=True)
     predict_cmd.register(parser.add_subparsers(dest="command"))
@@ -261,8 +261,8 @@ def run_cli(argv: list[str]) -> int:
     args.quiet = True
     try:
         return args.handler(args)
-    except UsageError:
-        return 2
+    except MimirError as error:
+        return error.exit_code
 
 
 def test_cli_writes_the_table_and_rejects_missing_inputs(modules, cache, tmp_path, capsys):
@@ -345,3 +345,16 @@ def test_prediction_does_not_import_training_code():
         "assert not [name for name in sys.modules if name.startswith('mimir.learn')]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_subject_predictions_lists_each_target_with_its_interval(modules, cache):
+    table = predict([cache], modules[:1], device="cpu")
+    rows = subject_predictions(table, STEMS[0])
+    assert list(rows["name"]) == ["height", "weight"]
+    assert list(rows["unit"]) == ["cm", "kg"]
+    assert rows.loc[0, "low"] == pytest.approx(table.loc[0, "height_low"])
+    assert list(rows["module"]) == ["body", "body"]
+    without_attrs = pd.DataFrame(table.to_dict(orient="list"))
+    assert list(subject_predictions(without_attrs, STEMS[0])["module"]) == ["experimental", "experimental"]
+    with pytest.raises(PredictError, match="not in the predictions table"):
+        subject_predictions(table, "7654321_20201_2_0")

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mimir.errors import PathNotFoundError
 from mimir.learn.dataset import (
     ExamImages,
     TrainingBatches,
@@ -46,6 +47,11 @@ def _write_cache(folder, keys):
     for eid, instance in keys:
         np.save(folder / f"{eid}_20201_{instance}_0.npy", np.zeros((3, 256, 256), np.uint8))
     return index_image_cache(folder)
+
+
+def test_a_missing_image_cache_is_named(tmp_path):
+    with pytest.raises(PathNotFoundError, match="image cache folder not found"):
+        index_image_cache(tmp_path / "absent")
 
 
 def test_assemble_exams_counts_what_it_drops(tmp_path):

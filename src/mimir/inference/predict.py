@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mimir.atomic import atomic_path, atomic_write_text
+from mimir.errors import MimirError
 from mimir.imaging.cache import ExamId, image_path, read_qc
 from mimir.imaging.compress import (
     CompressOptions,
@@ -99,7 +100,7 @@ OVERLAP_TORCH_THREADS = 1
 ProgressCallback = Callable[[str, int, int], None]
 
 
-class PredictError(ValueError):
+class PredictError(MimirError, ValueError):
     """Prediction cannot start: conflicting modules, no exams, a bad option."""
 
 

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mimir.errors import MimirError
 from mimir.learn.dataset import IMAGE_SHAPE, load_image
 
 logger = logging.getLogger(__name__)
 
 
-class BaselineError(ValueError):
+class BaselineError(MimirError, ValueError):
     """A baseline configuration or input that cannot be used."""
 
 

@@ -15,13 +15,14 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from mimir.errors import MimirError
 from mimir.network import LOG_VAR_RANGE, RESNETS
 
 AUTOCAST_MODES = ("auto", "none", "bfloat16", "float16")
 LR_SCHEDULES = ("step", "cosine")
 
 
-class ConfigError(ValueError):
+class ConfigError(MimirError, ValueError):
     """A configuration file or value that cannot be used."""
 
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mimir.atomic import atomic_write_text
+from mimir.errors import MimirError
 from mimir.evaluation.calibration import (
     apply_variance_scale,
     auce,
@@ -96,7 +97,7 @@ _RUNTIME_KEYS = ("workers",)
 FoldProgress = Callable[[int, "TrainProgress"], None]
 
 
-class CrossvalError(RuntimeError):
+class CrossvalError(MimirError, RuntimeError):
     """A cross-validation folder that cannot be run or merged as asked."""
 
 
@@ -372,8 +373,9 @@ def merge_crossval(out: Path | str, allow_partial: bool = False, *, report: bool
 
     started = time.perf_counter()
     out = Path(out)
-    if not (out / SPLITS_FILE).is_file():
-        raise CrossvalError(f"{out} is not a cross-validation folder (no {SPLITS_FILE})")
+    for name in (SPLITS_FILE, REFERENCE_FILE):
+        if not (out / name).is_file():
+            raise CrossvalError(f"{out} is not a cross-validation folder (no {name})")
     splits = Splits.from_json((out / SPLITS_FILE).read_text(encoding="utf-8"))
     reference = pd.read_csv(out / REFERENCE_FILE)
     targets = [get_target(name) for name in splits.targets]

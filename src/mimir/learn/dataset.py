@@ -19,6 +19,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from mimir.errors import MimirError, PathNotFoundError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SHAPE = (3, 256, 256)
@@ -29,7 +31,7 @@ _STEM = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)$")
 ExamKey = tuple[int, int]  # (eid, instance)
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(MimirError, ValueError):
     """Images and targets that cannot form a training or validation set."""
 
 
@@ -45,7 +47,7 @@ def index_image_cache(folder: Path) -> pd.DataFrame:
     """One row per cached exam: eid, instance, path (sorted by eid, instance)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image cache folder not found: {folder}")
+        raise PathNotFoundError(f"image cache folder not found: {folder}")
     rows, ignored = [], []
     for path in sorted(folder.glob("*.npy")):
         key = parse_exam_stem(path.stem)

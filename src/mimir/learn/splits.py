@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mimir.atomic import atomic_write_text
+from mimir.errors import MimirError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,7 +35,7 @@ SPLITS_FILE = "splits.json"
 SPLITS_FORMAT = 1
 
 
-class SplitsError(ValueError):
+class SplitsError(MimirError, ValueError):
     """Folds that cannot be made, or a folder whose recorded folds differ from what is asked."""
 
 

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimir.atomic import atomic_write_text
+from mimir.errors import MimirError, PathNotFoundError
 from mimir.learn.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -68,7 +69,7 @@ logger = logging.getLogger(__name__)
 HISTORY_COLUMNS = ["iteration", "train_loss", "learning_rate", "val_loss", "val_mae_sd"]
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(MimirError, RuntimeError):
     """A run folder that cannot be started or resumed as asked."""
 
 
@@ -386,7 +387,7 @@ def predict_images(
         missing = selected["path"].isna()
         if missing.any():
             first = selected[missing].iloc[0]
-            raise FileNotFoundError(
+            raise PathNotFoundError(
                 f"{int(missing.sum())} requested exams have no image in {images}, "
                 f"e.g. eid {first.eid} instance {first.instance}"
             )
