@@ -51,6 +51,29 @@ def test_catalog_unknown_module_is_a_usage_error(capsys):
     assert "unknown module 'brain'" in capsys.readouterr().err
 
 
+def test_a_library_mistake_ends_the_command_in_one_line_with_its_exit_code(tmp_path, capsys):
+    np = pytest.importorskip("numpy")
+    image = tmp_path / "1234567_20201_2_0.npy"
+    np.save(image, np.zeros((3, 256, 256), dtype=np.uint8))
+    missing = tmp_path / "no_module"
+    code = main(["-q", "predict", str(image), "--modules", str(missing), "--out", str(tmp_path / "p.csv")])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"mimir predict: error: module not found: {missing}\n"
+    assert captured.out == ""
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    from mimir.cli import catalog_cmd
+
+    def broken(args):
+        raise KeyError("a bug, not a user's mistake")
+
+    monkeypatch.setattr(catalog_cmd, "run", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["catalog"])
+
+
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "mimir", "--version"], capture_output=True, text=True)
     assert result.returncode == 0

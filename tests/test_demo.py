@@ -3,8 +3,17 @@
 import json
 
 import pandas as pd
+import pytest
 
 from mimir.cli import main
+from mimir.demo import DemoConfig, DemoConfigError
+
+
+def test_demo_sizes_that_cannot_cross_validate_are_refused():
+    with pytest.raises(DemoConfigError, match="too small for 3 folds"):
+        DemoConfig(n_train=5)
+    with pytest.raises(DemoConfigError, match="held-out"):
+        DemoConfig(n_test=0)
 
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):

@@ -8,8 +8,10 @@ from safetensors.torch import save_file
 from torchvision import models
 
 from mimir.architectures import ARCHITECTURES
+from mimir.errors import PathNotFoundError
 from mimir.network import (
     RESNETS,
+    InitWeightsError,
     MeanVarianceResNet,
     PretrainedWeightsUnavailable,
     build_network,
@@ -85,8 +87,10 @@ def test_init_loads_with_weights_only_and_refuses_pickled_objects(tmp_path):
 def test_init_from_another_architecture_is_a_clear_error(tmp_path):
     path = tmp_path / "resnet34.pt"
     torch.save(models.resnet34(weights=None).state_dict(), path)
-    with pytest.raises(ValueError, match="resnet18"):
+    with pytest.raises(InitWeightsError, match="resnet18"):
         build_network("resnet18", 1, init=str(path))
+    with pytest.raises(PathNotFoundError, match="initial weights file not found"):
+        build_network("resnet18", 1, init=str(tmp_path / "absent.pt"))
 
 
 def test_imagenet_init_offline_points_to_init_path(monkeypatch, tmp_path):

@@ -24,13 +24,13 @@ def test_default_workers_is_positive():
 
 
 def test_shards_cover_every_item_once():
-    from mimir.parallel import shard
+    from mimir.parallel import ShardError, shard
 
     items = list(range(10))
     parts = [shard(items, 3, part) for part in range(3)]
     assert sorted(x for part in parts for x in part) == items
     assert parts[0] == [0, 3, 6, 9]
-    with pytest.raises(ValueError):
+    with pytest.raises(ShardError, match="part 3 of 3"):
         shard(items, 3, 3)
 
 

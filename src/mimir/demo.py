@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mimir.atomic import atomic_write_text
+from mimir.errors import MimirError
 
 if TYPE_CHECKING:
     from mimir.runs.config import TrainConfig
@@ -33,6 +34,10 @@ DEMO_MODULE = "demo"
 
 #: Called with (stage, done, total) as work advances; stages are the names in DemoResult.timings.
 DemoProgress = Callable[[str, int, int], None]
+
+
+class DemoConfigError(MimirError, ValueError):
+    """Demo sizes that cannot make a cross-validation and a held-out set."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,9 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.n_train < 2 * self.folds:
-            raise ValueError(f"n_train={self.n_train} is too small for {self.folds} folds (need >= {2 * self.folds})")
+            raise DemoConfigError(f"n_train={self.n_train} is too small for {self.folds} folds (need >= {2 * self.folds})")
         if self.n_test < 1 or self.folds < 2:
-            raise ValueError("the demo needs at least one held-out subject and two folds")
+            raise DemoConfigError("the demo needs at least one held-out subject and two folds")
 
 
 @dataclass

@@ -15,3 +15,11 @@ class MimirError(Exception):
 
     #: Process exit status of the `mimir` command when this error ends it (2: misuse, as argparse).
     exit_code: int = 2
+
+    def __str__(self) -> str:
+        # The message as written, also for KeyError subclasses, whose str() would quote it.
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class PathNotFoundError(MimirError, FileNotFoundError):
+    """A file or folder the user named (or that a named folder should hold) does not exist."""

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision import models
 
 from mimir.architectures import LOG_VAR_RANGE
+from mimir.errors import MimirError, PathNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,12 @@ RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = {
 _BACKBONE_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(MimirError, RuntimeError):
     """ImageNet weights could not be fetched (typically: no network access)."""
+
+
+class InitWeightsError(MimirError, ValueError):
+    """Initial weights (a file given as `init`) that are not a state dict fitting the network."""
 
 
 class MeanVarianceResNet(nn.Module):
@@ -134,7 +139,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     published `snapshot.pth.tar`); a `module.` prefix left by DataParallel is removed.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"initial weights file not found: {path}")
+        raise PathNotFoundError(f"initial weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -144,7 +149,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise InitWeightsError(f"{path} does not hold a state dict of tensors")
     keys = list(state)
     if keys and all(key.startswith("module.") for key in keys):
         state = {key.removeprefix("module."): value for key, value in state.items()}
@@ -161,10 +166,10 @@ def load_backbone_state(network: MeanVarianceResNet, state: Mapping[str, torch.T
     try:
         missing, unexpected = network.load_state_dict(usable, strict=False)
     except RuntimeError as error:
-        raise ValueError(f"{source} does not fit a {network.architecture}: {error}") from error
+        raise InitWeightsError(f"{source} does not fit a {network.architecture}: {error}") from error
     backbone_missing = [key for key in missing if not key.startswith("fc.")]
     if backbone_missing or unexpected:
-        raise ValueError(
+        raise InitWeightsError(
             f"{source} is not a {network.architecture} state dict: "
             f"missing {backbone_missing[:5]}, unexpected {list(unexpected)[:5]}"
         )

@@ -17,10 +17,16 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from mimir.errors import MimirError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class ShardError(MimirError, ValueError):
+    """A part of a batch split over machines that does not exist (part id outside the parts)."""
 
 
 @dataclass
@@ -216,5 +222,5 @@ def shard(items: Sequence[T], num_parts: int, part_id: int) -> list[T]:
     different machines, together cover every item exactly once.
     """
     if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise ValueError(f"part {part_id} of {num_parts}: need num_parts >= 1 and 0 <= part_id < num_parts")
+        raise ShardError(f"part {part_id} of {num_parts}: need num_parts >= 1 and 0 <= part_id < num_parts")
     return list(items[part_id::num_parts])

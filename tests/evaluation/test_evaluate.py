@@ -18,7 +18,7 @@ from mimir.evaluation.evaluate import (
     write_metrics,
 )
 from mimir.evaluation.metrics import icc_2_1
-from mimir.targets.catalog import get_target
+from mimir.targets.catalog import UnknownTargetError, get_target
 
 N = 400
 
@@ -172,11 +172,14 @@ def test_evaluate_command_usage_errors(cohort, tmp_path):
     reference_path = tmp_path / "reference.csv"
     reference.to_csv(reference_path, index=False)
     out = str(tmp_path / "eval")
-    with pytest.raises(UsageError, match="unknown target 'heigth'"):
+    with pytest.raises(UnknownTargetError, match="unknown target 'heigth'"):
         run_evaluate_command([str(predictions_path), str(reference_path), "--out", out, "--targets", "heigth"])
     with pytest.raises(UsageError, match="no such reference file"):
         run_evaluate_command([str(predictions_path), str(tmp_path / "nope.csv"), "--out", out])
     predictions.assign(instance=3).to_csv(predictions_path, index=False)
-    with pytest.raises(UsageError, match="same imaging instance"):
+    with pytest.raises(EvaluationInputError, match="same imaging instance"):
+        run_evaluate_command([str(predictions_path), str(reference_path), "--out", out])
+    predictions_path.write_text("")
+    with pytest.raises(EvaluationInputError, match="predictions.csv: not a readable CSV table"):
         run_evaluate_command([str(predictions_path), str(reference_path), "--out", out])
     assert not (tmp_path / "eval").exists()

@@ -18,6 +18,7 @@ from mimir.inference.modules import (
     ModuleArchiveError,
     ModuleBuildError,
     ModuleChecksumError,
+    ModuleExistsError,
     ModuleMissingFileError,
     ModuleRepresentationError,
     ModuleShapeError,
@@ -297,14 +298,12 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_cli_info_build_and_errors(tmp_path, module_dir, state, capsys):
-    from mimir.cli import UsageError
-
     assert _cli(["module", "info", str(module_dir)]) == 0
     assert "liverVolume" in capsys.readouterr().out
     run = _fake_run(tmp_path, state)
     assert _cli(["module", "build", "--run", str(run), "--out", str(tmp_path / "built")]) == 0
     assert read_spec(tmp_path / "built").name == "organs"
-    with pytest.raises(UsageError, match="already exists"):
+    with pytest.raises(ModuleExistsError, match="already exists"):
         _cli(["module", "build", "--run", str(run), "--out", str(tmp_path / "built")])
     weights = module_dir / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])

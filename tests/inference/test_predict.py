@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mimir.cli import predict_cmd
+from mimir.errors import MimirError
 from mimir.imaging.compress import InputError
 from mimir.inference.modules import TargetSpec, load_module
 from mimir.inference.predict import PredictOptions, TargetConflictError, predict, run_prediction
@@ -102,8 +103,6 @@ def test_missing_input_is_an_input_error(modules, tmp_path):
 
 
 def run_cli(argv: list[str]) -> int:
-    from mimir.cli import UsageError
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--quiet", action="store_true", default=True)
     predict_cmd.register(parser.add_subparsers(dest="command"))
@@ -111,8 +110,8 @@ def run_cli(argv: list[str]) -> int:
     args.quiet = True
     try:
         return args.handler(args)
-    except UsageError:
-        return 2
+    except MimirError as error:
+        return error.exit_code
 
 
 def test_cli_refuses_an_unwritable_output_before_any_work(modules, tmp_path):
@@ -163,3 +162,4 @@ def test_prediction_does_not_import_training_code():
         "assert not [name for name in sys.modules if name.startswith('mimir.learn')]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+

@@ -17,8 +17,10 @@ from mimir.inference.table import (
     Z95,
     OutputPathError,
     ParquetUnavailableError,
+    PredictionTableError,
     check_output_path,
     read_predictions,
+    subject_predictions,
     to_long,
     write_predictions,
 )
@@ -100,3 +102,16 @@ def test_read_only_folder_is_refused(tmp_path):
             check_output_path(folder / "predictions.csv")
     finally:
         folder.chmod(0o700)
+
+
+def test_subject_predictions_lists_each_target_with_its_interval(modules, cache):
+    table = predict([cache], modules[:1], PredictOptions(device="cpu"))
+    rows = subject_predictions(table, STEMS[0])
+    assert list(rows["name"]) == ["height", "weight"]
+    assert list(rows["unit"]) == ["cm", "kg"]
+    assert rows.loc[0, "low"] == pytest.approx(table.loc[0, "height_low"])
+    assert list(rows["module"]) == ["body", "body"]
+    without_attrs = pd.DataFrame(table.to_dict(orient="list"))
+    assert list(subject_predictions(without_attrs, STEMS[0])["module"]) == ["experimental", "experimental"]
+    with pytest.raises(PredictionTableError, match="not in the predictions table"):
+        subject_predictions(table, "7654321_20201_2_0")

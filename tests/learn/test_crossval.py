@@ -202,9 +202,15 @@ def test_cli_merge_and_usage_errors(full_run, tmp_path, capsys):
     assert args.handler(args) == 0
     assert str(out / "report.html") in capsys.readouterr().out and (out / "report.html").is_file()
     args = parser.parse_args(["crossval", "merge", str(tmp_path)])
-    with pytest.raises(UsageError, match="not a cross-validation folder"):
+    with pytest.raises(CrossvalError, match="not a cross-validation folder"):
         args.handler(args)
     args = parser.parse_args(["crossval", "run", "--images", str(tmp_path), "--targets", str(tmp_path),
                               "--module", "age", "--out", str(tmp_path / "new")])
     with pytest.raises(UsageError, match="pass --config"):
         args.handler(args)
+
+
+def test_merging_a_folder_without_its_reference_table_is_an_error(tmp_path):
+    (tmp_path / "splits.json").write_text("{}")
+    with pytest.raises(CrossvalError, match=r"not a cross-validation folder \(no reference.csv\)"):
+        merge_crossval(tmp_path)

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mimir.errors import PathNotFoundError
 from mimir.imaging.cache import CacheError
 from mimir.learn.dataset import (
     ExamImages,
@@ -50,6 +51,11 @@ def test_index_keeps_field_20201_images_and_warns_about_other_files(tmp_path, ca
         index = index_image_cache(tmp_path / "cache")
     assert list(zip(index["eid"], index["instance"])) == [(1, 3), (3, 2)]
     assert "ignored 2 cache files" in caplog.text
+
+
+def test_a_missing_image_cache_is_named(tmp_path):
+    with pytest.raises(PathNotFoundError, match="image cache folder not found"):
+        index_image_cache(tmp_path / "absent")
 
 
 def test_assemble_exams_counts_what_it_drops(tmp_path):

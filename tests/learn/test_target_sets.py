@@ -2,7 +2,7 @@ import pytest
 
 from mimir.learn.target_sets import resolve_module
 from mimir.runs.config import ConfigError
-from mimir.targets.catalog import module_targets
+from mimir.targets.catalog import UnknownModuleError, UnknownTargetError, module_targets
 
 
 def test_paper_modules_follow_the_catalog():
@@ -16,7 +16,7 @@ def test_custom_module_from_config():
 
 
 def test_custom_module_with_unknown_target_is_refused():
-    with pytest.raises(KeyError, match="liverFatt"):
+    with pytest.raises(UnknownTargetError, match="liverFatt"):
         resolve_module("liver", {"liver": ["liverFatt"]})
 
 
@@ -26,5 +26,5 @@ def test_custom_module_may_not_shadow_a_paper_module():
 
 
 def test_unknown_module_lists_the_known_ones():
-    with pytest.raises(KeyError, match="bodycomp"):
+    with pytest.raises(UnknownModuleError, match="bodycomp"):
         resolve_module("nonsense")

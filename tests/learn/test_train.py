@@ -162,9 +162,9 @@ def test_cli_trains_with_a_config_file(cohort, tmp_path):
     ])
     assert args.handler(args) == 0
     assert (tmp_path / "run" / "weights.safetensors").is_file()
-    from mimir.cli import UsageError
+    from mimir.learn.train import RunFolderError
 
-    with pytest.raises(UsageError, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a run"):
         args.handler(args)
 
 

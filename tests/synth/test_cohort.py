@@ -1,6 +1,7 @@
 import pytest
 
-from mimir.synth.cohort import CohortConfig, assign_quirks, draw_eids
+from mimir.synth.cohort import CohortConfig, CohortConfigError, assign_quirks, draw_eids
+from mimir.synth.quirks import UnknownQuirkError
 
 
 def test_eids_are_distinct_seven_digit_and_reproducible():
@@ -17,11 +18,15 @@ def test_each_quirk_goes_to_one_subject_and_wraps_when_subjects_are_few():
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
-    [({"n": 0}, "at least one subject"), ({"instance": 1}, "instances 2 and 3"), ({"quirks": ("bogus",)}, "bogus")],
+    ("changes", "error", "message"),
+    [
+        ({"n": 0}, CohortConfigError, "at least one subject"),
+        ({"instance": 1}, CohortConfigError, "instances 2 and 3"),
+        ({"quirks": ("bogus",)}, UnknownQuirkError, "bogus"),
+    ],
 )
-def test_invalid_configs_are_refused(changes, message):
-    with pytest.raises(ValueError, match=message):
+def test_invalid_configs_are_refused(changes, error, message):
+    with pytest.raises(error, match=message):
         CohortConfig(**{"n": 2, **changes})
 
 

@@ -16,7 +16,7 @@ import pytest
 from pydicom.errors import InvalidDicomError
 
 from mimir.protocol import COLUMNS, GRID_ROWS, GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
-from mimir.synth.quirks import QUIRKS, QuirkRecord, SliceTarget, plan_quirks, validate_quirks
+from mimir.synth.quirks import QUIRKS, QuirkRecord, SliceTarget, UnknownQuirkError, plan_quirks, validate_quirks
 from mimir.synth.ukb_writer import ExamPlan, StationPlan, plan_exam, write_exam_zip
 
 EID = 7654321
@@ -131,7 +131,7 @@ def test_quirk_names_are_the_agreed_strings() -> None:
         "water_fat_swap",
     )
     assert validate_quirks(["water_fat_swap", "extra_file"]) == ("extra_file", "water_fat_swap")
-    with pytest.raises(ValueError, match="unknown quirk"):
+    with pytest.raises(UnknownQuirkError, match="unknown quirk"):
         validate_quirks(["water_fat_swop"])
 
 

@@ -2,7 +2,15 @@ import math
 
 import pytest
 
-from mimir.targets.catalog import catalog, catalog_table, get_target, module_names, module_targets
+from mimir.targets.catalog import (
+    UnknownModuleError,
+    UnknownTargetError,
+    catalog,
+    catalog_table,
+    get_target,
+    module_names,
+    module_targets,
+)
 
 NO_FIELD_TARGETS = {"liverVolume", "kidneyParenchymalVolume", "age", "diabetesType2Probable"}
 
@@ -37,9 +45,9 @@ def test_published_metrics_are_parsed():
 
 
 def test_get_target_suggests_near_misses():
-    with pytest.raises(KeyError, match="Did you mean: .*liverFat"):
+    with pytest.raises(UnknownTargetError, match="Did you mean: .*liverFat"):
         get_target("liverfat2")
-    with pytest.raises(KeyError, match="unknown target 'zzz'"):
+    with pytest.raises(UnknownTargetError, match="unknown target 'zzz'"):
         get_target("zzz")
 
 
@@ -47,7 +55,7 @@ def test_modules_partition_the_catalog():
     assert module_names() == ("experimental", "organs", "age", "bodycomp")
     assert sum(len(module_targets(m)) for m in module_names()) == 72
     assert [t.name for t in module_targets("age")] == ["age"]
-    with pytest.raises(KeyError, match="unknown module"):
+    with pytest.raises(UnknownModuleError, match="unknown module"):
         module_targets("brain")
 
 

@@ -207,6 +207,12 @@ def test_read_targets_table_rejects_text_values(tmp_path):
         read_targets_table(path)
 
 
+def test_read_targets_table_names_the_file_of_unreadable_rows(tmp_path):
+    path = write_lines(tmp_path / "targets.csv", ["eid,instance,height", "1,2,170", '2,2,"160'])
+    with pytest.raises(ExportFormatError, match="targets.csv: unreadable rows"):
+        read_targets_table(path)
+
+
 def run_targets_command(argv):
     parser = argparse.ArgumentParser()
     targets_cmd.register(parser.add_subparsers())
@@ -222,9 +228,9 @@ def test_targets_command_writes_table(tmp_path, synthetic_reference, capsys):
     assert "wrote 3 participants x 72 targets" in capsys.readouterr().out
 
 
-def test_targets_command_maps_format_errors_to_usage_errors(tmp_path):
+def test_targets_command_errors_name_the_export(tmp_path):
     bad = write_lines(tmp_path / "bad.csv", ["id,22407-2.0", "1,2"])
-    with pytest.raises(UsageError, match="no participant id column"):
+    with pytest.raises(ExportFormatError, match="bad.csv: no participant id column"):
         run_targets_command([str(bad), "--out", str(tmp_path / "t.csv")])
     with pytest.raises(UsageError, match="no such export file"):
         run_targets_command([str(tmp_path / "missing.csv"), "--out", str(tmp_path / "t.csv")])

@@ -1,7 +1,8 @@
 """The `mimir` command: one subcommand per pipeline stage, each a thin layer over the library.
 
 Each subcommand lives in its own module here and registers its parser; modules import heavy
-libraries (numpy, torch) only inside their handlers, so `mimir --help` stays instant.
+libraries (numpy, torch) only inside their handlers, so `mimir --help` stays instant. Every
+`MimirError` a handler lets through becomes one line on stderr and its exit code, here in `main`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mimir.cli import (
     targets_cmd,
     train_cmd,
 )
+from mimir.errors import MimirError
 
 #: Subcommand modules in the order `mimir --help` lists them (pipeline order).
 COMMANDS = (
@@ -42,8 +44,8 @@ COMMANDS = (
 )
 
 
-class UsageError(Exception):
-    """Misuse of a command (bad flags, missing inputs): exit code 2 with a message."""
+class UsageError(MimirError):
+    """Misuse of a command found by the CLI itself (bad flags, missing inputs)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
     try:
         return int(args.handler(args) or 0)
-    except UsageError as error:
+    except MimirError as error:
         print(f"mimir {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -37,20 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
-    from mimir.imaging.compress import CompressOptions, InputError, compress_exams, discover_inputs
+    from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
     from mimir.parallel import default_workers, shard
 
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    try:
-        inputs = discover_inputs(args.inputs)
-    except InputError as error:
-        raise UsageError(str(error)) from error
-    try:
-        inputs = shard(sorted(inputs, key=lambda exam: str(exam.path)), args.num_parts, args.part_id)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    inputs = discover_inputs(args.inputs)
+    inputs = shard(sorted(inputs, key=lambda exam: str(exam.path)), args.num_parts, args.part_id)
     if not inputs:
         raise UsageError("no exams found in the inputs")
     options = CompressOptions(

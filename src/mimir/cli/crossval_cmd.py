@@ -69,13 +69,9 @@ def run(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mimir.cli import UsageError
-    from mimir.learn.crossval import CrossvalError, merge_crossval
+    from mimir.learn.crossval import merge_crossval
 
-    try:
-        result = merge_crossval(Path(args.folder), allow_partial=args.allow_partial)
-    except (CrossvalError, FileNotFoundError) as error:
-        raise UsageError(str(error)) from error
+    result = merge_crossval(Path(args.folder), allow_partial=args.allow_partial)
     _print_result(result, _report(result, args.no_report))
     return 0
 
@@ -86,15 +82,10 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
-    from mimir.devices import DeviceError
-    from mimir.imaging.cache import CacheError
-    from mimir.learn.baseline import BaselineConfig, BaselineError
-    from mimir.learn.crossval import CrossvalError, run_crossval
-    from mimir.learn.dataset import TrainingDataError
-    from mimir.learn.splits import SplitsError
-    from mimir.learn.train import RunFolderError, TrainProgress
-    from mimir.network import PretrainedWeightsUnavailable
-    from mimir.runs.config import ConfigError, TrainConfig
+    from mimir.learn.baseline import BaselineConfig
+    from mimir.learn.crossval import run_crossval
+    from mimir.learn.train import TrainProgress
+    from mimir.runs.config import TrainConfig
     from mimir.runs.layout import CrossvalFolder
 
     out = Path(args.out)
@@ -104,18 +95,10 @@ def _run(args: argparse.Namespace) -> int:
     for flag, path in (("--images", Path(args.images)), ("--targets", Path(args.targets))):
         if not path.exists():
             raise UsageError(f"{flag} {path} does not exist")
-    try:
-        config = TrainConfig.from_toml(config_path)
-        if args.workers is not None:
-            config = config.replace(workers=args.workers)
-        baseline = None if args.no_baseline else BaselineConfig(size=args.baseline_size)
-    except (ConfigError, BaselineError) as error:
-        raise UsageError(str(error)) from error
-
-    usage_errors = (
-        ConfigError, DeviceError, CrossvalError, SplitsError, RunFolderError, PretrainedWeightsUnavailable,
-        TrainingDataError, CacheError, KeyError, FileNotFoundError,
-    )
+    config = TrainConfig.from_toml(config_path)
+    if args.workers is not None:
+        config = config.replace(workers=args.workers)
+    baseline = None if args.no_baseline else BaselineConfig(size=args.baseline_size)
     bars: dict[int, tqdm] = {}
 
     def show(fold: int, event: TrainProgress) -> None:
@@ -135,8 +118,6 @@ def _run(args: argparse.Namespace) -> int:
             folds=args.folds, fold_ids=_parse_fold_ids(args.fold_ids), device=args.device, progress=show,
             init=args.init, baseline=baseline,
         )
-    except usage_errors as error:
-        raise UsageError(str(error).strip("'\"")) from error
     finally:
         for bar in bars.values():
             bar.close()

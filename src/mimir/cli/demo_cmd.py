@@ -37,17 +37,13 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from mimir.cli import UsageError
     from mimir.demo import DemoConfig, run_demo
 
-    try:
-        config = DemoConfig(
-            n_train=args.n_train, n_test=args.n_test, seed=args.seed, folds=args.folds,
-            iterations=args.iterations, workers=args.workers, device=args.device,
-            keep_training_zips=args.keep_training_zips,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    config = DemoConfig(
+        n_train=args.n_train, n_test=args.n_test, seed=args.seed, folds=args.folds,
+        iterations=args.iterations, workers=args.workers, device=args.device,
+        keep_training_zips=args.keep_training_zips,
+    )
 
     bars: dict[str, tqdm] = {}
 

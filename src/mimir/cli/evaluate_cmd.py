@@ -27,29 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import pandas as pd
-
     from mimir.cli import UsageError
-    from mimir.evaluation.evaluate import EvaluationInputError, evaluate_predictions, write_metrics
-    from mimir.evaluation.metrics import MetricInputError
+    from mimir.evaluation.evaluate import evaluate_predictions, read_predictions_csv, write_metrics
     from mimir.targets.catalog import get_target
-    from mimir.targets.exports import ExportFormatError, read_reference
+    from mimir.targets.exports import read_reference
 
     for label, path in (("predictions", args.predictions), ("reference", args.reference)):
         if not Path(path).is_file():
             raise UsageError(f"no such {label} file: {path}")
-    try:
-        targets = [get_target(name.strip()) for name in args.targets.split(",")] if args.targets else None
-    except KeyError as error:
-        raise UsageError(str(error.args[0])) from error
-    try:
-        predictions = pd.read_csv(args.predictions)
-        reference = read_reference(args.reference, instance=args.instance, targets=targets)
-        metrics = evaluate_predictions(predictions, reference, targets)
-    except (ExportFormatError, EvaluationInputError, MetricInputError) as error:
-        raise UsageError(str(error)) from error
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise UsageError(f"{args.predictions}: not a readable CSV table ({error})") from error
+    targets = [get_target(name.strip()) for name in args.targets.split(",")] if args.targets else None
+    predictions = read_predictions_csv(args.predictions)
+    reference = read_reference(args.reference, instance=args.instance, targets=targets)
+    metrics = evaluate_predictions(predictions, reference, targets)
     csv_path, markdown_path = write_metrics(metrics, Path(args.out))
     print(f"evaluated {len(metrics)} targets; wrote {csv_path} and {markdown_path}")
     if not args.no_report:

@@ -53,37 +53,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from mimir.cli import UsageError
-    from mimir.inference.modules import ModuleFormatError, build_module
+    from mimir.inference.modules import build_module
 
-    try:
-        out = build_module(args.run, args.crossval, args.out, args.name, overwrite=args.overwrite)
-    except (ModuleFormatError, FileExistsError) as error:
-        raise UsageError(str(error)) from error
+    out = build_module(args.run, args.crossval, args.out, args.name, overwrite=args.overwrite)
     print(f"module written to {out}")
     return 0
 
 
 def run_import_legacy(args: argparse.Namespace) -> int:
-    from mimir.cli import UsageError
     from mimir.inference.legacy import import_legacy
-    from mimir.inference.modules import ModuleFormatError
 
-    try:
-        out = import_legacy(args.folder, args.out, args.name, overwrite=args.overwrite)
-    except (ModuleFormatError, FileExistsError) as error:
-        raise UsageError(str(error)) from error
+    out = import_legacy(args.folder, args.out, args.name, overwrite=args.overwrite)
     print(f"module written to {out}")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from mimir.cli import UsageError
-    from mimir.inference.modules import ModuleFormatError, inspect_module
+    from mimir.inference.modules import inspect_module
 
-    try:
-        text, weights_ok = inspect_module(args.module)
-    except ModuleFormatError as error:
-        raise UsageError(str(error)) from error
+    text, weights_ok = inspect_module(args.module)
     print(text)
     return 0 if weights_ok else 1

@@ -47,11 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
-    from mimir.devices import DeviceError
-    from mimir.imaging.compress import InputError
-    from mimir.inference.modules import ModuleFormatError
-    from mimir.inference.predict import PredictError, PredictOptions, run_prediction
-    from mimir.inference.table import OutputPathError, check_output_path, default_cache_for, write_predictions
+    from mimir.inference.predict import PredictOptions, run_prediction
+    from mimir.inference.summary import summary_lines
+    from mimir.inference.table import check_output_path, default_cache_for, write_predictions
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -60,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [path for path in args.inputs if not Path(path).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
-    try:
-        out = check_output_path(args.out)
-    except OutputPathError as error:
-        raise UsageError(str(error)) from error
+    out = check_output_path(args.out)
     cache = Path(args.cache) if args.cache else default_cache_for(out)
 
     bars: dict[str, tqdm] = {}
@@ -79,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
             cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision
         )
         result = run_prediction(args.inputs, args.modules, options, progress)
-    except (InputError, PredictError, ModuleFormatError, DeviceError) as error:
-        raise UsageError(str(error)) from error
     finally:
         for bar in bars.values():
             bar.close()
@@ -88,33 +81,7 @@ def run(args: argparse.Namespace) -> int:
     write_predictions(result.table, out, long=args.long)
     result.timings["write"] = time.perf_counter() - writing
 
-    n_exams = len(result.table)
-    print(
-        f"{n_exams} exams ({result.compressed} compressed, {result.reused} already cached, {result.failed} failed) "
-        f"on {result.device}, {result.precision}, batch {result.batch_size}"
-    )
-    if result.precision != "float32":
-        print(f"  precision: {_module_precisions(result.precision, result.module_precisions)}")
-    for stage, seconds in result.timings.items():
-        if stage != "total":
-            print(f"  {stage:<32}{seconds:9.2f} s")
-    total = result.timings.get("total", 0.0) + result.timings["write"]
-    rate = 60.0 * n_exams / total if total > 0 else float("nan")
-    print(f"  {'total':<32}{total:9.2f} s  ({rate:.1f} exams per minute)")
-    if result.failed:
-        print(f"{result.failed} exams have no predictions: see the failure column")
+    print("\n".join(summary_lines(result)))
     print(f"predictions: {out}")
+    n_exams = len(result.table)
     return 1 if n_exams and result.failed == n_exams else 0
-
-
-def _module_precisions(requested: str, precisions: dict[str, tuple[str, float | None]]) -> str:
-    """What each module ran in and why: 'body bfloat16 (0.0031 sd from float32), organs float32 (...)'."""
-    parts = []
-    for name, (used, deviation) in precisions.items():
-        if deviation is None:
-            parts.append(f"{name} {used} (not checked: no exam reached it)")
-        elif used == requested:
-            parts.append(f"{name} {used} ({deviation:.4f} sd from float32)")
-        else:
-            parts.append(f"{name} {used} ({requested} was {deviation:.4f} sd from float32, over the tolerance)")
-    return ", ".join(parts)

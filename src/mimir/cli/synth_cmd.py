@@ -48,17 +48,14 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     quirks = QUIRKS if args.quirks.strip() == "all" else tuple(q.strip() for q in args.quirks.split(",") if q.strip())
-    try:
-        config = CohortConfig(
-            n=args.n,
-            seed=args.seed,
-            instance=args.instance,
-            quirks=quirks,
-            preview=args.preview,
-            on_grid=args.on_grid,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    config = CohortConfig(
+        n=args.n,
+        seed=args.seed,
+        instance=args.instance,
+        quirks=quirks,
+        preview=args.preview,
+        on_grid=args.on_grid,
+    )
     with tqdm(total=config.n, unit="subject", desc="synth", disable=args.quiet) as bar:
         summary = generate_cohort(config, Path(args.out), workers=args.workers, progress=lambda _: bar.update())
     print(

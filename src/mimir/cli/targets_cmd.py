@@ -25,17 +25,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mimir.cli import UsageError
-    from mimir.targets.exports import ExportFormatError, export_to_targets, write_targets_table
+    from mimir.targets.exports import export_to_targets, write_targets_table
 
     export = Path(args.export)
     if not export.is_file():
         raise UsageError(f"no such export file: {export}")
     if args.instance < 0:
         raise UsageError(f"--instance must be a visit number (0-3), got {args.instance}")
-    try:
-        table = export_to_targets(export, instance=args.instance)
-    except ExportFormatError as error:
-        raise UsageError(f"{export}: {error}") from error
+    table = export_to_targets(export, instance=args.instance)
     write_targets_table(table, Path(args.out))
     names = [column for column in table.columns if column not in ("eid", "instance")]
     filled = int(table[names].notna().any(axis=0).sum())

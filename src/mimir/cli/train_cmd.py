@@ -36,17 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
-    from mimir.imaging.cache import CacheError
-    from mimir.devices import DeviceError
-    from mimir.learn.dataset import TrainingDataError
-    from mimir.learn.train import RunFolderError, TrainProgress, train
-    from mimir.network import PretrainedWeightsUnavailable
-    from mimir.runs.config import ConfigError, TrainConfig
+    from mimir.learn.train import TrainProgress, train
+    from mimir.runs.config import TrainConfig
     from mimir.runs.layout import RunFolder
 
-    usage_errors = (
-        ConfigError, DeviceError, RunFolderError, PretrainedWeightsUnavailable, TrainingDataError, CacheError, KeyError, FileNotFoundError,
-    )
     out = Path(args.out)
     config_path = Path(args.config) if args.config else RunFolder(out).config if args.resume else None
     if config_path is None:
@@ -56,14 +49,11 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--images", Path(args.images)), ("--targets", Path(args.targets))):
         if not path.exists():
             raise UsageError(f"{flag} {path} does not exist")
-    try:
-        config = TrainConfig.from_toml(config_path)
-        overrides = {"init": args.init} if args.init else {}
-        if args.workers is not None:
-            overrides["workers"] = args.workers
-        config = config.replace(**overrides)
-    except ConfigError as error:
-        raise UsageError(str(error)) from error
+    config = TrainConfig.from_toml(config_path)
+    overrides = {"init": args.init} if args.init else {}
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    config = config.replace(**overrides)
 
     with tqdm(total=config.iterations, unit="it", desc=f"train {args.module}", disable=args.quiet) as bar:
 
@@ -77,13 +67,10 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(postfix, refresh=False)
             bar.refresh()
 
-        try:
-            result = train(
-                config, Path(args.images), Path(args.targets), args.module, out,
-                device=args.device, resume=args.resume, progress=show,
-            )
-        except usage_errors as error:
-            raise UsageError(str(error).strip("'\"")) from error
+        result = train(
+            config, Path(args.images), Path(args.targets), args.module, out,
+            device=args.device, resume=args.resume, progress=show,
+        )
     final = result.history.iloc[-1] if len(result.history) else None
     loss = f"; final train loss {final.train_loss:.4f}" if final is not None else ""
     print(f"trained {args.module}: {result.iterations} iterations in {result.seconds:.1f} s{loss}; run folder {result.run_dir}")

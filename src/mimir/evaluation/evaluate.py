@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mimir.atomic import atomic_write_text
+from mimir.errors import MimirError
 from mimir.evaluation.calibration import apply_variance_scale, auce, fit_variance_scale
 from mimir.evaluation.metrics import MetricInputError, agreement_metrics
 from mimir.runs.layout import EvaluationFolder
@@ -34,8 +35,18 @@ METRIC_COLUMNS = (
 )
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(MimirError, ValueError):
     """Predictions and reference that cannot be compared (no shared ids, missing columns)."""
+
+
+def read_predictions_csv(path: Path | str) -> "pd.DataFrame":
+    """A predictions CSV to evaluate; a file pandas cannot parse is the user's to fix, not a bug."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise EvaluationInputError(f"{path}: not a readable CSV table ({error})") from error
 
 
 def join_keys(predictions: "pd.DataFrame", reference: "pd.DataFrame") -> list[str]:

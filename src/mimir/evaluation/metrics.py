@@ -14,13 +14,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import ArrayLike
 
+from mimir.errors import MimirError
+
 #: Reference values with |x| at or below this are excluded from MAPE (as in the paper).
 MAPE_MIN_ABS_REFERENCE = 1e-4
 #: Score at or above which a binary prediction counts as positive.
 BINARY_THRESHOLD = 0.5
 
 
-class MetricInputError(ValueError):
+class MetricInputError(MimirError, ValueError):
     """Inputs a metric cannot be computed on at all (mismatched lengths, non-binary labels)."""
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from mimir.atomic import atomic_path, atomic_write_text
+from mimir.errors import MimirError
 from mimir.protocol import IMAGE_SHAPE
 
 _QC_FOLDER = "qc"
 _UKB_STEM = re.compile(r"^(?P<eid>\d+)_20201_(?P<instance>\d+)_(?P<array>\d+)$")
 
 
-class CacheError(ValueError):
+class CacheError(MimirError, ValueError):
     """A cached image that is not a MIMIR representation."""
 
 

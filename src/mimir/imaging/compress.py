@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 from mimir.atomic import atomic_write_text, remove_stale_temporaries
+from mimir.errors import MimirError
 from mimir.imaging.cache import ExamId, is_cached, read_qc, write_image, write_qc
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.read import ExamInput
@@ -28,7 +29,7 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
 
 
-class InputError(ValueError):
+class InputError(MimirError, ValueError):
     """An input path that does not exist or cannot be understood (misuse, not a bad exam)."""
 
 

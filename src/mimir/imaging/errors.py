@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from mimir.errors import MimirError
+
 
 class Stage(StrEnum):
     """Where reading stopped; recorded in failures.csv so bad exams can be triaged by kind."""
@@ -24,7 +26,7 @@ class Stage(StrEnum):
     GEOMETRY = "geometry"
 
 
-class ExamReadError(Exception):
+class ExamReadError(MimirError):
     """An exam that cannot be read; `reason` is one human-readable line."""
 
     def __init__(self, stage: str, reason: str) -> None:

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mimir.errors import MimirError
 from mimir.imaging.resample import GridSpec, PlacedStation, place_station
 from mimir.imaging.station import Station
 from mimir.protocol import FOLDING_TRIM_SLICES, MAX_OVERLAP_SLICES
 
 logger = logging.getLogger(__name__)
 
-class FusionError(ValueError):
+class FusionError(MimirError, ValueError):
     """Stations that cannot be fused into one volume."""
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mimir.errors import MimirError
 from mimir.imaging.fusion import FusedVolume
 from mimir.protocol import BED_ROWS, IMAGE_SHAPE
 
@@ -32,7 +33,7 @@ _EDGE_MARGIN_BINS = 1e-3
 _RESIZE_COEF_BITS = 11
 
 
-class ProjectionError(ValueError):
+class ProjectionError(MimirError, ValueError):
     """A volume that cannot give the 2D representation."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimir.errors import MimirError
 from mimir.imaging.station import Station
 from mimir.protocol import GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 ON_GRID_TOLERANCE_VOXELS = 0.01
 
 
-class GeometryError(ValueError):
+class GeometryError(MimirError, ValueError):
     """Station geometry that cannot be placed on the grid (non-finite, unordered, empty)."""
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from mimir import __version__
 from mimir.atomic import atomic_path
+from mimir.errors import MimirError
 from mimir.protocol import IMAGE_SHAPE, REPRESENTATION_VERSION
 from mimir.runs.config import ConfigError, TrainConfig
 from mimir.runs.layout import CrossvalFolder, RunFolder
@@ -60,7 +61,7 @@ _DESCRIPTIVE_METRIC_COLUMNS = frozenset({"name", "module", "ukb_field", "unit", 
 
 
 # errors ------------------------------------------------------------------------------------------
-class ModuleFormatError(ValueError):
+class ModuleFormatError(MimirError, ValueError):
     """A module (or the inputs to build one) that cannot be used; subclasses say why."""
 
 
@@ -102,6 +103,10 @@ class ModuleShapeError(ModuleFormatError):
 
 class ModuleBuildError(ModuleFormatError):
     """A training run or cross-validation folder that cannot become a module."""
+
+
+class ModuleExistsError(MimirError, FileExistsError):
+    """A module would be written over an existing one without `overwrite`."""
 
 
 # the specification -------------------------------------------------------------------------------
@@ -510,7 +515,7 @@ def save_module(
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another path or overwrite it explicitly")
+        raise ModuleExistsError(f"{out} already exists; choose another path or overwrite it explicitly")
     if _is_archive(out) and not out.name.lower().endswith(".zip"):
         raise ModuleFormatError(f"{out}: modules are written as a folder or a .zip archive")
     for index, target in enumerate(spec.targets):

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mimir.devices import cudnn_autotune, precision_name, resolve_device, resolve_precision
+from mimir.errors import MimirError
 from mimir.imaging.cache import image_path, read_qc
 from mimir.imaging.compress import (
     CompressOptions,
@@ -77,7 +78,7 @@ OVERLAP_TORCH_THREADS = 1
 ProgressCallback = Callable[[str, int, int], None]
 
 
-class PredictError(ValueError):
+class PredictError(MimirError, ValueError):
     """Prediction cannot start: conflicting modules, no exams, a bad option."""
 
 

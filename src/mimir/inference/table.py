@@ -232,12 +232,6 @@ def default_cache_for(out: str | Path) -> Path:
     return out.with_name(f"{out.stem}_cache")
 
 
-def default_cache_for(out: str | Path) -> Path:
-    """The cache used when none is named: `{output stem}_cache` beside the output."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}_cache")
-
-
 __all__ = [
     "LONG_COLUMNS",
     "Z95",

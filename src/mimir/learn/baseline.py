@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mimir.errors import MimirError
 from mimir.imaging.cache import load_image
 from mimir.protocol import IMAGE_SHAPE
 
 logger = logging.getLogger(__name__)
 
 
-class BaselineError(ValueError):
+class BaselineError(MimirError, ValueError):
     """A baseline configuration or input that cannot be used."""
 
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mimir.atomic import atomic_write_text
+from mimir.errors import MimirError
 from mimir.evaluation.calibration import (
     apply_variance_scale,
     auce,
@@ -83,7 +84,7 @@ _RUNTIME_KEYS = ("workers",)
 FoldProgress = Callable[[int, "TrainProgress"], None]
 
 
-class CrossvalError(RuntimeError):
+class CrossvalError(MimirError, RuntimeError):
     """A cross-validation folder that cannot be run or merged as asked."""
 
 
@@ -350,8 +351,9 @@ def merge_crossval(out: Path | str, allow_partial: bool = False) -> CrossvalResu
     started = time.perf_counter()
     out = Path(out)
     folder = CrossvalFolder(out)
-    if not folder.splits.is_file():
-        raise CrossvalError(f"{out} is not a cross-validation folder (no {folder.splits.name})")
+    for required in (folder.splits, folder.reference):
+        if not required.is_file():
+            raise CrossvalError(f"{out} is not a cross-validation folder (no {required.name})")
     splits = Splits.from_json(folder.splits.read_text(encoding="utf-8"))
     reference = pd.read_csv(folder.reference)
     targets = [get_target(name) for name in splits.targets]

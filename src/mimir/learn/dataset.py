@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from mimir.errors import MimirError, PathNotFoundError
 from mimir.imaging.cache import cached_exams, load_image
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ DEFAULT_INSTANCE = 2
 ExamKey = tuple[int, int]  # (eid, instance)
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(MimirError, ValueError):
     """Images and targets that cannot form a training or validation set."""
 
 
@@ -35,7 +36,7 @@ def index_image_cache(folder: Path) -> pd.DataFrame:
     """One row per cached exam: eid, instance, path (sorted by eid, instance)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image cache folder not found: {folder}")
+        raise PathNotFoundError(f"image cache folder not found: {folder}")
     rows, ignored = [], []
     for cached in cached_exams(folder):
         if cached.exam.eid is None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mimir.atomic import atomic_write_text
+from mimir.errors import MimirError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 SPLITS_FORMAT = 1
 
 
-class SplitsError(ValueError):
+class SplitsError(MimirError, ValueError):
     """Folds that cannot be made, or a folder whose recorded folds differ from what is asked."""
 
 

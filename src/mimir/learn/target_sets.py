@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mimir.runs.config import ConfigError
-from mimir.targets.catalog import get_target, module_names, module_targets
+from mimir.targets.catalog import UnknownModuleError, get_target, module_names, module_targets
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def custom_module(name: str, targets: Sequence[str]) -> ModuleDefinition:
     if duplicates:
         raise ConfigError(f"module {name!r} lists targets more than once: {duplicates}")
     for target in targets:
-        get_target(target)  # raises KeyError with near misses
+        get_target(target)  # raises UnknownTargetError with near misses
     return ModuleDefinition(name, tuple(targets))
 
 
@@ -47,7 +47,7 @@ def resolve_module(name: str, custom: Mapping[str, Sequence[str]] | None = None)
     if name in module_names():
         return paper_module(name)
     known = [*module_names(), *custom]
-    raise KeyError(f"unknown module {name!r}; known modules: {', '.join(known)}")
+    raise UnknownModuleError(f"unknown module {name!r}; known modules: {', '.join(known)}")
 
 
 def available_modules(custom: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:

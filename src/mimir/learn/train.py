@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from mimir.atomic import atomic_write_text
 from mimir.devices import resolve_device, resolve_precision
+from mimir.errors import MimirError, PathNotFoundError
 from mimir.learn.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -62,7 +63,7 @@ from mimir.network import (
     images_to_input,
     split_output,
 )
-from mimir.runs.config import ConfigError, TrainConfig
+from mimir.runs.config import TrainConfig
 from mimir.runs.layout import RunFolder
 from mimir.runs.standardization import Standardization, read_standardization
 from mimir.versions import software_versions
@@ -72,7 +73,7 @@ logger = logging.getLogger(__name__)
 HISTORY_COLUMNS = ["iteration", "train_loss", "learning_rate", "val_loss", "val_mae_sd"]
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(MimirError, RuntimeError):
     """A run folder that cannot be started or resumed as asked."""
 
 
@@ -310,7 +311,7 @@ def predict_images(
         missing = selected["path"].isna()
         if missing.any():
             first = selected[missing].iloc[0]
-            raise FileNotFoundError(
+            raise PathNotFoundError(
                 f"{int(missing.sum())} requested exams have no image in {images}, "
                 f"e.g. eid {first.eid} instance {first.instance}"
             )

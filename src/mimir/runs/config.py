@@ -18,13 +18,14 @@ from pathlib import Path
 
 from mimir.architectures import ARCHITECTURES, LOG_VAR_RANGE
 from mimir.devices import PRECISIONS
+from mimir.errors import MimirError
 
 #: `autocast` values of configs written before precisions had one vocabulary, read as today's names.
 LEGACY_PRECISIONS = {"none": "float32"}
 LR_SCHEDULES = ("step", "cosine")
 
 
-class ConfigError(ValueError):
+class ConfigError(MimirError, ValueError):
     """A configuration file or value that cannot be used."""
 
 

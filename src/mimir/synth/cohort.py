@@ -20,6 +20,7 @@ import numpy as np
 
 from mimir import __version__
 from mimir.atomic import atomic_write_text
+from mimir.errors import MimirError
 from mimir.parallel import map_outcomes
 from mimir.synth.anatomy import build_anatomy
 from mimir.synth.measure import measure
@@ -37,6 +38,10 @@ logger = logging.getLogger(__name__)
 _EID_RANGE = (1_000_000, 6_000_000)
 
 
+class CohortConfigError(MimirError, ValueError):
+    """Cohort settings that cannot make a cohort (no subjects, not an imaging visit)."""
+
+
 @dataclass(frozen=True)
 class CohortConfig:
     """Everything that defines a synthetic cohort."""
@@ -50,9 +55,9 @@ class CohortConfig:
 
     def __post_init__(self) -> None:
         if self.n < 1:
-            raise ValueError(f"a cohort needs at least one subject, got n={self.n}")
+            raise CohortConfigError(f"a cohort needs at least one subject, got n={self.n}")
         if self.instance not in (2, 3):
-            raise ValueError(f"imaging visits are instances 2 and 3, got {self.instance}")
+            raise CohortConfigError(f"imaging visits are instances 2 and 3, got {self.instance}")
         validate_quirks(self.quirks)
 
 

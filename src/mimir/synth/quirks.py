@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimir.errors import MimirError
+
 logger = logging.getLogger(__name__)
 
 #: Names of the injectable quirks (the strings `quirks.csv` and `--quirks` use).
@@ -26,6 +28,11 @@ QUIRKS: tuple[str, ...] = (
     "extra_file",
     "water_fat_swap",
 )
+
+
+class UnknownQuirkError(MimirError, ValueError):
+    """A quirk name that is not one of `QUIRKS`."""
+
 
 #: Non-DICOM files a zip may carry, with their content.
 _EXTRA_FILES: tuple[tuple[str, bytes], ...] = (
@@ -80,7 +87,7 @@ def validate_quirks(names: Collection[str]) -> tuple[str, ...]:
     """Known quirk names in canonical order; unknown names are an error, not silently skipped."""
     unknown = sorted(set(names) - set(QUIRKS))
     if unknown:
-        raise ValueError(f"unknown quirk(s) {', '.join(unknown)}; known: {', '.join(QUIRKS)}")
+        raise UnknownQuirkError(f"unknown quirk(s) {', '.join(unknown)}; known: {', '.join(QUIRKS)}")
     return tuple(name for name in QUIRKS if name in names)
 
 

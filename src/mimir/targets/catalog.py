@@ -13,6 +13,8 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from mimir.errors import MimirError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -20,6 +22,14 @@ _METRIC_COLUMNS = (
     "cv_n", "cv_icc", "cv_r2", "cv_mae", "cv_mape_percent",
     "test_n", "test_icc", "test_r2", "test_mae", "test_mape_percent",
 )
+
+
+class UnknownTargetError(MimirError, KeyError):
+    """A target name that is not in the catalog; the message lists near misses."""
+
+
+class UnknownModuleError(MimirError, KeyError):
+    """A module name that is neither one of the paper's modules nor defined in the configuration."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ def get_target(name: str) -> Target:
     lowered = name.lower()
     close = [known for known in by_name if lowered in known.lower() or known.lower() in lowered]
     hint = f" Did you mean: {', '.join(close[:5])}?" if close else ""
-    raise KeyError(f"unknown target {name!r}: not in the MIMIR catalog of {len(by_name)} targets.{hint}")
+    raise UnknownTargetError(f"unknown target {name!r}: not in the MIMIR catalog of {len(by_name)} targets.{hint}")
 
 
 def module_names() -> tuple[str, ...]:
@@ -95,7 +105,7 @@ def module_targets(module: str) -> tuple[Target, ...]:
     """Targets predicted by one of the paper's modules."""
     selected = tuple(target for target in catalog() if target.module == module)
     if not selected:
-        raise KeyError(f"unknown module {module!r}; the catalog defines {', '.join(module_names())}")
+        raise UnknownModuleError(f"unknown module {module!r}; the catalog defines {', '.join(module_names())}")
     return selected
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mimir.atomic import atomic_path
+from mimir.errors import MimirError
 from mimir.targets.catalog import Target, catalog
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ _RAP = re.compile(r"(?:participant\.)?p(\d+)(?:_i(\d+))?(?:_a(\d+))?")
 _RAP_LIKE = re.compile(r"(?:participant\.)?p\d+(?:_.*)?")
 
 
-class ExportFormatError(ValueError):
+class ExportFormatError(MimirError, ValueError):
     """An export whose header or values cannot be turned into a targets table."""
 
 
@@ -224,13 +225,24 @@ def export_to_targets(
     """Read a UK Biobank export into the targets table for one imaging instance.
 
     One row per eid that has at least one target value; every requested target is a column
-    (NaN where the export lacks it). Raises ExportFormatError for malformed exports.
+    (NaN where the export lacks it). Raises ExportFormatError, naming the file, for malformed
+    exports.
     """
-    import pandas as pd
-
     path = Path(path)
     chosen = tuple(targets) if targets is not None else catalog()
     columns, delimiter = read_header(path)
+    try:
+        return _targets_from_rows(path, columns, delimiter, instance, chosen)
+    except ExportFormatError as error:
+        raise ExportFormatError(f"{path}: {error}") from error
+
+
+def _targets_from_rows(
+    path: Path, columns: Sequence[str], delimiter: str, instance: int, chosen: Sequence[Target]
+) -> "pd.DataFrame":
+    """The targets table from an export whose header is read; the caller names the file in errors."""
+    import pandas as pd
+
     selection = select_columns(columns, instance, chosen)
     _log_selection(selection, chosen, instance)
     wanted = {selection.eid_column, *selection.by_target.values()}
@@ -244,7 +256,7 @@ def export_to_targets(
             encoding="utf-8-sig",
         )
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ExportFormatError(f"{path}: unreadable rows: {error}") from error
+        raise ExportFormatError(f"unreadable rows: {error}") from error
     raw.columns = [str(column).strip() for column in raw.columns]
     eids = _parse_eids(raw[selection.eid_column], selection.eid_column)
     repeated = eids[eids.duplicated()].unique()
@@ -291,7 +303,10 @@ def read_targets_table(path: Path | str, targets: Sequence[Target] | None = None
         raise ExportFormatError(f"{path}: not a targets table (needs eid and instance columns, no field columns)")
     chosen = tuple(targets) if targets is not None else catalog()
     names = [t.name for t in chosen if t.name in columns]
-    table = pd.read_csv(path, sep=delimiter, usecols=["eid", "instance", *names], encoding="utf-8-sig")
+    try:
+        table = pd.read_csv(path, sep=delimiter, usecols=["eid", "instance", *names], encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ExportFormatError(f"{path}: unreadable rows: {error}") from error
     for column in ("eid", "instance"):
         if table[column].isna().any() or not pd.api.types.is_integer_dtype(table[column]):
             raise ExportFormatError(f"{path}: column {column!r} must hold integers in every row")

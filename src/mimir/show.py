@@ -1,0 +1,116 @@
+"""One exam's figure: its image beside every predicted measurement and 95 % interval.
+
+Composes public functions (prediction or a predictions table, the image cache, the subject
+figure), as `mimir.demo` does for the whole pipeline, so that `mimir show` is a thin layer. Heavy
+libraries are imported when a figure is drawn, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mimir.errors import MimirError, PathNotFoundError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+#: What one exam contributes to its figure: exam name, prediction rows, cached image.
+ShownExam = tuple[str, "pd.DataFrame", "np.ndarray"]
+
+
+class ShowError(MimirError, ValueError):
+    """A figure that cannot be drawn as asked (not one exam, no predictions, not a .png)."""
+
+
+def show_exam(
+    exam: str | Path,
+    out: str | Path,
+    *,
+    modules: Sequence[str | Path] | None = None,
+    predictions: str | Path | None = None,
+    cache: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> Path:
+    """Draw one exam's figure to `out` (.png): predicted with `modules`, or its row of `predictions`.
+
+    `exam` is a zip or DICOM folder (compressed into `cache` first), a cached .npy image, or an
+    exam name (e.g. 1234567_20201_2_0) whose image is in `cache`. Without `cache`, a predictions
+    table's images are looked for in `{table stem}_cache` beside it, and predicting uses a
+    temporary cache, removed afterwards. Returns `out`.
+    """
+    from mimir.report.figure import subject_figure
+
+    exam_path, out = Path(exam), Path(out)
+    if bool(modules) == (predictions is not None):
+        raise ShowError("give modules to predict the exam with, or a predictions table: one of the two")
+    if not exam_path.exists() and cache is None and predictions is None:
+        raise PathNotFoundError(f"{exam}: no such file or folder (an exam name needs a cache, --cache)")
+    _check_figure_path(out)
+    if predictions is not None:
+        shown = _from_table(exam_path, Path(predictions), Path(cache) if cache is not None else None)
+    elif cache is not None:
+        shown = _predicted(exam, modules, Path(cache), device, precision)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mimir-show-") as temporary:
+            shown = _predicted(exam, modules, Path(temporary), device, precision)
+    stem, rows, image = shown
+    subject_figure(image, rows, title=_exam_title(stem), path=out)
+    return out
+
+
+def _check_figure_path(out: Path) -> None:
+    """Refuse a figure path that cannot be written before any prediction work starts."""
+    if out.suffix.lower() != ".png":
+        raise ShowError(f"{out}: the figure is written as .png")
+    if not out.parent.is_dir():
+        raise PathNotFoundError(f"{out}: the folder {out.parent} does not exist")
+
+
+def _exam_title(stem: str) -> str:
+    """'Participant 1234567, visit 2' for a UK Biobank exam name, else the name itself."""
+    from mimir.imaging.cache import ExamId
+
+    exam_id = ExamId.from_stem(stem)
+    return stem if exam_id.eid is None else f"Participant {exam_id.eid}, visit {exam_id.instance}"
+
+
+def _predicted(exam: str | Path, modules: Sequence[str | Path], cache: Path, device: str, precision: str) -> ShownExam:
+    """Predict the one exam `exam` names, through `cache`."""
+    from mimir.imaging.cache import image_path, load_image
+    from mimir.inference.predict import PredictOptions, run_prediction
+    from mimir.inference.table import subject_predictions
+
+    source = Path(exam) if Path(exam).exists() else image_path(cache, str(exam))
+    if not source.exists():
+        raise PathNotFoundError(f"{exam}: neither a file nor an image in {cache}")
+    result = run_prediction([source], modules, PredictOptions(cache=cache, device=device, precision=precision, workers=1))
+    table = result.table
+    if len(table) != 1:
+        raise ShowError(f"{exam} holds {len(table)} exams; show draws one")
+    stem = str(table["exam"].iloc[0])
+    failure = str(table["failure"].iloc[0])
+    if failure:
+        raise ShowError(f"{stem} has no predictions: {failure}")
+    return stem, subject_predictions(table, stem), load_image(result.images[stem])
+
+
+def _from_table(exam: Path, predictions: Path, cache: Path | None) -> ShownExam:
+    """The exam's row of a predictions table, and its image from `cache` (default: beside the table)."""
+    from mimir.imaging.cache import image_path, load_image
+    from mimir.inference.table import default_cache_for, read_predictions, subject_predictions
+
+    if not predictions.is_file():
+        raise PathNotFoundError(f"{predictions}: no such predictions table")
+    table = read_predictions(predictions)
+    stem = exam.stem if exam.suffix in {".npy", ".zip"} else exam.name
+    if exam.suffix == ".npy" and exam.is_file():
+        image_file = exam
+    else:
+        image_file = image_path(cache if cache is not None else default_cache_for(predictions), stem)
+    rows = subject_predictions(table, stem)
+    return stem, rows, load_image(image_file)

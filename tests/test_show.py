@@ -1,0 +1,101 @@
+"""One exam's figure, from modules or from a predictions table (`mimir.show` and `mimir show`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mimir.cli import main, show_cmd
+from mimir.errors import PathNotFoundError
+from mimir.inference.predict import PredictOptions, predict
+from mimir.inference.table import PredictionTableError, write_predictions
+from mimir.show import ShowError, show_exam
+
+_HELPERS = importlib.util.spec_from_file_location(
+    "synthetic_modules", Path(__file__).parent / "inference" / "synthetic_modules.py"
+)
+helpers = importlib.util.module_from_spec(_HELPERS)
+_HELPERS.loader.exec_module(helpers)
+
+STEM = "1234567_20201_2_0"
+
+
+@pytest.fixture(scope="module")
+def module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return helpers.make_module(tmp_path_factory.mktemp("modules") / "body", "body", helpers.BODY_TARGETS, seed=3)
+
+
+@pytest.fixture()
+def cache(tmp_path: Path) -> Path:
+    folder = tmp_path / "predictions_cache"
+    folder.mkdir()
+    np.save(folder / f"{STEM}.npy", helpers.realistic_image(5))
+    return folder
+
+
+def show(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    show_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["show", *argv])
+    return args.handler(args)
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width > image.height > 300
+
+
+def test_show_predicts_with_modules(module, cache, tmp_path, capsys):
+    out = tmp_path / "figure.png"
+    assert show([str(cache / f"{STEM}.npy"), "--modules", str(module), "--out", str(out), "--device", "cpu"]) == 0
+    assert_png(out)
+    assert f"figure: {out}" in capsys.readouterr().out
+
+
+def test_an_exam_name_is_predicted_from_the_cache_it_names(module, cache, tmp_path):
+    out = show_exam(STEM, tmp_path / "named.png", modules=[module], cache=cache, device="cpu")
+    assert_png(out)
+
+
+def test_show_from_a_predictions_table_and_the_cache_beside_it(module, cache, tmp_path):
+    table = write_predictions(predict([cache], [module], PredictOptions(device="cpu")), tmp_path / "predictions.csv")
+    out = tmp_path / "from_table.png"
+    assert show([STEM, "--predictions", str(table), "--out", str(out)]) == 0
+    assert_png(out)
+    with pytest.raises(PredictionTableError, match="not in the predictions table"):
+        show_exam("7654321_20201_2_0", tmp_path / "other.png", predictions=table)
+    assert not (tmp_path / "other.png").exists()
+    with pytest.raises(PathNotFoundError, match="no such predictions table"):
+        show_exam(STEM, tmp_path / "other.png", predictions=tmp_path / "missing.csv")
+
+
+def test_show_needs_an_existing_exam_or_a_cache(module, tmp_path):
+    with pytest.raises(PathNotFoundError, match="an exam name needs a cache"):
+        show_exam("7654321_20201_2_0", tmp_path / "x.png", modules=[module])
+    with pytest.raises(PathNotFoundError, match="neither a file nor an image"):
+        show_exam("7654321_20201_2_0", tmp_path / "x.png", modules=[module], cache=tmp_path)
+    with pytest.raises(ShowError, match=".png"):
+        show_exam(tmp_path, tmp_path / "x.jpg", modules=[module])
+    with pytest.raises(PathNotFoundError, match="does not exist"):
+        show_exam(tmp_path, tmp_path / "absent" / "x.png", modules=[module])
+    with pytest.raises(ShowError, match="one of the two"):
+        show_exam(tmp_path, tmp_path / "x.png")
+
+
+def test_an_exam_without_predictions_is_an_error(module, tmp_path):
+    bad = tmp_path / "9999999_20201_2_0.npy"
+    np.save(bad, np.zeros((2, 2), dtype=np.uint8))
+    with pytest.raises(ShowError, match="9999999_20201_2_0 has no predictions"):
+        show_exam(bad, tmp_path / "x.png", modules=[module], cache=tmp_path / "cache", device="cpu")
+
+
+def test_the_command_reports_a_mistake_in_one_line(module, tmp_path, capsys):
+    assert main(["show", "7654321_20201_2_0", "--modules", str(module), "--out", str(tmp_path / "x.png")]) == 2
+    error = capsys.readouterr().err
+    assert error == "mimir show: error: 7654321_20201_2_0: no such file or folder (an exam name needs a cache, --cache)\n"
