@@ -110,6 +110,7 @@ def _synthesize(config: DemoConfig, out: Path, workers: int, progress: DemoProgr
 
 
 def _compress_training(config: DemoConfig, out: Path, cache: Path, workers: int, progress: DemoProgress) -> None:
+    from mimir.imaging.cache import failures_path
     from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
 
     zips = sorted((out / "train").glob("*.zip"))
@@ -118,7 +119,7 @@ def _compress_training(config: DemoConfig, out: Path, cache: Path, workers: int,
     callback = _counting(progress, "compress", len(zips))
     summary = compress_exams(discover_inputs(zips), CompressOptions(cache=cache), workers=workers, progress=callback)
     if summary.failed:
-        logger.warning("demo: %d training exams failed to compress (see %s)", summary.failed, cache / "failures.csv")
+        logger.warning("demo: %d training exams failed to compress (see %s)", summary.failed, failures_path(cache))
     if not config.keep_training_zips:
         for path in zips:
             path.unlink()

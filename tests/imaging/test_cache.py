@@ -1,7 +1,19 @@
+import shutil
+
 import numpy as np
 import pytest
 
-from mimir.imaging.cache import CacheError, ExamId, cached_exams, load_image, write_image
+from mimir.imaging.cache import (
+    CacheError,
+    ExamId,
+    cached_exams,
+    load_image,
+    qc_flags,
+    qc_folder,
+    qc_table_path,
+    write_image,
+    write_qc,
+)
 
 
 def test_exam_id_reads_field_20201_stems_only():
@@ -28,3 +40,16 @@ def test_load_image_refuses_what_is_not_the_representation(tmp_path):
         load_image(tmp_path / "small.npy")
     with pytest.raises(CacheError, match="not a readable .npy file"):
         load_image(tmp_path / "broken.npy")
+
+
+def test_qc_flags_come_from_the_sidecars_else_from_qc_csv(tmp_path):
+    image = np.zeros((3, 256, 256), np.uint8)
+    for stem, flag in (("1_20201_2_0", "seam;low_coverage"), ("2_20201_2_0", "")):
+        write_image(tmp_path, stem, image)
+        write_qc(tmp_path, stem, {"subject": stem, "flag": flag})
+    write_qc(tmp_path, "3_20201_2_0", {"subject": "3_20201_2_0", "flag": "water_fat_swap"})  # no image: ignored
+    assert qc_flags(tmp_path) == {"1_20201_2_0": "seam;low_coverage", "2_20201_2_0": ""}
+
+    shutil.rmtree(qc_folder(tmp_path))
+    qc_table_path(tmp_path).write_text("subject,flag\n1_20201_2_0,seam\n2_20201_2_0,\n")
+    assert qc_flags(tmp_path) == {"1_20201_2_0": "seam", "2_20201_2_0": ""}

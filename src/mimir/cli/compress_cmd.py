@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mimir.cli import UsageError
+    from mimir.imaging.cache import failures_path, qc_table_path
     from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
     from mimir.parallel import default_workers, shard
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.seconds:.1f} s wall, {summary.seconds_per_exam:.2f} s per exam per core"
     )
     if summary.failed:
-        print(f"failures: {summary.cache / 'failures.csv'}")
-    print(f"qc: {summary.cache / 'qc.csv'}")
+        print(f"failures: {failures_path(summary.cache)}")
+    print(f"qc: {qc_table_path(summary.cache)}")
     all_failed = summary.failed > 0 and summary.failed == summary.total
     return 1 if all_failed else 0

@@ -1,12 +1,17 @@
 """The image cache: one `{exam}.npy` per exam plus a QC sidecar, written atomically.
 
+The folder holds `{exam}.npy`, `qc/{exam}.json` and the tables of the last compression run,
+`qc.csv` and `failures.csv`; the names are owned here and nowhere else.
+
 A file in the cache is complete by construction (temporary file, then rename), so a rerun
 after a crash can trust whatever it finds and resume with the rest.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,8 @@ from mimir.errors import MimirError
 from mimir.protocol import IMAGE_SHAPE
 
 _QC_FOLDER = "qc"
+_QC_TABLE = "qc.csv"
+_FAILURES_TABLE = "failures.csv"
 _UKB_STEM = re.compile(r"^(?P<eid>\d+)_20201_(?P<instance>\d+)_(?P<array>\d+)$")
 
 
@@ -89,14 +96,43 @@ def cached_exams(cache: Path) -> list[CachedExam]:
     return [CachedExam(ExamId.from_stem(path.stem), path) for path in sorted(Path(cache).glob("*.npy"))]
 
 
+def qc_folder(cache: Path) -> Path:
+    return Path(cache) / _QC_FOLDER
+
+
+def qc_table_path(cache: Path) -> Path:
+    return Path(cache) / _QC_TABLE
+
+
+def failures_path(cache: Path) -> Path:
+    return Path(cache) / _FAILURES_TABLE
+
+
 def write_qc(cache: Path, stem: str, qc: dict[str, object]) -> None:
-    atomic_write_text(Path(cache) / _QC_FOLDER / f"{stem}.json", json.dumps(qc, default=str) + "\n")
+    atomic_write_text(qc_folder(cache) / f"{stem}.json", json.dumps(qc, default=str) + "\n")
 
 
 def read_qc(cache: Path) -> list[dict[str, object]]:
     """QC rows of every cached exam (sidecars of exams without an image are ignored)."""
     rows = []
-    for path in sorted((Path(cache) / _QC_FOLDER).glob("*.json")):
+    for path in sorted(qc_folder(cache).glob("*.json")):
         if is_cached(cache, path.stem):
             rows.append(json.loads(path.read_text()))
     return rows
+
+
+def qc_flags(cache: Path) -> dict[str, str]:
+    """Each cached exam's QC flag ('' when fine): from the sidecars, else from qc.csv (a cache
+    copied without its qc/ folder)."""
+    records: list[dict[str, object]] = read_qc(cache)
+    table = qc_table_path(cache)
+    if not records and table.is_file():
+        with table.open(newline="") as handle:
+            records = list(csv.DictReader(handle))
+    return {str(record.get("subject", "")): _flag_text(record.get("flag")) for record in records}
+
+
+def _flag_text(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)

@@ -18,7 +18,16 @@ from pathlib import Path
 
 from mimir.atomic import atomic_write_text, remove_stale_temporaries
 from mimir.errors import MimirError
-from mimir.imaging.cache import ExamId, is_cached, read_qc, write_image, write_qc
+from mimir.imaging.cache import (
+    ExamId,
+    failures_path,
+    is_cached,
+    qc_folder,
+    qc_table_path,
+    read_qc,
+    write_image,
+    write_qc,
+)
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.read import ExamInput
 from mimir.parallel import map_outcomes
@@ -213,7 +222,7 @@ def _csv_text(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> str:
 def write_failures(cache: Path, failures: Sequence[ExamOutcome]) -> Path:
     """failures.csv of this run: subject, input path, stage, one-line reason."""
     rows = [{"subject": f.stem, "input": f.source, "stage": f.stage, "reason": f.reason} for f in failures]
-    path = Path(cache) / "failures.csv"
+    path = failures_path(cache)
     atomic_write_text(path, _csv_text(rows, ["subject", "input", "stage", "reason"]))
     return path
 
@@ -224,7 +233,7 @@ def write_qc_table(cache: Path) -> Path:
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
-    path = Path(cache) / "qc.csv"
+    path = qc_table_path(cache)
     atomic_write_text(path, _csv_text(rows, list(columns) or ["subject"]))
     return path
 
@@ -240,7 +249,7 @@ def compress_exams(
     started = time.perf_counter()
     cache = Path(options.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_temporaries(cache) + remove_stale_temporaries(cache / "qc")
+    removed = remove_stale_temporaries(cache) + remove_stale_temporaries(qc_folder(cache))
     if removed:
         logger.info("removed %d temporary files left by a killed run", removed)
     summary = CompressSummary(cache=cache)

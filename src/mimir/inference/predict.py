@@ -28,21 +28,19 @@ each module ran in and the deviation measured.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mimir.devices import cudnn_autotune, precision_name, resolve_device, resolve_precision
 from mimir.errors import MimirError
-from mimir.imaging.cache import image_path, read_qc
+from mimir.imaging.cache import image_path, qc_flags
 from mimir.imaging.compress import (
     CompressOptions,
     ExamOutcome,
@@ -462,23 +460,8 @@ def _attach_qc_flags(rows: Sequence[ExamRow]) -> None:
             continue
         folder = row.image.parent
         if folder not in by_folder:
-            by_folder[folder] = _qc_flags(folder)
+            by_folder[folder] = qc_flags(folder)
         row.qc_flag = by_folder[folder].get(row.stem, "")
-
-
-def _qc_flags(folder: Path) -> dict[str, str]:
-    records: list[dict[str, Any]] = list(read_qc(folder))
-    table = folder / "qc.csv"
-    if not records and table.is_file():
-        with table.open(newline="") as handle:
-            records = list(csv.DictReader(handle))
-    return {str(record.get("subject", "")): _flag_text(record.get("flag")) for record in records}
-
-
-def _flag_text(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
 
 
 __all__ = [
