@@ -42,6 +42,26 @@ def test_every_user_facing_exception_derives_from_mimir_error():
     assert offenders == []
 
 
+def test_errors_survive_pickling():
+    """Worker processes (and clusters) hand errors back by pickle: type and message must survive.
+
+    Classes with their own constructor (ExamReadError, IncompleteCrossvalError) define
+    `__reduce__` and are tested where they live.
+    """
+    import pickle
+
+    tested = 0
+    for error_type in defined_exceptions():
+        own_constructor = any("__init__" in vars(cls) for cls in error_type.__mro__ if cls.__module__.startswith("mimir"))
+        if error_type.__name__ in PRIVATE or own_constructor:
+            continue
+        error = error_type("what went wrong")
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is error_type and str(copy) == "what went wrong", error_type
+        tested += 1
+    assert tested > 40
+
+
 @pytest.mark.parametrize("error", [UnknownTargetError("unknown target 'x'"), PathNotFoundError("x.npy is missing")])
 def test_the_message_reads_as_written_and_the_builtin_base_still_catches(error):
     assert str(error) == error.args[0]

@@ -214,3 +214,13 @@ def test_merging_a_folder_without_its_reference_table_is_an_error(tmp_path):
     (tmp_path / "splits.json").write_text("{}")
     with pytest.raises(CrossvalError, match=r"not a cross-validation folder \(no reference.csv\)"):
         merge_crossval(tmp_path)
+
+
+def test_incomplete_crossval_error_survives_pickling(tmp_path):
+    """Errors cross process boundaries (worker pools, clusters) by pickle."""
+    import pickle
+
+    error = IncompleteCrossvalError(tmp_path, [0, 2])
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is IncompleteCrossvalError
+    assert str(copy) == str(error) and copy.missing == [0, 2]

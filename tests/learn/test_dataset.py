@@ -53,6 +53,11 @@ def test_index_keeps_field_20201_images_and_warns_about_other_files(tmp_path, ca
     assert "ignored 2 cache files" in caplog.text
 
 
+def test_index_is_sorted_by_eid_and_instance_not_by_file_name(tmp_path):
+    index = _write_cache(tmp_path / "cache", [(10, 2), (9, 3), (9, 2)])
+    assert list(zip(index["eid"], index["instance"])) == [(9, 2), (9, 3), (10, 2)]
+
+
 def test_a_missing_image_cache_is_named(tmp_path):
     with pytest.raises(PathNotFoundError, match="image cache folder not found"):
         index_image_cache(tmp_path / "absent")

@@ -92,12 +92,17 @@ class IncompleteCrossvalError(CrossvalError):
     """Merging needs folds that have not finished."""
 
     def __init__(self, out: Path, missing: Sequence[int]):
+        self.out = out
         self.missing = list(missing)
         listed = ", ".join(map(str, self.missing))
         super().__init__(
             f"{out}: folds {listed} are not complete; run them (--fold-ids {','.join(map(str, self.missing))}) "
             "or merge with allow_partial / --allow-partial"
         )
+
+    def __reduce__(self) -> tuple[type, tuple[Path, list[int]]]:
+        """Rebuilt from its arguments, not its message: it must cross process boundaries."""
+        return (type(self), (self.out, self.missing))
 
 
 @dataclass

@@ -48,6 +48,7 @@ def index_image_cache(folder: Path) -> pd.DataFrame:
             "ignored %d cache files not named {eid}_20201_{instance}_{array}.npy (e.g. %s)", len(ignored), ignored[0]
         )
     index = pd.DataFrame(rows, columns=["eid", "instance", "path"]).astype({"eid": "int64", "instance": "int64"})
+    index = index.sort_values(["eid", "instance"], kind="stable")
     duplicated = index.duplicated(["eid", "instance"], keep="first")
     if duplicated.any():
         logger.warning("%d exams have several cache files; the first (lowest array index) is used", int(duplicated.sum()))
