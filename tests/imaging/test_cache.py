@@ -98,7 +98,7 @@ BAD_ENTRIES = {
         r"expected a \(3, 256, 256\) uint8 array, the header says \(3, 8388608, 8388608\) uint8",
     ),
     "objects": (lambda path: _header_only(path, "|O", (3, 256, 256)), r"expected a \(3, 256, 256\) uint8 array, the header says \(3, 256, 256\) object"),
-    "empty": (lambda path: path.write_bytes(b""), r"not a readable \.npy file \(empty\)"),
+    "empty": (lambda path: path.write_bytes(b""), r"not a readable \.npy file \(No data left in file\)"),
     "fifo": (lambda path: os.mkfifo(path), r"not a regular file \(a FIFO\)"),
     "folder": (lambda path: path.mkdir(), r"not a regular file \(a folder\)"),
 }
