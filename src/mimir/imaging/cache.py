@@ -36,7 +36,8 @@ _QC_FOLDER = "qc"
 _QC_TABLE = "qc.csv"
 _FAILURES_TABLE = "failures.csv"
 _NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
+#: The first bytes of a zip archive (an .npz) with members, and of an empty one.
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 #: The QC flag of an exam whose sidecar cannot be read.
 UNREADABLE_QC_FLAG = "qc_unreadable"
 _UKB_STEM = re.compile(r"^(?P<eid>\d+)_20201_(?P<instance>\d+)_(?P<array>\d+)$")
@@ -136,7 +137,7 @@ def _header_problem(handle: BinaryIO) -> str | None:
     """What is wrong with an open .npy file for the representation, from its header and size."""
     start = handle.read(len(_NPY_MAGIC))
     handle.seek(0)
-    if start.startswith(_ZIP_MAGIC):
+    if start.startswith(_ZIP_MAGICS):
         return "not a readable .npy file (a zip archive such as .npz under a .npy name)"
     if start != _NPY_MAGIC:
         # numpy's own words (the golden predictions pin them); it refuses from the first bytes
