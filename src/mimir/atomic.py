@@ -1,24 +1,42 @@
 """Writes that either complete or leave nothing: a killed run never leaves a half-written file.
 
-Temporary files carry the host and process id that wrote them, so a rerun can remove the
-leftovers of a killed process without touching those of a run still going on the same
-(possibly shared) folder.
+Temporary files and staging folders carry the host and process id that wrote them, so a rerun
+can remove the leftovers of a killed process without touching those of a run still going on the
+same (possibly shared) folder.
+
+A write that cannot happen at all (a read-only or missing folder) is found before the work that
+would produce it (`check_can_create`); one that fails at the end (a full disk) becomes one line
+saying what was kept (`reported_write`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
+import secrets
+import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mimir.errors import MimirError
+
 _SUFFIX = ".part"
+#: A folder replaced by `atomic_folder`, kept under this suffix until its successor is in place.
+_RETIRED_SUFFIX = ".old"
 _FILE_MODE = 0o644
 #: Leftovers of other hosts are only removed when older than this (their process may be alive).
 _FOREIGN_TEMPORARY_AGE_S = 24 * 3600
+#: `.{target name}.{host}-{pid}.{random}.part` (or `.old`); the host has neither dots nor dashes.
+_TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[^.\-]+)-(?P<pid>\d+)\.[^.]+\.(?:part|old)$")
+
+
+class UnwritableError(MimirError, OSError):
+    """A file or folder MIMIR must write cannot be written: a missing or read-only folder, a full disk."""
 
 
 def _host() -> str:
@@ -56,6 +74,57 @@ def atomic_write_text(target: Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
+def _staging_folder(target: Path) -> Path:
+    """A new empty folder beside `target`, made by a plain mkdir so that the user's umask sets
+    its mode (mkdtemp would make it 0700, unreadable to the colleagues the results are for)."""
+    while True:
+        staging = target.with_name(f".{target.name}.{_owner_tag()}.{secrets.token_hex(4)}{_SUFFIX}")
+        try:
+            staging.mkdir()
+        except FileExistsError:
+            continue
+        return staging
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield a staging folder beside `target`; it replaces `target` only on success.
+
+    Readers never see a half-written folder. A folder already at `target` is set aside under a
+    `.old` name, then removed once the new one is in place (or put back if that rename fails).
+    Leftovers of a killed writer are removed on the next write of the same name.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target.parent, target.name)
+    staging = _staging_folder(target)
+    retired: Path | None = None
+    try:
+        yield staging
+        if target.exists() or target.is_symlink():
+            retired = staging.with_name(staging.name.removesuffix(_SUFFIX) + _RETIRED_SUFFIX)
+            os.replace(target, retired)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if retired is not None:  # put the previous folder back
+                os.replace(retired, target)
+                retired = None
+            raise
+    finally:
+        if staging.exists():
+            _remove(staging)
+        if retired is not None:
+            _remove(retired)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -66,24 +135,66 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporaries left in `folder` by killed writers; returns how many were removed."""
+def remove_stale_temporaries(folder: Path, name: str | None = None) -> int:
+    """Delete temporaries (files or staging folders) left in `folder` by killed writers, only
+    those of the target `name` when given; returns how many were removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     host = _host()
     removed = 0
-    for path in folder.glob(f".*{_SUFFIX}"):
-        parts = path.name.split(".")
-        owner = next((part for part in reversed(parts) if "-" in part and part.rsplit("-", 1)[-1].isdigit()), None)
-        if owner is None:
+    for path in folder.glob(f".{glob.escape(name) if name is not None else '*'}.*"):
+        match = _TEMPORARY_NAME.match(path.name)
+        if match is None or (name is not None and match["target"] != name):
             continue
-        owner_host, pid_text = owner.rsplit("-", 1)
-        if owner_host == host:
-            stale = not _process_alive(int(pid_text))
+        if match["host"] == host:
+            stale = not _process_alive(int(match["pid"]))
         else:
-            stale = time.time() - path.stat().st_mtime > _FOREIGN_TEMPORARY_AGE_S
+            stale = time.time() - path.lstat().st_mtime > _FOREIGN_TEMPORARY_AGE_S
         if stale:
-            path.unlink(missing_ok=True)
+            _remove(path)
             removed += 1
     return removed
+
+
+def probe_folder(folder: Path) -> None:
+    """Write one byte to a new file in `folder` and remove it: raises the OSError (read-only,
+    permission denied, disk full) that a real write there would meet."""
+    handle, probe = tempfile.mkstemp(prefix=f".mimir.{_owner_tag()}.", suffix=".probe", dir=folder)
+    try:
+        os.write(handle, b"\0")
+    finally:
+        os.close(handle)
+        os.unlink(probe)
+
+
+def check_can_create(path: Path, *, parents: bool = False) -> Path:
+    """Fail before any work when `path` cannot be created or replaced (a probe file is written
+    in its folder); with `parents`, a missing folder is fine when its nearest existing ancestor
+    takes new files (the folders are made when writing)."""
+    path = Path(path)
+    folder = path.parent
+    if parents:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+    if not folder.is_dir():
+        if folder.exists():
+            raise UnwritableError(f"{path}: {folder} is not a folder")
+        raise UnwritableError(f"{path}: the folder {folder} does not exist")
+    try:
+        probe_folder(folder)
+    except OSError as error:
+        raise UnwritableError(f"{path}: cannot write in {folder} ({error.strerror or error})") from error
+    return path
+
+
+@contextlib.contextmanager
+def reported_write(target: Path, kept: str) -> Iterator[None]:
+    """Turn an OSError of the write of `target` (disk full, folder gone read-only) into one
+    line that names it and says what was kept (`kept`), instead of a traceback."""
+    try:
+        yield
+    except UnwritableError:
+        raise
+    except OSError as error:
+        raise UnwritableError(f"{target} could not be written ({error.strerror or error}); {kept}") from error

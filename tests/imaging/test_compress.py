@@ -106,3 +106,57 @@ def test_killed_run_resumes_without_corrupt_files(tiny_cohort, tmp_path):
     assert not [p for p in cache.iterdir() if p.name.endswith(".part")]
     for stem in stems:
         assert load_image(cache / f"{stem}.npy").dtype == np.uint8
+
+
+def test_an_invalid_cache_entry_is_compressed_again(tiny_cohort, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    inputs = discover_inputs([tiny_cohort])[:2]
+    assert compress_exams(inputs, CompressOptions(cache=cache)).done == 2
+    truncated, fifo = (cache / f"{exam.path.stem}.npy" for exam in inputs)
+    expected = truncated.read_bytes()
+    truncated.write_bytes(expected[:4096])  # a copy cut short: it used to count as cached forever
+    fifo.unlink()
+    os.mkfifo(fifo)  # it used to be skipped as cached, and hang whoever read it
+    with caplog.at_level("WARNING", logger="mimir.imaging.compress"):
+        again = compress_exams(inputs, CompressOptions(cache=cache))
+    assert (again.done, again.skipped, again.failed) == (2, 0, 0)
+    assert truncated.read_bytes() == expected
+    assert fifo.is_file() and load_image(fifo).shape == (3, 256, 256)
+    assert f"{truncated.stem}: the cached image is invalid (truncated: 4096 bytes, the header needs 196736)" in caplog.text
+    assert f"{fifo.stem}: the cached image is invalid (not a regular file (a FIFO))" in caplog.text
+    assert compress_exams(inputs, CompressOptions(cache=cache)).skipped == 2
+
+
+def test_an_unwritable_cache_is_refused_before_any_exam(tiny_cohort, tmp_path, monkeypatch, capsys):
+    import mimir.imaging.compress as compress_module
+    from mimir.imaging.cache import CacheNotWritableError
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("an exam was compressed before the cache was checked")
+
+    monkeypatch.setattr(compress_module, "compress_exam", no_work)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(CacheNotWritableError, match="cannot take new files"):
+        compress_exams(discover_inputs([tiny_cohort]), CompressOptions(cache=blocker / "cache"))
+    code = main(["-q", "compress", str(tiny_cohort), "--cache", str(blocker / "cache"), "--workers", "1"])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mimir compress: error: cache ") and "cannot take new files (Not a directory)" in error
+    assert "\n" not in error
+
+
+def test_a_failing_final_write_is_one_line_saying_what_was_kept(batch_with_bad_inputs, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    (cache / "failures.csv").mkdir(parents=True)  # the table cannot land, as on a disk that filled up
+    code = main(["-q", "compress", str(batch_with_bad_inputs), "--cache", str(cache), "--workers", "1"])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    assert error.startswith(f"mimir compress: error: {cache / 'failures.csv'} could not be written (")
+    assert error.endswith(
+        f"; the 2 images compressed in this run are kept in {cache} (a rerun skips them); "
+        "the 3 failures are in the log above"
+    )
+    assert len(list(cache.glob("*.npy"))) == 2
+    assert all(load_image(path).dtype == np.uint8 for path in cache.glob("*.npy"))

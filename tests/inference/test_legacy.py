@@ -154,3 +154,24 @@ def test_incomplete_resnet50_is_refused_before_writing(tmp_path):
     with pytest.raises(ModuleShapeError, match="not a resnet50"):
         import_legacy(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_is_one_line_before_the_snapshot_is_read(tmp_path, capsys, monkeypatch):
+    import mimir.inference.legacy as legacy_module
+    from mimir.cli import main
+    from mimir.inference.modules import ModuleOutputError
+
+    folder = tmp_path / "published"
+    _write_texts(folder)
+    _snapshot_with_head(folder, 2 * len(ROWS))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the snapshot was read before the output was checked")
+
+    monkeypatch.setattr(legacy_module, "read_legacy_snapshot", no_work)
+    with pytest.raises(ModuleOutputError, match="is not a folder"):
+        import_legacy(folder, blocker / "organs")
+    assert main(["module", "import-legacy", str(folder), "--out", str(blocker / "organs")]) == 2
+    assert capsys.readouterr().err.strip() == f"mimir module: error: {blocker / 'organs'}: {blocker} is not a folder"

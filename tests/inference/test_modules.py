@@ -319,3 +319,48 @@ def test_describe_does_not_import_torch(module_dir):
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_a_killed_write_leaves_nothing_the_next_write_keeps(tmp_path, state):
+    import os
+    import subprocess
+    import sys
+
+    from mimir.atomic import _host
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    staging = tmp_path / f".tiny.{_host()}-{dead}.0a1b2c3d.part"  # kill -9 during import-legacy left it
+    staging.mkdir()
+    (staging / "weights.safetensors").write_bytes(b"half written")
+    archive_part = tmp_path / f".tiny.zip.{_host()}-{dead}.k2j_x9ab.part"
+    archive_part.write_bytes(b"half an archive")
+    previous = os.umask(0o022)
+    try:
+        save_module(_spec(), state, tmp_path / "tiny")
+        save_module(_spec(), state, tmp_path / "tiny.zip")
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny", "tiny.zip"]
+    assert (tmp_path / "tiny").stat().st_mode & 0o777 == 0o755  # mkdtemp made it 0700
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "tiny").iterdir()} == {0o644}
+    assert (tmp_path / "tiny.zip").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_unwritable_module_output_is_one_line_before_any_work(tmp_path, state, capsys, monkeypatch):
+    import mimir.inference.modules as modules_module
+    from mimir.cli import main
+    from mimir.inference.modules import ModuleOutputError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    run = _fake_run(tmp_path, state)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run was read before the output was checked")
+
+    monkeypatch.setattr(modules_module, "RunFolder", no_work)
+    with pytest.raises(ModuleOutputError, match="is not a folder"):
+        modules_module.build_module(run, None, blocker / "out" / "module")
+    assert main(["module", "build", "--run", str(run), "--out", str(blocker / "module")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"mimir module: error: {blocker / 'module'}: {blocker} is not a folder"

@@ -163,3 +163,75 @@ def test_prediction_does_not_import_training_code():
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
+
+
+def _header_only(path: Path, shape: tuple[int, ...]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    path.write_bytes(buffer.getvalue())
+
+
+def test_malformed_cache_files_become_failure_rows_and_the_table_is_written(modules, cache, tmp_path):
+    import os
+
+    with (cache / "4567890_20201_2_0.npy").open("wb") as handle:  # used to abort with AttributeError
+        np.savez(handle, image=helpers.realistic_image(1))
+    _header_only(cache / "5678901_20201_2_0.npy", (3, 2**23, 2**23))  # 192 TiB: used to abort with MemoryError
+    image = (cache / f"{STEMS[0]}.npy").read_bytes()
+    (cache / "6789012_20201_2_0.npy").write_bytes(image[:50_000])
+    os.mkfifo(cache / "7890123_20201_2_0.npy")  # used to hang the reader
+    out = tmp_path / "predictions.csv"
+    assert run_cli(["predict", str(cache), "--modules", *map(str, modules), "--out", str(out), "--device", "cpu"]) == 0
+    table = pd.read_csv(out, dtype={"exam": str, "failure": str}).fillna({"failure": ""}).set_index("exam")
+    assert table.loc[list(STEMS), "failure"].eq("").all() and table.loc[list(STEMS), "height"].notna().all()
+    assert table.loc["4567890_20201_2_0", "failure"] == (
+        "load: not a readable .npy file (a zip archive such as .npz under a .npy name)"
+    )
+    assert table.loc["5678901_20201_2_0", "failure"] == (
+        "load: expected a (3, 256, 256) uint8 array, the header says (3, 8388608, 8388608) uint8"
+    )
+    assert table.loc["6789012_20201_2_0", "failure"] == "load: truncated: 50000 bytes, the header needs 196736"
+    assert table.loc["7890123_20201_2_0", "failure"] == "load: not a regular file (a FIFO)"
+    assert table.loc[table["failure"] != "", ["height", "liverFat_sd"]].isna().all().all()
+
+
+def test_a_fifo_named_as_an_image_input_is_reported_not_opened(modules, cache, tmp_path):
+    import os
+
+    fifo = tmp_path / "8901234_20201_2_0.npy"
+    os.mkfifo(fifo)
+    table = predict([cache / f"{STEMS[0]}.npy", fifo], modules, PredictOptions(device="cpu"))
+    assert list(table["failure"]) == ["", "load: not a regular file (a FIFO)"]
+
+
+def test_an_invalid_entry_of_a_raw_exam_is_compressed_again(tiny_cohort, modules, tmp_path):
+    pytest.importorskip("mimir.synth.anatomy")
+    exam = sorted(tiny_cohort.glob("*.zip"))[0]
+    options = PredictOptions(cache=tmp_path / "cache", device="cpu", workers=1)
+    first = run_prediction([exam], modules, options)
+    image = tmp_path / "cache" / f"{exam.stem}.npy"
+    expected = image.read_bytes()
+    image.write_bytes(expected[:1000])
+    second = run_prediction([exam], modules, options)
+    assert (second.compressed, second.reused) == (1, 0)
+    assert image.read_bytes() == expected
+    pd.testing.assert_frame_equal(first.table, second.table)
+
+
+def test_an_unwritable_cache_is_refused_before_the_modules_load(modules, tmp_path, monkeypatch):
+    import mimir.inference.predict as predict_module
+    from mimir.imaging.cache import CacheNotWritableError
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("modules were loaded before the cache was checked")
+
+    monkeypatch.setattr(predict_module, "load_module", no_work)
+    zips = tmp_path / "zips"
+    zips.mkdir()
+    (zips / "1111111_20201_2_0.zip").write_bytes(b"not a zip")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(CacheNotWritableError, match="cannot take new files"):
+        run_prediction([zips], modules, PredictOptions(cache=blocker / "cache", device="cpu"))

@@ -115,3 +115,24 @@ def test_subject_predictions_lists_each_target_with_its_interval(modules, cache)
     assert list(subject_predictions(without_attrs, STEMS[0])["module"]) == ["experimental", "experimental"]
     with pytest.raises(PredictionTableError, match="not in the predictions table"):
         subject_predictions(table, "7654321_20201_2_0")
+
+
+def test_a_failing_table_write_is_one_line_that_keeps_the_cache(modules, cache, tmp_path, monkeypatch):
+    import errno
+
+    import mimir.inference.table as table_module
+    from mimir.atomic import UnwritableError
+
+    table = predict([cache], modules[:1], PredictOptions(device="cpu"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(table_module, "atomic_write_text", disk_full)
+    out = tmp_path / "predictions.csv"
+    with pytest.raises(UnwritableError) as caught:
+        table_module.write_predictions(table, out)
+    assert str(caught.value) == (
+        f"{out} could not be written (No space left on device); nothing was written there; "
+        "compressed images stay in their cache, so a rerun does not compress again"
+    )

@@ -24,16 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mimir.atomic import check_can_create, reported_write
     from mimir.cli import UsageError
     from mimir.targets.exports import export_to_targets, write_targets_table
 
     export = Path(args.export)
+    out = Path(args.out)
     if not export.is_file():
         raise UsageError(f"no such export file: {export}")
     if args.instance < 0:
         raise UsageError(f"--instance must be a visit number (0-3), got {args.instance}")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name")
+    check_can_create(out)  # before reading what may be a large export
     table = export_to_targets(export, instance=args.instance)
-    write_targets_table(table, Path(args.out))
+    with reported_write(out, "nothing was written"):
+        write_targets_table(table, out)
     names = [column for column in table.columns if column not in ("eid", "instance")]
     filled = int(table[names].notna().any(axis=0).sum())
     print(f"wrote {len(table)} participants x {filled} targets with values (instance {args.instance}) to {args.out}")

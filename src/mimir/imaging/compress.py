@@ -10,18 +10,21 @@ import csv
 import io
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from mimir.atomic import atomic_write_text, remove_stale_temporaries
+from mimir.atomic import atomic_write_text, remove_stale_temporaries, reported_write
 from mimir.errors import MimirError
 from mimir.imaging.cache import (
-    ExamId,
+    entry_problem,
+    exam_identity,
     failures_path,
-    is_cached,
+    image_path,
+    prepare_cache,
     qc_folder,
     qc_table_path,
     read_qc,
@@ -177,7 +180,7 @@ def compress_exam(source: ExamInput, options: CompressOptions) -> ExamOutcome:
         image = build_representation(volume)
         stage = "quality"
         qc = {
-            **_exam_identity(stem),
+            **exam_identity(stem),
             "source": str(source.path),
             "stations_found": len(exam.stations) + exam.duplicates_dropped // 2,
             **assess_quality(exam.stations, volume),
@@ -204,11 +207,6 @@ def compress_exam(source: ExamInput, options: CompressOptions) -> ExamOutcome:
         outcome.status = "done"
     outcome.seconds = time.perf_counter() - started
     return outcome
-
-
-def _exam_identity(stem: str) -> dict[str, object]:
-    exam_id = ExamId.from_stem(stem)
-    return {"subject": stem, "eid": exam_id.eid, "instance": exam_id.instance}
 
 
 def _csv_text(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> str:
@@ -238,6 +236,14 @@ def write_qc_table(cache: Path) -> Path:
     return path
 
 
+def _cached_problem(cache: Path, stem: str) -> str | None:
+    """None when the exam is validly cached, "" when it is not cached, else what is wrong."""
+    path = image_path(cache, stem)
+    if not os.path.lexists(path):
+        return ""
+    return entry_problem(path)
+
+
 def compress_exams(
     inputs: Sequence[ExamInput],
     options: CompressOptions,
@@ -245,10 +251,14 @@ def compress_exams(
     workers: int = 1,
     progress: Callable[[ExamOutcome], None] | None = None,
 ) -> CompressSummary:
-    """Compress every exam not yet cached; resumable, one failure row per bad exam."""
+    """Compress every exam not yet validly cached; resumable, one failure row per bad exam.
+
+    The cache must take new files before any exam is computed (CacheNotWritableError). A cache
+    entry that is not a valid image (truncated, damaged, not a regular file) is recomputed, with
+    a warning. When the final tables cannot be written (a full disk), the error says what was kept.
+    """
     started = time.perf_counter()
-    cache = Path(options.cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = prepare_cache(Path(options.cache))
     removed = remove_stale_temporaries(cache) + remove_stale_temporaries(qc_folder(cache))
     if removed:
         logger.info("removed %d temporary files left by a killed run", removed)
@@ -256,11 +266,17 @@ def compress_exams(
     todo = []
     for source in inputs:
         stem = exam_stem(source)
-        if not options.force and is_cached(cache, stem):
+        if options.force:
+            todo.append(source)
+            continue
+        problem = _cached_problem(cache, stem)
+        if problem is None:
             summary.skipped += 1
             if progress is not None:
                 progress(ExamOutcome(stem=stem, source=str(source.path), status="skipped"))
         else:
+            if problem:
+                logger.warning("%s: the cached image is invalid (%s); compressing it again", stem, problem)
             todo.append(source)
     for result in map_outcomes(partial(compress_exam, options=options), todo, workers):
         outcome = result.value
@@ -278,7 +294,13 @@ def compress_exams(
             logger.warning("%s failed at %s: %s", outcome.stem, outcome.stage, outcome.reason)
         if progress is not None:
             progress(outcome)
-    write_failures(cache, summary.failures)
-    write_qc_table(cache)
+    kept = (
+        f"the {summary.done} images compressed in this run are kept in {cache} (a rerun skips them); "
+        f"the {summary.failed} failures are in the log above"
+    )
+    with reported_write(failures_path(cache), kept):
+        write_failures(cache, summary.failures)
+    with reported_write(qc_table_path(cache), kept):
+        write_qc_table(cache)
     summary.seconds = time.perf_counter() - started
     return summary

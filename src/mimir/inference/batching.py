@@ -3,8 +3,9 @@
 Loading an image is cheap (a 196 kB file) but not free, and on a GPU the network is fast enough
 for loading to matter: a background thread reads the next batches (and pins them in page-locked
 memory for an asynchronous copy to a GPU) while the current batch is in the network. An image
-that cannot be loaded (unreadable, wrong shape or dtype) is reported with its batch and never
-stops the others.
+that cannot be loaded (not a regular file, not a .npy file, a header that is not (3, 256, 256)
+uint8, a size that does not match it: `mimir.imaging.cache.load_image` checks all of it before
+reading the array) is reported with its batch and never stops the others.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from mimir.inference.modules import (
     ModuleSpec,
     Provenance,
     TargetSpec,
+    check_module_output,
     save_module,
 )
 
@@ -250,6 +251,7 @@ def _file_sha256(path: Path) -> str:
 def import_legacy(folder: Path | str, out: Path | str, name: str | None = None, *, overwrite: bool = False) -> Path:
     """Convert a published module folder into a MIMIR module at `out`; returns `out`."""
     folder = Path(folder)
+    out = check_module_output(out, overwrite=overwrite)
     if not folder.is_dir():
         raise LegacyMissingFileError(f"published module folder not found: {folder}")
     absent = [file for file in LEGACY_FILES if not (folder / file).is_file()]

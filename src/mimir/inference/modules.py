@@ -23,10 +23,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import struct
 import tarfile
-import tempfile
 import tomllib
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -36,7 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mimir import __version__
-from mimir.atomic import atomic_path
+from mimir.atomic import (
+    UnwritableError,
+    atomic_folder,
+    atomic_path,
+    check_can_create,
+    remove_stale_temporaries,
+    reported_write,
+)
 from mimir.errors import MimirError
 from mimir.protocol import IMAGE_SHAPE, REPRESENTATION_VERSION
 from mimir.runs.config import ConfigError, TrainConfig
@@ -103,6 +108,10 @@ class ModuleShapeError(ModuleFormatError):
 
 class ModuleBuildError(ModuleFormatError):
     """A training run or cross-validation folder that cannot become a module."""
+
+
+class ModuleOutputError(UnwritableError):
+    """The module cannot be written where asked: a missing or read-only folder, a full disk."""
 
 
 class ModuleExistsError(MimirError, FileExistsError):
@@ -503,6 +512,21 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_module_output(out: Path | str, *, overwrite: bool) -> Path:
+    """Fail before any work when a module cannot be written at `out`: it exists (without
+    `overwrite`), it is an archive other than .zip, or its folder cannot take new files."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ModuleExistsError(f"{out} already exists; choose another path or overwrite it explicitly")
+    if _is_archive(out) and not out.name.lower().endswith(".zip"):
+        raise ModuleFormatError(f"{out}: modules are written as a folder or a .zip archive")
+    try:
+        check_can_create(out, parents=True)
+    except UnwritableError as error:
+        raise ModuleOutputError(str(error)) from error
+    return out
+
+
 def save_module(
     spec: ModuleSpec, state_dict: Mapping[str, torch.Tensor], out: Path | str, *, overwrite: bool = False
 ) -> Path:
@@ -513,11 +537,7 @@ def save_module(
     """
     from safetensors.torch import save as safetensors_bytes
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ModuleExistsError(f"{out} already exists; choose another path or overwrite it explicitly")
-    if _is_archive(out) and not out.name.lower().endswith(".zip"):
-        raise ModuleFormatError(f"{out}: modules are written as a folder or a .zip archive")
+    out = check_module_output(out, overwrite=overwrite)
     for index, target in enumerate(spec.targets):
         _check_target(target, f"targets[{index}]")
     if not spec.targets:
@@ -531,15 +551,18 @@ def save_module(
         spec, provenance=provenance, weights_sha256=sha256_hex(weights), weights_bytes=len(weights)
     )
     files = {SPEC_FILE: final.to_json().encode("utf-8"), WEIGHTS_FILE: weights}
-    if _is_archive(out):
-        _write_zip(out, files)
-    else:
-        _write_folder(out, files)
+    kept = "nothing was written" + (" (the module already there is unchanged)" if out.exists() else "")
+    with reported_write(out, kept):
+        if _is_archive(out):
+            _write_zip(out, files)
+        else:
+            _write_folder(out, files)
     logger.info("wrote module %s (%d targets, %s) to %s", spec.name, len(spec.targets), spec.architecture, out)
     return out
 
 
 def _write_zip(out: Path, files: Mapping[str, bytes]) -> None:
+    remove_stale_temporaries(out.parent, out.name)  # left by a killed earlier write of this module
     with atomic_path(out) as temporary:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
             for name, data in files.items():
@@ -548,33 +571,12 @@ def _write_zip(out: Path, files: Mapping[str, bytes]) -> None:
 
 def _write_folder(out: Path, files: Mapping[str, bytes]) -> None:
     """Build the folder beside `out`, then rename: readers never see a half-written module."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    retired: Path | None = None
-    try:
+    with atomic_folder(out) as staging:
         for name, data in files.items():
             with (staging / name).open("wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        if out.exists() or out.is_symlink():
-            retired = staging.with_name(staging.name.removesuffix(".part") + ".old")
-            os.replace(out, retired)
-        try:
-            os.replace(staging, out)
-        except OSError:
-            if retired is not None:  # put the previous module back
-                os.replace(retired, out)
-                retired = None
-            raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        if retired is not None:
-            if retired.is_dir() and not retired.is_symlink():
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                retired.unlink(missing_ok=True)
 
 
 # loading -----------------------------------------------------------------------------------------
@@ -839,6 +841,7 @@ def build_module(
 
     from mimir.targets.catalog import get_target
 
+    out = check_module_output(out, overwrite=overwrite)
     run_folder = RunFolder(run)
     if not run_folder.path.is_dir():
         raise ModuleMissingFileError(f"training run folder not found: {run_folder.path}")

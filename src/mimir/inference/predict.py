@@ -40,7 +40,7 @@ import numpy as np
 
 from mimir.devices import cudnn_autotune, precision_name, resolve_device, resolve_precision
 from mimir.errors import MimirError
-from mimir.imaging.cache import image_path, qc_flags
+from mimir.imaging.cache import image_path, prepare_cache, qc_flags
 from mimir.imaging.compress import (
     CompressOptions,
     ExamOutcome,
@@ -108,7 +108,7 @@ def resolve_inputs(inputs: Sequence[str | Path]) -> ResolvedInputs:
         path = Path(item)
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
-        if path.is_file() and path.suffix == ".npy":
+        if path.suffix == ".npy" and not path.is_dir():  # a FIFO too: reported when loaded, never opened
             resolved.cached.append(CachedExam(path.stem, path))
         elif is_cache_folder(path):
             resolved.cached.extend(CachedExam(image.stem, image) for image in sorted(path.glob("*.npy")))
@@ -205,6 +205,8 @@ def run_prediction(
     size = options.batch_size or DEFAULT_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
     if size < 1:
         raise PredictError(f"batch size must be at least 1, got {size}")
+    if resolved.raw and options.cache is not None:
+        prepare_cache(Path(options.cache))  # a read-only cache fails now, not after the modules load
     timings: dict[str, float] = {}
     loading = time.perf_counter()
     runners = [ModuleRunner(load_module(path, device), autocast_dtype) for path in modules]

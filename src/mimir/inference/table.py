@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mimir.atomic import atomic_path, atomic_write_text
+from mimir.atomic import (
+    UnwritableError,
+    atomic_path,
+    atomic_write_text,
+    check_can_create,
+    reported_write,
+)
 from mimir.errors import MimirError
 from mimir.imaging.cache import ExamId
 
@@ -104,15 +109,10 @@ def check_output_path(out: str | Path) -> Path:
         raise OutputPathError(f"{out} is a folder; give a file name")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OutputPathError(f"{out}: the output must end in {' or '.join(OUTPUT_SUFFIXES)}")
-    folder = out.parent
-    if not folder.is_dir():
-        raise OutputPathError(f"{out}: the folder {folder} does not exist")
     try:
-        handle, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
-    except OSError as error:
-        raise OutputPathError(f"{out}: cannot write in {folder} ({error.strerror or error})") from error
-    os.close(handle)
-    os.unlink(probe)
+        check_can_create(out)
+    except UnwritableError as error:
+        raise OutputPathError(str(error)) from error
     if out.exists() and not os.access(out, os.W_OK):
         raise OutputPathError(f"{out} exists and is read-only")
     if out.suffix.lower() == ".parquet":
@@ -184,11 +184,12 @@ def write_predictions(table: pd.DataFrame, out: str | Path, *, long: bool = Fals
     """Write the table as CSV or Parquet (by suffix), atomically: all of it or nothing."""
     out = check_output_path(out)
     written = to_long(table) if long else table
-    if out.suffix.lower() == ".parquet":
-        with atomic_path(out) as temporary:
-            written.to_parquet(temporary, index=False)
-    else:
-        atomic_write_text(out, written.to_csv(index=False, float_format="%.7g", lineterminator="\n"))
+    with reported_write(out, "nothing was written there; compressed images stay in their cache, so a rerun does not compress again"):
+        if out.suffix.lower() == ".parquet":
+            with atomic_path(out) as temporary:
+                written.to_parquet(temporary, index=False)
+        else:
+            atomic_write_text(out, written.to_csv(index=False, float_format="%.7g", lineterminator="\n"))
     logger.info("wrote %d rows to %s", len(written), out)
     return out
 
