@@ -20,6 +20,8 @@ class Stage(StrEnum):
     SERIES = "series"
     #: Water and fat series that cannot be matched into stations.
     PAIRING = "pairing"
+    #: Header values missing, not finite or outside the plausible ranges of header_limits.
+    HEADER = "header"
     #: Pixel data that cannot be decoded for (most of) a series.
     PIXELS = "pixels"
     #: Slice geometry the station convention cannot express (oblique, mixed sizes, bad affine).
