@@ -3,6 +3,7 @@ a silently changed image, and no pixel decoded or array allocated before the hea
 
 from __future__ import annotations
 
+import csv
 import io
 import zipfile
 from pathlib import Path
@@ -246,3 +247,37 @@ def test_files_without_preamble_are_still_read_leniently(dicom):
 
 def test_reliability_doc_shows_the_header_limits_table():
     assert header_limits_markdown() in RELIABILITY.read_text()
+
+
+def _without_pixel_spacing(source: Path, target: Path) -> None:
+    """A copy of a synthetic exam zip whose DICOM files all lack PixelSpacing."""
+    from pydicom import dcmread
+
+    with zipfile.ZipFile(source) as inside, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as outside:
+        for info in inside.infolist():
+            data = inside.read(info)
+            if data[128:132] == b"DICM":
+                dataset = dcmread(io.BytesIO(data))
+                del dataset.PixelSpacing
+                buffer = io.BytesIO()
+                dataset.save_as(buffer, enforce_file_format=True)
+                data = buffer.getvalue()
+            outside.writestr(info.filename, data)
+
+
+def test_exam_without_pixel_spacing_gets_a_failure_row_and_no_image(tiny_cohort, tmp_path):
+    """The HIGH defect of issue 18 end to end: no 1 mm guess cached, one failures.csv row."""
+    from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
+
+    source = sorted(tiny_cohort.glob("*.zip"))[0]
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    broken = batch / source.name
+    _without_pixel_spacing(source, broken)
+    cache = tmp_path / "cache"
+    summary = compress_exams(discover_inputs([batch]), CompressOptions(cache=cache))
+    assert summary.failed == 1
+    rows = list(csv.DictReader((cache / "failures.csv").open()))
+    assert [(row["subject"], row["stage"]) for row in rows] == [(broken.stem, "header")]
+    assert "PixelSpacing (0028,0030) missing in all" in rows[0]["reason"]
+    assert not list(cache.rglob("*.npy"))

@@ -145,8 +145,8 @@ class _Slice:
 
     @property
     def placed(self) -> bool:
-        """Whether the slice has a usable z position (a slice without one is dropped)."""
-        return bool(np.isfinite(self.position).all())
+        """Whether the slice has a usable position (one that has none is all NaN, and dropped)."""
+        return not math.isnan(self.position[2])
 
 
 @dataclass
@@ -425,7 +425,7 @@ def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_
         return None
     number = int(values.get("SeriesNumber", 0))  # type: ignore[call-overload]
     problem = slice_header_problem(values)
-    position = values.get("ImagePositionPatient") if position_problem(values) is None else [math.nan] * 3
+    position = values.get("ImagePositionPatient") if problem is None or position_problem(values) is None else [math.nan] * 3
     orientation = values.get("ImageOrientationPatient")
     shape = (int(values.get("Rows", 0)), int(values.get("Columns", 0)))  # type: ignore[call-overload]
     return _Slice(

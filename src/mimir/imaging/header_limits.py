@@ -114,7 +114,8 @@ def _shown(value: object) -> str:
 
 
 def _finite(values: object, count: int) -> bool:
-    return isinstance(values, Sequence) and len(values) == count and all(math.isfinite(value) for value in values)
+    """`count` finite numbers; header values arrive as lists (checked per slice, so kept cheap)."""
+    return isinstance(values, list) and len(values) == count and all(map(math.isfinite, values))
 
 
 def slice_header_problem(values: Mapping[str, object]) -> str | None:
@@ -139,7 +140,7 @@ def slice_header_problem(values: Mapping[str, object]) -> str | None:
     if spacing is not None:
         if not _finite(spacing, 2):
             return f"{named('PixelSpacing', spacing)} is not 2 finite values"
-        if not all(MIN_PIXEL_SPACING_MM <= value <= MAX_PIXEL_SPACING_MM for value in spacing):  # type: ignore[union-attr]
+        if not (MIN_PIXEL_SPACING_MM <= min(spacing) and max(spacing) <= MAX_PIXEL_SPACING_MM):  # type: ignore[type-var]
             return f"{named('PixelSpacing', spacing)} outside {MIN_PIXEL_SPACING_MM:g} to {MAX_PIXEL_SPACING_MM:g} mm"
     for keyword in ("RescaleSlope", "RescaleIntercept"):
         rescale = values.get(keyword)
@@ -155,7 +156,7 @@ def position_problem(values: Mapping[str, object]) -> str | None:
         return f"ImagePositionPatient {TAGS['ImagePositionPatient']} missing"
     if not _finite(position, 3):
         return f"{named('ImagePositionPatient', position)} is not 3 finite values"
-    if max(abs(value) for value in position) > MAX_POSITION_MM:  # type: ignore[union-attr]
+    if max(map(abs, position)) > MAX_POSITION_MM:  # type: ignore[call-overload]
         return f"{named('ImagePositionPatient', position)} beyond +-{MAX_POSITION_MM:g} mm"
     return None
 
