@@ -73,7 +73,12 @@ HEADER_LIMITS: tuple[HeaderLimit, ...] = (
         "the exam is refused (geometry)",
     ),
     HeaderLimit(
-        "memory per exam", "Rows x Columns of every water/fat slice, positions, spacing",
+        "NIfTI volume", "dim, sform/qform affine",
+        f"3D, 1 to {MAX_SERIES_SLICES} voxels per axis, finite affine, voxels {MIN_PIXEL_SPACING_MM} to {MAX_SLICE_SPACING_MM} mm",
+        "(fused) 224 x 174 x ~370 of 2.232 x 2.232 x 3 mm", "the exam is refused (header)",
+    ),
+    HeaderLimit(
+        "memory per exam", "Rows x Columns of every water/fat slice, positions, spacing; NIfTI dim and voxel size",
         f"at most {MAX_EXAM_BYTES / 2**30:.1f} GiB estimated before any pixel is decoded", "about 0.5 GiB",
         "the exam is refused (safety)",
     ),
