@@ -269,7 +269,7 @@ def test_exam_without_pixel_spacing_gets_a_failure_row_and_no_image(tiny_cohort,
     """The HIGH defect of issue 18 end to end: no 1 mm guess cached, one failures.csv row."""
     from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
 
-    source = sorted(tiny_cohort.glob("*.zip"))[0]
+    source = min(tiny_cohort.glob("*.zip"))
     batch = tmp_path / "batch"
     batch.mkdir()
     broken = batch / source.name
@@ -281,3 +281,22 @@ def test_exam_without_pixel_spacing_gets_a_failure_row_and_no_image(tiny_cohort,
     assert [(row["subject"], row["stage"]) for row in rows] == [(broken.stem, "header")]
     assert "PixelSpacing (0028,0030) missing in all" in rows[0]["reason"]
     assert not list(cache.rglob("*.npy"))
+
+
+def test_pydicom_parses_at_most_a_header_sized_prefix_of_a_crafted_member(dicom, monkeypatch):
+    """A DICOM-looking start followed by megabytes of zeros: pydicom never walks the zeros."""
+    specs = dicom.exam_specs(stations=1)
+    files = dicom.exam_files(specs)
+    start = files[next(name for name in files if name.endswith(".dcm"))][:140]  # preamble, DICM, a meta element
+    files["crafted.dcm"] = start + bytes(4 * 2**20)
+    sizes = []
+    original = dicom_series.read_partial
+
+    def measured(fileobj, *args, **kwargs):
+        sizes.append(len(fileobj.getbuffer()))
+        return original(fileobj, *args, **kwargs)
+
+    monkeypatch.setattr(dicom_series, "read_partial", measured)
+    exam = read_zip_bytes(dicom.zip_bytes(files))
+    assert sizes and max(sizes) <= dicom_series._MAX_HEADER_BYTES
+    np.testing.assert_array_equal(exam.stations[0].water, dicom.find(specs, 1, "W").expected())

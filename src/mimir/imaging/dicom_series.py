@@ -58,6 +58,10 @@ _PEEK_BYTES = 8192
 #: Groups a DICOM file's first element may have: file meta (0002) or, in files without
 #: meta information, the identifying group (0008) that every image holds.
 _FIRST_GROUPS = (0x0002, 0x0008)
+#: Bytes pydicom may parse for a header: the tags read (up to RescaleSlope) lie in the first
+#: few kilobytes of real files, and pydicom walks any bytes it is given (~0.4 s per MiB of
+#: zeros), so a crafted file costs at most this much of it.
+_MAX_HEADER_BYTES = 2**20
 _TEXT, _INTEGER_STRING, _DECIMALS, _UNSIGNED_SHORT = "text", "integer string", "decimals", "unsigned short"
 #: Every header value a water/fat slice needs: tag -> (keyword, how it is encoded).
 _WANTED: dict[int, tuple[str, str]] = {
@@ -243,7 +247,7 @@ def check_memory(slices: list[_Slice], held_bytes: int) -> None:
     if total > MAX_EXAM_BYTES:
         raise ExamReadError(
             Stage.SAFETY,
-            f"{len(placed)} water/fat slices (Rows x Columns up to {max(s.shape for s in placed)}) need about "
+            f"{len(placed)} water/fat slices (Rows x Columns up to {max((s.shape for s in placed), default=(0, 0))}) need about "
             f"{total / 2**20:.0f} MiB, above the {MAX_EXAM_BYTES / 2**20:.0f} MiB memory budget per exam",
         )
 
@@ -340,9 +344,10 @@ def _peek_description(member: Member, scan: _Scan | None) -> str | None:
         return None if value is None else str(value)
     with member.open_stream() as stream:
         try:
+            prefix = io.BytesIO(stream.read(_MAX_HEADER_BYTES))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dataset = read_partial(stream, stop_when=_past_description, specific_tags=[_SERIES_DESCRIPTION])
+                dataset = read_partial(prefix, stop_when=_past_description, specific_tags=[_SERIES_DESCRIPTION])
             value = dataset.get("SeriesDescription")
         except Exception:  # noqa: BLE001 - any parse failure sends the file to the lenient path
             logger.debug("header peek failed for %s", member.name, exc_info=True)
@@ -396,7 +401,8 @@ def _pydicom_header(name: str, data: bytes, strict_header_ok: bool) -> tuple[Dat
 def _read_header(data: bytes, force: bool) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return read_partial(io.BytesIO(data), stop_when=_past_slice_tags, force=force, specific_tags=list(_WANTED))
+        prefix = io.BytesIO(memoryview(data)[:_MAX_HEADER_BYTES])
+        return read_partial(prefix, stop_when=_past_slice_tags, force=force, specific_tags=list(_WANTED))
 
 
 def _values_from_dataset(dataset: Dataset) -> dict[str, object]:
@@ -762,7 +768,8 @@ def _series_spacing(usable: list[_Slice], label: str, total: int, notes: list[st
     if not given:
         if not usable:
             return (math.nan, math.nan)
-        raise ExamReadError(Stage.HEADER, f"{label}: PixelSpacing {TAGS['PixelSpacing']} missing in all {total} slices")
+        scope = f"all {total} slices" if len(usable) == total else f"all {len(usable)} usable of {total} slices"
+        raise ExamReadError(Stage.HEADER, f"{label}: PixelSpacing {TAGS['PixelSpacing']} missing in {scope}")
     spacing: tuple[float, float] = _majority(given)  # type: ignore[assignment]
     lacking = len(usable) - len(given)
     if lacking:

@@ -69,7 +69,8 @@ HEADER_LIMITS: tuple[HeaderLimit, ...] = (
         "3.0-4.5 mm", "the exam is refused (geometry)",
     ),
     HeaderLimit(
-        "slices per series", "ImagePositionPatient z", f"at most {MAX_SERIES_SLICES} on the series' z grid, at least half of them readable", "44-72",
+        "slices per series", "ImagePositionPatient z",
+        f"at most {MAX_SERIES_SLICES} on the series' z grid, at least half of them readable", "44-72",
         "the exam is refused (geometry)",
     ),
     HeaderLimit(

@@ -86,7 +86,8 @@ def check_header(image: nib.spatialimages.SpatialImage, path: Path) -> None:
     if not np.all((voxel_mm >= MIN_PIXEL_SPACING_MM) & (voxel_mm <= MAX_SLICE_SPACING_MM)):
         raise ExamReadError(
             Stage.HEADER,
-            f"{path.name}: NIfTI voxel size {np.round(voxel_mm, 4).tolist()} mm outside {MIN_PIXEL_SPACING_MM:g} to {MAX_SLICE_SPACING_MM:g} mm",
+            f"{path.name}: NIfTI voxel size {np.round(voxel_mm, 4).tolist()} mm "
+            f"outside {MIN_PIXEL_SPACING_MM:g} to {MAX_SLICE_SPACING_MM:g} mm",
         )
     voxels = float(np.prod(shape))
     grid_voxels = voxels * float(np.prod(voxel_mm)) / (PIXEL_SPACING_MM**2 * GRID_SLICE_SPACING_MM)

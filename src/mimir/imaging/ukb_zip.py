@@ -85,7 +85,9 @@ def _read_archive(handle: io.BytesIO, head: bytes, limits: ReadLimits, data: mem
         entries = checked_entries(archive, limits)
         encrypted = sum(bool(info.flag_bits & _ENCRYPTED) for info in entries)
         if entries and encrypted == len(entries):
-            raise ExamReadError(Stage.OPEN, f"all {encrypted} members are encrypted (a password-protected zip); MIMIR reads unencrypted zips")
+            raise ExamReadError(
+                Stage.OPEN, f"all {encrypted} members are encrypted (a password-protected zip); MIMIR reads unencrypted zips"
+            )
         return read_members(_members(archive, entries, data), container_errors=_MEMBER_ERRORS)
 
 
