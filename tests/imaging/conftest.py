@@ -8,6 +8,7 @@ encode (series base, slice, row, column) so tests can tell exactly which slice l
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
@@ -45,6 +46,10 @@ class SeriesSpec:
     private_bytes: int = 0
     implicit_vr: bool = False
     nested_sequence: bool = False
+    #: Header values set on every slice (None deletes the tag): hostile or broken headers.
+    tags: dict[str, object] = field(default_factory=dict)
+    #: Header values set on some slices: slice index -> keyword -> value (None deletes).
+    slice_tags: dict[int, dict[str, object]] = field(default_factory=dict)
 
     @property
     def description(self) -> str:
@@ -107,7 +112,14 @@ def slice_bytes(spec: SeriesSpec, index: int) -> bytes:
         ds["ReferencedImageSequence"].is_undefined_length = True
     ds.PixelData = slice_pixels(spec, index).tobytes()
     buffer = io.BytesIO()
-    ds.save_as(buffer, implicit_vr=spec.implicit_vr, little_endian=True, enforce_file_format=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values written on purpose
+        for keyword, value in {**spec.tags, **spec.slice_tags.get(index, {})}.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        ds.save_as(buffer, implicit_vr=spec.implicit_vr, little_endian=True, enforce_file_format=True)
     data = buffer.getvalue()
     if index in spec.corrupt:
         data = data[: len(data) - spec.rows * spec.cols]
@@ -184,6 +196,23 @@ def declare_size(archive: bytes, member: str, size: int) -> bytes:
     raise KeyError(member)
 
 
+def mark_encrypted(archive: bytes, member: str) -> bytes:
+    """Set the encryption flag of `member` in its local and central headers, as a
+    password-protected zip has it (the data stay as they are: no reader gets that far)."""
+    data = bytearray(archive)
+    info = zipfile.ZipFile(io.BytesIO(archive)).getinfo(member)
+    data[info.header_offset + 6] |= 0x1
+    name = member.encode()
+    start = 0
+    while (start := data.find(b"PK\x01\x02", start)) != -1:
+        name_length = int.from_bytes(data[start + 28 : start + 30], "little")
+        if bytes(data[start + 46 : start + 46 + name_length]) == name:
+            data[start + 8] |= 0x1
+            return bytes(data)
+        start += 4
+    raise KeyError(member)
+
+
 @pytest.fixture
 def dicom() -> SimpleNamespace:
     """The exam-writing helpers, as one namespace for the tests."""
@@ -198,6 +227,7 @@ def dicom() -> SimpleNamespace:
         find=find,
         zip_bytes=zip_bytes,
         declare_size=declare_size,
+        mark_encrypted=mark_encrypted,
         spacing=SPACING,
         pydicom=pydicom,
     )

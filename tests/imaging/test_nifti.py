@@ -104,3 +104,36 @@ def test_two_dimensional_volume_is_refused(tmp_path):
     with pytest.raises(ExamReadError) as caught:
         read_nifti_pair(water_path, fat_path)
     assert caught.value.stage == "geometry"
+
+
+@pytest.mark.parametrize(
+    ("affine", "shape", "stage", "words"),
+    [
+        (np.diag([2.0, 2.0, float("nan"), 1.0]), SHAPE, "header", "affine (sform/qform) is not finite"),
+        (np.diag([50.0, 2.0, 3.0, 1.0]), SHAPE, "header", "voxel size [50.0, 2.0, 3.0] mm outside"),
+        (np.diag([1e-6, 2.0, 3.0, 1.0]), SHAPE, "header", "voxel size"),
+        (np.diag([2.0, 2.0, 3.0, 1.0]), (2000, 2, 2), "header", "NIfTI dim [2000, 2, 2] outside 1 to 1024"),
+        (np.diag([0.3, 0.3, 0.3, 1.0]), (1024, 1024, 100), "safety", "memory budget per exam"),
+    ],
+    ids=["nan-affine", "huge-voxels", "tiny-voxels", "too-many-voxels", "beyond-memory"],
+)
+def test_implausible_nifti_headers_are_refused_before_voxels_are_read(tmp_path, monkeypatch, affine, shape, stage, words):
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header.set_sform(affine, code=1)
+    header["vox_offset"] = 352
+    water, fat = tmp_path / "water.nii", tmp_path / "fat.nii"
+    for path in (water, fat):
+        with path.open("wb") as handle:
+            header.write_to(handle)  # the header alone: no voxels to read
+            handle.write(b"\0" * 4)
+    monkeypatch.setattr(nib.dataobj_images.DataobjImage, "get_fdata", _no_voxels)
+    with pytest.raises(ExamReadError) as caught:
+        read_nifti_pair(water, fat)
+    assert caught.value.stage == stage
+    assert words in caught.value.reason
+
+
+def _no_voxels(*args, **kwargs):
+    raise AssertionError("voxels read before the header was checked")

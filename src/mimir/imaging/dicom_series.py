@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import struct
 import warnings
 from collections.abc import Callable, Iterable
@@ -23,7 +24,17 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
 from mimir.imaging.errors import ExamReadError, Stage
+from mimir.imaging.header_limits import (
+    MAX_EXAM_BYTES,
+    MAX_SERIES_SLICES,
+    TAGS,
+    pixel_spacing,
+    position_problem,
+    slice_header_problem,
+    slice_spacing_problem,
+)
 from mimir.imaging.station import ExamStations, Station
+from mimir.protocol import GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +55,13 @@ _EXPLICIT_HEADER = struct.Struct("<HH2sH")
 _VR_IS_LONG = {bytes((first, second)): bytes((first, second)) in _LONG_VRS for first in range(65, 91) for second in range(65, 91)}
 #: Bytes decompressed to classify a file by its SeriesDescription (group 0008 comes first).
 _PEEK_BYTES = 8192
+#: Groups a DICOM file's first element may have: file meta (0002) or, in files without
+#: meta information, the identifying group (0008) that every image holds.
+_FIRST_GROUPS = (0x0002, 0x0008)
+#: Bytes pydicom may parse for a header: the tags read (up to RescaleSlope) lie in the first
+#: few kilobytes of real files, and pydicom walks any bytes it is given (~0.4 s per MiB of
+#: zeros), so a crafted file costs at most this much of it.
+_MAX_HEADER_BYTES = 2**20
 _TEXT, _INTEGER_STRING, _DECIMALS, _UNSIGNED_SHORT = "text", "integer string", "decimals", "unsigned short"
 #: Every header value a water/fat slice needs: tag -> (keyword, how it is encoded).
 _WANTED: dict[int, tuple[str, str]] = {
@@ -97,8 +115,21 @@ class Member:
 
 
 @dataclass
+class _PixelSource:
+    """What decoding one slice needs, held from its header read until the exam's memory is checked."""
+
+    values: dict[str, object]
+    data: bytes
+    offset: int | None
+
+
+@dataclass
 class _Slice:
-    """One decoded (or undecodable) water/fat slice with the header facts assembly needs."""
+    """One water/fat slice with the header facts assembly needs, its pixels once decoded.
+
+    `pixels` is None for an unusable slice; `problem` then says why (a header value outside
+    header_limits, or the decoder's complaint), and `header_problem` which of the two it is.
+    """
 
     member: str
     contrast: str
@@ -108,9 +139,18 @@ class _Slice:
     time: str
     position: np.ndarray
     orientation: np.ndarray | None
-    spacing: tuple[float, float]
+    #: None when PixelSpacing is absent: the series supplies it or the exam is refused.
+    spacing: tuple[float, float] | None
     shape: tuple[int, int]
-    pixels: np.ndarray | None
+    pixels: np.ndarray | None = None
+    problem: str | None = None
+    header_problem: bool = False
+    source: _PixelSource | None = None
+
+    @property
+    def placed(self) -> bool:
+        """Whether the slice has a usable position (one that has none is all NaN, and dropped)."""
+        return not math.isnan(self.position[2])
 
 
 @dataclass
@@ -148,7 +188,11 @@ class _Collected:
     dicom_files: int = 0
     skipped_files: int = 0
     container_failures: int = 0
+    #: "member: error" of the first member the container could not deliver.
+    first_failure: str = ""
     lenient_reads: int = 0
+    #: Bytes of water/fat files held for decoding.
+    held_bytes: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -170,10 +214,68 @@ def read_members(members: Iterable[Member], container_errors: tuple[type[BaseExc
         total += 1
         _collect_member(member, collected, container_errors)
     if total and collected.container_failures == total:
-        raise ExamReadError(Stage.OPEN, f"none of the {total} files could be read from the container")
+        raise ExamReadError(Stage.OPEN, f"none of the {total} files could be read from the container (first: {collected.first_failure})")
     if collected.lenient_reads:
         collected.notes.append(f"{collected.lenient_reads} files needed a lenient (forced) DICOM read")
+    check_memory(collected.slices, collected.held_bytes)
+    for slice_ in collected.slices:
+        _decode(slice_)
     return assemble(collected, total)
+
+
+def could_be_dicom(head: bytes) -> bool:
+    """Whether a file's first bytes can start DICOM: the 128-byte preamble and "DICM", or a
+    dataset at byte 0 (what lenient reads accept), followed by a first element of group 0002
+    or 0008. Anything else (zeros, text, other formats) is skipped without being decompressed
+    further or handed to pydicom's forced read, which walks any bytes at ~0.4 s per MiB.
+    """
+    start = 132 if head[128:132] == b"DICM" else 0
+    return len(head) >= start + 8 and _TAG.unpack_from(head, start)[0] in _FIRST_GROUPS
+
+
+def check_memory(slices: list[_Slice], held_bytes: int) -> None:
+    """Refuse an exam whose arrays would exceed MAX_EXAM_BYTES, estimated from headers alone.
+
+    Counted: the water/fat files held, two float32 copies of every slice (decoded pixels or
+    filled gaps, and the series volume) and the fused water and fat grids twice (the grid and
+    the projection's temporaries), the grid spanning every placed water slice.
+    """
+    placed = [slice_ for slice_ in slices if slice_.problem is None]
+    slice_bytes = sum(2 * 4 * slice_.shape[0] * slice_.shape[1] for slice_ in placed)
+    grid_bytes = 2 * 2 * 4 * _grid_voxels([slice_ for slice_ in placed if slice_.contrast == "W"])
+    total = held_bytes + slice_bytes + grid_bytes
+    if total > MAX_EXAM_BYTES:
+        raise ExamReadError(
+            Stage.SAFETY,
+            f"{len(placed)} water/fat slices (Rows x Columns up to {max((s.shape for s in placed), default=(0, 0))}) need about "
+            f"{total / 2**20:.0f} MiB, above the {MAX_EXAM_BYTES / 2**20:.0f} MiB memory budget per exam",
+        )
+
+
+def _grid_voxels(waters: list[_Slice]) -> int:
+    """Voxels of the fused grid the slices' positions, sizes and spacings span."""
+    if not waters:
+        return 0
+    positions = np.array([slice_.position for slice_ in waters])
+    spacings = np.array([slice_.spacing or (PIXEL_SPACING_MM, PIXEL_SPACING_MM) for slice_ in waters])
+    shapes = np.array([slice_.shape for slice_ in waters])
+    x_end = positions[:, 0] + shapes[:, 1] * spacings[:, 1]
+    y_end = positions[:, 1] + shapes[:, 0] * spacings[:, 0]
+    columns = (x_end.max() - positions[:, 0].min()) / PIXEL_SPACING_MM + 1
+    rows = (y_end.max() - positions[:, 1].min()) / PIXEL_SPACING_MM + 1
+    slices = (positions[:, 2].max() - positions[:, 2].min()) / GRID_SLICE_SPACING_MM + 2
+    return int(columns * rows * slices)
+
+
+def _decode(slice_: _Slice) -> None:
+    """Decode a slice held by `_collect_member`, then let go of its file's bytes."""
+    source = slice_.source
+    if source is None:
+        return
+    slice_.source = None
+    slice_.pixels, problem = _decode_pixels(slice_.member, source.values, source.data, slice_.shape, source.offset)
+    if problem is not None:
+        slice_.problem = problem
 
 
 def _collect_member(member: Member, collected: _Collected, container_errors: tuple[type[BaseException], ...]) -> None:
@@ -185,6 +287,9 @@ def _collect_member(member: Member, collected: _Collected, container_errors: tup
     try:
         with member.open_stream() as stream:
             head = stream.read(_PEEK_BYTES)
+            if not could_be_dicom(head):
+                collected.skipped_files += 1
+                return
             peek = _scan_header(head, last_tag=_SERIES_DESCRIPTION)
             description = _peek_description(member, peek)
             if description is not None:
@@ -193,9 +298,11 @@ def _collect_member(member: Member, collected: _Collected, container_errors: tup
                     return
             data = head + stream.read()
     except container_errors as error:
+        failure = " ".join(f"{type(error).__name__}: {error}".split())
         collected.container_failures += 1
         collected.skipped_files += 1
-        collected.notes.append(f"{member.name}: unreadable ({type(error).__name__}), skipped")
+        collected.first_failure = collected.first_failure or f"{member.name}: {failure}"
+        collected.notes.append(f"{member.name}: unreadable ({failure}), skipped")
         return
     resume = peek if peek is not None and peek.complete else None
     parsed = _parse_slice(member.name, data, strict_header_ok=description is not None, resume=resume)
@@ -211,6 +318,12 @@ def _collect_member(member: Member, collected: _Collected, container_errors: tup
             collected.lenient_reads += 1
     if slice_ is not None:
         collected.slices.append(slice_)
+        if slice_.source is not None:
+            collected.held_bytes += len(data)
+            if collected.held_bytes > MAX_EXAM_BYTES:
+                raise ExamReadError(
+                    Stage.SAFETY, f"water/fat files hold more than the {MAX_EXAM_BYTES / 2**20:.0f} MiB memory budget per exam"
+                )
 
 
 def _past_description(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -231,9 +344,10 @@ def _peek_description(member: Member, scan: _Scan | None) -> str | None:
         return None if value is None else str(value)
     with member.open_stream() as stream:
         try:
+            prefix = io.BytesIO(stream.read(_MAX_HEADER_BYTES))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dataset = read_partial(stream, stop_when=_past_description, specific_tags=[_SERIES_DESCRIPTION])
+                dataset = read_partial(prefix, stop_when=_past_description, specific_tags=[_SERIES_DESCRIPTION])
             value = dataset.get("SeriesDescription")
         except Exception:  # noqa: BLE001 - any parse failure sends the file to the lenient path
             logger.debug("header peek failed for %s", member.name, exc_info=True)
@@ -261,7 +375,7 @@ def _parse_slice(name: str, data: bytes, strict_header_ok: bool, resume: _Scan |
         except Exception:  # noqa: BLE001 - malformed header values make the file unusable
             logger.debug("header values unusable in %s", name, exc_info=True)
             return None
-    if "SeriesDescription" not in values or "ImagePositionPatient" not in values:
+    if "SeriesDescription" not in values:
         return None
     try:
         return _slice_from_values(name, values, data, pixel_offset), lenient
@@ -287,7 +401,8 @@ def _pydicom_header(name: str, data: bytes, strict_header_ok: bool) -> tuple[Dat
 def _read_header(data: bytes, force: bool) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return read_partial(io.BytesIO(data), stop_when=_past_slice_tags, force=force, specific_tags=list(_WANTED))
+        prefix = io.BytesIO(memoryview(data)[:_MAX_HEADER_BYTES])
+        return read_partial(prefix, stop_when=_past_slice_tags, force=force, specific_tags=list(_WANTED))
 
 
 def _values_from_dataset(dataset: Dataset) -> dict[str, object]:
@@ -307,16 +422,18 @@ def _values_from_dataset(dataset: Dataset) -> dict[str, object]:
 
 
 def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_offset: int | None) -> _Slice | None:
-    """The slice a header describes; None for a DICOM file that is not a water/fat image."""
+    """The slice a header describes, its pixels to be decoded; None for a DICOM file that is
+    not a water/fat image. A header outside header_limits gives an unusable slice that keeps
+    its series' count (and its place, when its position is sound) but is never decoded."""
     description = str(values.get("SeriesDescription", ""))
     contrast = contrast_of(description)
-    position = values.get("ImagePositionPatient")
-    if contrast is None or not isinstance(position, list) or len(position) != 3 or "Rows" not in values or "Columns" not in values:
+    if contrast is None:
         return None
     number = int(values.get("SeriesNumber", 0))  # type: ignore[call-overload]
-    spacing = values.get("PixelSpacing") or [1.0, 1.0]
+    problem = slice_header_problem(values)
+    position = values.get("ImagePositionPatient") if problem is None or position_problem(values) is None else [math.nan] * 3
     orientation = values.get("ImageOrientationPatient")
-    shape = (int(values["Rows"]), int(values["Columns"]))  # type: ignore[call-overload]
+    shape = (int(values.get("Rows", 0)), int(values.get("Columns", 0)))  # type: ignore[call-overload]
     return _Slice(
         member=name,
         contrast=contrast,
@@ -325,35 +442,48 @@ def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_
         number=number,
         time=str(values.get("SeriesTime", "")),
         position=np.array(position, dtype=np.float64),
-        orientation=None if orientation is None else np.array(orientation, dtype=np.float64),
-        spacing=(float(spacing[0]), float(spacing[1])),  # type: ignore[index]
+        orientation=None if orientation is None or problem is not None else np.array(orientation, dtype=np.float64),
+        spacing=None if problem is not None else pixel_spacing(values),
         shape=shape,
-        pixels=_decode_pixels(name, values, data, shape, pixel_offset),
+        problem=problem,
+        header_problem=problem is not None,
+        source=None if problem is not None else _PixelSource(values, data, pixel_offset),
     )
 
 
-def _decode_pixels(name: str, values: dict[str, object], data: bytes, shape: tuple[int, int], offset: int | None) -> np.ndarray | None:
-    """Pixel values: uncompressed bytes straight into numpy, anything else through pydicom.
+def _decode_pixels(
+    name: str, values: dict[str, object], data: bytes, shape: tuple[int, int], offset: int | None
+) -> tuple[np.ndarray | None, str | None]:
+    """(pixel values, None), or (None, why not): uncompressed bytes straight into numpy,
+    anything else through pydicom.
 
     Unscaled 8/16-bit pixels stay a view of the file's bytes (every such value is exact in
     float32): the station volume converts them as it copies them in, sparing a float32 copy
-    per slice. Everything else is float32 here.
+    per slice. Everything else is float32 here, and checked finite: a NaN must never reach
+    the uint8 image through an undefined cast.
     """
     try:
         raw = _uncompressed_pixels(values, data, shape, offset)
         simple = raw is not None
         if raw is None:
             raw = _pixels_via_pydicom(data)
-        if raw is None or raw.shape != shape:
-            return None
+        if raw.shape != shape:
+            return None, f"pixel data of shape {raw.shape}, not the header's {shape}"
         slope = values.get("RescaleSlope", [1.0])[0]  # type: ignore[index]
         intercept = values.get("RescaleIntercept", [0.0])[0]  # type: ignore[index]
         if slope != 1.0 or intercept != 0.0:
-            return raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        return raw if simple else raw.astype(np.float32)
-    except Exception:  # noqa: BLE001 - an undecodable slice is repaired later, not fatal
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught below
+                pixels = raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        elif simple:
+            return raw, None
+        else:
+            pixels = raw.astype(np.float32)
+        if not np.isfinite(pixels).all():
+            return None, f"non-finite pixel values (RescaleSlope {TAGS['RescaleSlope']} {slope:g}, RescaleIntercept {intercept:g})"
+        return pixels, None
+    except Exception as error:  # noqa: BLE001 - an undecodable slice is repaired later, not fatal
         logger.debug("pixel data undecodable in %s", name, exc_info=True)
-        return None
+        return None, " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def _pixel_layout(values: dict[str, object]) -> tuple[np.dtype, int] | None:
@@ -404,17 +534,24 @@ def _pixel_offset_at_end(header: Dataset, values: dict[str, object], data: bytes
     return None
 
 
-def _pixels_via_pydicom(data: bytes) -> np.ndarray | None:
-    """The general decoder (compressed syntaxes, odd layouts), strict then forced."""
+def _pixels_via_pydicom(data: bytes) -> np.ndarray:
+    """The general decoder (compressed syntaxes, odd layouts), strict then forced.
+
+    Raises the strict read's error when both fail: it names the transfer syntax and the
+    missing decoder (a JPEG-LS file without pyjpegls), where the forced read's would not.
+    """
+    first: Exception | None = None
     for force in (False, True):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 dataset = pydicom.dcmread(io.BytesIO(data), force=force)
                 return np.asarray(dataset.pixel_array)
-        except Exception:  # noqa: BLE001 - try the next, more lenient, way
+        except Exception as error:  # noqa: BLE001 - try the next, more lenient, way
             logger.debug("pydicom decode failed (force=%s)", force, exc_info=True)
-    return None
+            first = first or error
+    assert first is not None
+    raise first
 
 
 class _NotSimple(Exception):
@@ -579,30 +716,37 @@ def assemble(collected: _Collected, total_files: int) -> ExamStations:
 
 
 def build_series(slices: list[_Slice]) -> _Series:
-    """One series' slices as a head-to-foot volume; corrupt and missing slices interpolated."""
+    """One series' slices as a head-to-foot volume; corrupt, unusable and missing slices
+    interpolated, slices without a usable position dropped, all of it noted."""
     first = slices[0]
     label = f"{first.description} #{first.number}"
     notes: list[str] = []
-    _check_axial(slices, label)
-    shape = _majority([s.shape for s in slices])
-    spacing = _majority([s.spacing for s in slices])
-    for slice_ in slices:
-        if slice_.pixels is not None and (slice_.shape != shape or not _close_spacing(slice_.spacing, spacing)):
+    usable = [s for s in slices if s.pixels is not None]
+    _check_axial(usable, label)
+    spacing = _series_spacing(usable, label, len(slices), notes)
+    shape = _majority([s.shape for s in usable]) if usable else first.shape
+    for slice_ in usable:
+        if slice_.shape != shape or not _close_spacing(slice_.spacing or spacing, spacing):
             notes.append(f"{label}: slice {slice_.member} has size {slice_.shape} unlike {shape}, treated as corrupt")
             slice_.pixels = None
-    ordered = sorted(slices, key=lambda s: (-s.position[2], s.pixels is None))
+    for slice_ in slices:
+        if not slice_.placed:
+            notes.append(f"{label}: slice {slice_.member} dropped: {slice_.problem}")
+    ordered = sorted((s for s in slices if s.placed), key=lambda s: (-s.position[2], s.pixels is None))
     unique: list[_Slice] = []
     for slice_ in ordered:
         if unique and abs(unique[-1].position[2] - slice_.position[2]) < _POSITION_TOLERANCE_MM:
             notes.append(f"{label}: two slices at z={slice_.position[2]:.2f}, kept one")
             continue
         unique.append(slice_)
+    dropped = len(ordered) - len(unique)
     decoded = [s for s in unique if s.pixels is not None]
-    if len(decoded) < max(1, _MIN_DECODED_SHARE * len(unique)):
-        raise ExamReadError(Stage.PIXELS, f"{label}: pixel data unreadable in {len(unique) - len(decoded)} of {len(unique)} slices")
+    if len(decoded) < max(1, _MIN_DECODED_SHARE * (len(slices) - dropped)):
+        raise _too_few_usable(label, [s for s in slices if s.pixels is None], len(slices) - dropped)
     for slice_ in unique:
         if slice_.pixels is None:
-            notes.append(f"{label}: slice {slice_.member} at z={slice_.position[2]:.2f} has unreadable pixel data")
+            detail = f" ({slice_.problem})" if slice_.header_problem else ""
+            notes.append(f"{label}: slice {slice_.member} at z={slice_.position[2]:.2f} has unreadable pixel data{detail}")
     volume, positions, regular = _regular_volume(unique, shape, label, notes)
     return _Series(
         contrast=first.contrast,
@@ -615,6 +759,35 @@ def build_series(slices: list[_Slice]) -> _Series:
         regular=regular,
         notes=notes,
     )
+
+
+def _series_spacing(usable: list[_Slice], label: str, total: int, notes: list[str]) -> tuple[float, float]:
+    """The series' PixelSpacing: its slices' majority, also for slices that lack the tag
+    (one acquisition has one spacing; noted). Never a guess: none at all refuses the exam."""
+    given = [s.spacing for s in usable if s.spacing is not None]
+    if not given:
+        if not usable:
+            return (math.nan, math.nan)
+        scope = f"all {total} slices" if len(usable) == total else f"all {len(usable)} usable of {total} slices"
+        raise ExamReadError(Stage.HEADER, f"{label}: PixelSpacing {TAGS['PixelSpacing']} missing in {scope}")
+    spacing: tuple[float, float] = _majority(given)  # type: ignore[assignment]
+    lacking = len(usable) - len(given)
+    if lacking:
+        notes.append(
+            f"{label}: PixelSpacing {TAGS['PixelSpacing']} missing in {lacking} of {total} slices, "
+            f"taken as the [{spacing[0]:g}, {spacing[1]:g}] mm of the others"
+        )
+    return spacing
+
+
+def _too_few_usable(label: str, unusable: list[_Slice], total: int) -> ExamReadError:
+    """The refusal of a series with too few usable slices, quoting the first slice's problem."""
+    first = next((s for s in unusable if s.problem), None)
+    example = f" (first: {first.member}: {first.problem})" if first is not None else ""
+    headers = sum(s.header_problem for s in unusable)
+    if headers * 2 >= len(unusable):
+        return ExamReadError(Stage.HEADER, f"{label}: unusable header in {headers} of {total} slices{example}")
+    return ExamReadError(Stage.PIXELS, f"{label}: pixel data unreadable in {len(unusable)} of {total} slices{example}")
 
 
 def _close_spacing(spacing: tuple[float, float], reference: tuple[float, float]) -> bool:
@@ -656,6 +829,9 @@ def _regular_volume(unique: list[_Slice], shape: tuple[int, int], label: str, no
         return _stack_decoded(unique, shape), np.array([s.position for s in unique]), True
     steps = -np.diff(z)
     spacing = float(np.median(steps))
+    problem = slice_spacing_problem(spacing)
+    if problem is not None:
+        raise ExamReadError(Stage.GEOMETRY, f"{label}: {problem}")
     grid_index = np.round((z[0] - z) / spacing).astype(int)
     regular = spacing > 0 and bool(np.all(np.abs(z[0] - grid_index * spacing - z) < max(_POSITION_TOLERANCE_MM, 0.05 * spacing)))
     if not regular:
@@ -663,6 +839,13 @@ def _regular_volume(unique: list[_Slice], shape: tuple[int, int], label: str, no
         kept = [s for s in unique if s.pixels is not None]
         return _stack_decoded(kept, shape), np.array([s.position for s in kept]), False
     count = int(grid_index[-1]) + 1
+    decoded = sum(s.pixels is not None for s in unique)
+    if count > MAX_SERIES_SLICES or decoded < _MIN_DECODED_SHARE * count:
+        raise ExamReadError(
+            Stage.GEOMETRY,
+            f"{label}: ImagePositionPatient {TAGS['ImagePositionPatient']} z from {z[0]:g} to {z[-1]:g} mm spans {count} slices "
+            f"of {spacing:.2f} mm, {decoded} of them readable (at most {MAX_SERIES_SLICES}, at least half readable)",
+        )
     volume = np.empty((count, *shape), dtype=np.float32)
     have = np.zeros(count, dtype=bool)
     for index, slice_ in zip(grid_index, unique, strict=True):

@@ -12,7 +12,8 @@ class Stage(StrEnum):
 
     #: The container itself: missing path, not a zip, truncated or corrupt archive, unreadable NIfTI.
     OPEN = "open"
-    #: Refused before reading: unsafe member paths, declared sizes beyond limits (zip bombs).
+    #: Refused before reading: unsafe member paths, declared sizes beyond limits (zip bombs),
+    #: an exam whose headers need more than the memory budget (header_limits.MAX_EXAM_BYTES).
     SAFETY = "safety"
     #: Nothing in the input parsed as a DICOM image slice.
     DICOM = "dicom"
@@ -20,6 +21,8 @@ class Stage(StrEnum):
     SERIES = "series"
     #: Water and fat series that cannot be matched into stations.
     PAIRING = "pairing"
+    #: Header values missing, not finite or outside the plausible ranges of header_limits.
+    HEADER = "header"
     #: Pixel data that cannot be decoded for (most of) a series.
     PIXELS = "pixels"
     #: Slice geometry the station convention cannot express (oblique, mixed sizes, bad affine).

@@ -17,7 +17,9 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from mimir.imaging.errors import ExamReadError, Stage
+from mimir.imaging.header_limits import MAX_EXAM_BYTES, MAX_SERIES_SLICES, MAX_SLICE_SPACING_MM, MIN_PIXEL_SPACING_MM
 from mimir.imaging.station import ExamStations, Station
+from mimir.protocol import GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ def read_nifti_pair(water_path: str | Path, fat_path: str | Path) -> ExamStation
     """One Station from a water and a fat NIfTI volume on the same grid."""
     water_image = _load(Path(water_path))
     fat_image = _load(Path(fat_path))
+    for image, path in ((water_image, Path(water_path)), (fat_image, Path(fat_path))):
+        check_header(image, path)
     water = _volume(water_image, Path(water_path))
     fat = _volume(fat_image, Path(fat_path))
     if water.shape != fat.shape:
@@ -59,6 +63,41 @@ def _load(path: Path) -> nib.spatialimages.SpatialImage:
         return nib.load(path)
     except Exception as error:  # noqa: BLE001 - nibabel raises many types for bad files
         raise ExamReadError(Stage.OPEN, f"{path.name} is not a readable NIfTI volume ({type(error).__name__})") from error
+
+
+def check_header(image: nib.spatialimages.SpatialImage, path: Path) -> None:
+    """Refuse dimensions, voxel sizes and memory beyond header_limits before voxels are read.
+
+    A volume may hold a whole body, so every axis may have up to MAX_SERIES_SLICES voxels of
+    MIN_PIXEL_SPACING_MM to MAX_SLICE_SPACING_MM; the memory estimate counts the float32
+    volume, its reoriented copy and its share of the fused grid (twice), as for DICOM exams.
+    """
+    shape = tuple(int(size) for size in image.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise ExamReadError(Stage.GEOMETRY, f"{path.name} has shape {shape}, expected a 3D volume")
+    if not all(1 <= size <= MAX_SERIES_SLICES for size in shape):
+        raise ExamReadError(Stage.HEADER, f"{path.name}: NIfTI dim {list(shape)} outside 1 to {MAX_SERIES_SLICES} voxels per axis")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise ExamReadError(Stage.HEADER, f"{path.name}: NIfTI affine (sform/qform) is not finite")
+    voxel_mm = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all((voxel_mm >= MIN_PIXEL_SPACING_MM) & (voxel_mm <= MAX_SLICE_SPACING_MM)):
+        raise ExamReadError(
+            Stage.HEADER,
+            f"{path.name}: NIfTI voxel size {np.round(voxel_mm, 4).tolist()} mm "
+            f"outside {MIN_PIXEL_SPACING_MM:g} to {MAX_SLICE_SPACING_MM:g} mm",
+        )
+    voxels = float(np.prod(shape))
+    grid_voxels = voxels * float(np.prod(voxel_mm)) / (PIXEL_SPACING_MM**2 * GRID_SLICE_SPACING_MM)
+    total = 2 * (2 * 4 * voxels) + 2 * 2 * 4 * grid_voxels
+    if total > MAX_EXAM_BYTES:
+        raise ExamReadError(
+            Stage.SAFETY,
+            f"{path.name}: NIfTI dim {list(shape)} of {np.round(voxel_mm, 4).tolist()} mm needs about {total / 2**20:.0f} MiB, "
+            f"above the {MAX_EXAM_BYTES / 2**20:.0f} MiB memory budget per exam",
+        )
 
 
 def _volume(image: nib.spatialimages.SpatialImage, path: Path) -> np.ndarray:

@@ -42,6 +42,8 @@ def _inflate_library() -> ModuleType:
 _INFLATE = _inflate_library()
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
+#: General-purpose flag bit of an encrypted member; zipfile refuses to open one without a password.
+_ENCRYPTED = 0x1
 
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 _DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")
@@ -81,6 +83,11 @@ def _read_archive(handle: io.BytesIO, head: bytes, limits: ReadLimits, data: mem
         raise ExamReadError(Stage.OPEN, f"unreadable zip archive ({error})") from error
     with archive:
         entries = checked_entries(archive, limits)
+        encrypted = sum(bool(info.flag_bits & _ENCRYPTED) for info in entries)
+        if entries and encrypted == len(entries):
+            raise ExamReadError(
+                Stage.OPEN, f"all {encrypted} members are encrypted (a password-protected zip); MIMIR reads unencrypted zips"
+            )
         return read_members(_members(archive, entries, data), container_errors=_MEMBER_ERRORS)
 
 
@@ -115,7 +122,7 @@ def _members(archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo], data: mem
     """Stored and deflated members are read from `data` directly; anything else (encrypted,
     bzip2, lzma) through zipfile."""
     for info in entries:
-        if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & 0x1:
+        if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & _ENCRYPTED:
             open_stream: Callable[[], BinaryIO] = partial(_MemberStream, info, data)
         else:
             open_stream = partial(archive.open, info)
