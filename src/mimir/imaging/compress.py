@@ -6,6 +6,7 @@ cache (with a QC row) or gets one row in failures.csv saying at which stage and 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -30,7 +31,7 @@ from mimir.imaging.cache import (
 )
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.read import ExamInput
-from mimir.parallel import map_outcomes
+from mimir.parallel import Outcome, map_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,34 @@ def write_qc_table(cache: Path) -> Path:
     return path
 
 
+def _remove_stale_temporaries(cache: Path) -> int:
+    """Temporaries of writers that are gone (a killed run, or workers stopped mid-exam)."""
+    return remove_stale_temporaries(cache) + remove_stale_temporaries(qc_folder(cache))
+
+
+def _count(
+    summary: CompressSummary,
+    result: Outcome[ExamInput, ExamOutcome],
+    progress: Callable[[ExamOutcome], None] | None,
+) -> None:
+    """Add one exam's outcome to the summary (a worker that died is a failure, not a bad exam)."""
+    outcome = result.value
+    if outcome is None:
+        outcome = ExamOutcome(
+            stem=exam_stem(result.item), source=str(result.item.path), status="failed",
+            stage="worker", reason=f"{result.error_type}: {result.error}",
+        )
+    if outcome.status == "done":
+        summary.done += 1
+        summary.exam_seconds.append(outcome.seconds)
+    else:
+        summary.failed += 1
+        summary.failures.append(outcome)
+        logger.warning("%s failed at %s: %s", outcome.stem, outcome.stage, outcome.reason)
+    if progress is not None:
+        progress(outcome)
+
+
 def compress_exams(
     inputs: Sequence[ExamInput],
     options: CompressOptions,
@@ -249,7 +278,7 @@ def compress_exams(
     started = time.perf_counter()
     cache = Path(options.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_temporaries(cache) + remove_stale_temporaries(qc_folder(cache))
+    removed = _remove_stale_temporaries(cache)
     if removed:
         logger.info("removed %d temporary files left by a killed run", removed)
     summary = CompressSummary(cache=cache)
@@ -262,22 +291,13 @@ def compress_exams(
                 progress(ExamOutcome(stem=stem, source=str(source.path), status="skipped"))
         else:
             todo.append(source)
-    for result in map_outcomes(partial(compress_exam, options=options), todo, workers):
-        outcome = result.value
-        if outcome is None:  # the worker itself died (not a bad exam)
-            outcome = ExamOutcome(
-                stem=exam_stem(result.item), source=str(result.item.path), status="failed",
-                stage="worker", reason=f"{result.error_type}: {result.error}",
-            )
-        if outcome.status == "done":
-            summary.done += 1
-            summary.exam_seconds.append(outcome.seconds)
-        else:
-            summary.failed += 1
-            summary.failures.append(outcome)
-            logger.warning("%s failed at %s: %s", outcome.stem, outcome.stage, outcome.reason)
-        if progress is not None:
-            progress(outcome)
+    try:
+        with contextlib.closing(map_outcomes(partial(compress_exam, options=options), todo, workers)) as results:
+            for result in results:
+                _count(summary, result, progress)
+    except BaseException:
+        _remove_stale_temporaries(cache)  # the workers stopped mid-exam have exited: their files are stale
+        raise
     write_failures(cache, summary.failures)
     write_qc_table(cache)
     summary.seconds = time.perf_counter() - started
