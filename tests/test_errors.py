@@ -13,7 +13,7 @@ from mimir.errors import MimirError, PathNotFoundError
 from mimir.targets.catalog import UnknownTargetError
 
 #: Exceptions that steer control flow inside one function and never reach a user.
-PRIVATE = {"_NotSimple", "_CompressionCancelled"}
+PRIVATE = {"_NotSimple", "_CompressionCancelled", "_Terminated"}
 
 
 def defined_exceptions() -> list[type[BaseException]]:

@@ -1,5 +1,8 @@
 import math
+import os
 import re
+import signal
+import sys
 
 import pytest
 
@@ -99,3 +102,57 @@ def test_neighbouring_killers_do_not_blame_each_other_and_the_stream_stays_bound
     assert {item for item, o in by_item.items() if not o.ok} == {2, 3}
     assert {o.error_type for o in outcomes if not o.ok} == {WORKER_DIED}
     assert all(by_item[i].value == i * i for i in range(10) if i not in (2, 3))
+
+
+def test_stopping_early_terminates_the_workers_instead_of_waiting_for_them(helpers):
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    outcomes = map_outcomes(helpers.quick_first_then_slow, [0, 1, 2], workers=2)
+    assert next(outcomes).item == 0
+    workers = [process for process in multiprocessing.active_children() if process not in before]
+    outcomes.close()  # as Ctrl-C, SIGTERM or an error in the caller would
+    assert len(workers) == 2
+    assert [process.exitcode for process in workers] == [-signal.SIGTERM] * 2
+
+
+#: A middle process: starts a child running argv[1] (which reports through the shared stdout),
+#: prints the child's pid, and waits to be killed.
+_MIDDLE = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+_GUARDED_CHILDREN = {
+    "death signal": "import time\nfrom mimir.parallel import _set_parent_death_signal\n"
+    "_set_parent_death_signal()\nprint('ready', flush=True)\ntime.sleep(600)",
+    "watchdog": "import os\nfrom mimir.parallel import _watch_parent\n"
+    "parent = os.getppid()\nprint('ready', flush=True)\n_watch_parent(parent, interval=0.05)",
+    # started while its parent lives, guarded only once the parent is gone (stdin closes with it)
+    "parent already gone": "import os, sys, time\nfrom mimir.parallel import die_with_parent\n"
+    "parent = os.getppid()\nprint('ready', flush=True)\nsys.stdin.read()\n"
+    "die_with_parent(parent)\nprint('survived', flush=True)\ntime.sleep(600)",
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the death signal is Linux's")
+@pytest.mark.parametrize("guard", list(_GUARDED_CHILDREN))
+def test_a_worker_dies_with_its_parent(helpers, guard):
+    import subprocess
+
+    middle = subprocess.Popen(
+        [sys.executable, "-c", _MIDDLE, _GUARDED_CHILDREN[guard]], stdout=subprocess.PIPE, text=True
+    )
+    assert middle.stdout is not None
+    lines = [middle.stdout.readline().strip(), middle.stdout.readline().strip()]
+    assert "ready" in lines, lines
+    grandchild = int(next(line for line in lines if line != "ready"))
+    try:
+        middle.kill()
+        middle.wait()
+        assert helpers.survivors([grandchild]) == []
+        assert middle.stdout.read() == ""  # in particular no "survived"
+    finally:
+        if helpers.process_alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)

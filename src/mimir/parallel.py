@@ -2,14 +2,23 @@
 
 Batch stages (synthesis, compression, prediction) process thousands of independent items, and
 one bad item must never stop the others: every item yields an Outcome, value or error.
+
+Workers die with the process that started them: a scheduler's SIGKILL of the parent must not
+leave them writing to the cache for minutes, and a parent that stops early (Ctrl-C, SIGTERM, an
+error) terminates them instead of waiting for their items.
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -63,6 +72,57 @@ def _single_threaded_worker() -> None:
         os.environ.setdefault(name, "1")
 
 
+#: prctl option asking Linux to send a signal when the parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+#: How often a worker's watchdog checks that its parent is still the one that started it.
+PARENT_CHECK_INTERVAL_S = 1.0
+#: The exit status of a worker that finds itself orphaned (as if killed by SIGKILL).
+ORPHANED_EXIT_STATUS = 128 + 9  # SIGKILL
+
+
+def _set_parent_death_signal() -> None:
+    """On Linux, have the kernel SIGKILL this process when its parent dies: at once, even while
+    the worker is deep in numpy. Linux counts the death of the *thread* that started the process,
+    so pools must live in the thread that made them (map_outcomes' do). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        logger.debug("prctl(PR_SET_PDEATHSIG) failed (errno %d): the watchdog alone stops this worker", ctypes.get_errno())
+
+
+def _orphaned(parent_pid: int) -> bool:
+    """Re-parented (to init or a subreaper): the process that started this one is gone."""
+    return os.getppid() != parent_pid
+
+
+def _watch_parent(parent_pid: int, interval: float = PARENT_CHECK_INTERVAL_S) -> None:
+    """Exit this process within `interval` of it being orphaned; the portable fallback of the
+    death signal (started once the parent has been seen alive, so it looks only after a wait)."""
+    while True:
+        time.sleep(interval)
+        if _orphaned(parent_pid):
+            os._exit(ORPHANED_EXIT_STATUS)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end when `parent_pid` (the process that started it) ends.
+
+    The death signal does it at once on Linux; a daemon thread checking the parent every
+    PARENT_CHECK_INTERVAL_S does it everywhere. A parent that died before the signal was set
+    would never send it, hence the check right after.
+    """
+    _set_parent_death_signal()
+    if _orphaned(parent_pid):
+        os._exit(ORPHANED_EXIT_STATUS)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="mimir-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(parent_pid: int) -> None:
+    _single_threaded_worker()
+    die_with_parent(parent_pid)
+
+
 def _run_one(func: Callable[[T], R], item: T) -> Outcome[T, R]:
     try:
         return Outcome(item=item, value=func(item))
@@ -79,7 +139,30 @@ WORKER_DIED_MESSAGE = "the worker process died (killed, out of memory, or crashe
 def _new_pool(workers: int) -> ProcessPoolExecutor:
     """Spawn, not fork: forking a process that holds torch or OpenMP threads can deadlock."""
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_single_threaded_worker)
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+    )
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now rather than wait for their items, when the caller stops early
+    (Ctrl-C, SIGTERM, an error, or simply no more interest). Python 3.14 has
+    `terminate_workers`; before it, the executor's process table is the only way in."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.terminate()
+
+
+def _close_pool(pool: ProcessPoolExecutor, *, completed: bool) -> None:
+    """Shut a pool down: waiting for its workers after a complete run, terminating them otherwise.
+    Either way every worker has exited on return, so whatever it was writing is stale."""
+    if not completed:
+        _terminate_workers(pool)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _worker_died(item: T) -> Outcome[T, R]:
@@ -108,6 +191,11 @@ def map_outcomes(
     every item in flight, innocent or not. Those items are rerun each alone in a process of its
     own, so only an item that kills its process even then gets a WorkerDied outcome; each item
     is rerun at most once, and the rest of the batch continues in a fresh pool.
+
+    Workers die with this process (see `die_with_parent`). If the iteration ends early (an
+    exception here or in the caller, or the generator closed), the workers are terminated and
+    their items abandoned; on return every worker has exited. Close the generator when you stop
+    (`contextlib.closing`) so that this happens at once, not when it is garbage collected.
     """
     if workers <= 1:
         for item in items:
@@ -133,6 +221,7 @@ def _map_until_broken(
     (suspects) and those not yet started, else None once every item is done."""
     pool = _new_pool(workers)
     in_flight: dict[Future[Outcome[T, R]], T] = {}
+    completed = False
     try:
         for item in items:
             try:
@@ -150,9 +239,10 @@ def _map_until_broken(
             if broken:
                 suspects = yield from _drain_broken(in_flight)
                 return suspects, items
+        completed = True
         return None
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _close_pool(pool, completed=completed)
 
 
 def _yield_completed(in_flight: dict[Future[Outcome[T, R]], T]) -> Generator[Outcome[T, R], None, bool]:
@@ -188,6 +278,7 @@ def _run_each_alone(func: Callable[[T], R], suspects: list[T], workers: int) -> 
     waiting = deque(suspects)
     lanes: list[ProcessPoolExecutor | None] = [None] * min(workers, len(suspects))
     running: dict[Future[Outcome[T, R]], tuple[int, T]] = {}
+    completed = False
     try:
         while waiting or running:
             busy = {lane for lane, _ in running.values()}
@@ -209,10 +300,11 @@ def _run_each_alone(func: Callable[[T], R], suspects: list[T], workers: int) -> 
                 if broken_pool is not None:
                     broken_pool.shutdown(wait=True)
                 yield _worker_died(item)
+        completed = True
     finally:
         for pool in lanes:
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                _close_pool(pool, completed=completed)
 
 
 def shard(items: Sequence[T], num_parts: int, part_id: int) -> list[T]:

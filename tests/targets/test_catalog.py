@@ -65,3 +65,13 @@ def test_catalog_table_types():
     assert str(table["ukb_field"].dtype) == "Int64"
     assert table["ukb_field"].isna().sum() == len(NO_FIELD_TARGETS)
     assert table.loc[table["name"] == "weight", "cv_icc"].item() == pytest.approx(0.997)
+
+
+def test_every_catalog_target_states_the_values_it_can_take():
+    from mimir.targets.catalog import NON_NEGATIVE_UNITS, catalog, get_target
+
+    for target in catalog():
+        assert target.is_binary or target.unit in NON_NEGATIVE_UNITS, f"decide whether {target.unit} can be negative"
+        assert not target.can_be_negative
+    assert get_target("weight").value_rule == "finite and not negative (kg)"
+    assert get_target("sex").value_rule == "0 or 1 (male=1)"

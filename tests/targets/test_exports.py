@@ -27,7 +27,7 @@ def write_lines(path, lines):
 
 def value_for(target_index: int, row: int) -> float:
     """Distinct, exactly representable values per (target, participant)."""
-    return 0.5 * target_index + row + 0.25 if catalog()[target_index].name != "sex" else float(row % 2)
+    return float(row % 2) if catalog()[target_index].is_binary else 0.5 * target_index + row + 0.25
 
 
 @pytest.fixture
@@ -235,3 +235,117 @@ def test_targets_command_errors_name_the_export(tmp_path):
     with pytest.raises(UsageError, match="no such export file"):
         run_targets_command([str(tmp_path / "missing.csv"), "--out", str(tmp_path / "t.csv")])
     assert not (tmp_path / "t.csv").exists()
+
+
+def _zip_bytes() -> bytes:
+    """A field-20201-like zip, as given by mistake instead of an export."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.csv", "filename\n")
+        archive.writestr("slice.dcm", b"\0" * 128 + b"DICM" + bytes(range(256)) * 16)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("exam.csv", _zip_bytes(), "not a text table: 'utf-8' codec can't decode"),
+        ("image.csv", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not a text table: 'utf-8' codec can't decode"),
+        ("zeros.csv", b"\0" * 4096, "not a text table: its first line holds NUL bytes"),
+        ("plain.csv.gz", b"eid,22407-2.0\n1,2\n", "not a text table: Not a gzipped file"),
+        ("cut.csv.gz", gzip.compress(b"eid,22407-2.0\n" + b"".join(b"%d,2\n" % eid for eid in range(50_000)))[:2000], "unreadable rows: Compressed file ended"),
+    ],
+)
+def test_a_file_that_is_not_a_text_table_is_refused_naming_it(tmp_path, capsys, name, content, message):
+    from mimir.cli import main
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    # a targets table is read from its header on: one that is no text is refused the same way
+    readers = (export_to_targets, read_reference, *([read_targets_table] if "not a text table" in message else []))
+    for reader in readers:
+        with pytest.raises(ExportFormatError, match=f"{name}: {message}"):
+            reader(path)
+    assert main(["targets", str(path), "--out", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_an_export_without_target_columns_is_refused_saying_what_was_found_and_sought(tmp_path, capsys):
+    from mimir.cli import main
+
+    path = write_lines(tmp_path / "ukb.csv", ["eid,53-2.0,note,22407-3.0", "1,2015-01-01,x,2.5"])
+    with pytest.raises(ExportFormatError) as caught:
+        export_to_targets(path, targets=[get_target("AtlasVatVolume"), get_target("liverVolume")])
+    message = str(caught.value)
+    assert message.startswith(f"{path}: no target columns: found 3 besides 'eid': 53-2.0, note, 22407-3.0; looked for ")
+    assert "22407-2.0, p22407_i2 or f.22407.2.0" in message and "columns named liverVolume" in message
+    assert "catalog fields of other instances or array indices (22407-3.0)" in message
+    assert main(["targets", str(path), "--out", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no target columns" in err[0]
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_implausible_values_become_missing_with_one_warning_per_target(tmp_path, caplog):
+    lines = [
+        "eid,21002-2.0,12144-2.0,31-0.0,22407-2.0,liverVolume",
+        "1,inf,-5000,7,1e400,1.5",
+        "2,-70,170,1,2.0,0",
+        "3,80,175.5,0,-inf,2",
+    ]
+    path = write_lines(tmp_path / "ukb.csv", lines)
+    with caplog.at_level(logging.WARNING, logger="mimir.targets.exports"):
+        table = export_to_targets(path).set_index("eid")
+    assert table["weight"].tolist()[2] == 80 and table["weight"].iloc[:2].isna().all()
+    assert math.isnan(table.loc[1, "height"]) and table.loc[2, "height"] == 170 and table.loc[3, "height"] == 175.5
+    assert math.isnan(table.loc[1, "sex"]) and table.loc[2, "sex"] == 1 and table.loc[3, "sex"] == 0
+    assert table["AtlasVatVolume"].isna().tolist() == [True, False, True]
+    assert table["liverVolume"].tolist() == [1.5, 0.0, 2.0]  # zero is a possible volume
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"{path}: height: 1 value set to missing (1 negative): a value must be finite and not negative (cm)",
+        f"{path}: sex: 1 value set to missing (1 not 0 or 1): a value must be 0 or 1 (male=1)",
+        f"{path}: weight: 2 values set to missing (1 not finite, 1 negative): a value must be finite and not negative (kg)",
+        f"{path}: AtlasVatVolume: 2 values set to missing (2 not finite): a value must be finite and not negative (L)",
+    ]
+    caplog.clear()
+    targets_path = tmp_path / "targets.csv"
+    targets_path.write_text("eid,instance,weight,sex\n1,2,-70,7\n2,2,80,1\n")
+    with caplog.at_level(logging.WARNING, logger="mimir.targets.exports"):
+        read = read_targets_table(targets_path)
+    assert read["weight"].isna().tolist() == [True, False] and read["sex"].isna().tolist() == [True, False]
+    assert len(caplog.records) == 2
+
+
+@pytest.mark.parametrize(
+    ("lines", "instance", "message"),
+    [
+        (["eid,p31,liverVolume", "1,1,1.5"], 5, r"instance 5 is not an imaging visit \(2 first, 3 repeat\) and no target "
+         r"column is of instance 5; the columns without one \(p31, liverVolume\) would be copied to it"),
+        (["eid,22407-2.0,31-0.0", "1,2.5,1"], 0, r"no target column is of instance 0 \(the catalog fields present are "
+         r"of instance 2\); the columns without one \(31-0.0\)"),
+    ],
+)
+def test_an_instance_that_is_no_imaging_visit_needs_columns_of_its_own(tmp_path, capsys, lines, instance, message):
+    from mimir.cli import main
+
+    path = write_lines(tmp_path / "ukb.csv", lines)
+    with pytest.raises(ExportFormatError, match=message):
+        export_to_targets(path, instance=instance)
+    assert main(["targets", str(path), "--out", str(tmp_path / "t.csv"), "--instance", str(instance)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_imaging_visits_and_instances_with_columns_of_their_own_are_read(tmp_path):
+    instanceless = write_lines(tmp_path / "rap.csv", ["eid,p31,liverVolume", "1,1,1.5"])
+    for instance in (2, 3):
+        table = export_to_targets(instanceless, instance=instance)
+        assert (table.loc[0, "instance"], table.loc[0, "sex"], table.loc[0, "liverVolume"]) == (instance, 1, 1.5)
+    baseline = write_lines(tmp_path / "ukb.csv", ["eid,21002-0.0,31-0.0", "1,80,1"])
+    table = export_to_targets(baseline, instance=0)
+    assert (table.loc[0, "instance"], table.loc[0, "weight"], table.loc[0, "sex"]) == (0, 80, 1)

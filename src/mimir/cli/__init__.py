@@ -3,14 +3,20 @@
 Each subcommand lives in its own module here and registers its parser; modules import heavy
 libraries (numpy, torch) only inside their handlers, so `mimir --help` stays instant. Every
 `MimirError` a handler lets through becomes one line on stderr and its exit code, here in `main`.
+SIGTERM (from `timeout`, a batch scheduler or `kill`) ends a command as Ctrl-C does, through the
+same cleanup, with exit status 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
 from mimir import __version__
 from mimir.cli import (
@@ -48,6 +54,34 @@ class UsageError(MimirError):
     """Misuse of a command found by the CLI itself (bad flags, missing inputs)."""
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as a KeyboardInterrupt so that it unwinds through the
+    cleanup Ctrl-C gets: worker processes terminated, temporaries removed, nothing half-written."""
+
+
+#: Exit statuses of a command ended by Ctrl-C and by SIGTERM (128 + the signal, as shells report).
+INTERRUPTED_EXIT = 128 + signal.SIGINT
+TERMINATED_EXIT = 128 + signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into `_Terminated` while a command runs (signals reach only the main thread;
+    `main` called from another thread keeps the default, immediate end)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimir",
@@ -75,13 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _configure_logging(args.verbose, args.quiet)
     try:
-        return int(args.handler(args) or 0)
+        with _sigterm_interrupts():
+            return int(args.handler(args) or 0)
     except MimirError as error:
         print(f"mimir {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("export", help="UK Biobank export file (.csv, .tsv, .tab, optionally .gz)")
     parser.add_argument("--out", required=True, help="targets table to write (CSV)")
-    parser.add_argument("--instance", type=int, default=2, help="imaging visit: 2 first (default), 3 repeat")
+    parser.add_argument(
+        "--instance", type=int, default=2,
+        help="imaging visit: 2 first (default), 3 repeat; another instance only if the export has field columns of it",
+    )
     parser.set_defaults(handler=run)
 
 

@@ -6,6 +6,7 @@ cache (with a QC row) or gets one row in failures.csv saying at which stage and 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -33,7 +34,7 @@ from mimir.imaging.cache import (
 )
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.read import ExamInput
-from mimir.parallel import map_outcomes
+from mimir.parallel import Outcome, map_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,34 @@ def _cached_problem(cache: Path, stem: str) -> str | None:
     return entry_problem(path)
 
 
+def _remove_stale_temporaries(cache: Path) -> int:
+    """Temporaries of writers that are gone (a killed run, or workers stopped mid-exam)."""
+    return remove_stale_temporaries(cache) + remove_stale_temporaries(qc_folder(cache))
+
+
+def _count(
+    summary: CompressSummary,
+    result: Outcome[ExamInput, ExamOutcome],
+    progress: Callable[[ExamOutcome], None] | None,
+) -> None:
+    """Add one exam's outcome to the summary (a worker that died is a failure, not a bad exam)."""
+    outcome = result.value
+    if outcome is None:
+        outcome = ExamOutcome(
+            stem=exam_stem(result.item), source=str(result.item.path), status="failed",
+            stage="worker", reason=f"{result.error_type}: {result.error}",
+        )
+    if outcome.status == "done":
+        summary.done += 1
+        summary.exam_seconds.append(outcome.seconds)
+    else:
+        summary.failed += 1
+        summary.failures.append(outcome)
+        logger.warning("%s failed at %s: %s", outcome.stem, outcome.stage, outcome.reason)
+    if progress is not None:
+        progress(outcome)
+
+
 def compress_exams(
     inputs: Sequence[ExamInput],
     options: CompressOptions,
@@ -259,7 +288,7 @@ def compress_exams(
     """
     started = time.perf_counter()
     cache = prepare_cache(Path(options.cache))
-    removed = remove_stale_temporaries(cache) + remove_stale_temporaries(qc_folder(cache))
+    removed = _remove_stale_temporaries(cache)
     if removed:
         logger.info("removed %d temporary files left by a killed run", removed)
     summary = CompressSummary(cache=cache)
@@ -278,22 +307,13 @@ def compress_exams(
             if problem:
                 logger.warning("%s: the cached image is invalid (%s); compressing it again", stem, problem)
             todo.append(source)
-    for result in map_outcomes(partial(compress_exam, options=options), todo, workers):
-        outcome = result.value
-        if outcome is None:  # the worker itself died (not a bad exam)
-            outcome = ExamOutcome(
-                stem=exam_stem(result.item), source=str(result.item.path), status="failed",
-                stage="worker", reason=f"{result.error_type}: {result.error}",
-            )
-        if outcome.status == "done":
-            summary.done += 1
-            summary.exam_seconds.append(outcome.seconds)
-        else:
-            summary.failed += 1
-            summary.failures.append(outcome)
-            logger.warning("%s failed at %s: %s", outcome.stem, outcome.stage, outcome.reason)
-        if progress is not None:
-            progress(outcome)
+    try:
+        with contextlib.closing(map_outcomes(partial(compress_exam, options=options), todo, workers)) as results:
+            for result in results:
+                _count(summary, result, progress)
+    except BaseException:
+        _remove_stale_temporaries(cache)  # the workers stopped mid-exam have exited: their files are stale
+        raise
     kept = (
         f"the {summary.done} images compressed in this run are kept in {cache} (a rerun skips them); "
         f"the {summary.failed} failures are in the log above"

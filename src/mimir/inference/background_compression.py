@@ -86,7 +86,9 @@ class BackgroundCompression:
         return outcomes
 
     def stop(self) -> None:
-        """Cancel what is left (the exams in the workers finish first) and wait for the thread."""
+        """Cancel what is left and wait for the thread. The cancellation lands when the next exam
+        comes back from the workers; the exams still in them are then abandoned (the workers are
+        terminated, their temporaries removed) and compressed again by the next run."""
         if self.running:
             self._cancelled.set()
         self._thread.join()

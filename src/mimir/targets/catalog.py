@@ -24,6 +24,12 @@ _METRIC_COLUMNS = (
 )
 
 
+#: Units of quantities that cannot be negative: masses, lengths, volumes, shares, rates, ages and
+#: their ratios. Every continuous target of the catalog has one of them; a target added in another
+#: unit (a score, a z-value, a change between visits) may be negative.
+NON_NEGATIVE_UNITS = frozenset({"kg", "g", "cm", "L", "%", "bpm", "years", "L/L", "L/m2", "kg/L"})
+
+
 class UnknownTargetError(MimirError, KeyError):
     """A target name that is not in the catalog; the message lists near misses."""
 
@@ -46,6 +52,21 @@ class Target:
     @property
     def is_binary(self) -> bool:
         return self.kind == "binary"
+
+    @property
+    def can_be_negative(self) -> bool:
+        """Whether a negative value can be a measurement: never for a binary target (0 or 1) nor
+        for a unit in NON_NEGATIVE_UNITS. The one place this is decided, from kind and unit."""
+        return not self.is_binary and self.unit not in NON_NEGATIVE_UNITS
+
+    @property
+    def value_rule(self) -> str:
+        """What every value of this target must be, in words (readers set others to missing)."""
+        if self.is_binary:
+            return f"0 or 1 ({self.unit})"
+        if not self.can_be_negative:
+            return f"finite and not negative ({self.unit})"
+        return f"finite ({self.unit})"
 
     def export_column(self, instance: int = 2) -> str:
         """Column name in a UK Biobank (ukbconv) style export: `{field}-{instance}.0`.

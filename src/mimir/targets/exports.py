@@ -9,6 +9,10 @@ Two export shapes are common and both are read, comma- or tab-separated:
 Targets without a UK Biobank field appear under their catalog name. Array index 0 is used.
 Only the header is parsed in full; values are read for the selected columns alone, so very
 wide exports stay cheap.
+
+A value that cannot be a measurement of its target (see `Target.value_rule`: not finite,
+negative in a unit that cannot be, not 0 or 1 for a binary target) is set to missing, with one
+warning per target.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import io
 import logging
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,13 @@ EID_COLUMNS = ("eid", "participant.eid", "f.eid")
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none"})
 #: RAP exports may replace codes by their meaning; sex is the one catalog target affected.
 SEX_MEANINGS = {"male": 1.0, "female": 0.0}
+#: UK Biobank instances of the imaging visits: 2 the first, 3 the repeat.
+IMAGING_INSTANCES = (2, 3)
+#: The longest header line read (about 100 times the widest real export's): a binary file
+#: without line breaks is refused rather than read whole.
+MAX_HEADER_CHARS = 64 * 1024 * 1024
+#: What reading a file that is not (gzipped) UTF-8 text raises.
+_NOT_TEXT = (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error)
 
 _UKBCONV = re.compile(r"(\d+)-(\d+)\.(\d+)")
 _UKBCONV_LIKE = re.compile(r"\d+(?:[-.].*)?")
@@ -93,8 +105,15 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 def read_header(path: Path) -> tuple[list[str], str]:
     """Column names and delimiter (tab if the header has more tabs than commas)."""
-    with _open_text(path) as handle:
-        first_line = handle.readline()
+    try:
+        with _open_text(path) as handle:
+            first_line = handle.readline(MAX_HEADER_CHARS)
+    except _NOT_TEXT as error:
+        raise ExportFormatError(f"{path}: not a text table: {error} (expected a UTF-8 CSV or TSV export, optionally gzipped)") from error
+    if "\x00" in first_line:
+        raise ExportFormatError(f"{path}: not a text table: its first line holds NUL bytes")
+    if len(first_line) == MAX_HEADER_CHARS:
+        raise ExportFormatError(f"{path}: not a text table: no line break in its first {MAX_HEADER_CHARS} characters")
     if not first_line.strip():
         raise ExportFormatError(f"{path}: empty file, expected a header line")
     delimiter = "\t" if first_line.count("\t") > first_line.count(",") else ","
@@ -115,7 +134,7 @@ def _duplicates(names: Sequence[str]) -> list[str]:
 def find_eid_column(columns: Sequence[str]) -> str:
     present = [column for column in columns if column in EID_COLUMNS]
     if not present:
-        shown = ", ".join(repr(column) for column in columns[:8])
+        shown = ", ".join(repr(column[:40]) for column in columns[:8])
         raise ExportFormatError(
             f"no participant id column: expected one of {', '.join(EID_COLUMNS)}; the header starts with {shown}"
         )
@@ -202,13 +221,95 @@ def _summarise(names: Sequence[str], limit: int = 10) -> str:
     return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
+def check_selection(columns: Sequence[str], selection: ColumnSelection, instance: int, targets: Sequence[Target]) -> None:
+    """Refuse an export that would give a table of nothing, or of values from no known visit.
+
+    No target column at all is an error, not an empty table. An instance that is not an imaging
+    visit needs field columns of its own: columns without an instance (sex, targets named as
+    in the catalog) would otherwise be copied to whatever instance was asked for.
+    """
+    if not selection.by_target:
+        found = [column for column in columns if column != selection.eid_column]
+        message = (
+            f"no target columns: found {len(found)} besides {selection.eid_column!r}"
+            f"{': ' + _summarise(found) if found else ''}; looked for {_what_is_looked_for(targets, instance)}"
+        )
+        if selection.other_instances:
+            message += (
+                f"; the export has catalog fields of other instances or array indices "
+                f"({_summarise(selection.other_instances)}): is instance {instance} the one wanted?"
+            )
+        raise ExportFormatError(message)
+    if instance in IMAGING_INSTANCES or any(_is_of_instance(column, instance) for column in selection.by_target.values()):
+        return
+    present = sorted({parsed.instance for parsed in map(parse_field_column, selection.other_instances) if parsed})
+    raise ExportFormatError(
+        f"instance {instance} is not an imaging visit ({IMAGING_INSTANCES[0]} first, {IMAGING_INSTANCES[1]} "
+        f"repeat) and no target column is of instance {instance}"
+        f"{' (the catalog fields present are of instance ' + ', '.join(map(str, present)) + ')' if present else ''}; "
+        f"the columns without one ({_summarise(list(selection.by_target.values()))}) would be copied to it"
+    )
+
+
+def _is_of_instance(column: str, instance: int) -> bool:
+    """A field column recorded at `instance` (sex, recorded once, belongs to no visit)."""
+    parsed = parse_field_column(column)
+    return parsed is not None and parsed.field != SEX_FIELD and parsed.instance == instance
+
+
+def _what_is_looked_for(targets: Sequence[Target], instance: int) -> str:
+    fields = [t.ukb_field for t in targets if t.ukb_field is not None and t.ukb_field != SEX_FIELD]
+    named = [t.name for t in targets if t.ukb_field is None]
+    wanted = []
+    if fields:
+        example = fields[0]
+        wanted.append(
+            f"the UK Biobank fields of {len(fields)} catalog targets at instance {instance} "
+            f"(such as {example}-{instance}.0, p{example}_i{instance} or f.{example}.{instance}.0)"
+        )
+    if any(t.ukb_field == SEX_FIELD for t in targets):
+        wanted.append(f"sex ({SEX_FIELD}-0.0 or p{SEX_FIELD})")
+    if named:
+        wanted.append(f"columns named {_summarise(named)}")
+    return ", ".join(wanted)
+
+
+def set_implausible_to_missing(table: "pd.DataFrame", targets: Sequence[Target], source: Path) -> "pd.DataFrame":
+    """Values that cannot be a measurement of their target become missing (`Target.value_rule`):
+    not finite; negative where the unit cannot be; not 0 or 1 for a binary target. One warning
+    per target says how many and why; the table is changed in place and returned."""
+    import numpy as np
+
+    for target in targets:
+        values = table[target.name].to_numpy(dtype="float64")
+        finite = np.isfinite(values)
+        checks = {"not finite": np.isinf(values)}
+        if target.is_binary:
+            checks["not 0 or 1"] = finite & (values != 0) & (values != 1)
+        elif not target.can_be_negative:
+            checks["negative"] = finite & (values < 0)
+        bad = np.logical_or.reduce(list(checks.values()))
+        if not bad.any():
+            continue
+        table[target.name] = np.where(bad, math.nan, values)
+        counts = ", ".join(f"{int(mask.sum())} {reason}" for reason, mask in checks.items() if mask.any())
+        count = int(bad.sum())
+        logger.warning(
+            "%s: %s: %d value%s set to missing (%s): a value must be %s",
+            source, target.name, count, "" if count == 1 else "s", counts, target.value_rule,
+        )
+    return table
+
+
 def _log_selection(selection: ColumnSelection, targets: Sequence[Target], instance: int) -> None:
     if selection.ignored:
         logger.info(
             "ignored %d columns that hold no catalog target: %s", len(selection.ignored), _summarise(selection.ignored)
         )
     if selection.other_instances:
-        logger.info(
+        # only other visits' measurements (sex and named targets have none): likely the wrong instance
+        wrong_visit = not any(_is_of_instance(column, instance) for column in selection.by_target.values())
+        (logger.warning if wrong_visit else logger.info)(
             "ignored %d catalog-field columns of other instances or array indices (using instance %d, array 0): %s",
             len(selection.other_instances),
             instance,
@@ -244,6 +345,7 @@ def _targets_from_rows(
     import pandas as pd
 
     selection = select_columns(columns, instance, chosen)
+    check_selection(columns, selection, instance, chosen)
     _log_selection(selection, chosen, instance)
     wanted = {selection.eid_column, *selection.by_target.values()}
     try:
@@ -255,7 +357,7 @@ def _targets_from_rows(
             keep_default_na=False,
             encoding="utf-8-sig",
         )
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (pd.errors.ParserError, *_NOT_TEXT) as error:
         raise ExportFormatError(f"unreadable rows: {error}") from error
     raw.columns = [str(column).strip() for column in raw.columns]
     eids = _parse_eids(raw[selection.eid_column], selection.eid_column)
@@ -273,7 +375,7 @@ def _targets_from_rows(
             if column is None
             else _numeric_column(raw[column], column, target.name, eids)
         )
-    table = pd.DataFrame(columns_out)
+    table = set_implausible_to_missing(pd.DataFrame(columns_out), chosen, path)
     values = table[[t.name for t in chosen]]
     empty = values.isna().all(axis=1)
     if empty.any():
@@ -305,7 +407,7 @@ def read_targets_table(path: Path | str, targets: Sequence[Target] | None = None
     names = [t.name for t in chosen if t.name in columns]
     try:
         table = pd.read_csv(path, sep=delimiter, usecols=["eid", "instance", *names], encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (pd.errors.ParserError, *_NOT_TEXT) as error:
         raise ExportFormatError(f"{path}: unreadable rows: {error}") from error
     for column in ("eid", "instance"):
         if table[column].isna().any() or not pd.api.types.is_integer_dtype(table[column]):
@@ -313,7 +415,7 @@ def read_targets_table(path: Path | str, targets: Sequence[Target] | None = None
     for name in names:
         if not pd.api.types.is_numeric_dtype(table[name]):
             raise ExportFormatError(f"{path}: column {name!r} holds non-numeric values")
-    return pd.DataFrame(
+    result = pd.DataFrame(
         {
             "eid": table["eid"].astype("int64"),
             "instance": table["instance"].astype("int64"),
@@ -323,6 +425,7 @@ def read_targets_table(path: Path | str, targets: Sequence[Target] | None = None
             },
         }
     )
+    return set_implausible_to_missing(result, [t for t in chosen if t.name in names], path)
 
 
 def read_reference(path: Path | str, instance: int = 2, targets: Sequence[Target] | None = None) -> "pd.DataFrame":
