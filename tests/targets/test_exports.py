@@ -349,3 +349,15 @@ def test_imaging_visits_and_instances_with_columns_of_their_own_are_read(tmp_pat
     baseline = write_lines(tmp_path / "ukb.csv", ["eid,21002-0.0,31-0.0", "1,80,1"])
     table = export_to_targets(baseline, instance=0)
     assert (table.loc[0, "instance"], table.loc[0, "weight"], table.loc[0, "sex"]) == (0, 80, 1)
+
+
+def test_ids_too_large_for_an_integer_are_refused_not_a_crash(tmp_path):
+    """Found by tests/fuzz/fuzz_export.py: a 40-digit eid raised OverflowError."""
+    export = tmp_path / "export.csv"
+    write_lines(export, ["eid,21002-2.0", f"{'9' * 40},70"])
+    with pytest.raises(ExportFormatError, match="not a participant id"):
+        export_to_targets(export)
+    table = tmp_path / "targets.csv"
+    write_lines(table, ["eid,instance,weight", f"{2**63 + 5},2,70"])
+    with pytest.raises(ExportFormatError, match="too large for an id"):
+        read_targets_table(table)

@@ -207,9 +207,13 @@ def _numeric_column(values: "pd.Series", column: str, target: str, eids: "pd.Ser
     return numbers.reset_index(drop=True)
 
 
+#: Participant ids are 7 digits; 18 is the most an int64 holds whatever the digits.
+_EID_PATTERN = r"\d{1,18}"
+
+
 def _parse_eids(values: "pd.Series", column: str) -> "pd.Series":
     stripped = values.astype(str).str.strip()
-    valid = stripped.str.fullmatch(r"\d+")
+    valid = stripped.str.fullmatch(_EID_PATTERN)
     if not valid.all():
         example = values[~valid].iloc[0]
         raise ExportFormatError(f"column {column!r} holds {example!r}, not a participant id")
@@ -412,6 +416,8 @@ def read_targets_table(path: Path | str, targets: Sequence[Target] | None = None
     for column in ("eid", "instance"):
         if table[column].isna().any() or not pd.api.types.is_integer_dtype(table[column]):
             raise ExportFormatError(f"{path}: column {column!r} must hold integers in every row")
+        if (table[column].abs() >= 10**18).any():
+            raise ExportFormatError(f"{path}: column {column!r} holds integers too large for an id")
     for name in names:
         if not pd.api.types.is_numeric_dtype(table[name]):
             raise ExportFormatError(f"{path}: column {name!r} holds non-numeric values")
