@@ -350,3 +350,15 @@ def test_member_with_data_shorter_than_declared_is_skipped_and_noted(dicom):
     exam = read_zip_bytes(data)
     assert any(victim in note for note in exam.notes)
     assert len(exam.stations) == 2
+
+
+def test_a_fifo_named_as_a_zip_is_refused_without_being_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "1000001_20201_2_0.zip"
+    os.mkfifo(fifo)
+    with pytest.raises(ExamReadError, match=r"not a regular file \(a FIFO\)") as caught:
+        read_zip(fifo)
+    assert caught.value.stage == "open"
+    with pytest.raises(ExamReadError, match="no such zip file"):
+        read_zip(tmp_path / "absent.zip")

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import BinaryIO
 
+from mimir.imaging.cache import not_regular_reason
 from mimir.imaging.dicom_series import Member, ReadLimits, read_members
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.imaging.station import ExamStations
@@ -56,8 +57,11 @@ _MEMBER_ERRORS: tuple[type[BaseException], ...] = (
 def read_zip(path: str | Path, limits: ReadLimits = ReadLimits()) -> ExamStations:
     """Stations of one exam zip on disk."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ExamReadError(Stage.OPEN, f"no such zip file: {path}")
+    unreadable = not_regular_reason(path)
+    if unreadable is not None:
+        raise ExamReadError(Stage.OPEN, f"{path}: {unreadable}")
     size = path.stat().st_size
     if size > limits.max_container_bytes:
         raise ExamReadError(Stage.SAFETY, f"zip is {size / 2**20:.0f} MiB, above the {limits.max_container_bytes / 2**20:.0f} MiB limit")
