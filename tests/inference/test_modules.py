@@ -364,3 +364,16 @@ def test_an_unwritable_module_output_is_one_line_before_any_work(tmp_path, state
     assert main(["module", "build", "--run", str(run), "--out", str(blocker / "module")]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"mimir module: error: {blocker / 'module'}: {blocker} is not a folder"
+
+
+def test_the_same_weights_make_the_same_weights_file(tmp_path, state):
+    """Module builds are reproducible: safetensors orders a metadata map differently in each
+    process, so the weights file carries a single metadata key (and module.json one checksum)."""
+    from mimir.inference.modules import WEIGHTS_FILE
+
+    first = save_module(_spec(), state, tmp_path / "first")
+    second = save_module(_spec(), state, tmp_path / "second")
+    data = (first / WEIGHTS_FILE).read_bytes()
+    assert data == (second / WEIGHTS_FILE).read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    assert list(header["__metadata__"]) == ["format"]

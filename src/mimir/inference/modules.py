@@ -545,7 +545,9 @@ def save_module(
     shapes = {key: tuple(tensor.shape) for key, tensor in state_dict.items()}
     check_state_against_architecture(spec, shapes, f"weights for module {spec.name!r}")
     tensors = {key: tensor.detach().to("cpu").contiguous() for key, tensor in state_dict.items()}
-    weights = safetensors_bytes(tensors, metadata={"format": FORMAT_NAME, "module": spec.name})
+    # One metadata key: safetensors writes its metadata map in a per-process order, so two keys
+    # would make the same weights a different file (and checksum) on every build.
+    weights = safetensors_bytes(tensors, metadata={"format": FORMAT_NAME})
     provenance = dataclasses.replace(spec.provenance, created=spec.provenance.created or now_iso())
     final = dataclasses.replace(
         spec, provenance=provenance, weights_sha256=sha256_hex(weights), weights_bytes=len(weights)
