@@ -176,3 +176,34 @@ def test_quiet_writes_no_progress_to_the_log(tiny_cohort, tmp_path):
     command = [sys.executable, "-m", "mimir", "-q", "compress", *map(str, zips), "--cache", str(tmp_path / "cache"), "--workers", "1"]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     assert result.stderr == ""
+
+
+def test_a_command_on_a_terminal_still_draws_its_bar(tiny_cohort, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    zips = sorted(tiny_cohort.glob("*.zip"))[:2]
+    command = [sys.executable, "-m", "mimir", "compress", *map(str, zips), "--cache", str(tmp_path / "cache"), "--workers", "1"]
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # tqdm draws nothing 0 columns wide
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal)
+        os.close(terminal)
+        received = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # Linux: the terminal is gone once the command exits
+                break
+            if not chunk:
+                break
+            received += chunk
+        assert process.wait() == 0
+    finally:
+        os.close(controller)
+    text = received.decode()
+    assert "\r" in text and "2/2" in text and "exam/s]" in text  # tqdm's own bar, not the log lines
+    assert "(100 %)" not in text
