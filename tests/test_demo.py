@@ -18,11 +18,16 @@ def test_demo_sizes_that_cannot_cross_validate_are_refused():
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    arguments = ["-q", "demo", "--out", str(out), "--n-train", "6", "--n-test", "2", "--folds", "2",
+    arguments = ["demo", "--out", str(out), "--n-train", "6", "--n-test", "2", "--folds", "2",
                  "--iterations", "3", "--workers", "1"]
     assert main(arguments) == 0
-    printed = capsys.readouterr().out
-    assert "evaluation report:" in printed and "predictions:" in printed
+    printed = capsys.readouterr()
+    assert "evaluation report:" in printed.out and "predictions:" in printed.out
+    # stderr is no terminal here: each stage ends with one plain line (it would be a bar on a terminal)
+    assert "\r" not in printed.err and "\x1b[" not in printed.err
+    for stage in ("synth train 6/6", "synth test 2/2", "compress 6/6", "crossval fold 1 3/3", "train 3/3", "predict: predict 2/2"):
+        assert f"{stage} (100 %), " in printed.err
+    arguments.insert(0, "-q")
 
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == 2

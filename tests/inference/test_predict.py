@@ -102,12 +102,12 @@ def test_missing_input_is_an_input_error(modules, tmp_path):
         predict([tmp_path / "absent.zip"], modules, PredictOptions(device="cpu"))
 
 
-def run_cli(argv: list[str]) -> int:
+def run_cli(argv: list[str], *, quiet: bool = True) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quiet", action="store_true", default=True)
+    parser.add_argument("--quiet", action="store_true")
     predict_cmd.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
-    args.quiet = True
+    args.quiet = quiet
     try:
         return args.handler(args)
     except MimirError as error:
@@ -126,10 +126,11 @@ def test_cli_refuses_an_unwritable_output_before_any_work(modules, tmp_path):
 
 def test_cli_writes_the_table_and_rejects_missing_inputs(modules, cache, tmp_path, capsys):
     out = tmp_path / "predictions.csv"
-    assert run_cli(["predict", str(cache), "--modules", *map(str, modules), "--out", str(out), "--device", "cpu"]) == 0
+    assert run_cli(["predict", str(cache), "--modules", *map(str, modules), "--out", str(out), "--device", "cpu"], quiet=False) == 0
     assert len(pd.read_csv(out)) == len(STEMS)
-    summary = capsys.readouterr().out
-    assert "module body" in summary and "exams per minute" in summary
+    printed = capsys.readouterr()
+    assert "module body" in printed.out and "exams per minute" in printed.out
+    assert printed.err.startswith(f"predict {len(STEMS)}/{len(STEMS)} (100 %), ") and "\x1b[" not in printed.err
     missing = tmp_path / "nothing_here.zip"
     assert run_cli(["predict", str(missing), "--modules", str(modules[0]), "--out", str(tmp_path / "x.csv")]) == 2
     assert not (tmp_path / "x.csv").exists()

@@ -224,3 +224,19 @@ def test_incomplete_crossval_error_survives_pickling(tmp_path):
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is IncompleteCrossvalError
     assert str(copy) == str(error) and copy.missing == [0, 2]
+
+
+def test_cli_run_writes_one_progress_line_per_fold_to_a_log(cohort, tmp_path, capsys):
+    cache, targets = cohort
+    config_path = tmp_path / "tiny.toml"
+    tiny_config(iterations=2).write_toml(config_path)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quiet", action="store_true")
+    crossval_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["crossval", "run", "--images", str(cache), "--targets", str(targets), "--module", "cvtest",
+                              "--config", str(config_path), "--out", str(tmp_path / "cv"), "--folds", "3",
+                              "--fold-ids", "0,1", "--device", "cpu", "--no-baseline"])
+    assert args.handler(args) == 0
+    lines = capsys.readouterr().err.splitlines()  # stderr is no terminal: plain lines, no bars
+    assert [line.split(", ")[0] for line in lines] == ["fold 0 2/2 (100 %)", "fold 1 2/2 (100 %)"]
+    assert all(", loss " in line for line in lines)

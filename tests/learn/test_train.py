@@ -147,7 +147,7 @@ def test_load_run_gives_the_trained_network(cohort, tmp_path):
         assert torch.equal(tensor.cpu(), loaded.network.state_dict()[name])
 
 
-def test_cli_trains_with_a_config_file(cohort, tmp_path):
+def test_cli_trains_with_a_config_file(cohort, tmp_path, capsys):
     from mimir.cli import train_cmd
 
     cache, _ = cohort
@@ -157,11 +157,13 @@ def test_cli_trains_with_a_config_file(cohort, tmp_path):
     parser.add_argument("--quiet", action="store_true")
     train_cmd.register(parser.add_subparsers())
     args = parser.parse_args([
-        "--quiet", "train", "--images", str(cache), "--targets", str(cache.parent / "targets.csv"),
+        "train", "--images", str(cache), "--targets", str(cache.parent / "targets.csv"),
         "--module", "age", "--config", str(config_path), "--out", str(tmp_path / "run"), "--device", "cpu",
     ])
     assert args.handler(args) == 0
     assert (tmp_path / "run" / "weights.safetensors").is_file()
+    progress = capsys.readouterr().err  # not a terminal: one plain line, with the learning rate and loss
+    assert "\r" not in progress and progress.startswith("train age 2/2 (100 %), ") and ", lr " in progress
     from mimir.learn.train import RunFolderError
 
     with pytest.raises(RunFolderError, match="already holds a run"):

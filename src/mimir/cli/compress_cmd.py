@@ -34,9 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from mimir.cli import UsageError
+    from mimir.cli.progress import start_progress
     from mimir.imaging.cache import failures_path, qc_table_path
     from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
     from mimir.parallel import default_workers, shard
@@ -53,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         save_volumes=Path(args.save_volumes) if args.save_volumes else None,
     )
-    with tqdm(total=len(inputs), unit="exam", desc="compress", disable=args.quiet) as bar:
-        summary = compress_exams(inputs, options, workers=workers, progress=lambda _: bar.update())
+    with start_progress("compress", len(inputs), "exam", quiet=args.quiet) as progress:
+        summary = compress_exams(inputs, options, workers=workers, progress=lambda _: progress.advance())
     print(
         f"done {summary.done}, skipped {summary.skipped} (already cached), failed {summary.failed}; "
         f"{summary.seconds:.1f} s wall, {summary.seconds_per_exam:.2f} s per exam per core"

@@ -79,9 +79,8 @@ def _merge(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from mimir.cli import UsageError
+    from mimir.cli.progress import Stages
     from mimir.learn.baseline import BaselineConfig
     from mimir.learn.crossval import run_crossval
     from mimir.learn.train import TrainProgress
@@ -99,28 +98,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers is not None:
         config = config.replace(workers=args.workers)
     baseline = None if args.no_baseline else BaselineConfig(size=args.baseline_size)
-    bars: dict[int, tqdm] = {}
+    with Stages("it", quiet=args.quiet) as stages:
 
-    def show(fold: int, event: TrainProgress) -> None:
-        if fold not in bars:
-            for bar in bars.values():
-                bar.close()
-            bars[fold] = tqdm(total=event.iterations, unit="it", desc=f"fold {fold}", disable=args.quiet)
-        bar = bars[fold]
-        bar.n = event.iteration
-        if event.train_loss is not None:
-            bar.set_postfix({"loss": f"{event.train_loss:.3f}"}, refresh=False)
-        bar.refresh()
+        def show(fold: int, event: TrainProgress) -> None:
+            loss = None if event.train_loss is None else {"loss": f"{event.train_loss:.3f}"}
+            stages(f"fold {fold}", event.iteration, event.iterations, loss)
 
-    try:
         result = run_crossval(
             config, Path(args.images), Path(args.targets), args.module, out,
             folds=args.folds, fold_ids=_parse_fold_ids(args.fold_ids), device=args.device, progress=show,
             init=args.init, baseline=baseline,
         )
-    finally:
-        for bar in bars.values():
-            bar.close()
     _print_result(result, _report(result, args.no_report))
     return 0
 

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import pandas as pd
-    from tqdm import tqdm
 
+    from mimir.cli.progress import Stages
     from mimir.demo import DemoConfig, run_demo
 
     config = DemoConfig(
@@ -45,22 +45,8 @@ def run(args: argparse.Namespace) -> int:
         keep_training_zips=args.keep_training_zips,
     )
 
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if args.quiet:
-            return
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=False)
-        bar.n = done
-        bar.refresh()
-
-    result = run_demo(config, Path(args.out), progress=progress)
-    for bar in bars.values():
-        bar.close()
+    with Stages("step", quiet=args.quiet, leave=False) as progress:
+        result = run_demo(config, Path(args.out), progress=progress)
     metrics = pd.read_csv(result.metrics)
     columns = [c for c in ("name", "unit", "n", "icc", "r2", "mae", "mape_percent", "auc") if c in metrics.columns]
     print(metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.3g}"))

@@ -44,9 +44,8 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from mimir.cli import UsageError
+    from mimir.cli.progress import Stages
     from mimir.inference.predict import PredictOptions, run_prediction
     from mimir.inference.summary import summary_lines
     from mimir.inference.table import check_output_path, default_cache_for, write_predictions
@@ -61,22 +60,11 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out)
     cache = Path(args.cache) if args.cache else default_cache_for(out)
 
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:  # the stages overlap: one line per stage, all kept open
-            bar = bars[stage] = tqdm(total=total, unit="exam", desc=stage, position=len(bars), disable=args.quiet)
-        bar.update(done - bar.n)
-
-    try:
-        options = PredictOptions(
-            cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision
-        )
+    options = PredictOptions(
+        cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision
+    )
+    with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
         result = run_prediction(args.inputs, args.modules, options, progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
     writing = time.perf_counter()
     write_predictions(result.table, out, long=args.long)
     result.timings["write"] = time.perf_counter() - writing

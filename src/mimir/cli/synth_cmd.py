@@ -34,9 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from mimir.cli import UsageError
+    from mimir.cli.progress import start_progress
     from mimir.synth import CohortConfig, generate_cohort
     from mimir.synth.quirks import QUIRKS
 
@@ -56,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         preview=args.preview,
         on_grid=args.on_grid,
     )
-    with tqdm(total=config.n, unit="subject", desc="synth", disable=args.quiet) as bar:
-        summary = generate_cohort(config, Path(args.out), workers=args.workers, progress=lambda _: bar.update())
+    with start_progress("synth", config.n, "subject", quiet=args.quiet) as progress:
+        summary = generate_cohort(config, Path(args.out), workers=args.workers, progress=lambda _: progress.advance())
     print(
         f"{len(summary.eids)} subjects written to {summary.out} in {summary.seconds:.1f} s "
         f"({summary.seconds_per_subject:.2f} s per subject per core); "

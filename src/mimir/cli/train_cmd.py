@@ -33,9 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from mimir.cli import UsageError
+    from mimir.cli.progress import start_progress
     from mimir.learn.train import TrainProgress, train
     from mimir.runs.config import TrainConfig
     from mimir.runs.layout import RunFolder
@@ -55,17 +54,15 @@ def run(args: argparse.Namespace) -> int:
         overrides["workers"] = args.workers
     config = config.replace(**overrides)
 
-    with tqdm(total=config.iterations, unit="it", desc=f"train {args.module}", disable=args.quiet) as bar:
+    with start_progress(f"train {args.module}", config.iterations, "it", quiet=args.quiet) as progress:
 
         def show(event: TrainProgress) -> None:
-            bar.n = event.iteration
             postfix = {"lr": f"{event.learning_rate:.1e}"}
             if event.train_loss is not None:
                 postfix["loss"] = f"{event.train_loss:.3f}"
             if event.val_loss is not None:
                 postfix["val"] = f"{event.val_loss:.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.refresh()
+            progress.show(event.iteration, postfix)
 
         result = train(
             config, Path(args.images), Path(args.targets), args.module, out,
