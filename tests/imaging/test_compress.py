@@ -86,6 +86,9 @@ def test_cli_exit_codes(batch_with_bad_inputs, tmp_path, capsys):
     assert main(["compress", str(batch_with_bad_inputs), "--cache", str(tmp_path / "c2"), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "done 2" in out and "failed 3" in out
+    assert main(["compress", str(batch_with_bad_inputs), "--cache", str(tmp_path / "c2"), "--workers", "1"]) == 0
+    rerun = capsys.readouterr().out
+    assert "done 0, skipped 2" in rerun and "nan" not in rerun and "per exam" not in rerun
 
 
 def test_killed_run_resumes_without_corrupt_files(tiny_cohort, tmp_path):

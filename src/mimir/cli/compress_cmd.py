@@ -54,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     )
     with start_progress("compress", len(inputs), "exam", quiet=args.quiet) as progress:
         summary = compress_exams(inputs, options, workers=workers, progress=lambda _: progress.advance())
-    print(
-        f"done {summary.done}, skipped {summary.skipped} (already cached), failed {summary.failed}; "
-        f"{summary.seconds:.1f} s wall, {summary.seconds_per_exam:.2f} s per exam per core"
-    )
+    timing = f"{summary.seconds:.1f} s wall"
+    if summary.exam_seconds:  # none when every exam was cached already
+        timing += f", {summary.seconds_per_exam:.2f} s per exam per core"
+    print(f"done {summary.done}, skipped {summary.skipped} (already cached), failed {summary.failed}; {timing}")
     if summary.failed:
         print(f"failures: {failures_path(summary.cache)}")
     print(f"qc: {qc_table_path(summary.cache)}")
