@@ -102,3 +102,19 @@ def test_synth_into_a_folder_of_other_files_is_refused(tmp_path, capsys):
     assert main(["-q", "synth", "--n", "1", "--out", str(out)]) == 2
     _one_error_line(capsys, "synth", str(out), "notes.txt")
     assert _entries(out) == ["notes.txt"]
+
+
+def test_a_zip_of_another_uk_biobank_field_is_refused_with_its_field(tiny_cohort, tmp_path, caplog):
+    body = sorted(tiny_cohort.glob("*_20201_2_0.zip"))[0]
+    zips = tmp_path / "zips"
+    zips.mkdir()
+    (zips / body.name).write_bytes(body.read_bytes())
+    (zips / "1000003_20204_2_0.zip").write_bytes(body.read_bytes())  # a liver-field name
+    cache = tmp_path / "cache"
+    assert main(["-q", "compress", str(zips), "--cache", str(cache), "--workers", "1"]) == 0
+    failures = pd.read_csv(cache / "failures.csv")
+    assert failures[["subject", "stage"]].values.tolist() == [["1000003_20204_2_0", "field"]]
+    assert failures["reason"][0].startswith("the file name gives UK Biobank field 20204, not field 20201")
+    assert pd.read_csv(cache / "qc.csv")["subject"].tolist() == [body.stem]
+    assert not (cache / "1000003_20204_2_0.npy").exists()
+    assert "1000003_20204_2_0 failed at field" in caplog.text
