@@ -181,11 +181,28 @@ def check_can_create(path: Path, *, parents: bool = False) -> Path:
         if folder.exists():
             raise UnwritableError(f"{path}: {folder} is not a folder")
         raise UnwritableError(f"{path}: the folder {folder} does not exist")
+    _probe_for(path, folder)
+    return path
+
+
+def _probe_for(path: Path, folder: Path) -> None:
     try:
         probe_folder(folder)
     except OSError as error:
         raise UnwritableError(f"{path}: cannot write in {folder} ({error.strerror or error})") from error
-    return path
+
+
+def check_can_create_folder(folder: Path) -> Path:
+    """Fail before any work when the output folder `folder` cannot be made or cannot take new
+    files: a path through a regular file, or a regular file in its place, would otherwise end
+    in a traceback from the first mkdir after the work is done. Nothing is created here."""
+    folder = Path(folder)
+    if folder.is_dir():
+        _probe_for(folder, folder)
+        return folder
+    if folder.exists() or folder.is_symlink():
+        raise UnwritableError(f"{folder} exists and is not a folder")
+    return check_can_create(folder, parents=True)
 
 
 @contextlib.contextmanager

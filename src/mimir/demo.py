@@ -138,6 +138,7 @@ def _train_final(training: TrainConfig, cache: Path, targets: Path, run_dir: Pat
 
 def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = None) -> DemoResult:
     """Run every stage into `out` and return where the results are."""
+    from mimir.atomic import check_can_create_folder
     from mimir.evaluation.evaluate import evaluate_predictions, write_metrics
     from mimir.inference.modules import build_module
     from mimir.inference.predict import PredictOptions, predict
@@ -149,6 +150,7 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
     from mimir.targets.exports import export_to_targets, read_targets_table, write_targets_table
 
     out = Path(out)
+    check_can_create_folder(out)  # before minutes of work, not at the first write
     out.mkdir(parents=True, exist_ok=True)
     workers = config.workers or default_workers()
     training = demo_training_config(config.iterations)

@@ -25,13 +25,24 @@ from mimir.imaging.cache import (
     write_image,
     write_qc,
 )
+from mimir.imaging.errors import ExamReadError
 
 
 def test_exam_id_reads_field_20201_stems_only():
-    assert ExamId.from_stem("1234567_20201_2_0") == ExamId("1234567_20201_2_0", 1234567, 2)
+    assert ExamId.from_stem("1234567_20201_2_0") == ExamId("1234567_20201_2_0", 1234567, 2, 20201)
     assert ExamId.from_stem("1234567_20201_3_1").instance == 3
-    for other in ("1234567_20204_2_0", "notes"):
+    ExamId.from_stem("1234567_20201_2_0").require_body_mri()
+    for other in ("notes", "1234567_2020_2_0", "scan_20204_2_0"):
         assert ExamId.from_stem(other) == ExamId(other, None, None)
+        ExamId.from_stem(other).require_body_mri()  # names that are not UK Biobank's are read
+
+
+def test_exam_id_of_another_uk_biobank_field_has_no_participant_and_is_refused():
+    liver = ExamId.from_stem("1234567_20204_2_0")
+    assert liver == ExamId("1234567_20204_2_0", None, None, 20204)
+    with pytest.raises(ExamReadError, match="field 20204, not field 20201") as raised:
+        liver.require_body_mri()
+    assert raised.value.stage == "field"
 
 
 def test_cached_exams_lists_every_image_with_its_exam(tmp_path):

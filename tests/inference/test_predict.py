@@ -236,3 +236,13 @@ def test_an_unwritable_cache_is_refused_before_the_modules_load(modules, tmp_pat
     blocker.write_text("x")
     with pytest.raises(CacheNotWritableError, match="cannot take new files"):
         run_prediction([zips], modules, PredictOptions(cache=blocker / "cache", device="cpu"))
+
+
+def test_a_zip_of_another_uk_biobank_field_keeps_a_failure_row_not_a_prediction(tiny_cohort, modules, tmp_path):
+    body = sorted(tiny_cohort.glob("*.zip"))[0]
+    liver = tmp_path / "1000003_20204_2_0.zip"
+    liver.write_bytes(body.read_bytes())
+    table = predict([liver], modules, PredictOptions(cache=tmp_path / "cache", device="cpu", workers=1))
+    row = table.set_index("exam").loc["1000003_20204_2_0"]
+    assert row["failure"].startswith("field: the file name gives UK Biobank field 20204")
+    assert pd.isna(row["height"])

@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mimir.atomic import check_can_create_folder
     from mimir.cli import UsageError
     from mimir.evaluation.evaluate import evaluate_predictions, read_predictions_csv, write_metrics
     from mimir.targets.catalog import get_target
@@ -35,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     for label, path in (("predictions", args.predictions), ("reference", args.reference)):
         if not Path(path).is_file():
             raise UsageError(f"no such {label} file: {path}")
+    check_can_create_folder(Path(args.out))  # before reading what may be large tables
     targets = [get_target(name.strip()) for name in args.targets.split(",")] if args.targets else None
-    predictions = read_predictions_csv(args.predictions)
+    predictions = read_predictions_csv(args.predictions, args.reference)
     reference = read_reference(args.reference, instance=args.instance, targets=targets)
     metrics = evaluate_predictions(predictions, reference, targets)
     csv_path, markdown_path = write_metrics(metrics, Path(args.out))

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--n", type=int, help="number of participants (required unless --list-quirks)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort)")
-    parser.add_argument("--out", help="output folder (required unless --list-quirks)")
+    parser.add_argument(
+        "--out", help="output folder, empty or holding this very cohort (required unless --list-quirks)"
+    )
     parser.add_argument("--instance", type=int, default=2, choices=(2, 3), help="imaging visit (2 first, 3 repeat)")
     parser.add_argument(
         "--quirks",

@@ -39,14 +39,43 @@ class EvaluationInputError(MimirError, ValueError):
     """Predictions and reference that cannot be compared (no shared ids, missing columns)."""
 
 
-def read_predictions_csv(path: Path | str) -> "pd.DataFrame":
-    """A predictions CSV to evaluate; a file pandas cannot parse is the user's to fix, not a bug."""
+def _sd_columns(columns: Sequence[str]) -> list[str]:
+    """The `{target}_sd` columns of catalog targets among `columns`: what marks a predictions table."""
+    present = set(columns)
+    return [t.name + SD_SUFFIX for t in catalog() if t.name + SD_SUFFIX in present]
+
+
+def read_predictions_csv(path: Path | str, reference: Path | str | None = None) -> "pd.DataFrame":
+    """A predictions CSV to evaluate; a file pandas cannot parse is the user's to fix, not a bug.
+
+    A table without any `{target}_sd` column is not a predictions table: most likely the
+    reference given first (arguments swapped), which would otherwise be "evaluated" against
+    the predictions into a report of nonsense. Given the `reference` file, the message says
+    whether that one holds the predictions.
+    """
     import pandas as pd
 
     try:
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise EvaluationInputError(f"{path}: not a readable CSV table ({error})") from error
+    if _sd_columns(table.columns):
+        return table
+    message = f"{path} (the first argument, the predictions) has no {{target}}{SD_SUFFIX} column: not a predictions table"
+    if reference is not None:
+        from mimir.targets.exports import ExportFormatError, read_header
+
+        try:
+            reference_columns, _ = read_header(Path(reference))
+        except ExportFormatError:
+            reference_columns = []
+        found = _sd_columns(reference_columns)
+        if found:
+            message += (
+                f"; {reference} (the second argument, the reference) has {', '.join(found[:2])}: "
+                "the arguments look swapped, give the predictions first and the reference second"
+            )
+    raise EvaluationInputError(message)
 
 
 def join_keys(predictions: "pd.DataFrame", reference: "pd.DataFrame") -> list[str]:

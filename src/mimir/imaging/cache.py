@@ -28,6 +28,7 @@ import numpy as np
 
 from mimir.atomic import UnwritableError, atomic_path, atomic_write_text, probe_folder
 from mimir.errors import MimirError
+from mimir.imaging.errors import ExamReadError, Stage
 from mimir.protocol import IMAGE_SHAPE
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,10 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 #: The QC flag of an exam whose sidecar cannot be read.
 UNREADABLE_QC_FLAG = "qc_unreadable"
-_UKB_STEM = re.compile(r"^(?P<eid>\d+)_20201_(?P<instance>\d+)_(?P<array>\d+)$")
+#: UK Biobank bulk file names: `{eid}_{field}_{instance}_{array}`; fields have five digits.
+_UKB_STEM = re.compile(r"^(?P<eid>\d+)_(?P<field>\d{5})_(?P<instance>\d+)_(?P<array>\d+)$")
+#: Dixon technique for internal fat, the neck-to-knee body MRI MIMIR's networks read.
+BODY_MRI_FIELD = 20201
 
 
 class CacheError(MimirError, ValueError):
@@ -53,18 +57,37 @@ class CacheNotWritableError(UnwritableError):
 
 @dataclass(frozen=True)
 class ExamId:
-    """Participant and visit of an exam, parsed from its UK Biobank file stem when possible."""
+    """Participant and visit of an exam, parsed from its UK Biobank file stem when possible.
+
+    Only field-20201 names give an eid and instance; `field` is the UK Biobank field a bulk
+    file name gives (None for other names), so that an exam of another field (a liver, heart or
+    brain scan downloaded into the same folder) is refused by name (`require_body_mri`) rather
+    than predicted as if it were a body scan of that participant.
+    """
 
     stem: str
     eid: int | None
     instance: int | None
+    field: int | None = None
 
     @classmethod
     def from_stem(cls, stem: str) -> "ExamId":
         match = _UKB_STEM.match(stem)
         if match is None:
             return cls(stem=stem, eid=None, instance=None)
-        return cls(stem=stem, eid=int(match["eid"]), instance=int(match["instance"]))
+        field = int(match["field"])
+        if field != BODY_MRI_FIELD:
+            return cls(stem=stem, eid=None, instance=None, field=field)
+        return cls(stem=stem, eid=int(match["eid"]), instance=int(match["instance"]), field=field)
+
+    def require_body_mri(self) -> None:
+        """Refuse (before reading) an exam whose UK Biobank name gives another field than 20201."""
+        if self.field is not None and self.field != BODY_MRI_FIELD:
+            raise ExamReadError(
+                Stage.FIELD,
+                f"the file name gives UK Biobank field {self.field}, not field {BODY_MRI_FIELD} (Dixon "
+                "neck-to-knee body MRI), the only scans MIMIR reads; rename it only if it holds a field-20201 exam",
+            )
 
 
 def image_path(cache: Path, stem: str) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 from mimir.atomic import atomic_write_text, remove_stale_temporaries, reported_write
 from mimir.errors import MimirError
 from mimir.imaging.cache import (
+    ExamId,
     entry_problem,
     exam_identity,
     failures_path,
@@ -172,6 +173,7 @@ def compress_exam(source: ExamInput, options: CompressOptions) -> ExamOutcome:
     started = time.perf_counter()
     stage = "read"
     try:
+        ExamId.from_stem(stem).require_body_mri()
         exam = read_exam(source)
         outcome.timings["read"] = time.perf_counter() - started
         stage = "fusion"

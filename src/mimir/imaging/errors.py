@@ -15,6 +15,9 @@ class Stage(StrEnum):
     #: Refused before reading: unsafe member paths, declared sizes beyond limits (zip bombs),
     #: an exam whose headers need more than the memory budget (header_limits.MAX_EXAM_BYTES).
     SAFETY = "safety"
+    #: A UK Biobank file name of another field than 20201 (a liver, heart or brain scan), refused
+    #: before reading.
+    FIELD = "field"
     #: Nothing in the input parsed as a DICOM image slice.
     DICOM = "dicom"
     #: No water or no fat series among the DICOM files.

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mimir import __version__
-from mimir.atomic import atomic_write_text
+from mimir.atomic import atomic_write_text, check_can_create_folder
 from mimir.errors import MimirError
 from mimir.parallel import map_outcomes
 from mimir.synth.anatomy import build_anatomy
@@ -42,6 +42,15 @@ class CohortConfigError(MimirError, ValueError):
     """Cohort settings that cannot make a cohort (no subjects, not an imaging visit)."""
 
 
+class CohortFolderError(MimirError, FileExistsError):
+    """The output folder holds files of another cohort (or other files): writing there would
+    mix two cohorts, whose reference.csv and truth.csv would then describe only one of them."""
+
+
+#: What a cohort folder holds besides its subjects' zips.
+_COHORT_ENTRIES = ("reference.csv", "truth.csv", "parameters.csv", "quirks.csv", "cohort.json", "previews")
+
+
 @dataclass(frozen=True)
 class CohortConfig:
     """Everything that defines a synthetic cohort."""
@@ -61,6 +70,11 @@ class CohortConfig:
         validate_quirks(self.quirks)
 
 
+def zip_name(eid: int, instance: int) -> str:
+    """The UK Biobank field-20201 name of a subject's zip."""
+    return f"{eid}_20201_{instance}_0.zip"
+
+
 @dataclass(frozen=True)
 class SubjectJob:
     """One subject to generate (picklable, for worker processes)."""
@@ -75,7 +89,7 @@ class SubjectJob:
 
     @property
     def zip_name(self) -> str:
-        return f"{self.eid}_20201_{self.instance}_0.zip"
+        return zip_name(self.eid, self.instance)
 
 
 @dataclass
@@ -101,7 +115,7 @@ class CohortSummary:
 
     @property
     def zips(self) -> list[Path]:
-        return [self.out / f"{eid}_20201_{self.config.instance}_0.zip" for eid in self.eids]
+        return [self.out / zip_name(eid, self.config.instance) for eid in self.eids]
 
 
 def draw_eids(n: int, seed: int) -> list[int]:
@@ -212,6 +226,52 @@ def _write_tables(out: Path, results: list[SubjectResult], config: CohortConfig)
         atomic_write_text(out / "quirks.csv", _csv_text(header, quirk_rows))
 
 
+def _config_record(config: CohortConfig) -> dict[str, object]:
+    """The settings as cohort.json records them (and as a rerun compares them)."""
+    return {**asdict(config), "quirks": list(config.quirks)}
+
+
+def _recorded_config(record_path: Path) -> dict[str, object] | None:
+    """The settings a cohort.json records, None when it cannot be read as one."""
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    config = record.get("config") if isinstance(record, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def check_cohort_folder(out: Path, config: CohortConfig, eids: Sequence[int]) -> None:
+    """Refuse an output folder that cannot be made, or that holds anything but this cohort.
+
+    An empty (or missing) folder takes the cohort; one whose cohort.json records these very
+    settings is rerun (same seed, same files); one that holds only this cohort's files without
+    a cohort.json (a run that was stopped) is completed. Anything else would mix two cohorts.
+    Hidden files (temporaries of a stopped writer, desktop metadata) are ignored.
+    """
+    check_can_create_folder(out)
+    if not out.is_dir():
+        return
+    record_path = out / "cohort.json"
+    if record_path.is_file():
+        recorded = _recorded_config(record_path)
+        if recorded == _config_record(config):
+            return
+        described = "an unreadable cohort.json" if recorded is None else (
+            "another cohort (" + ", ".join(f"{key}={value}" for key, value in recorded.items()) + ")"
+        )
+        raise CohortFolderError(
+            f"{out} already holds {described}; give an empty folder, or the same settings to rerun it"
+        )
+    expected = set(_COHORT_ENTRIES) | {zip_name(eid, config.instance) for eid in eids}
+    foreign = sorted(path.name for path in out.iterdir() if not path.name.startswith(".") and path.name not in expected)
+    if foreign:
+        raise CohortFolderError(
+            f"{out} is not empty and holds files that are not this cohort's ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); give an empty folder"
+        )
+
+
 def generate_cohort(
     config: CohortConfig,
     out: Path,
@@ -222,8 +282,9 @@ def generate_cohort(
     """Write a synthetic cohort to `out`; `progress` is called once per finished subject."""
     started = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     eids = draw_eids(config.n, config.seed)
+    check_cohort_folder(out, config, eids)
+    out.mkdir(parents=True, exist_ok=True)
     quirks_of = assign_quirks(eids, config.quirks)
     jobs = [
         SubjectJob(
@@ -255,7 +316,7 @@ def generate_cohort(
     summary.seconds_per_subject = float(np.mean([r.seconds for r in results])) if results else math.nan
     record = {
         "mimir_version": __version__,
-        "config": {**asdict(config), "quirks": list(config.quirks)},
+        "config": _config_record(config),
         "subjects": len(results),
         "failed": summary.failed,
         "seconds": round(summary.seconds, 3),
