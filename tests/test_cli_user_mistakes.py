@@ -2,6 +2,7 @@
 the file or flag, exit status 2, and nothing written."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -65,13 +66,16 @@ def test_evaluate_with_its_arguments_swapped_is_refused(tmp_path, tables, capsys
     assert not out.exists()
 
 
-def test_evaluate_of_a_table_that_is_not_predictions_is_refused(tmp_path, tables, capsys):
-    _, reference = tables
+def test_evaluate_of_point_predictions_without_sd_gives_agreement_metrics(tmp_path, tables, capsys):
+    """Predictions of another tool (no uncertainty) are evaluated; only the swapped case is refused."""
+    predictions, reference = tables
+    point = tmp_path / "point.csv"
+    pd.read_csv(predictions).drop(columns="height_sd").to_csv(point, index=False)
     out = tmp_path / "eval"
-    assert main(["-q", "evaluate", str(reference), str(reference), "--out", str(out)]) == 2
-    line = _one_error_line(capsys, "evaluate", str(reference), "_sd column")
-    assert "swapped" not in line
-    assert not out.exists()
+    assert main(["-q", "evaluate", str(point), str(reference), "--out", str(out)]) == 0
+    metrics = pd.read_csv(out / "metrics.csv")
+    row = metrics[metrics["name"] == "height"].iloc[0]
+    assert row["n"] == 3 and row["mae"] == pytest.approx(1.0) and math.isnan(row["auce"])
 
 
 def test_synth_into_a_folder_of_another_cohort_is_refused(tmp_path, capsys):

@@ -48,10 +48,10 @@ def _sd_columns(columns: Sequence[str]) -> list[str]:
 def read_predictions_csv(path: Path | str, reference: Path | str | None = None) -> "pd.DataFrame":
     """A predictions CSV to evaluate; a file pandas cannot parse is the user's to fix, not a bug.
 
-    A table without any `{target}_sd` column is not a predictions table: most likely the
-    reference given first (arguments swapped), which would otherwise be "evaluated" against
-    the predictions into a report of nonsense. Given the `reference` file, the message says
-    whether that one holds the predictions.
+    Point predictions without `{target}_sd` columns are evaluated (agreement metrics only). But
+    a first table without them while the `reference` file has them is the two arguments
+    swapped, which would "evaluate" the reference against the predictions into a report of
+    nonsense: refused, saying so.
     """
     import pandas as pd
 
@@ -59,23 +59,23 @@ def read_predictions_csv(path: Path | str, reference: Path | str | None = None) 
         table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise EvaluationInputError(f"{path}: not a readable CSV table ({error})") from error
-    if _sd_columns(table.columns):
+    if _sd_columns(table.columns) or reference is None:
         return table
-    message = f"{path} (the first argument, the predictions) has no {{target}}{SD_SUFFIX} column: not a predictions table"
-    if reference is not None:
-        from mimir.targets.exports import ExportFormatError, read_header
+    from mimir.targets.exports import ExportFormatError, read_header
 
-        try:
-            reference_columns, _ = read_header(Path(reference))
-        except ExportFormatError:
-            reference_columns = []
-        found = _sd_columns(reference_columns)
-        if found:
-            message += (
-                f"; {reference} (the second argument, the reference) has {', '.join(found[:2])}: "
-                "the arguments look swapped, give the predictions first and the reference second"
-            )
-    raise EvaluationInputError(message)
+    try:
+        reference_columns, _ = read_header(Path(reference))
+    except ExportFormatError:
+        return table  # the reference's own reader reports what is wrong with it
+    found = _sd_columns(reference_columns)
+    if found:
+        raise EvaluationInputError(
+            f"{path} (the first argument, the predictions) has no {{target}}{SD_SUFFIX} column, while "
+            f"{reference} (the second argument, the reference) has {', '.join(found[:2])}: the arguments "
+            "look swapped; give the predictions first and the reference second"
+        )
+    logger.warning("%s has no {target}%s columns: point predictions, evaluated without uncertainty metrics", path, SD_SUFFIX)
+    return table
 
 
 def join_keys(predictions: "pd.DataFrame", reference: "pd.DataFrame") -> list[str]:
