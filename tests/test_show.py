@@ -99,3 +99,18 @@ def test_the_command_reports_a_mistake_in_one_line(module, tmp_path, capsys):
     assert main(["show", "7654321_20201_2_0", "--modules", str(module), "--out", str(tmp_path / "x.png")]) == 2
     error = capsys.readouterr().err
     assert error == "mimir show: error: 7654321_20201_2_0: no such file or folder (an exam name needs a cache, --cache)\n"
+
+
+def test_a_figure_folder_that_takes_no_files_is_refused_before_predicting(module, cache, tmp_path, monkeypatch):
+    """Root writes into read-only folders, so the probe's failure is simulated."""
+    import errno
+
+    from mimir import atomic
+
+    def read_only(folder):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(atomic, "probe_folder", read_only)
+    monkeypatch.setattr("mimir.inference.predict.run_prediction", lambda *a, **k: pytest.fail("predicted first"))
+    with pytest.raises(atomic.UnwritableError, match="cannot write in .*Read-only file system"):
+        show_exam(STEM, tmp_path / "x.png", modules=[module], cache=cache)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mimir.atomic import check_can_create
 from mimir.errors import MimirError, PathNotFoundError
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def _check_figure_path(out: Path) -> None:
         raise ShowError(f"{out}: the figure is written as .png")
     if not out.parent.is_dir():
         raise PathNotFoundError(f"{out}: the folder {out.parent} does not exist")
+    check_can_create(out)  # a read-only folder or a full disk, found before the prediction
 
 
 def _exam_title(stem: str) -> str:
