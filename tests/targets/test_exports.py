@@ -9,7 +9,6 @@ import pytest
 
 from mimir.cli import UsageError, targets_cmd
 from mimir.targets.catalog import catalog, get_target
-from mimir.targets.fields import catalog_factor, export_columns
 from mimir.targets.exports import (
     ExportFormatError,
     FieldColumn,
@@ -19,6 +18,7 @@ from mimir.targets.exports import (
     read_targets_table,
     write_targets_table,
 )
+from mimir.targets.fields import catalog_factor, export_columns
 
 
 def write_lines(path, lines):

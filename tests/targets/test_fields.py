@@ -97,8 +97,9 @@ def test_pulse_rate_is_the_mean_of_the_readings_present(tmp_path, caplog):
     assert table["pulseRate"].tolist()[:3] == [72.0, 66.0, 61.0]
     assert math.isnan(table.loc[4, "pulseRate"]) and table.loc[5, "pulseRate"] == 68.0
     messages = [record.getMessage() for record in caplog.records]
-    assert f"{path}: pulseRate: 1 value set to missing (1 negative): a value must be finite and not negative (bpm)" in messages
-    assert "pulseRate: the mean of the readings present in 102-2.0, 102-2.1: 1 participants with all 2, 3 with fewer" in messages
+    dropped = f"{path}: pulseRate: 1 value set to missing (1 negative): a value must be finite and not negative (bpm)"
+    averaged = "pulseRate: the mean of the readings present in 102-2.0, 102-2.1: 1 participants with all 2, 3 with fewer"
+    assert dropped in messages and averaged in messages
 
 
 def test_arrays_beyond_a_fields_measurements_are_not_read(tmp_path, caplog):
@@ -142,3 +143,24 @@ def test_the_targets_command_writes_catalog_units(tmp_path):
     assert out.read_text().splitlines()[1].startswith("1000001,2,")
     table = export_to_targets(export)
     assert table.loc[0, "DxaTotalFatMass"] == pytest.approx(25.13) and table.loc[0, "pulseRate"] == 72.5
+
+
+def test_values_far_from_the_published_scale_are_warned_about(tmp_path, caplog):
+    """A DXA mass already in kg (divided once more), a VAT volume in mL: warned, not refused."""
+    rows = [f"{1000001 + i},{25.0 + i},{1200 + i},{70 + i}" for i in range(12)]
+    path = write_lines(tmp_path / "ukb.csv", ["eid,23278-2.0,22407-2.0,21002-2.0", *rows])
+    with caplog.at_level(logging.WARNING, logger="mimir.targets.exports"):
+        table = export_to_targets(path)
+    assert table["DxaTotalFatMass"].iloc[0] == pytest.approx(0.025)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert "AtlasVatVolume: the median value, 1206 L" in warnings[0]  # catalog order
+    assert warnings[1] == (
+        f"{path}: DxaTotalFatMass: the median value, 0.0305 kg, is far from the published data's typical 22.35 kg: "
+        "is field 23278 in the unit that docs/targets_units.md gives for it?"
+    )
+    caplog.clear()
+    few = write_lines(tmp_path / "few.csv", ["eid,23278-2.0", *rows[:9]])  # too few values to judge
+    with caplog.at_level(logging.WARNING, logger="mimir.targets.exports"):
+        export_to_targets(few)
+    assert not caplog.records

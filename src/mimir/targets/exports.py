@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from mimir.atomic import atomic_path
 from mimir.errors import MimirError
 from mimir.targets.catalog import Target, catalog
-from mimir.targets.fields import array_count, catalog_factor, field_facts
+from mimir.targets.fields import SCALE_TOLERANCE, array_count, catalog_factor, field_facts, typical_value
 
 if TYPE_CHECKING:
     import numpy as np
@@ -355,6 +355,29 @@ def _target_values(
     return _mean_over_arrays(readings)
 
 
+#: The fewest values whose median is compared with a target's typical value.
+_SCALE_CHECK_MIN_VALUES = 10
+
+
+def warn_unlikely_scale(table: "pd.DataFrame", targets: Sequence[Target], source: Path) -> None:
+    """Warn about a target whose median is far from its published typical value (`typical_value`):
+    the export likely holds it in another unit than its field's showcase unit (docs/targets_units.md)."""
+    for target in targets:
+        values = table[target.name].dropna().abs()
+        typical = typical_value(target)
+        if len(values) < _SCALE_CHECK_MIN_VALUES or math.isnan(typical):
+            continue
+        median = float(values.median())
+        if typical / SCALE_TOLERANCE <= median <= typical * SCALE_TOLERANCE:
+            continue
+        field = f"field {target.ukb_field}" if target.ukb_field is not None else f"column {target.name}"
+        logger.warning(
+            "%s: %s: the median value, %.4g %s, is far from the published data's typical %.4g %s: "
+            "is %s in the unit that docs/targets_units.md gives for it?",
+            source, target.name, median, target.unit, typical, target.unit, field,
+        )
+
+
 def _log_conversions(selection: ColumnSelection, targets: Sequence[Target]) -> None:
     """One line naming the targets whose export values were converted, and the factors."""
     converted = [
@@ -363,7 +386,9 @@ def _log_conversions(selection: ColumnSelection, targets: Sequence[Target]) -> N
         if t.name in selection.by_target and catalog_factor(t) != 1.0
     ]
     if converted:
-        logger.info("converted %d targets from their UK Biobank unit to the catalog's: %s", len(converted), _summarise(converted))
+        logger.info(
+            "converted %d targets from their UK Biobank unit to the catalog's: %s", len(converted), _summarise(converted)
+        )
 
 
 def _log_selection(selection: ColumnSelection, targets: Sequence[Target], instance: int) -> None:
@@ -443,6 +468,7 @@ def _targets_from_rows(
             else pd.Series(_target_values(raw, found, target, eids, path), index=eids.index)
         )
     table = pd.DataFrame(columns_out)
+    warn_unlikely_scale(table, chosen, path)
     values = table[[t.name for t in chosen]]
     empty = values.isna().all(axis=1)
     if empty.any():

@@ -17,6 +17,7 @@ docs/targets_units.md renders the table (`field_units_markdown`; a test keeps th
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -89,6 +90,20 @@ def catalog_factor(target: Target) -> float:
             f"to the catalog's {target.unit}"
         )
     return factor
+
+
+#: How far (as a ratio either way) the median of a target may lie from its published typical
+#: value before a unit is suspected: real medians lie within about 3x, unit slips are 100x-1000x.
+SCALE_TOLERANCE = 20.0
+
+
+def typical_value(target: Target) -> float:
+    """A typical value of a continuous target in the published data, from its cross-validation
+    MAE and MAPE (MAE / MAPE is the scale of the values); NaN where either is not published."""
+    mae, mape = target.published.get("cv_mae", math.nan), target.published.get("cv_mape_percent", math.nan)
+    if target.is_binary or not (mae > 0 and mape > 0):
+        return math.nan
+    return 100.0 * mae / mape
 
 
 def array_count(target: Target) -> int:
