@@ -378,8 +378,9 @@ def warn_unlikely_scale(table: "pd.DataFrame", targets: Sequence[Target], source
         )
 
 
-def _log_conversions(selection: ColumnSelection, targets: Sequence[Target]) -> None:
-    """One line naming the targets whose export values were converted, and the factors."""
+def _check_and_log_conversions(selection: ColumnSelection, targets: Sequence[Target]) -> None:
+    """Refuse (FieldUnitError) a target of the export whose field's unit is unknown or cannot be
+    converted, before any row is read; log one line naming the targets that are converted."""
     converted = [
         f"{t.name} {field_facts()[t.ukb_field].ukb_unit}->{t.unit}"
         for t in targets
@@ -438,7 +439,7 @@ def _targets_from_rows(
     selection = select_columns(columns, instance, chosen)
     check_selection(columns, selection, instance, chosen)
     _log_selection(selection, chosen, instance)
-    _log_conversions(selection, chosen)  # refuses a field whose unit cannot be converted, before reading rows
+    _check_and_log_conversions(selection, chosen)
     wanted = {selection.eid_column, *selection.target_columns}
     try:
         raw = pd.read_csv(
