@@ -98,16 +98,46 @@ def test_license_file_is_the_license_pyproject_declares():
     assert "Permission is hereby granted, free of charge" in text
 
 
+#: The images that containers/ builds, whose entry point is `mimir`.
+CONTAINER_IMAGE = re.compile(r"mimir-(?:cuda|cpu)\.sif|mimir:(?:cuda|cpu)")
+
+
+def _mimir_arguments(words: list[str]) -> list[str] | None:
+    """The arguments of `mimir` in a shell command: after `mimir`, or after the image of an
+    `apptainer run` / `docker run` of containers/ (whose entry point is `mimir`); None for others."""
+    if words and words[0] == "mimir":
+        return words[1:]
+    if words[:2] in (["apptainer", "run"], ["docker", "run"]):
+        for index, word in enumerate(words):
+            if CONTAINER_IMAGE.fullmatch(word):
+                return words[index + 1:]
+    return None
+
+
 def _readme_shell_commands(text: str) -> list[list[str]]:
     """The `mimir ...` commands of the README's bash blocks, as argument lists after `mimir`."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
-            for part in re.split(r"&&|\|\||;|\|", line):
-                words = shlex.split(part, comments=True)
-                if words and words[0] == "mimir":
-                    commands.append(words[1:])
+            for words in _simple_commands(line):
+                arguments = _mimir_arguments(words)
+                if arguments is not None:
+                    commands.append(arguments)
     return commands
+
+
+def _simple_commands(line: str) -> list[list[str]]:
+    """The words of each command of a shell line, split at `&&`, `||`, `;` and `|` outside quotes."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    commands: list[list[str]] = [[]]
+    for token in lexer:
+        if token in ("&&", "||", ";", "|"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [words for words in commands if words]
 
 
 def _readme_code_spans(text: str) -> list[str]:
@@ -174,3 +204,87 @@ def test_synopsis_check_catches_a_flag_a_command_does_not_have():
     assert unknown_flags("mimir predict INPUT... --modules M... --out p.csv [--nope]") == ["--nope"]
     assert unknown_flags("mimir compress INPUT --cache DIR [--long]") == ["--long"]
     assert unknown_flags("mimir -v COMMAND") == []
+
+
+CONTAINERS = ROOT / "containers"
+HPC = ROOT / "docs" / "hpc.md"
+#: The torch and torchvision versions the project is tested with (the containers pin them).
+TESTED_TORCH = {"torch": "2.14.1", "torchvision": "0.29.1"}
+
+
+def _dockerfile_sources(text: str) -> list[str]:
+    """The host paths that the Dockerfile's COPY lines take from the build context."""
+    return [path for line in re.findall(r"^COPY\s+(.*)$", text, flags=re.MULTILINE) for path in line.split()[:-1]]
+
+
+def _definition_section(text: str, name: str) -> list[str]:
+    """The non-empty lines of one %section of an Apptainer definition."""
+    match = re.search(rf"^%{name}\s*\n(.*?)(?=^%|\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    assert match, f"containers/mimir.def has no %{name} section"
+    return [line.strip() for line in match.group(1).splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _project_installs(text: str) -> list[str]:
+    """The targets of `pip install` commands that install this repository (`.`, `'.[extra]'`)."""
+    targets = [_unquote(word) for word in re.findall(r"pip install (?:-e )?([^\s;&|]+)", text)]
+    return [target for target in targets if re.fullmatch(r"\.(\[[\w,]+\])?", target)]
+
+
+def test_containers_copy_existing_files_and_install_the_package_as_the_readme_does():
+    from packaging.requirements import Requirement
+
+    dockerfile = (CONTAINERS / "Dockerfile").read_text(encoding="utf-8")
+    definition = (CONTAINERS / "mimir.def").read_text(encoding="utf-8")
+    copied = {
+        "Dockerfile": _dockerfile_sources(dockerfile),
+        "mimir.def": [line.split()[0] for line in _definition_section(definition, "files")],
+    }
+    project = _pyproject()["project"]
+    for name, sources in copied.items():
+        assert [path for path in sources if not (ROOT / path).exists()] == [], f"{name} copies missing files"
+        assert {"pyproject.toml", project["readme"], "src"} <= set(sources), f"{name} lacks what pip install . needs"
+    readme_installs = _project_installs(README.read_text(encoding="utf-8"))
+    assert readme_installs, "the README no longer installs the package with pip install"
+    extras = set(project["optional-dependencies"])
+    pins = {requirement.name: requirement.specifier for requirement in map(Requirement, project["dependencies"])}
+    for name, text in (("Dockerfile", dockerfile), ("mimir.def", definition)):
+        installs = _project_installs(text)
+        assert installs, f"{name} does not install the package from the repository"
+        for target in installs + readme_installs:
+            named = set(re.findall(r"\w+", target.strip(".[]")))
+            assert named <= extras, f"{name}: unknown extras {named - extras}"
+        for package, version in TESTED_TORCH.items():
+            assert re.search(rf"{package.upper()}_VERSION={re.escape(version)}\b", text), f"{name} does not pin {package}"
+            assert pins[package].contains(version), f"pyproject's {package} range excludes the pinned {version}"
+        for variant in ("cuda", "cpu"):
+            assert re.search(rf"^\s*{variant}\) index=", text, flags=re.MULTILINE), f"{name} lacks the {variant} variant"
+    assert re.search(r'^ENTRYPOINT \["mimir"\]$', dockerfile, flags=re.MULTILINE)
+    assert _definition_section(definition, "runscript") == ['exec mimir "$@"']
+    assert "mimir" in _pyproject()["project"]["scripts"]
+
+
+def test_hpc_doc_commands_parse_and_name_existing_container_files():
+    text = HPC.read_text(encoding="utf-8")
+    for path in set(re.findall(r"containers/[\w.-]+", text)):
+        assert (ROOT / path).is_file(), f"docs/hpc.md names {path}, which does not exist"
+    commands = _readme_shell_commands(text)
+    assert len(commands) >= 7, "the commands of docs/hpc.md were not found"
+    parser = build_parser()
+    for words in commands:
+        concrete = [re.sub(r"^\$\w+$", "0", word) for word in words]  # job variables stand for numbers
+        try:
+            parser.parse_args(concrete)
+        except SystemExit as exit_info:
+            if exit_info.code != 0:  # --version and --help exit 0
+                pytest.fail(f"docs/hpc.md command does not parse (exit {exit_info.code}): mimir {shlex.join(words)}")
+
+
+def test_command_extraction_follows_container_entry_points():
+    apptainer = ["apptainer", "run", "--nv", "--bind", "/d:/d:ro", "mimir-cuda.sif", "predict", "x"]
+    assert _mimir_arguments(apptainer) == ["predict", "x"]
+    assert _mimir_arguments(["docker", "run", "--rm", "mimir:cpu", "--version"]) == ["--version"]
+    assert _mimir_arguments(["apptainer", "exec", "mimir-cuda.sif", "python"]) is None
+    assert _mimir_arguments(["mimir", "catalog"]) == ["catalog"]
+    assert _simple_commands('ls x && mimir targets "a b.csv" --out t.csv; python -c "import a; a.b()" # note') == [
+        ["ls", "x"], ["mimir", "targets", "a b.csv", "--out", "t.csv"], ["python", "-c", "import a; a.b()"],
+    ]

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from mimir.synth.cohort import CohortConfig, CohortConfigError, assign_quirks, draw_eids
@@ -34,12 +35,53 @@ def test_tiny_cohort_tables(tiny_cohort):
     import pandas as pd
 
     from mimir.targets.catalog import catalog
+    from mimir.targets.fields import export_columns
 
     reference = pd.read_csv(tiny_cohort / "reference.csv")
     truth = pd.read_csv(tiny_cohort / "truth.csv")
-    assert list(reference.columns) == ["eid", *(t.export_column(2) for t in catalog())]
+    assert list(reference.columns) == ["eid", *(column for t in catalog() for column in export_columns(t, 2))]
     assert list(truth.columns) == ["eid", "instance", *(t.name for t in catalog())]
     assert truth.drop(columns=["eid", "instance"]).notna().all().all()
     zips = sorted(p.stem.split("_")[0] for p in tiny_cohort.glob("*.zip"))
     assert zips == sorted(str(eid) for eid in truth["eid"])
     assert not (tiny_cohort / "quirks.csv").exists()
+
+
+
+def _fake_results(n: int) -> list:
+    """Subjects with known truths and no images: the reference export depends on nothing else."""
+    from mimir.synth.cohort import SubjectResult
+    from mimir.targets.catalog import catalog
+
+    rng = np.random.default_rng(5)
+    results = []
+    for index in range(n):
+        truth = {t.name: float(rng.integers(0, 2)) if t.is_binary else float(rng.uniform(1, 90)) for t in catalog()}
+        results.append(SubjectResult(1_000_000 + index, "", truth, {}, [], 0.0))
+    return results
+
+
+def test_the_reference_export_is_in_showcase_units_and_reads_back_as_the_truth(tmp_path):
+    """synth -> targets: the export holds DXA masses in g and both pulse readings, and
+    `export_to_targets` turns it back into the truth (catalog units, readings averaged)."""
+    import pandas as pd
+
+    from mimir.synth.cohort import _csv_text, _reference_rows
+    from mimir.targets.exports import export_to_targets
+
+    results = _fake_results(120)
+    path = tmp_path / "reference.csv"
+    path.write_text(_csv_text(*_reference_rows(results, CohortConfig(n=len(results), seed=3))))
+    export = pd.read_csv(path).set_index("eid")
+    truth = pd.DataFrame([{"eid": r.eid, **r.truth} for r in results]).set_index("eid")
+    dxa = export["23278-2.0"].dropna()
+    assert len(dxa) > 3
+    np.testing.assert_allclose(dxa, 1000 * truth.loc[dxa.index, "DxaTotalFatMass"], rtol=1e-5)
+    both = export[["102-2.0", "102-2.1"]].dropna()
+    assert len(both) > 50 and (both["102-2.0"] != both["102-2.1"]).all()
+    assert export["102-2.0"].notna().sum() > len(both)  # some subjects have one reading only
+    table = export_to_targets(path).set_index("eid")
+    for name in table.columns.drop("instance"):
+        present = table[name].dropna()
+        assert len(present) > 3, name
+        np.testing.assert_allclose(present, truth.loc[present.index, name], rtol=1e-5, err_msg=name)

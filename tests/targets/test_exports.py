@@ -18,6 +18,7 @@ from mimir.targets.exports import (
     read_targets_table,
     write_targets_table,
 )
+from mimir.targets.fields import catalog_factor, export_columns
 
 
 def write_lines(path, lines):
@@ -32,14 +33,16 @@ def value_for(target_index: int, row: int) -> float:
 
 @pytest.fixture
 def synthetic_reference(tmp_path):
-    """A file shaped like the synthetic cohort's reference.csv: Target.export_column headers."""
+    """A file shaped like the synthetic cohort's reference.csv: every array of each target's
+    field (`export_columns`), values in the field's UK Biobank unit (catalog value / factor)."""
     targets = catalog()
-    header = ["eid"] + [t.export_column(2) for t in targets]
+    header = ["eid"] + [column for t in targets for column in export_columns(t, 2)]
     rows = []
     for row in range(3):
-        values = [f"{value_for(i, row):g}" for i in range(len(targets))]
-        if row == 1:
-            values[0] = ""  # a missing value
+        values = []
+        for i, target in enumerate(targets):
+            text = "" if (i, row) == (0, 1) else f"{value_for(i, row) / catalog_factor(target):.15g}"  # one missing
+            values += [text] * len(export_columns(target, 2))
         rows.append([str(1000001 + row), *values])
     return write_lines(tmp_path / "reference.csv", [",".join(header)] + [",".join(r) for r in rows])
 
@@ -55,7 +58,7 @@ def test_synthetic_reference_shape_maps_every_target(synthetic_reference):
         expected = [value_for(i, row) for row in range(3)]
         if i == 0:
             expected[1] = math.nan
-        np.testing.assert_array_equal(table[name].to_numpy(), expected, err_msg=name)
+        np.testing.assert_allclose(table[name].to_numpy(), expected, rtol=1e-12, err_msg=name)
 
 
 def test_tab_separated_and_gzip_exports(tmp_path, synthetic_reference):

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Read a UK Biobank export (ukbconv CSV with columns like 22407-2.0, or a Research Analysis "
             "Platform export with participant.p22407_i2 / p22407_i2; comma- or tab-separated) and write "
-            "one row per eid with the catalog targets of one imaging instance, in catalog units as exported."
+            "one row per eid with the catalog targets of one imaging instance, converted from each field's UK "
+            "Biobank unit to the catalog's (DXA masses g -> kg; the pulse rate's two readings averaged; "
+            "docs/targets_units.md)."
         ),
     )
     parser.add_argument("export", help="UK Biobank export file (.csv, .tsv, .tab, optionally .gz)")

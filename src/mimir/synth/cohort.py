@@ -30,7 +30,8 @@ from mimir.synth.quirks import QuirkRecord, validate_quirks
 from mimir.synth.signal import render_signal
 from mimir.synth.subject import sample_subject
 from mimir.synth.ukb_writer import plan_exam, write_exam_zip
-from mimir.targets.catalog import catalog
+from mimir.targets.catalog import Target, catalog
+from mimir.targets.fields import array_count, catalog_factor, export_columns
 
 logger = logging.getLogger(__name__)
 
@@ -182,17 +183,44 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return buffer.getvalue()
 
 
+#: Spread (catalog unit) of the repeated readings of a field around the subject's true value.
+READING_SD = 2.0
+#: Chance that one of a subject's repeated readings was not taken.
+READING_DROPOUT = 0.05
+
+
+def export_readings(value: float | None, target: Target, rng: np.random.Generator) -> list[float | None]:
+    """A true value as a UK Biobank export holds it: in the field's showcase unit, one value per
+    array index. Repeated readings scatter around the value with a mean of exactly the value,
+    so that the targets read back are the truth; when one reading is missing, the other is the
+    value itself."""
+    if value is None or math.isnan(value):
+        return [None] * array_count(target)
+    showcase = value / catalog_factor(target)
+    arrays = array_count(target)
+    if arrays == 1:
+        return [showcase]
+    offsets = rng.normal(0.0, READING_SD / catalog_factor(target), size=arrays)
+    readings: list[float | None] = list(showcase + offsets - offsets.mean())
+    if rng.random() < READING_DROPOUT:
+        readings = [showcase] + [None] * (arrays - 1)
+    return readings
+
+
 def _reference_rows(results: Sequence[SubjectResult], config: CohortConfig) -> tuple[list[str], list[list[str]]]:
-    """UK Biobank export style: eid, then `{field}-{instance}.0` or the catalog name."""
+    """UK Biobank export style: eid, then `{field}-{instance}.{array}` or the catalog name, values
+    in each field's showcase unit (DXA masses in g) with every array of repeated measurements."""
     targets = catalog()
-    header = ["eid"] + [t.export_column(config.instance) for t in targets]
+    header = ["eid"] + [column for t in targets for column in export_columns(t, config.instance)]
     rows = []
     for result in results:
         presence = draw_presence(np.random.default_rng([config.seed, result.eid, 0xAB5E]), targets)
-        rows.append(
-            [str(result.eid)]
-            + [_format_value(result.truth.get(t.name)) if presence[t.name] else "" for t in targets]
-        )
+        readings_rng = np.random.default_rng([config.seed, result.eid, 0x2EAD])
+        row = [str(result.eid)]
+        for target in targets:
+            value = result.truth.get(target.name) if presence[target.name] else None
+            row += [_format_value(reading) for reading in export_readings(value, target, readings_rng)]
+        rows.append(row)
     return header, rows
 
 

@@ -68,8 +68,8 @@ class Target:
             return f"finite and not negative ({self.unit})"
         return f"finite ({self.unit})"
 
-    def export_column(self, instance: int = 2) -> str:
-        """Column name in a UK Biobank (ukbconv) style export: `{field}-{instance}.0`.
+    def export_column(self, instance: int = 2, array: int = 0) -> str:
+        """Column name in a UK Biobank (ukbconv) style export: `{field}-{instance}.{array}`.
 
         Targets without a field id (derived by MIMIR's authors) keep their catalog name.
         Sex (field 31) is recorded once at baseline, so it is always instance 0.
@@ -78,7 +78,7 @@ class Target:
             return self.name
         if self.ukb_field == 31:
             return "31-0.0"
-        return f"{self.ukb_field}-{instance}.0"
+        return f"{self.ukb_field}-{instance}.{array}"
 
 
 def _parse_float(text: str) -> float:

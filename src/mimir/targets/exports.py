@@ -6,7 +6,10 @@ Two export shapes are common and both are read, comma- or tab-separated:
 - Research Analysis Platform (RAP): `participant.eid` or `eid`, and `p{field}_i{instance}`,
   optionally `_a{array}` and a `participant.` prefix; fields recorded once (sex) have no
   `_i` part, which we read as instance 0.
-Targets without a UK Biobank field appear under their catalog name. Array index 0 is used.
+Targets without a UK Biobank field appear under their catalog name. Array index 0 is used,
+except for fields of repeated measurements (pulse rate: arrays 0 and 1), whose arrays present
+are averaged. Values are converted from each field's showcase unit to the catalog's (DXA
+masses from g to kg): `mimir.targets.fields` holds both facts, docs/targets_units.md lists them.
 Only the header is parsed in full; values are read for the selected columns alone, so very
 wide exports stay cheap.
 
@@ -32,8 +35,10 @@ from typing import TYPE_CHECKING
 from mimir.atomic import atomic_path
 from mimir.errors import MimirError
 from mimir.targets.catalog import Target, catalog
+from mimir.targets.fields import SCALE_TOLERANCE, array_count, catalog_factor, field_facts, typical_value
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 logger = logging.getLogger(__name__)
@@ -145,12 +150,18 @@ def find_eid_column(columns: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class ColumnSelection:
-    """Which export column feeds which catalog target, and what was left out."""
+    """Which export columns feed which catalog target (one per array index read, in array
+    order), and what was left out."""
 
     eid_column: str
-    by_target: dict[str, str]
+    by_target: dict[str, tuple[str, ...]]
     ignored: tuple[str, ...]
     other_instances: tuple[str, ...]
+
+    @property
+    def target_columns(self) -> list[str]:
+        """Every column read for a target."""
+        return [column for columns in self.by_target.values() for column in columns]
 
 
 def select_columns(columns: Sequence[str], instance: int, targets: Sequence[Target]) -> ColumnSelection:
@@ -161,29 +172,34 @@ def select_columns(columns: Sequence[str], instance: int, targets: Sequence[Targ
     eid_column = find_eid_column(columns)
     target_by_field = {t.ukb_field: t for t in targets if t.ukb_field is not None}
     named_targets = {t.name for t in targets if t.ukb_field is None}
-    by_target: dict[str, str] = {}
+    found: dict[tuple[str, int], str] = {}
     ignored: list[str] = []
     other_instances: list[str] = []
     for column in columns:
         if column == eid_column:
             continue
         parsed = parse_field_column(column)
+        array = 0
         if parsed is None:
             name = column if column in named_targets else None
         elif parsed.field in target_by_field:
+            target = target_by_field[parsed.field]
             wanted = 0 if parsed.field == SEX_FIELD else instance
-            name = target_by_field[parsed.field].name
-            if parsed.instance != wanted or parsed.array != 0:
+            if parsed.instance != wanted or parsed.array >= array_count(target):
                 other_instances.append(column)
                 continue
+            name, array = target.name, parsed.array
         else:
             name = None
         if name is None:
             ignored.append(column)
             continue
-        if name in by_target:
-            raise ExportFormatError(f"columns {by_target[name]!r} and {column!r} both hold target {name}")
-        by_target[name] = column
+        if (name, array) in found:
+            where = f" (array {array})" if array else ""
+            raise ExportFormatError(f"columns {found[name, array]!r} and {column!r} both hold target {name}{where}")
+        found[name, array] = column
+    names = dict.fromkeys(name for name, _ in found)  # in header order
+    by_target = {name: tuple(found[key] for key in sorted(key for key in found if key[0] == name)) for name in names}
     return ColumnSelection(eid_column, by_target, tuple(ignored), tuple(other_instances))
 
 
@@ -244,14 +260,14 @@ def check_selection(columns: Sequence[str], selection: ColumnSelection, instance
                 f"({_summarise(selection.other_instances)}): is instance {instance} the one wanted?"
             )
         raise ExportFormatError(message)
-    if instance in IMAGING_INSTANCES or any(_is_of_instance(column, instance) for column in selection.by_target.values()):
+    if instance in IMAGING_INSTANCES or any(_is_of_instance(column, instance) for column in selection.target_columns):
         return
     present = sorted({parsed.instance for parsed in map(parse_field_column, selection.other_instances) if parsed})
     raise ExportFormatError(
         f"instance {instance} is not an imaging visit ({IMAGING_INSTANCES[0]} first, {IMAGING_INSTANCES[1]} "
         f"repeat) and no target column is of instance {instance}"
         f"{' (the catalog fields present are of instance ' + ', '.join(map(str, present)) + ')' if present else ''}; "
-        f"the columns without one ({_summarise(list(selection.by_target.values()))}) would be copied to it"
+        f"the columns without one ({_summarise(selection.target_columns)}) would be copied to it"
     )
 
 
@@ -282,27 +298,98 @@ def set_implausible_to_missing(table: "pd.DataFrame", targets: Sequence[Target],
     """Values that cannot be a measurement of their target become missing (`Target.value_rule`):
     not finite; negative where the unit cannot be; not 0 or 1 for a binary target. One warning
     per target says how many and why; the table is changed in place and returned."""
+    for target in targets:
+        table[target.name] = _without_implausible(table[target.name].to_numpy(dtype="float64"), target, source)
+    return table
+
+
+def _without_implausible(values: "np.ndarray", target: Target, source: Path) -> "np.ndarray":
+    """`values` (of any shape: one column per array index) with the implausible ones missing,
+    and one warning saying how many and why."""
     import numpy as np
 
-    for target in targets:
-        values = table[target.name].to_numpy(dtype="float64")
-        finite = np.isfinite(values)
-        checks = {"not finite": np.isinf(values)}
-        if target.is_binary:
-            checks["not 0 or 1"] = finite & (values != 0) & (values != 1)
-        elif not target.can_be_negative:
-            checks["negative"] = finite & (values < 0)
-        bad = np.logical_or.reduce(list(checks.values()))
-        if not bad.any():
-            continue
-        table[target.name] = np.where(bad, math.nan, values)
-        counts = ", ".join(f"{int(mask.sum())} {reason}" for reason, mask in checks.items() if mask.any())
-        count = int(bad.sum())
-        logger.warning(
-            "%s: %s: %d value%s set to missing (%s): a value must be %s",
-            source, target.name, count, "" if count == 1 else "s", counts, target.value_rule,
+    finite = np.isfinite(values)
+    checks = {"not finite": np.isinf(values)}
+    if target.is_binary:
+        checks["not 0 or 1"] = finite & (values != 0) & (values != 1)
+    elif not target.can_be_negative:
+        checks["negative"] = finite & (values < 0)
+    bad = np.logical_or.reduce(list(checks.values()))
+    if not bad.any():
+        return values
+    counts = ", ".join(f"{int(mask.sum())} {reason}" for reason, mask in checks.items() if mask.any())
+    count = int(bad.sum())
+    logger.warning(
+        "%s: %s: %d value%s set to missing (%s): a value must be %s",
+        source, target.name, count, "" if count == 1 else "s", counts, target.value_rule,
+    )
+    return np.where(bad, math.nan, values)
+
+
+def _mean_over_arrays(readings: "np.ndarray") -> "np.ndarray":
+    """Row means of the readings present (one column per array index); missing where none is."""
+    import numpy as np
+
+    present = np.isfinite(readings)
+    count = present.sum(axis=1)
+    total = np.where(present, readings, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), math.nan)
+
+
+def _target_values(
+    raw: "pd.DataFrame", columns: tuple[str, ...], target: Target, eids: "pd.Series", source: Path
+) -> "np.ndarray":
+    """One target's values in the catalog's unit: each array's column parsed, converted by the
+    field's factor, implausible readings dropped, then the readings present averaged."""
+    import numpy as np
+
+    readings = np.column_stack([_numeric_column(raw[column], column, target.name, eids).to_numpy() for column in columns])
+    readings = _without_implausible(readings * catalog_factor(target), target, source)
+    if len(columns) > 1:
+        counts = np.isfinite(readings).sum(axis=1)
+        logger.info(
+            "%s: the mean of the readings present in %s: %d participants with all %d, %d with fewer",
+            target.name, ", ".join(columns), int((counts == len(columns)).sum()), len(columns),
+            int(((counts > 0) & (counts < len(columns))).sum()),
         )
-    return table
+    return _mean_over_arrays(readings)
+
+
+#: The fewest values whose median is compared with a target's typical value.
+_SCALE_CHECK_MIN_VALUES = 10
+
+
+def warn_unlikely_scale(table: "pd.DataFrame", targets: Sequence[Target], source: Path) -> None:
+    """Warn about a target whose median is far from its published typical value (`typical_value`):
+    the export likely holds it in another unit than its field's showcase unit (docs/targets_units.md)."""
+    for target in targets:
+        values = table[target.name].dropna().abs()
+        typical = typical_value(target)
+        if len(values) < _SCALE_CHECK_MIN_VALUES or math.isnan(typical):
+            continue
+        median = float(values.median())
+        if typical / SCALE_TOLERANCE <= median <= typical * SCALE_TOLERANCE:
+            continue
+        field = f"field {target.ukb_field}" if target.ukb_field is not None else f"column {target.name}"
+        logger.warning(
+            "%s: %s: the median value, %.4g %s, is far from the published data's typical %.4g %s: "
+            "is %s in the unit that docs/targets_units.md gives for it?",
+            source, target.name, median, target.unit, typical, target.unit, field,
+        )
+
+
+def _check_and_log_conversions(selection: ColumnSelection, targets: Sequence[Target]) -> None:
+    """Refuse (FieldUnitError) a target of the export whose field's unit is unknown or cannot be
+    converted, before any row is read; log one line naming the targets that are converted."""
+    converted = [
+        f"{t.name} {field_facts()[t.ukb_field].ukb_unit}->{t.unit}"
+        for t in targets
+        if t.name in selection.by_target and catalog_factor(t) != 1.0
+    ]
+    if converted:
+        logger.info(
+            "converted %d targets from their UK Biobank unit to the catalog's: %s", len(converted), _summarise(converted)
+        )
 
 
 def _log_selection(selection: ColumnSelection, targets: Sequence[Target], instance: int) -> None:
@@ -312,9 +399,10 @@ def _log_selection(selection: ColumnSelection, targets: Sequence[Target], instan
         )
     if selection.other_instances:
         # only other visits' measurements (sex and named targets have none): likely the wrong instance
-        wrong_visit = not any(_is_of_instance(column, instance) for column in selection.by_target.values())
+        wrong_visit = not any(_is_of_instance(column, instance) for column in selection.target_columns)
         (logger.warning if wrong_visit else logger.info)(
-            "ignored %d catalog-field columns of other instances or array indices (using instance %d, array 0): %s",
+            "ignored %d catalog-field columns of other instances or array indices (using instance %d; array 0, "
+            "or every array of fields of repeated measurements): %s",
             len(selection.other_instances),
             instance,
             _summarise(selection.other_instances),
@@ -351,7 +439,8 @@ def _targets_from_rows(
     selection = select_columns(columns, instance, chosen)
     check_selection(columns, selection, instance, chosen)
     _log_selection(selection, chosen, instance)
-    wanted = {selection.eid_column, *selection.by_target.values()}
+    _check_and_log_conversions(selection, chosen)
+    wanted = {selection.eid_column, *selection.target_columns}
     try:
         raw = pd.read_csv(
             path,
@@ -373,13 +462,14 @@ def _targets_from_rows(
         "instance": pd.Series(instance, index=eids.index, dtype="int64"),
     }
     for target in chosen:
-        column = selection.by_target.get(target.name)
+        found = selection.by_target.get(target.name)
         columns_out[target.name] = (
             pd.Series(math.nan, index=eids.index, dtype="float64")
-            if column is None
-            else _numeric_column(raw[column], column, target.name, eids)
+            if found is None
+            else pd.Series(_target_values(raw, found, target, eids, path), index=eids.index)
         )
-    table = set_implausible_to_missing(pd.DataFrame(columns_out), chosen, path)
+    table = pd.DataFrame(columns_out)
+    warn_unlikely_scale(table, chosen, path)
     values = table[[t.name for t in chosen]]
     empty = values.isna().all(axis=1)
     if empty.any():
