@@ -36,7 +36,7 @@ VENDORS = {
         "in": ["DERIVED", "PRIMARY", "IP", "IP"],
         "opp": ["DERIVED", "PRIMARY", "OP", "OP"],
     },
-    "ge": {
+    "three-values": {
         "W": ["DERIVED", "PRIMARY", "WATER"],
         "F": ["DERIVED", "PRIMARY", "FAT"],
         "in": ["DERIVED", "PRIMARY", "IN_PHASE"],
@@ -219,11 +219,14 @@ def test_a_pattern_that_matches_nothing_is_named_in_the_reason(dicom, tmp_path):
     assert caught.value.reason.endswith("no SeriesDescription matches the fat pattern '(?i)^FETT'")
 
 
-def test_a_description_matching_both_patterns_is_refused(dicom, tmp_path):
+def test_a_series_taken_as_both_water_and_fat_is_refused(dicom, tmp_path):
     _, other = _unmarked_exam(dicom)
     folder = _write_folder(tmp_path / "exam", dicom.exam_files(other))
-    with pytest.raises(ExamReadError, match="matches both the water and the fat pattern"):
+    with pytest.raises(ExamReadError, match=r"is marked as both water and fat \(by the water pattern 'body' and the fat pattern 'fat'\)"):
         read_exam(folder, water_pattern="body", fat_pattern="fat")
+    ukb = _write_folder(tmp_path / "ukb", dicom.exam_files(dicom.exam_specs(stations=1)))
+    with pytest.raises(ExamReadError, match=r"'Dixon_noBH_F' #12 .* \(by the water pattern 'Dixon' and the built-in fat rules\)"):
+        read_exam(ukb, water_pattern="Dixon")
 
 
 @pytest.mark.parametrize("options", [CompressOptions, PredictOptions])

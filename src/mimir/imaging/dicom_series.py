@@ -24,7 +24,7 @@ from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
-from mimir.imaging.dixon_series import FAT, WATER, SeriesCensus, SeriesPatterns, classify, series_key
+from mimir.imaging.dixon_series import FAT, WATER, SeriesCensus, SeriesPatterns, both_reason, classify, series_key
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.imaging.header_limits import (
     MAX_EXAM_BYTES,
@@ -350,9 +350,7 @@ def _count_image(name: str, values: dict[str, object], collected: _Collected) ->
     """Count one DICOM image in the census; its contrast ('W', 'F') or None when neither."""
     contrast = classify(values, collected.patterns)
     if contrast is not None and len(contrast) > 1:
-        raise ExamReadError(
-            Stage.SERIES, f"{_series_label(values)} (file {name}) matches both the water and the fat pattern; make them exclusive"
-        )
+        raise ExamReadError(Stage.SERIES, f"{_series_label(values)} (file {name}) {both_reason(collected.patterns)}")
     collected.dicom_files += 1
     collected.census.add(values, contrast)
     return contrast

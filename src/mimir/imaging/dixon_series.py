@@ -7,8 +7,8 @@ Decided from header values alone, in this order for each file:
 2. UK Biobank's series descriptions, whose last `_`-separated part is `W` or `F`
    (`Dixon_BH_17s_W`); Siemens names its Dixon reconstructions so;
 3. ImageType (0008,0008): a value `WATER` or `W` marks water, `FAT` or `F` fat, in whichever
-   position the vendor writes it (Siemens `DERIVED\\PRIMARY\\DIXON\\WATER`, Philips mDIXON
-   `...\\W\\W`, GE and the DICOM defined terms `WATER`/`FAT`). In-phase, opposed-phase and
+   position the vendor writes it (Siemens `DERIVED\\PRIMARY\\DIXON\\WATER`, as in UK Biobank's
+   files; Philips mDIXON style `...\\W\\W`; `WATER`/`FAT` anywhere else). In-phase, opposed-phase and
    fraction or relaxation maps (`IN_PHASE`, `OPP_PHASE`, `IP`, `OP`, `FAT_FRACTION`, `FF`,
    `T2_STAR`, ...) are never water or fat, even when they also carry one of those values.
 
@@ -69,6 +69,15 @@ class SeriesPatterns:
 
     def pattern(self, contrast: str) -> str | None:
         return self.water_pattern if contrast == WATER else self.fat_pattern
+
+
+def both_reason(patterns: SeriesPatterns) -> str:
+    """Why a file taken as both water and fat was: the rule of each contrast that marked it."""
+    rules = [
+        f"the {_NAMES[c]} pattern {patterns.pattern(c)!r}" if patterns.pattern(c) is not None else f"the built-in {_NAMES[c]} rules"
+        for c in (WATER, FAT)
+    ]
+    return f"is marked as both water and fat (by {rules[0]} and {rules[1]}); make the patterns exclusive"
 
 
 def contrast_of(description: str) -> str | None:
