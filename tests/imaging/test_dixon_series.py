@@ -246,3 +246,12 @@ def test_compress_command_takes_the_patterns(dicom, tmp_path, capsys):
     assert (cache / "1000001_20201_2_0.npy").exists()
     assert main(["compress", str(folder), "--cache", str(cache), "--fat-pattern", "("]) == 2
     assert "the fat pattern '(' is not a regular expression" in capsys.readouterr().err
+
+
+def test_predict_hands_its_patterns_to_compression(tmp_path, capsys):
+    options = PredictOptions(water_pattern="W$", fat_pattern="F$")
+    assert options.compression(tmp_path) == CompressOptions(cache=tmp_path, water_pattern="W$", fat_pattern="F$")
+    exam = _write_folder(tmp_path / "exam", {"a.dcm": b"x"})
+    command = ["predict", str(exam), "--modules", str(tmp_path / "module"), "--out", str(tmp_path / "p.csv")]
+    assert main([*command, "--water-pattern", "[a-"]) == 2
+    assert "the water pattern '[a-' is not a regular expression" in capsys.readouterr().err
