@@ -111,7 +111,7 @@ def test_pydicoms_mr_files_give_one_readable_failure_row(tmp_path):
     with (tmp_path / "cache" / "failures.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["stage"] for row in rows] == ["series"]
-    assert "among 9 DICOM images (and 1 other or unreadable files) in 1 series" in rows[0]["reason"]
+    assert "among 9 DICOM images (and 1 other or unreadable file) in 1 series" in rows[0]["reason"]
     assert "\n" not in rows[0]["reason"]
 
 
@@ -123,6 +123,30 @@ def test_dixon_series_marked_by_image_type_read_as_the_uk_biobank_named_exam(dic
     exam = read_zip_bytes(dicom.zip_bytes(dicom.exam_files(other)))
     _same_stations(exam, expected)
     assert exam.stations[0].series_description == "WB_Dixon_station1"
+
+
+def test_dixon_contrasts_stored_in_one_series_are_told_apart_by_image_type(dicom):
+    specs = dicom.exam_specs(stations=2)
+    uids = {station: dicom.pydicom.uid.generate_uid() for station in (1, 2)}
+    other = [
+        dicom.replace(spec, uid=uids[spec.number // 10], tags={**spec.tags, "SeriesNumber": spec.number // 10 * 100})
+        for spec in _renamed(dicom, specs, lambda spec: "mDIXON", VENDORS["philips"])
+    ]
+    _same_stations(read_zip_bytes(dicom.zip_bytes(dicom.exam_files(other))), read_zip_bytes(dicom.zip_bytes(dicom.exam_files(specs))))
+    without_fat = [spec for spec in other if spec.contrast != "F"]
+    with pytest.raises(ExamReadError) as caught:
+        read_zip_bytes(dicom.zip_bytes(dicom.exam_files(without_fat)))
+    assert " in 2 series: #100, #200 'mDIXON' (ImageType DERIVED\\PRIMARY\\IP\\IP): 12 images; " in caught.value.reason
+
+
+def test_an_exam_of_many_series_is_summarised(dicom):
+    specs = [dicom.SeriesSpec(contrast="W", number=number, top_z=100.0 - number * 15.0, stem=f"station{number}") for number in range(1, 11)]
+    with pytest.raises(ExamReadError) as caught:
+        read_zip_bytes(dicom.zip_bytes(dicom.exam_files(specs)))
+    reason = caught.value.reason
+    assert reason.startswith("no fat series identified among 60 DICOM images (and 1 other or unreadable file) in 10 series: #1 'station1_W'")
+    assert "#6 'station6_W' (ImageType none, taken as water): 6 images; 4 more series. " in reason
+    assert "station7" not in reason
 
 
 def test_other_studys_exam_is_compressed_to_the_uk_biobank_named_exams_image(dicom, tmp_path):
@@ -156,7 +180,7 @@ def test_in_and_opposed_phase_series_do_not_stand_in_for_a_missing_fat_series(di
         read_zip_bytes(dicom.zip_bytes(dicom.exam_files(other)))
     reason = caught.value.reason
     assert caught.value.stage == "series"
-    assert reason.startswith("no fat series identified among 36 DICOM images (and 1 other or unreadable files) in 6 series: ")
+    assert reason.startswith("no fat series identified among 36 DICOM images (and 1 other or unreadable file) in 6 series: ")
     assert "#10, #20 't1_vibe_dixon_tra' (ImageType ORIGINAL\\PRIMARY\\DIXON\\IN_PHASE): 12 images" in reason
     assert "#13, #23 't1_vibe_dixon_tra' (ImageType DERIVED\\PRIMARY\\DIXON\\WATER, taken as water): 12 images" in reason
 

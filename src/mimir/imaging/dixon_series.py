@@ -136,20 +136,23 @@ class _SeriesSeen:
 
 @dataclass
 class SeriesCensus:
-    """Every DICOM image series of an exam (not only water and fat), for the reason of a refusal."""
+    """Every DICOM image series of an exam (not only water and fat), for the reason of a refusal.
 
-    series: dict[str, _SeriesSeen] = field(default_factory=dict)
+    Kept per series and ImageType: some scanners store all Dixon contrasts in one series.
+    """
+
+    series: dict[tuple[str, tuple[str, ...]], _SeriesSeen] = field(default_factory=dict)
     images: int = 0
 
     def add(self, values: Mapping[str, object], contrast: str | None) -> None:
-        key = series_key(values)
+        key = (series_key(values), image_type_of(values) if "ImageType" in values else ())
         seen = self.series.get(key)
         if seen is None:
             number = values.get("SeriesNumber", 0)
             seen = _SeriesSeen(
                 number=int(number) if isinstance(number, int) else 0,
                 description=str(values.get("SeriesDescription", "")),
-                image_type=image_type_of(values) if "ImageType" in values else (),
+                image_type=key[1],
                 contrast=contrast,
             )
             self.series[key] = seen
@@ -159,8 +162,8 @@ class SeriesCensus:
     def missing_reason(self, missing: Sequence[str], other_files: int, patterns: SeriesPatterns) -> str:
         """One line: which contrasts are missing, what the exam holds, and how to name them."""
         what = " or ".join(_NAMES[contrast] for contrast in missing)
-        others = f" (and {other_files} other or unreadable files)" if other_files else ""
-        count = len(self.series)
+        others = f" (and {other_files} other or unreadable file{'s' if other_files > 1 else ''})" if other_files else ""
+        count = len({key for key, _ in self.series})
         held = f"{self.images} DICOM images{others} in {count} series"
         unmatched = [contrast for contrast in missing if patterns.pattern(contrast) is not None]
         hint = (
