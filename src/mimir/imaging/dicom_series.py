@@ -321,9 +321,7 @@ def _collect_member(member: Member, collected: _Collected, container_errors: tup
     resume = peek if peek is not None and peek.complete else None
     parsed = _parse_header(member.name, data, strict_header_ok=header is not None, resume=resume)
     if parsed is None or (header is None and not _is_image(parsed[0])):
-        collected.skipped_files += 1
-        if header is not None:
-            collected.notes.append(f"{member.name}: {_series_label(header)} header unreadable, skipped")
+        _skip_unreadable(member.name, header, collected)
         return
     values, pixel_offset, lenient = parsed
     if header is None:
@@ -332,12 +330,25 @@ def _collect_member(member: Member, collected: _Collected, container_errors: tup
         contrast = _count_image(member.name, values, collected)
         if contrast is None:
             return
-    slice_ = _slice_from_values(member.name, values, data, pixel_offset, contrast)
+    try:
+        slice_ = _slice_from_values(member.name, values, data, pixel_offset, contrast)
+    except (TypeError, ValueError, IndexError, KeyError):
+        logger.debug("header values unusable in %s", member.name, exc_info=True)
+        _skip_unreadable(member.name, values, collected)
+        return
     collected.slices.append(slice_)
     if slice_.source is not None:
         collected.held_bytes += len(data)
         if collected.held_bytes > MAX_EXAM_BYTES:
             raise ExamReadError(Stage.SAFETY, f"water/fat files hold more than the {MAX_EXAM_BYTES / 2**20:.0f} MiB memory budget per exam")
+
+
+def _skip_unreadable(name: str, header: dict[str, object] | None, collected: _Collected) -> None:
+    """Skip a file whose header cannot be used; noted when it was classified as water or fat."""
+    collected.skipped_files += 1
+    if header is not None:
+        label = header.get("SeriesDescription") or f"series #{header.get('SeriesNumber', 0)}"
+        collected.notes.append(f"{name}: {label} header unreadable, skipped")
 
 
 def _is_image(values: dict[str, object]) -> bool:
