@@ -35,7 +35,7 @@ _WORDS = re.compile(r"[^A-Z0-9]+")
 _LISTED_GROUPS = 6
 #: Series numbers listed for one group of series that share a description and ImageType.
 _LISTED_NUMBERS = 4
-HINT = (
+_HINT = (
     "MIMIR takes water and fat from UK Biobank descriptions ending _W/_F or from ImageType "
     "WATER/FAT (or W/F); name them with a water and a fat pattern "
     "(--water-pattern/--fat-pattern: regular expressions searched in SeriesDescription)"
@@ -100,19 +100,13 @@ def classify(values: Mapping[str, object], patterns: SeriesPatterns) -> str | No
     """'W', 'F' or None for one file's header values; a description both patterns match is
     ambiguous and returned as 'W' and 'F' together ('WF') for the caller to refuse."""
     description = str(values.get("SeriesDescription", ""))
+    built_in = contrast_of(description) or contrast_of_image_type(image_type_of(values))
     found = ""
     for contrast in (WATER, FAT):
         pattern = patterns.pattern(contrast)
-        if pattern is not None:
-            if re.search(pattern, description):
-                found += contrast
-        elif _built_in(values, description) == contrast:
+        if (re.search(pattern, description) is not None) if pattern is not None else built_in == contrast:
             found += contrast
     return found or None
-
-
-def _built_in(values: Mapping[str, object], description: str) -> str | None:
-    return contrast_of(description) or contrast_of_image_type(image_type_of(values))
 
 
 def image_type_of(values: Mapping[str, object]) -> tuple[str, ...]:
@@ -162,14 +156,13 @@ class SeriesCensus:
     def missing_reason(self, missing: Sequence[str], other_files: int, patterns: SeriesPatterns) -> str:
         """One line: which contrasts are missing, what the exam holds, and how to name them."""
         what = " or ".join(_NAMES[contrast] for contrast in missing)
-        others = f" (and {other_files} other or unreadable file{'s' if other_files > 1 else ''})" if other_files else ""
-        count = len({key for key, _ in self.series})
-        held = f"{self.images} DICOM images{others} in {count} series"
+        others = f" (and {_counted(other_files, 'other or unreadable file')})" if other_files else ""
+        held = f"{_counted(self.images, 'DICOM image')}{others} in {len({key for key, _ in self.series})} series"
         unmatched = [contrast for contrast in missing if patterns.pattern(contrast) is not None]
         hint = (
             "; ".join(f"no SeriesDescription matches the {_NAMES[c]} pattern {patterns.pattern(c)!r}" for c in unmatched)
             if unmatched
-            else HINT
+            else _HINT
         )
         return f"no {what} series identified among {held}: {self._summary()}. {hint}"
 
@@ -193,4 +186,8 @@ def _describe_group(members: list[_SeriesSeen]) -> str:
     image_type = "ImageType " + ("\\".join(first.image_type) if first.image_type else "none")
     details = f"{image_type}, taken as {_NAMES[first.contrast]}" if first.contrast in _NAMES else image_type
     name = f"{first.description!r} ({details})" if first.description else f"(no SeriesDescription, {details})"
-    return f"{numbers} {name}: {sum(seen.images for seen in members)} images"
+    return f"{numbers} {name}: {_counted(sum(seen.images for seen in members), 'image')}"
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
