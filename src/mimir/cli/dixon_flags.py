@@ -11,7 +11,7 @@ def add_series_patterns(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "DICOM series",
         "Water and fat series are found by UK Biobank descriptions ending _W/_F, else by ImageType "
-        "values WATER/FAT or W/F (Siemens, Philips, GE Dixon). For other exams name them here.",
+        "values WATER/FAT or W/F (never in-phase, opposed-phase or fat-fraction images). For other exams name them here.",
     )
     group.add_argument(
         "--water-pattern", metavar="REGEX",
