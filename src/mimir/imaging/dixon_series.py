@@ -89,11 +89,10 @@ def contrast_of(description: str) -> str | None:
 def contrast_of_image_type(image_type: Sequence[str]) -> str | None:
     """'W' or 'F' from ImageType values (any position); None for anything else or both."""
     values = {value.strip().upper() for value in image_type}
-    words = {word for value in values for word in _WORDS.split(value) if word}
-    if words & _NOT_WATER_OR_FAT:
-        return None
     found = [contrast for contrast, marks in _IMAGE_TYPE_VALUES.items() if values & marks]
-    return found[0] if len(found) == 1 else None
+    if len(found) != 1 or any(word in _NOT_WATER_OR_FAT for value in values for word in _WORDS.split(value)):
+        return None
+    return found[0]
 
 
 def classify(values: Mapping[str, object], patterns: SeriesPatterns) -> str | None:
