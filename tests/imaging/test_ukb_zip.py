@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mimir.imaging import dicom_series
-from mimir.imaging.dicom_series import ReadLimits, contrast_of
+from mimir.imaging.dicom_series import ReadLimits
+from mimir.imaging.dixon_series import contrast_of
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.read import ExamInput, read_exam
 from mimir.imaging.ukb_zip import is_unsafe_name, read_zip, read_zip_bytes

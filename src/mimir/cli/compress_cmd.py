@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.cli.dixon_flags import add_series_patterns, series_patterns
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-parts", type=int, default=1, help="split the inputs into this many parts (several machines)")
     parser.add_argument("--part-id", type=int, default=0, help="which part (0-based) this run processes")
     parser.add_argument("--save-volumes", metavar="DIR", help="also write fused water/fat volumes as NIfTI")
+    add_series_patterns(parser)
     parser.set_defaults(handler=run)
 
 
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         cache=Path(args.cache),
         force=args.force,
         save_volumes=Path(args.save_volumes) if args.save_volumes else None,
+        **series_patterns(args),
     )
     with start_progress("compress", len(inputs), "exam", quiet=args.quiet) as progress:
         summary = compress_exams(inputs, options, workers=workers, progress=lambda _: progress.advance())

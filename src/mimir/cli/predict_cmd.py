@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.cli.dixon_flags import add_series_patterns, series_patterns
 from mimir.devices import DEVICE_CHOICES, PRECISIONS
 
 
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "its first batch and runs in float32 when its means differ by more than 0.02 target sd",
     )
     parser.add_argument("--long", action="store_true", help="one row per exam and target instead of per exam")
+    add_series_patterns(parser)
     parser.set_defaults(handler=run)
 
 
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache) if args.cache else default_cache_for(out)
 
     options = PredictOptions(
-        cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision
+        cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision,
+        **series_patterns(args),
     )
     with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
         result = run_prediction(args.inputs, args.modules, options, progress)

@@ -33,6 +33,7 @@ from mimir.imaging.cache import (
     write_image,
     write_qc,
 )
+from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.read import ExamInput
 from mimir.parallel import Outcome, map_outcomes
@@ -52,6 +53,13 @@ class CompressOptions:
     cache: Path
     force: bool = False
     save_volumes: Path | None = None
+    #: Regular expressions searched in SeriesDescription naming the DICOM water and fat series
+    #: where UK Biobank descriptions and ImageType do not (imaging/dixon_series.py).
+    water_pattern: str | None = None
+    fat_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        SeriesPatterns(self.water_pattern, self.fat_pattern)  # a bad pattern is refused here, not once per exam
 
 
 @dataclass
@@ -174,7 +182,7 @@ def compress_exam(source: ExamInput, options: CompressOptions) -> ExamOutcome:
     stage = "read"
     try:
         ExamId.from_stem(stem).require_body_mri()
-        exam = read_exam(source)
+        exam = read_exam(source, options.water_pattern, options.fat_pattern)
         outcome.timings["read"] = time.perf_counter() - started
         stage = "fusion"
         volume = fuse_stations(exam.stations)

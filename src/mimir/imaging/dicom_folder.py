@@ -7,14 +7,16 @@ from functools import partial
 from pathlib import Path
 
 from mimir.imaging.dicom_series import Member, ReadLimits, read_members
+from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.imaging.station import ExamStations
 
 logger = logging.getLogger(__name__)
 
 
-def read_dicom_folder(path: str | Path, limits: ReadLimits = ReadLimits()) -> ExamStations:
-    """Stations of one exam whose DICOM files lie anywhere under `path`."""
+def read_dicom_folder(path: str | Path, limits: ReadLimits = ReadLimits(), patterns: SeriesPatterns = SeriesPatterns()) -> ExamStations:
+    """Stations of one exam whose DICOM files lie anywhere under `path`; `patterns` name the
+    water and fat series where dixon_series' built-in rules do not."""
     folder = Path(path)
     if not folder.is_dir():
         raise ExamReadError(Stage.OPEN, f"no such folder: {folder}")
@@ -24,7 +26,7 @@ def read_dicom_folder(path: str | Path, limits: ReadLimits = ReadLimits()) -> Ex
     members = (
         Member(name=str(file.relative_to(folder)), open_stream=partial(file.open, "rb"), read_bytes=file.read_bytes) for file in files
     )
-    return read_members(members, container_errors=(OSError,))
+    return read_members(members, container_errors=(OSError,), patterns=patterns)
 
 
 def _checked_files(folder: Path, limits: ReadLimits) -> list[Path]:

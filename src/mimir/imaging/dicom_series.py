@@ -1,8 +1,9 @@
 """DICOM files to paired water/fat stations: the logic shared by zip and folder readers.
 
 Readers hand over `Member`s (a name plus ways to open or read the bytes); this module decides
-from headers alone which files matter (water `_W` and fat `_F` series), decodes only those,
-and assembles them into head-to-foot `Station`s, repairing what it can and noting all of it.
+from headers alone which files matter (water and fat series, classified by dixon_series),
+decodes only those, and assembles them into head-to-foot `Station`s, repairing what it can and
+noting all of it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
+from mimir.imaging.dixon_series import FAT, WATER, SeriesCensus, SeriesPatterns, both_reason, classify, series_key
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.imaging.header_limits import (
     MAX_EXAM_BYTES,
@@ -38,7 +40,9 @@ from mimir.protocol import GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
 
 logger = logging.getLogger(__name__)
 
-_SERIES_DESCRIPTION = 0x0008103E
+#: The last tag a header peek reads: what classifies a file (ImageType, SeriesDescription)
+#: and names its series (SeriesInstanceUID, SeriesNumber) for a refusal's reason.
+_SERIES_NUMBER = 0x00200011
 _PIXEL_DATA = 0x7FE00010
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 _ITEM, _ITEM_DELIMITER, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -53,7 +57,7 @@ _UINT32 = struct.Struct("<L")
 _EXPLICIT_HEADER = struct.Struct("<HH2sH")
 #: Every valid VR (two upper-case letters) -> whether its length is 32 bits.
 _VR_IS_LONG = {bytes((first, second)): bytes((first, second)) in _LONG_VRS for first in range(65, 91) for second in range(65, 91)}
-#: Bytes decompressed to classify a file by its SeriesDescription (group 0008 comes first).
+#: Bytes decompressed to classify a file by its header (groups 0008 and 0020 come first).
 _PEEK_BYTES = 8192
 #: Groups a DICOM file's first element may have: file meta (0002) or, in files without
 #: meta information, the identifying group (0008) that every image holds.
@@ -62,9 +66,10 @@ _FIRST_GROUPS = (0x0002, 0x0008)
 #: few kilobytes of real files, and pydicom walks any bytes it is given (~0.4 s per MiB of
 #: zeros), so a crafted file costs at most this much of it.
 _MAX_HEADER_BYTES = 2**20
-_TEXT, _INTEGER_STRING, _DECIMALS, _UNSIGNED_SHORT = "text", "integer string", "decimals", "unsigned short"
-#: Every header value a water/fat slice needs: tag -> (keyword, how it is encoded).
+_TEXT, _CODES, _INTEGER_STRING, _DECIMALS, _UNSIGNED_SHORT = "text", "codes", "integer string", "decimals", "unsigned short"
+#: Every header value classifying a file and describing a water/fat slice: tag -> (keyword, how it is encoded).
 _WANTED: dict[int, tuple[str, str]] = {
+    0x00080008: ("ImageType", _CODES),
     0x00080031: ("SeriesTime", _TEXT),
     0x0008103E: ("SeriesDescription", _TEXT),
     0x0020000E: ("SeriesInstanceUID", _TEXT),
@@ -82,6 +87,8 @@ _WANTED: dict[int, tuple[str, str]] = {
     0x00281053: ("RescaleSlope", _DECIMALS),
 }
 _LAST_SLICE_TAG = max(_WANTED)
+#: What a header peek reads (the classifying and series-naming values).
+_PEEKED = {tag: wanted for tag, wanted in _WANTED.items() if tag <= _SERIES_NUMBER}
 _AXIAL_ORIENTATION = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 _ORIENTATION_TOLERANCE = 1e-3
 #: Positions closer than this share a slice (DICOM writes positions to ~1e-6 mm).
@@ -169,7 +176,7 @@ class _Series:
 
     @property
     def label(self) -> str:
-        return f"{self.description} #{self.number}"
+        return _label(self.description, self.number)
 
     @property
     def slice_spacing(self) -> float:
@@ -194,33 +201,36 @@ class _Collected:
     #: Bytes of water/fat files held for decoding.
     held_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    patterns: SeriesPatterns = field(default_factory=SeriesPatterns)
+    #: Every DICOM image's series, water/fat or not, for the reason when no pair is found.
+    census: SeriesCensus = field(default_factory=SeriesCensus)
 
 
-def contrast_of(description: str) -> str | None:
-    """'W' or 'F' for water and fat series descriptions (e.g. Dixon_BH_17s_W); None otherwise."""
-    suffix = description.strip().rsplit("_", 1)[-1].upper() if "_" in description else ""
-    return suffix if suffix in ("W", "F") else None
-
-
-def read_members(members: Iterable[Member], container_errors: tuple[type[BaseException], ...] = (OSError,)) -> ExamStations:
+def read_members(
+    members: Iterable[Member],
+    container_errors: tuple[type[BaseException], ...] = (OSError,),
+    patterns: SeriesPatterns = SeriesPatterns(),
+) -> ExamStations:
     """Classify, decode and assemble the members of one exam.
 
     `container_errors` are the exceptions that mean a member's bytes could not be fetched
-    (a corrupt zip entry, an unreadable file): such members are skipped and noted.
+    (a corrupt zip entry, an unreadable file): such members are skipped and noted. `patterns`
+    name the water and fat series where the built-in rules of dixon_series do not.
     """
-    collected = _Collected()
+    collected = _Collected(patterns=patterns)
     total = 0
     for member in members:
         total += 1
         _collect_member(member, collected, container_errors)
     if total and collected.container_failures == total:
         raise ExamReadError(Stage.OPEN, f"none of the {total} files could be read from the container (first: {collected.first_failure})")
+    _require_water_and_fat(collected, total)
     if collected.lenient_reads:
         collected.notes.append(f"{collected.lenient_reads} files needed a lenient (forced) DICOM read")
     check_memory(collected.slices, collected.held_bytes)
     for slice_ in collected.slices:
         _decode(slice_)
-    return assemble(collected, total)
+    return assemble(collected)
 
 
 def could_be_dicom(head: bytes) -> bool:
@@ -242,7 +252,7 @@ def check_memory(slices: list[_Slice], held_bytes: int) -> None:
     """
     placed = [slice_ for slice_ in slices if slice_.problem is None]
     slice_bytes = sum(2 * 4 * slice_.shape[0] * slice_.shape[1] for slice_ in placed)
-    grid_bytes = 2 * 2 * 4 * _grid_voxels([slice_ for slice_ in placed if slice_.contrast == "W"])
+    grid_bytes = 2 * 2 * 4 * _grid_voxels([slice_ for slice_ in placed if slice_.contrast == WATER])
     total = held_bytes + slice_bytes + grid_bytes
     if total > MAX_EXAM_BYTES:
         raise ExamReadError(
@@ -290,11 +300,15 @@ def _collect_member(member: Member, collected: _Collected, container_errors: tup
             if not could_be_dicom(head):
                 collected.skipped_files += 1
                 return
-            peek = _scan_header(head, last_tag=_SERIES_DESCRIPTION)
-            description = _peek_description(member, peek)
-            if description is not None:
-                collected.dicom_files += 1
-                if contrast_of(description) is None:
+            peek = _scan_header(head, last_tag=_SERIES_NUMBER)
+            header = _peek_header(member, peek)
+            contrast = None
+            if header is not None:
+                if not _is_image(header):
+                    collected.skipped_files += 1
+                    return
+                contrast = _count_image(member.name, header, collected)
+                if contrast is None:
                     return
             data = head + stream.read()
     except container_errors as error:
@@ -305,81 +319,104 @@ def _collect_member(member: Member, collected: _Collected, container_errors: tup
         collected.notes.append(f"{member.name}: unreadable ({failure}), skipped")
         return
     resume = peek if peek is not None and peek.complete else None
-    parsed = _parse_slice(member.name, data, strict_header_ok=description is not None, resume=resume)
-    if parsed is None:
-        collected.skipped_files += 1
-        if description is not None:
-            collected.notes.append(f"{member.name}: {description} header unreadable, skipped")
+    parsed = _parse_header(member.name, data, strict_header_ok=header is not None, resume=resume)
+    if parsed is None or (header is None and not _is_image(parsed[0])):
+        _skip_unreadable(member.name, header, collected)
         return
-    slice_, lenient = parsed
-    if description is None:
-        collected.dicom_files += 1
+    values, pixel_offset, lenient = parsed
+    if header is None:
         if lenient:
             collected.lenient_reads += 1
-    if slice_ is not None:
-        collected.slices.append(slice_)
-        if slice_.source is not None:
-            collected.held_bytes += len(data)
-            if collected.held_bytes > MAX_EXAM_BYTES:
-                raise ExamReadError(
-                    Stage.SAFETY, f"water/fat files hold more than the {MAX_EXAM_BYTES / 2**20:.0f} MiB memory budget per exam"
-                )
+        contrast = _count_image(member.name, values, collected)
+        if contrast is None:
+            return
+    try:
+        slice_ = _slice_from_values(member.name, values, data, pixel_offset, contrast)
+    except (TypeError, ValueError, IndexError, KeyError):
+        logger.debug("header values unusable in %s", member.name, exc_info=True)
+        _skip_unreadable(member.name, values, collected)
+        return
+    collected.slices.append(slice_)
+    if slice_.source is not None:
+        collected.held_bytes += len(data)
+        if collected.held_bytes > MAX_EXAM_BYTES:
+            raise ExamReadError(Stage.SAFETY, f"water/fat files hold more than the {MAX_EXAM_BYTES / 2**20:.0f} MiB memory budget per exam")
 
 
-def _past_description(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag > _SERIES_DESCRIPTION
+def _skip_unreadable(name: str, header: dict[str, object] | None, collected: _Collected) -> None:
+    """Skip a file whose header cannot be used; noted when it was classified as water or fat."""
+    collected.skipped_files += 1
+    if header is not None:
+        label = header.get("SeriesDescription") or f"series #{header.get('SeriesNumber', 0)}"
+        collected.notes.append(f"{name}: {label} header unreadable, skipped")
+
+
+def _is_image(values: dict[str, object]) -> bool:
+    """Whether a parsed header belongs to an image series (not a DICOMDIR or a forced read of
+    other bytes): it names a series or an image type."""
+    return any(keyword in values for keyword in ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "ImageType"))
+
+
+def _count_image(name: str, values: dict[str, object], collected: _Collected) -> str | None:
+    """Count one DICOM image in the census; its contrast ('W', 'F') or None when neither."""
+    contrast = classify(values, collected.patterns)
+    if contrast is not None and len(contrast) > 1:
+        raise ExamReadError(Stage.SERIES, f"{_series_label(values)} (file {name}) {both_reason(collected.patterns)}")
+    collected.dicom_files += 1
+    collected.census.add(values, contrast)
+    return contrast
+
+
+def _series_label(values: dict[str, object]) -> str:
+    """How a refusal names a series: its description (or its number, when it has none)."""
+    description = str(values.get("SeriesDescription", ""))
+    return f"series {description!r} #{values.get('SeriesNumber', 0)}" if description else f"series #{values.get('SeriesNumber', 0)}"
+
+
+def _past_series_number(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag > _SERIES_NUMBER
 
 
 def _past_slice_tags(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag > _LAST_SLICE_TAG
 
 
-def _peek_description(member: Member, scan: _Scan | None) -> str | None:
-    """SeriesDescription from the scan of a file's first bytes, else from pydicom, else None.
+def _peek_header(member: Member, scan: _Scan | None) -> dict[str, object] | None:
+    """The classifying header values from the scan of a file's first bytes, else from pydicom,
+    else None (the file then gets the full, lenient read).
 
     Only a prefix is decompressed, so in-phase/opposed-phase files cost a few kilobytes.
     """
     if scan is not None and scan.complete:
-        value = scan.values.get("SeriesDescription")
-        return None if value is None else str(value)
+        return scan.values
     with member.open_stream() as stream:
         try:
             prefix = io.BytesIO(stream.read(_MAX_HEADER_BYTES))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dataset = read_partial(prefix, stop_when=_past_description, specific_tags=[_SERIES_DESCRIPTION])
-            value = dataset.get("SeriesDescription")
+                dataset = read_partial(prefix, stop_when=_past_series_number, specific_tags=list(_PEEKED))
+            return _values_from_dataset(dataset, _PEEKED)
         except Exception:  # noqa: BLE001 - any parse failure sends the file to the lenient path
             logger.debug("header peek failed for %s", member.name, exc_info=True)
             return None
-    return None if value is None else str(value)
 
 
-def _parse_slice(name: str, data: bytes, strict_header_ok: bool, resume: _Scan | None = None) -> tuple[_Slice | None, bool] | None:
-    """(slice or None when not water/fat, lenient read used), or None when not a DICOM slice.
+def _parse_header(name: str, data: bytes, strict_header_ok: bool, resume: _Scan | None = None) -> tuple[dict[str, object], int | None, bool] | None:
+    """(header values, where uncompressed pixels start, lenient read used), or None when not a DICOM file.
 
     `resume` is a complete scan of a prefix of `data`: the walk goes on where it stopped.
     """
     scan = _scan_header(data, last_tag=_PIXEL_DATA) if resume is None else _resume_scan(data, resume, last_tag=_PIXEL_DATA)
-    lenient = False
     if scan is not None and scan.complete and scan.pixel_offset is not None:
-        values, pixel_offset = scan.values, scan.pixel_offset
-    else:
-        header = _pydicom_header(name, data, strict_header_ok)
-        if header is None:
-            return None
-        dataset, lenient = header
-        try:
-            values = _values_from_dataset(dataset)
-            pixel_offset = _pixel_offset_at_end(dataset, values, data)
-        except Exception:  # noqa: BLE001 - malformed header values make the file unusable
-            logger.debug("header values unusable in %s", name, exc_info=True)
-            return None
-    if "SeriesDescription" not in values:
+        return scan.values, scan.pixel_offset, False
+    header = _pydicom_header(name, data, strict_header_ok)
+    if header is None:
         return None
+    dataset, lenient = header
     try:
-        return _slice_from_values(name, values, data, pixel_offset), lenient
-    except (TypeError, ValueError, IndexError, KeyError):
+        values = _values_from_dataset(dataset, _WANTED)
+        return values, _pixel_offset_at_end(dataset, values, data), lenient
+    except Exception:  # noqa: BLE001 - malformed header values make the file unusable
         logger.debug("header values unusable in %s", name, exc_info=True)
         return None
 
@@ -405,15 +442,17 @@ def _read_header(data: bytes, force: bool) -> Dataset:
         return read_partial(prefix, stop_when=_past_slice_tags, force=force, specific_tags=list(_WANTED))
 
 
-def _values_from_dataset(dataset: Dataset) -> dict[str, object]:
+def _values_from_dataset(dataset: Dataset, wanted: dict[int, tuple[str, str]]) -> dict[str, object]:
     values: dict[str, object] = {}
-    for keyword, kind in _WANTED.values():
+    for keyword, kind in wanted.values():
         value = dataset.get(keyword)
         if value is None or value == "":
             continue
+        items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
         if kind == _DECIMALS:
-            items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
             values[keyword] = [float(item) for item in items]
+        elif kind == _CODES:
+            values[keyword] = tuple(str(item).strip() for item in items)
         elif kind in (_INTEGER_STRING, _UNSIGNED_SHORT):
             values[keyword] = int(value)
         else:
@@ -421,14 +460,11 @@ def _values_from_dataset(dataset: Dataset) -> dict[str, object]:
     return values
 
 
-def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_offset: int | None) -> _Slice | None:
-    """The slice a header describes, its pixels to be decoded; None for a DICOM file that is
-    not a water/fat image. A header outside header_limits gives an unusable slice that keeps
-    its series' count (and its place, when its position is sound) but is never decoded."""
+def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_offset: int | None, contrast: str) -> _Slice:
+    """The water or fat slice a header describes, its pixels to be decoded. A header outside
+    header_limits gives an unusable slice that keeps its series' count (and its place, when
+    its position is sound) but is never decoded."""
     description = str(values.get("SeriesDescription", ""))
-    contrast = contrast_of(description)
-    if contrast is None:
-        return None
     number = int(values.get("SeriesNumber", 0))  # type: ignore[call-overload]
     problem = slice_header_problem(values)
     position = values.get("ImagePositionPatient") if problem is None or position_problem(values) is None else [math.nan] * 3
@@ -437,7 +473,7 @@ def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_
     return _Slice(
         member=name,
         contrast=contrast,
-        series_key=str(values.get("SeriesInstanceUID", "")) or f"{number}|{description}",
+        series_key=series_key(values),
         description=description,
         number=number,
         time=str(values.get("SeriesTime", "")),
@@ -681,6 +717,8 @@ def _decode_value(raw: bytes, kind: str) -> object:
     if kind == _UNSIGNED_SHORT:
         return _UINT16.unpack_from(raw)[0]
     text = raw.decode("latin-1").strip("\x00 ")
+    if kind == _CODES:
+        return tuple(item.strip("\x00 ") for item in text.split("\\"))
     if kind == _DECIMALS:
         return [float(item) for item in text.split("\\")]
     if kind == _INTEGER_STRING:
@@ -688,27 +726,34 @@ def _decode_value(raw: bytes, kind: str) -> object:
     return text
 
 
-def assemble(collected: _Collected, total_files: int) -> ExamStations:
-    """Group decoded slices into series, drop duplicates, pair water with fat, sort head to foot."""
+def _require_water_and_fat(collected: _Collected, total_files: int) -> None:
+    """Refuse an exam without DICOM images, or without water or fat series, before anything
+    is decoded; the reason lists the series the exam holds instead."""
     if collected.dicom_files == 0:
         raise ExamReadError(Stage.DICOM, f"no DICOM image files among {total_files} files")
+    found = {slice_.contrast for slice_ in collected.slices}
+    missing = [contrast for contrast in (WATER, FAT) if contrast not in found]
+    if missing:
+        raise ExamReadError(Stage.SERIES, collected.census.missing_reason(missing, collected.skipped_files, collected.patterns))
+
+
+def assemble(collected: _Collected) -> ExamStations:
+    """Group decoded slices into series, drop duplicates, pair water with fat, sort head to foot
+    (`read_members` made sure that both contrasts are there)."""
     notes = list(collected.notes)
     groups: dict[tuple[str, str], list[_Slice]] = {}
     for slice_ in collected.slices:
         groups.setdefault((slice_.contrast, slice_.series_key), []).append(slice_)
-    by_contrast: dict[str, list[_Series]] = {"W": [], "F": []}
+    by_contrast: dict[str, list[_Series]] = {WATER: [], FAT: []}
     for (contrast, _), slices in sorted(groups.items(), key=lambda item: item[0]):
         by_contrast[contrast].append(build_series(slices))
-    for contrast, name in (("W", "water (_W)"), ("F", "fat (_F)")):
-        if not by_contrast[contrast]:
-            raise ExamReadError(Stage.SERIES, f"no {name} series among {collected.dicom_files} DICOM files")
     dropped = 0
-    for contrast in ("W", "F"):
+    for contrast in (WATER, FAT):
         kept, dropped_series = _drop_duplicates(by_contrast[contrast])
         by_contrast[contrast] = kept
         dropped += len(dropped_series)
         notes.extend(dropped_series)
-    stations = [pair_station(water, fat) for water, fat in _pair_series(by_contrast["W"], by_contrast["F"])]
+    stations = [pair_station(water, fat) for water, fat in _pair_series(by_contrast[WATER], by_contrast[FAT])]
     stations.sort(key=lambda station: station.top_z, reverse=True)
     for station in stations:
         notes.extend(station.notes)
@@ -719,7 +764,7 @@ def build_series(slices: list[_Slice]) -> _Series:
     """One series' slices as a head-to-foot volume; corrupt, unusable and missing slices
     interpolated, slices without a usable position dropped, all of it noted."""
     first = slices[0]
-    label = f"{first.description} #{first.number}"
+    label = _label(first.description, first.number)
     notes: list[str] = []
     usable = [s for s in slices if s.pixels is not None]
     _check_axial(usable, label)
@@ -800,6 +845,11 @@ def _majority(values: list) -> object:
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     return max(counts, key=lambda value: counts[value])
+
+
+def _label(description: str, number: int) -> str:
+    """How notes and refusals name a series ("Dixon_BH_17s_W #14", "series #3" without a description)."""
+    return f"{description or 'series'} #{number}"
 
 
 def _check_axial(slices: list[_Slice], label: str) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mimir.imaging.dicom_folder import read_dicom_folder
+from mimir.imaging.dicom_series import ReadLimits
+from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.imaging.nifti import read_nifti_pair
 from mimir.imaging.station import ExamStations
@@ -36,14 +38,20 @@ def input_kind(path: Path) -> str:
     return "dicom_folder" if path.is_dir() else "zip"
 
 
-def read_exam(source: str | Path | ExamInput) -> ExamStations:
-    """Water/fat stations of one exam, head to foot; raises ExamReadError for bad input."""
+def read_exam(source: str | Path | ExamInput, water_pattern: str | None = None, fat_pattern: str | None = None) -> ExamStations:
+    """Water/fat stations of one exam, head to foot; raises ExamReadError for bad input.
+
+    DICOM water and fat series are found by UK Biobank's descriptions (`..._W`, `..._F`) or by
+    ImageType (WATER/FAT, W/F); `water_pattern` and `fat_pattern`, regular expressions searched
+    in SeriesDescription, name them in exams that neither marks (see imaging/dixon_series.py).
+    """
+    patterns = SeriesPatterns(water_pattern, fat_pattern)
     exam = source if isinstance(source, ExamInput) else ExamInput(path=Path(source), kind=input_kind(Path(source)))
     if not exam.path.exists():
         raise ExamReadError(Stage.OPEN, f"no such file or folder: {exam.path}")
     if exam.kind == "zip":
-        return read_zip(exam.path)
+        return read_zip(exam.path, ReadLimits(), patterns)
     if exam.kind == "dicom_folder":
-        return read_dicom_folder(exam.path)
+        return read_dicom_folder(exam.path, ReadLimits(), patterns)
     assert exam.fat_path is not None
     return read_nifti_pair(exam.path, exam.fat_path)

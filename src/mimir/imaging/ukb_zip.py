@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from mimir.imaging.cache import not_regular_reason
 from mimir.imaging.dicom_series import Member, ReadLimits, read_members
+from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.imaging.station import ExamStations
 
@@ -54,8 +55,9 @@ _MEMBER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def read_zip(path: str | Path, limits: ReadLimits = ReadLimits()) -> ExamStations:
-    """Stations of one exam zip on disk."""
+def read_zip(path: str | Path, limits: ReadLimits = ReadLimits(), patterns: SeriesPatterns = SeriesPatterns()) -> ExamStations:
+    """Stations of one exam zip on disk; `patterns` name the water and fat series where
+    dixon_series' built-in rules do not."""
     path = Path(path)
     if not path.exists():
         raise ExamReadError(Stage.OPEN, f"no such zip file: {path}")
@@ -66,17 +68,17 @@ def read_zip(path: str | Path, limits: ReadLimits = ReadLimits()) -> ExamStation
     if size > limits.max_container_bytes:
         raise ExamReadError(Stage.SAFETY, f"zip is {size / 2**20:.0f} MiB, above the {limits.max_container_bytes / 2**20:.0f} MiB limit")
     data = path.read_bytes()
-    return _read_archive(io.BytesIO(data), data[:4], limits, memoryview(data))
+    return _read_archive(io.BytesIO(data), data[:4], limits, memoryview(data), patterns)
 
 
-def read_zip_bytes(data: bytes, limits: ReadLimits = ReadLimits()) -> ExamStations:
+def read_zip_bytes(data: bytes, limits: ReadLimits = ReadLimits(), patterns: SeriesPatterns = SeriesPatterns()) -> ExamStations:
     """Stations of one exam zip held in memory (tests, archives streamed from elsewhere)."""
     if len(data) > limits.max_container_bytes:
         raise ExamReadError(Stage.SAFETY, f"zip is {len(data) / 2**20:.0f} MiB, above the limit")
-    return _read_archive(io.BytesIO(data), data[:4], limits, memoryview(data))
+    return _read_archive(io.BytesIO(data), data[:4], limits, memoryview(data), patterns)
 
 
-def _read_archive(handle: io.BytesIO, head: bytes, limits: ReadLimits, data: memoryview) -> ExamStations:
+def _read_archive(handle: io.BytesIO, head: bytes, limits: ReadLimits, data: memoryview, patterns: SeriesPatterns) -> ExamStations:
     try:
         archive = zipfile.ZipFile(handle)
     except zipfile.BadZipFile as error:
@@ -92,7 +94,7 @@ def _read_archive(handle: io.BytesIO, head: bytes, limits: ReadLimits, data: mem
             raise ExamReadError(
                 Stage.OPEN, f"all {encrypted} members are encrypted (a password-protected zip); MIMIR reads unencrypted zips"
             )
-        return read_members(_members(archive, entries, data), container_errors=_MEMBER_ERRORS)
+        return read_members(_members(archive, entries, data), container_errors=_MEMBER_ERRORS, patterns=patterns)
 
 
 def is_unsafe_name(name: str) -> bool:

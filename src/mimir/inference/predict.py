@@ -49,6 +49,7 @@ from mimir.imaging.compress import (
     discover_inputs,
     exam_stem,
 )
+from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
 from mimir.inference.modules import ModuleSpec, load_module, read_spec
 from mimir.inference.postprocess import postprocess, uncertain_flags
@@ -158,6 +159,17 @@ class PredictOptions:
     precision: str = "auto"
     #: Compress and predict at once; None: on a GPU only (see `run_prediction`).
     overlap: bool | None = None
+    #: Regular expressions searched in SeriesDescription naming the DICOM water and fat series
+    #: where UK Biobank descriptions and ImageType do not (as `CompressOptions`).
+    water_pattern: str | None = None
+    fat_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        SeriesPatterns(self.water_pattern, self.fat_pattern)  # a bad pattern is refused before any module loads
+
+    def compression(self, cache: Path) -> CompressOptions:
+        """How raw exams are compressed into `cache` for this prediction."""
+        return CompressOptions(cache=cache, water_pattern=self.water_pattern, fat_pattern=self.fat_pattern)
 
 
 def predict(
@@ -224,11 +236,11 @@ def run_prediction(
         if resolved.raw and overlap:
             assert cache_path is not None
             compressed, reused, stage_timings = _compress_while_predicting(
-                resolved, cache_path, n_workers, predictor, size, progress
+                resolved, options.compression(cache_path), n_workers, predictor, size, progress
             )
         else:
             compressed, reused, stage_timings = _compress_then_predict(
-                resolved, cache_path, n_workers, predictor, size, progress
+                resolved, None if cache_path is None else options.compression(cache_path), n_workers, predictor, size, progress
             )
         _mark_unreported(rows)
         _attach_qc_flags(rows)
@@ -359,7 +371,7 @@ class _BatchPredictor:
 
 def _compress_then_predict(
     resolved: ResolvedInputs,
-    cache: Path | None,
+    compression: CompressOptions | None,
     workers: int,
     predictor: _BatchPredictor,
     batch_size: int,
@@ -371,7 +383,8 @@ def _compress_then_predict(
     timings: dict[str, float] = {}
     compressed = reused = 0
     if resolved.raw:
-        assert cache is not None
+        assert compression is not None
+        cache = compression.cache
         started = time.perf_counter()
         outcomes: list[ExamOutcome] = []
 
@@ -380,7 +393,7 @@ def _compress_then_predict(
             if progress is not None:
                 progress("compress", len(outcomes), len(resolved.raw))
 
-        summary = compress_exams(resolved.raw, CompressOptions(cache=cache), workers=workers, progress=on_exam)
+        summary = compress_exams(resolved.raw, compression, workers=workers, progress=on_exam)
         for outcome in outcomes:
             _record_outcome(predictor.rows[predictor.index[outcome.stem]], outcome, cache)
         compressed, reused = summary.done, summary.skipped
@@ -397,7 +410,7 @@ def _compress_then_predict(
 
 def _compress_while_predicting(
     resolved: ResolvedInputs,
-    cache: Path,
+    options: CompressOptions,
     workers: int,
     predictor: _BatchPredictor,
     batch_size: int,
@@ -417,7 +430,8 @@ def _compress_while_predicting(
     pin_memory = predictor.device.type == "cuda"
     compress_done = compress_failed = 0
     waiting = inference = 0.0
-    compression = BackgroundCompression(resolved.raw, CompressOptions(cache=cache), workers)
+    cache = options.cache
+    compression = BackgroundCompression(resolved.raw, options, workers)
     with torch_threads(OVERLAP_TORCH_THREADS if predictor.device.type == "cpu" else None) as restore_threads:
         try:
             while compression.running or ready:
