@@ -204,7 +204,7 @@ def test_cli_merge_and_usage_errors(full_run, tmp_path, capsys):
     args = parser.parse_args(["crossval", "merge", str(tmp_path)])
     with pytest.raises(CrossvalError, match="not a cross-validation folder"):
         args.handler(args)
-    args = parser.parse_args(["crossval", "run", "--images", str(tmp_path), "--targets", str(tmp_path),
+    args = parser.parse_args(["crossval", "run", "--cache", str(tmp_path), "--targets", str(tmp_path),
                               "--module", "age", "--out", str(tmp_path / "new")])
     with pytest.raises(UsageError, match="pass --config"):
         args.handler(args)
@@ -233,7 +233,7 @@ def test_cli_run_writes_one_progress_line_per_fold_to_a_log(cohort, tmp_path, ca
     parser = argparse.ArgumentParser()
     parser.add_argument("--quiet", action="store_true")
     crossval_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["crossval", "run", "--images", str(cache), "--targets", str(targets), "--module", "cvtest",
+    args = parser.parse_args(["crossval", "run", "--cache", str(cache), "--targets", str(targets), "--module", "cvtest",
                               "--config", str(config_path), "--out", str(tmp_path / "cv"), "--folds", "3",
                               "--fold-ids", "0,1", "--device", "cpu", "--no-baseline"])
     assert args.handler(args) == 0

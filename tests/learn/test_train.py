@@ -157,7 +157,7 @@ def test_cli_trains_with_a_config_file(cohort, tmp_path, capsys):
     parser.add_argument("--quiet", action="store_true")
     train_cmd.register(parser.add_subparsers())
     args = parser.parse_args([
-        "train", "--images", str(cache), "--targets", str(cache.parent / "targets.csv"),
+        "train", "--cache", str(cache), "--targets", str(cache.parent / "targets.csv"),
         "--module", "age", "--config", str(config_path), "--out", str(tmp_path / "run"), "--device", "cpu",
     ])
     assert args.handler(args) == 0
