@@ -234,7 +234,7 @@ def test_an_unwritable_cache_is_refused_before_the_modules_load(modules, tmp_pat
     (zips / "1111111_20201_2_0.zip").write_bytes(b"not a zip")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(CacheNotWritableError, match="cannot take new files"):
+    with pytest.raises(CacheNotWritableError, match="a_file is not a folder"):
         run_prediction([zips], modules, PredictOptions(cache=blocker / "cache", device="cpu"))
 
 
@@ -246,3 +246,21 @@ def test_a_zip_of_another_uk_biobank_field_keeps_a_failure_row_not_a_prediction(
     row = table.set_index("exam").loc["1000003_20204_2_0"]
     assert row["failure"].startswith("field: the file name gives UK Biobank field 20204")
     assert pd.isna(row["height"])
+
+
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_a_cached_image_of_another_uk_biobank_field_is_refused_not_predicted(modules, cache, tmp_path, given):
+    """A liver scan's .npy (field 20204) among body images is refused by name, as its zip is."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for stem in STEMS[:2]:
+        (folder / f"{stem}.npy").write_bytes((cache / f"{stem}.npy").read_bytes())
+    liver = folder / "1000003_20204_2_0.npy"
+    liver.write_bytes((cache / f"{STEMS[2]}.npy").read_bytes())
+    inputs = [folder] if given == "folder" else sorted(folder.glob("*.npy"))
+    result = run_prediction(inputs, modules, PredictOptions(device="cpu", precision="float32"))
+    table = result.table.set_index("exam")
+    row = table.loc["1000003_20204_2_0"]
+    assert row["failure"].startswith("field: the file name gives UK Biobank field 20204")
+    assert pd.isna(row["height"]) and pd.isna(row["eid"])
+    assert table.loc[list(STEMS[:2]), "height"].notna().all() and result.failed == 1

@@ -40,7 +40,7 @@ import numpy as np
 
 from mimir.devices import cudnn_autotune, precision_name, resolve_device, resolve_precision
 from mimir.errors import MimirError
-from mimir.imaging.cache import image_path, prepare_cache, qc_flags
+from mimir.imaging.cache import ExamId, image_path, prepare_cache, qc_flags
 from mimir.imaging.compress import (
     CompressOptions,
     ExamOutcome,
@@ -49,6 +49,7 @@ from mimir.imaging.compress import (
     discover_inputs,
     exam_stem,
 )
+from mimir.imaging.errors import ExamReadError
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
 from mimir.inference.modules import ModuleSpec, load_module, read_spec
 from mimir.inference.postprocess import postprocess, uncertain_flags
@@ -282,7 +283,9 @@ def _cache_folder(cache: str | Path | None, *, needed: bool) -> Iterator[Path | 
 def _initial_rows(resolved: ResolvedInputs, cache: Path | None) -> list[ExamRow]:
     """One row per exam in input order (raw exams first), first occurrence of a name kept.
 
-    Rows of raw exams have no image until their compression outcome arrives.
+    Rows of raw exams have no image until their compression outcome arrives. A cached image
+    whose UK Biobank name gives another field than 20201 is refused as compression refuses such
+    a zip (stage `field`): its row has no image, so it is never predicted as a body scan.
     """
     rows: dict[str, ExamRow] = {}
     for source in resolved.raw:
@@ -292,8 +295,17 @@ def _initial_rows(resolved: ResolvedInputs, cache: Path | None) -> list[ExamRow]
             shown = rows[exam.stem].image or (image_path(cache, exam.stem) if cache is not None else exam.stem)
             logger.warning("exam %s given twice; using %s", exam.stem, shown)
             continue
-        rows[exam.stem] = ExamRow(exam.stem, exam.image)
+        rows[exam.stem] = _cached_row(exam)
     return list(rows.values())
+
+
+def _cached_row(exam: CachedExam) -> ExamRow:
+    try:
+        ExamId.from_stem(exam.stem).require_body_mri()
+    except ExamReadError as error:
+        logger.warning("%s is refused: %s", exam.image, error.reason)
+        return ExamRow(exam.stem, None, failure=str(error))
+    return ExamRow(exam.stem, exam.image)
 
 
 def _mark_unreported(rows: Sequence[ExamRow]) -> None:
@@ -415,7 +427,8 @@ def _compress_while_predicting(
     rows = predictor.rows
     ready = [CachedExam(row.stem, row.image) for row in rows if row.image is not None]
     pin_memory = predictor.device.type == "cuda"
-    compress_done = compress_failed = 0
+    compress_done = 0
+    settled_elsewhere = sum(1 for row in rows if row.failure)  # refused before compression, or failed in it
     waiting = inference = 0.0
     compression = BackgroundCompression(resolved.raw, CompressOptions(cache=cache), workers)
     with torch_threads(OVERLAP_TORCH_THREADS if predictor.device.type == "cpu" else None) as restore_threads:
@@ -429,7 +442,7 @@ def _compress_while_predicting(
                     compress_done += 1
                     image = _record_outcome(rows[predictor.index[outcome.stem]], outcome, cache)
                     if image is None:
-                        compress_failed += 1
+                        settled_elsewhere += 1
                     else:
                         ready.append(CachedExam(outcome.stem, image))
                     if progress is not None:
@@ -442,7 +455,7 @@ def _compress_while_predicting(
                     predictor.run(load_batch(chunk, pin_memory=pin_memory))
                     inference += time.perf_counter() - started
                     if progress is not None:
-                        progress("predict", predictor.settled + compress_failed, len(rows))
+                        progress("predict", predictor.settled + settled_elsewhere, len(rows))
         finally:
             compression.stop()
     assert compression.summary is not None
