@@ -12,6 +12,7 @@ Every command adds a shared flag through the function here, never with its own
 | `--loader-workers N` | DataLoader processes that read cached images for training |
 | `--force` | replace outputs that exist already (refused without it) |
 | `--config` | a training configuration: a shipped name (`mimir config list`) or a TOML file |
+| `--exclude FILE` | eids to leave out (the list of known imaging artefacts) |
 | `-q`, `-v` | quiet, verbose: before or after the subcommand |
 
 Renamed flags keep their old spelling for one release as hidden aliases (not in `--help`);
@@ -43,9 +44,17 @@ MEANINGS = {
     "--loader-workers": "DataLoader processes that read cached images for training",
     "--force": "replace outputs that exist already",
     "--config": "training configuration: a shipped name (see `mimir config list`) or a TOML file",
+    "--exclude": "eids to leave out, e.g. UK Biobank's list of exams with imaging artefacts",
     "--verbose": "log progress details (-vv: debug)",
     "--quiet": "no progress bars; only warnings and errors",
 }
+
+#: What `--exclude` reads, said once for every command's help and the README.
+EXCLUDE_FORMATS = (
+    "a text file with one eid per line (blank lines and lines starting with # ignored), or a "
+    "CSV/TSV table with a column named eid (and optionally instance, to leave out that visit only)"
+)
+
 
 class _RenamedFlag(argparse.Action):
     """An old spelling of a renamed flag: parsed as the new flag is, hidden from `--help`, and
@@ -127,6 +136,10 @@ def add_force(parser: argparse.ArgumentParser, what: str, *, overwrite_alias: bo
 
 def add_config(parser: argparse.ArgumentParser, *, detail: str | None = None) -> None:
     parser.add_argument("--config", metavar="NAME|FILE", help=_help("--config", detail))
+
+
+def add_exclude(parser: argparse.ArgumentParser, *, detail: str) -> None:
+    parser.add_argument("--exclude", metavar="FILE", help=_help("--exclude", f"{EXCLUDE_FORMATS}; {detail}"))
 
 
 def add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:

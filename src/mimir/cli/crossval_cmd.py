@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser.add_argument("--baseline-size", type=int, default=16, help="ridge baseline: pooled image side, 3*size^2 features (default 16)")
     run_parser.add_argument("--no-baseline", action="store_true", help="skip the ridge-regression baseline")
     run_parser.add_argument("--no-report", action="store_true", help="merge without writing report.html")
+    common_flags.add_exclude(
+        run_parser, detail="the cached exams it names are left out of every fold and counted; a folder keeps the list it was started with"
+    )
     run_parser.set_defaults(handler=run)
 
     merge_parser = actions.add_parser("merge", help="combine the complete folds of a cross-validation folder")
@@ -107,8 +110,10 @@ def _run(args: argparse.Namespace) -> int:
         result = run_crossval(
             config, Path(args.cache), Path(args.targets), args.module, out,
             folds=args.folds, fold_ids=_parse_fold_ids(args.fold_ids), device=args.device, progress=show,
-            init=args.init, baseline=baseline,
+            init=args.init, baseline=baseline, exclude=args.exclude,
         )
+    if args.exclude is not None:
+        print(f"{result.excluded} cached exams left out: on the exclusion list {args.exclude}")
     _print_result(result, _report(result, args.no_report))
     return 0
 

@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--long", action="store_true", help="one row per exam and target instead of per exam")
     common_flags.add_force(parser, "the table at --out")
+    common_flags.add_exclude(parser, detail="the exams it names are neither compressed nor predicted and have no row; the summary counts them")
     parser.set_defaults(handler=run)
 
 
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache) if args.cache else default_cache_for(out)
 
     options = PredictOptions(
-        cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision
+        cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision,
+        exclude=args.exclude,
     )
     with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
         result = run_prediction(args.inputs, args.modules, options, progress)

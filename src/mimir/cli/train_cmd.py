@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_device(parser)
     common_flags.add_loader_workers(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    common_flags.add_exclude(parser, detail="the cached exams it names are left out of training and counted")
     parser.set_defaults(handler=run)
 
 
@@ -66,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
         result = train(
             config, Path(args.cache), Path(args.targets), args.module, out,
-            device=args.device, resume=args.resume, progress=show,
+            device=args.device, resume=args.resume, progress=show, exclude=args.exclude,
         )
     final = result.history.iloc[-1] if len(result.history) else None
     loss = f"; final train loss {final.train_loss:.4f}" if final is not None else ""
     print(f"trained {args.module}: {result.iterations} iterations in {result.seconds:.1f} s{loss}; run folder {result.run_dir}")
+    if args.exclude is not None:
+        print(f"{result.excluded} cached exams left out: on the exclusion list {args.exclude}")
     return 0

@@ -50,6 +50,7 @@ from mimir.imaging.compress import (
     exam_stem,
 )
 from mimir.imaging.errors import ExamReadError
+from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
 from mimir.inference.modules import ModuleSpec, load_module, read_spec
 from mimir.inference.postprocess import postprocess, uncertain_flags
@@ -137,6 +138,8 @@ class PredictionResult:
     #: module name -> (precision it ran in, deviation from float32 in target sds on its verification
     #: batch; None when nothing was verified: float32 asked for, or no exam reached the module)
     module_precisions: dict[str, tuple[str, float | None]] = field(default_factory=dict)
+    #: Exams (file stems) left out because the exclusion list names them; they have no row.
+    excluded: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -159,6 +162,10 @@ class PredictOptions:
     precision: str = "auto"
     #: Compress and predict at once; None: on a GPU only (see `run_prediction`).
     overlap: bool | None = None
+    #: An exclusion list (`mimir.imaging.exclusions`: eids, one per line, or a table with an eid
+    #: column): the exams it names are neither compressed nor predicted and have no row in the
+    #: table; `PredictionResult.excluded` lists them.
+    exclude: str | Path | None = None
 
 
 def predict(
@@ -199,6 +206,9 @@ def run_prediction(
     resolved = resolve_inputs(inputs)
     if not resolved.raw and not resolved.cached:
         raise PredictError("no exams found in the inputs")
+    excluded: list[str] = []
+    if options.exclude is not None:
+        resolved, excluded = _without_excluded(resolved, read_exclusion_list(options.exclude))
     specs = [read_spec(path) for path in modules]
     check_target_conflicts(specs, [str(path) for path in modules])
     device = resolve_device(options.device)
@@ -252,7 +262,21 @@ def run_prediction(
         compressed=compressed,
         reused=reused,
         module_precisions={runner.spec.name: (runner.precision_used, runner.verified_deviation_sd) for runner in runners},
+        excluded=excluded,
     )
+
+
+def _without_excluded(resolved: ResolvedInputs, exclusions: ExclusionList) -> tuple[ResolvedInputs, list[str]]:
+    """The inputs less the exams the list names (before any is compressed), and their stems."""
+    raw = [source for source in resolved.raw if not exclusions.excludes_exam(exam_stem(source))]
+    cached = [exam for exam in resolved.cached if not exclusions.excludes_exam(exam.stem)]
+    excluded = [exam_stem(source) for source in resolved.raw if exclusions.excludes_exam(exam_stem(source))]
+    excluded += [exam.stem for exam in resolved.cached if exclusions.excludes_exam(exam.stem)]
+    if excluded:
+        logger.info("left out %d exams on the exclusion list %s: %s", len(excluded), exclusions.source, ", ".join(excluded))
+    if not raw and not cached:
+        raise PredictError(f"every exam given ({len(excluded)}) is on the exclusion list {exclusions.source}; nothing to predict")
+    return ResolvedInputs(raw, cached), excluded
 
 
 def check_target_conflicts(specs: Sequence[ModuleSpec], sources: Sequence[str]) -> None:
