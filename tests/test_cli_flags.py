@@ -3,6 +3,7 @@ flags keep their old spelling as hidden aliases; -q/-v work before and after the
 
 import argparse
 import logging
+import re
 import subprocess
 import sys
 
@@ -239,3 +240,15 @@ def test_config_neither_a_file_nor_a_shipped_name_is_one_line(tmp_path, capsys):
     assert main(["-q", *argv]) == 2
     line = _one_error_line(capsys, "train")
     assert "configs/paper.toml" in line and "shipped: cpu-small, paper, tiny" in line
+
+
+def test_the_readme_and_docs_use_the_new_names():
+    """Old spellings are for scripts written before the rename, not for new readers."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        for old in ("--images", "--overwrite"):  # named only where the rename is explained
+            assert not [line for line in text.splitlines() if old in line and "is `--" not in line], (path.name, old)
+        assert not re.search(r"configs/[\w-]+\.toml", text), path.name  # shipped configs go by name
