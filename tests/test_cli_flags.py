@@ -190,6 +190,19 @@ def test_show_over_an_existing_figure_needs_force(tmp_path, tables, capsys):
     assert out.read_bytes() == b"mine"
 
 
+@pytest.mark.parametrize("action", [["build", "--run"], ["import-legacy"]], ids=["build", "import-legacy"])
+def test_a_module_over_an_existing_one_needs_force(tmp_path, capsys, action):
+    out = tmp_path / "module"
+    out.mkdir()
+    (out / "module.json").write_text("{}")
+    argv = ["-q", "module", *action, str(tmp_path / "no_source"), "--out", str(out)]
+    assert main(argv) == 2
+    assert f"{out} exists already; pass --force" in _one_error_line(capsys, "module")
+    assert main([*argv, "--force"]) == 2  # the next check: the missing run or folder
+    assert "pass --force" not in _one_error_line(capsys, "module")
+    assert (out / "module.json").read_text() == "{}"
+
+
 # shipped configurations -------------------------------------------------------------------------
 def test_config_list_names_every_shipped_config(capsys):
     assert main(["config", "list"]) == 0

@@ -5,7 +5,6 @@ import pytest
 from mimir.runs.config import ConfigError, TrainConfig
 
 
-
 def test_defaults_are_the_paper_settings():
     config = TrainConfig()
     assert (config.architecture, config.batch_size, config.iterations) == ("resnet50", 32, 10_000)

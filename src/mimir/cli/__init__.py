@@ -3,6 +3,8 @@
 Each subcommand lives in its own module here and registers its parser; modules import heavy
 libraries (numpy, torch) only inside their handlers, so `mimir --help` stays instant. Every
 `MimirError` a handler lets through becomes one line on stderr and its exit code, here in `main`.
+Flags that several commands share are defined once, in `common_flags`; -q and -v are accepted
+before and after the subcommand.
 SIGTERM (from `timeout`, a batch scheduler or `kill`) ends a command as Ctrl-C does, through the
 same cleanup, with exit status 143.
 """

@@ -173,6 +173,6 @@ class OutputExistsError(MimirError, FileExistsError):
 def check_replaceable(outputs: Sequence[Path], force: bool, flag: str = "--out") -> None:
     """Refuse, before any work, to write over an existing output unless --force says so: a rerun
     into the same path must not silently replace hours of results."""
-    existing = next((path for path in outputs if path.is_file()), None)  # a folder is refused by its writer
+    existing = next((path for path in outputs if path.exists() or path.is_symlink()), None)
     if existing is not None and not force:
         raise OutputExistsError(f"{existing} exists already; pass --force to replace it, or choose another {flag}")

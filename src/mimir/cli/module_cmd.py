@@ -55,16 +55,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mimir.inference.modules import build_module
 
+    common_flags.check_replaceable([Path(args.out)], args.force)
     out = build_module(args.run, args.crossval, args.out, args.name, overwrite=args.force)
     print(f"module written to {out}")
     return 0
 
 
 def run_import_legacy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mimir.inference.legacy import import_legacy
 
+    common_flags.check_replaceable([Path(args.out)], args.force)
     out = import_legacy(args.folder, args.out, args.name, overwrite=args.force)
     print(f"module written to {out}")
     return 0

@@ -26,7 +26,13 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mimir.atomic import UnwritableError, atomic_path, atomic_write_text, check_can_create_folder, probe_folder
+from mimir.atomic import (
+    UnwritableError,
+    atomic_path,
+    atomic_write_text,
+    check_can_create_folder,
+    probe_folder,
+)
 from mimir.errors import MimirError
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.protocol import IMAGE_SHAPE

@@ -63,7 +63,12 @@ from mimir.evaluation.calibration import (
 )
 from mimir.evaluation.evaluate import column_values, evaluate_predictions, write_metrics
 from mimir.learn.baseline import BaselineConfig, RidgeCrossval, image_features
-from mimir.learn.dataset import assemble_exams, index_image_cache, read_targets, without_excluded
+from mimir.learn.dataset import (
+    assemble_exams,
+    index_image_cache,
+    read_targets,
+    without_excluded,
+)
 from mimir.learn.splits import Splits, load_or_create_splits
 from mimir.learn.target_sets import ModuleDefinition, resolve_module
 from mimir.runs.config import TrainConfig
