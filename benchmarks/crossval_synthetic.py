@@ -1,10 +1,10 @@
 """The synthetic-cohort result of issue 4: cross-validation on a few hundred subjects.
 
 Generates the cohort in chunks (each chunk's zips are compressed, then deleted, so the disk
-never holds more than one chunk of ~100 MB zips), trains with `configs/cpu-small.toml` on the
-complete ground truth of six targets, and prints the network's out-of-fold metrics beside the
-ridge baseline's. Everything lands in --out; a rerun resumes (generation, compression and
-cross-validation all skip finished work).
+never holds more than one chunk of ~100 MB zips), trains with the shipped `cpu-small`
+configuration on the complete ground truth of six targets, and prints the network's
+out-of-fold metrics beside the ridge baseline's. Everything lands in --out; a rerun resumes
+(generation, compression and cross-validation all skip finished work).
 
     python benchmarks/crossval_synthetic.py --n 500 --folds 5 --out /tmp/cv_synthetic
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--config", type=Path, default=Path(__file__).parents[1] / "configs" / "cpu-small.toml")
+    parser.add_argument("--config", default="cpu-small", help="a shipped configuration name or a TOML file")
     parser.add_argument("--module", action="append", default=[], metavar="NAME=TARGET,...", help="one network for these targets (repeatable; default: one network for all six)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -90,7 +90,7 @@ def main() -> None:
     started = time.perf_counter()
     targets = build_cohort(args.out, args.n, args.chunk, args.seed, args.workers)
     prepared = time.perf_counter()
-    base_config = TrainConfig.from_toml(args.config)
+    base_config = TrainConfig.load(args.config)
     summaries, reports = [], []
     for name, module_targets in modules.items():
         config = base_config.replace(modules={name: module_targets})

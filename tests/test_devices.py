@@ -99,7 +99,7 @@ def test_train_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     targets.write_text("eid,instance,age\n1,2,60\n")
     config = tmp_path / "config.toml"
     config.write_text('architecture = "resnet18"\ninit = "scratch"\n')
-    argv = ["-q", "train", "--images", str(images), "--targets", str(targets), "--module", "age", "--config", str(config)]
+    argv = ["-q", "train", "--cache", str(images), "--targets", str(targets), "--module", "age", "--config", str(config)]
     assert main([*argv, "--out", str(tmp_path / "run"), "--device", "cuda"]) == 2
     error = capsys.readouterr().err
     assert error == "mimir train: error: device 'cuda' asked for, but torch sees no usable CUDA GPU\n"

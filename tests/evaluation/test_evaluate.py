@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import r2_score, roc_auc_score
 
 from mimir.cli import UsageError, evaluate_cmd
+from mimir.cli.common_flags import OutputExistsError
 from mimir.evaluation.calibration import auce
 from mimir.evaluation.evaluate import (
     METRIC_COLUMNS,
@@ -161,7 +162,10 @@ def test_evaluate_command_with_raw_export_reference(cohort, tmp_path, capsys):
     expected = evaluate_predictions(predictions, reference).set_index("name")
     np.testing.assert_allclose(written.loc[expected.index, "icc"], expected["icc"])
     assert "evaluated 3 targets" in capsys.readouterr().out
-    assert run_evaluate_command([str(predictions_path), str(export_path), "--out", str(out), "--targets", "sex"]) == 0
+    again = [str(predictions_path), str(export_path), "--out", str(out), "--targets", "sex"]
+    with pytest.raises(OutputExistsError, match="pass --force"):  # the first evaluation is not replaced silently
+        run_evaluate_command(again)
+    assert run_evaluate_command([*again, "--force"]) == 0
     assert pd.read_csv(out / "metrics.csv")["name"].tolist() == ["sex"]
 
 

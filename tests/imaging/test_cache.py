@@ -152,7 +152,7 @@ def test_an_unreadable_qc_sidecar_flags_its_exam(tmp_path, caplog):
 def test_a_cache_that_cannot_take_files_is_refused(tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
-    with pytest.raises(CacheNotWritableError, match=r"cache .*not_a_folder/cache cannot take new files \(Not a directory\)"):
+    with pytest.raises(CacheNotWritableError, match=r"cache .*not_a_folder/cache: .*not_a_folder is not a folder$"):
         prepare_cache(blocker / "cache")
     assert prepare_cache(tmp_path / "cache") == tmp_path / "cache"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["qc"]  # the probes leave nothing

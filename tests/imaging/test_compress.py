@@ -140,13 +140,13 @@ def test_an_unwritable_cache_is_refused_before_any_exam(tiny_cohort, tmp_path, m
     monkeypatch.setattr(compress_module, "compress_exam", no_work)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(CacheNotWritableError, match="cannot take new files"):
+    with pytest.raises(CacheNotWritableError, match="is not a folder"):
         compress_exams(discover_inputs([tiny_cohort]), CompressOptions(cache=blocker / "cache"))
     code = main(["-q", "compress", str(tiny_cohort), "--cache", str(blocker / "cache"), "--workers", "1"])
     assert code == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("mimir compress: error: cache ") and "cannot take new files (Not a directory)" in error
-    assert "\n" not in error
+    error = capsys.readouterr().err
+    assert error == f"mimir compress: error: cache {blocker / 'cache'}: {blocker} is not a folder\n"
+    assert blocker.read_text() == "x"
 
 
 def test_a_failing_final_write_is_one_line_saying_what_was_kept(batch_with_bad_inputs, tmp_path, capsys):
@@ -163,3 +163,20 @@ def test_a_failing_final_write_is_one_line_saying_what_was_kept(batch_with_bad_i
     )
     assert len(list(cache.glob("*.npy"))) == 2
     assert all(load_image(path).dtype == np.uint8 for path in cache.glob("*.npy"))
+
+
+@pytest.mark.parametrize(
+    "cache_below, reason",
+    [((), "exists and is not a folder"), (("cache",), "is not a folder"), (("a", "cache"), "is not a folder")],
+    ids=["is-the-file", "through-the-file", "deep"],
+)
+def test_a_cache_path_through_a_file_is_named_as_such(tmp_path, cache_below, reason):
+    from mimir.imaging.cache import CacheNotWritableError, prepare_cache
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cache = blocker.joinpath(*cache_below)
+    with pytest.raises(CacheNotWritableError) as error:
+        prepare_cache(cache)
+    assert str(error.value).startswith(f"cache {cache}") and reason in str(error.value)
+    assert "Not a directory" not in str(error.value) and blocker.read_text() == "x"

@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import save_file
 
 from mimir.cli import module_cmd
+from mimir.cli.common_flags import OutputExistsError
 from mimir.inference.modules import (
     ModuleArchiveError,
     ModuleBuildError,
     ModuleChecksumError,
-    ModuleExistsError,
     ModuleMissingFileError,
     ModuleRepresentationError,
     ModuleShapeError,
@@ -303,7 +303,7 @@ def test_cli_info_build_and_errors(tmp_path, module_dir, state, capsys):
     run = _fake_run(tmp_path, state)
     assert _cli(["module", "build", "--run", str(run), "--out", str(tmp_path / "built")]) == 0
     assert read_spec(tmp_path / "built").name == "organs"
-    with pytest.raises(ModuleExistsError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="exists already; pass --force"):
         _cli(["module", "build", "--run", str(run), "--out", str(tmp_path / "built")])
     weights = module_dir / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])

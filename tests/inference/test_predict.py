@@ -234,7 +234,7 @@ def test_an_unwritable_cache_is_refused_before_the_modules_load(modules, tmp_pat
     (zips / "1111111_20201_2_0.zip").write_bytes(b"not a zip")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(CacheNotWritableError, match="cannot take new files"):
+    with pytest.raises(CacheNotWritableError, match="a_file is not a folder"):
         run_prediction([zips], modules, PredictOptions(cache=blocker / "cache", device="cpu"))
 
 
@@ -246,3 +246,64 @@ def test_a_zip_of_another_uk_biobank_field_keeps_a_failure_row_not_a_prediction(
     row = table.set_index("exam").loc["1000003_20204_2_0"]
     assert row["failure"].startswith("field: the file name gives UK Biobank field 20204")
     assert pd.isna(row["height"])
+
+
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_a_cached_image_of_another_uk_biobank_field_is_refused_not_predicted(modules, cache, tmp_path, given):
+    """A liver scan's .npy (field 20204) among body images is refused by name, as its zip is."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for stem in STEMS[:2]:
+        (folder / f"{stem}.npy").write_bytes((cache / f"{stem}.npy").read_bytes())
+    liver = folder / "1000003_20204_2_0.npy"
+    liver.write_bytes((cache / f"{STEMS[2]}.npy").read_bytes())
+    inputs = [folder] if given == "folder" else sorted(folder.glob("*.npy"))
+    result = run_prediction(inputs, modules, PredictOptions(device="cpu", precision="float32"))
+    table = result.table.set_index("exam")
+    row = table.loc["1000003_20204_2_0"]
+    assert row["failure"].startswith("field: the file name gives UK Biobank field 20204")
+    assert pd.isna(row["height"]) and pd.isna(row["eid"])
+    assert table.loc[list(STEMS[:2]), "height"].notna().all() and result.failed == 1
+
+
+# --exclude: the exclusion list of known artefacts ------------------------------------------------
+def test_cli_exclude_leaves_listed_exams_out_and_counts_them(modules, cache, tmp_path, capsys):
+    from mimir.cli import main
+
+    listed = tmp_path / "artefacts.txt"
+    listed.write_text(f"eid\n{STEMS[1].split('_')[0]}\n")
+    out = tmp_path / "predictions.csv"
+    argv = ["-q", "predict", str(cache), "--modules", *map(str, modules), "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--exclude", str(listed)]) == 0
+    table = pd.read_csv(out)
+    assert list(table["exam"]) == [STEMS[0], STEMS[2]] and table["height"].notna().all()
+    assert "1 exams on the exclusion list were left out (they have no row)" in capsys.readouterr().out
+
+
+def test_excluded_zips_are_not_even_compressed(tiny_cohort, modules, tmp_path):
+    zips = sorted(tiny_cohort.glob("*.zip"))[:2]
+    listed = tmp_path / "artefacts.csv"
+    listed.write_text(f"eid,instance\n{zips[1].name.split('_')[0]},2\n")
+    cache = tmp_path / "cache"
+    result = run_prediction(zips, modules, PredictOptions(cache=cache, device="cpu", workers=1, exclude=listed))
+    assert list(result.table["exam"]) == [zips[0].name.removesuffix(".zip")]
+    assert result.excluded == [zips[1].name.removesuffix(".zip")]
+    assert sorted(path.stem for path in cache.glob("*.npy")) == [zips[0].name.removesuffix(".zip")]
+
+
+def test_cli_exclude_of_every_exam_or_a_bad_list_is_one_line_and_nothing_written(modules, cache, tmp_path, capsys):
+    from mimir.cli import main
+
+    out = tmp_path / "predictions.csv"
+    argv = ["-q", "predict", str(cache), "--modules", *map(str, modules), "--out", str(out), "--device", "cpu"]
+    everyone = tmp_path / "everyone.txt"
+    everyone.write_text("".join(f"{stem.split('_')[0]}\n" for stem in STEMS))
+    assert main([*argv, "--exclude", str(everyone)]) == 2
+    assert capsys.readouterr().err == (
+        f"mimir predict: error: every exam given (3) is on the exclusion list {everyone}; nothing to predict\n"
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1234567\n12345x7\n")
+    assert main([*argv, "--exclude", str(bad)]) == 2
+    assert capsys.readouterr().err == f"mimir predict: error: exclusion list {bad}, line 2: '12345x7' is not an eid (a whole number)\n"
+    assert not out.exists() and not (tmp_path / "predictions_cache").exists()

@@ -204,7 +204,7 @@ def test_cli_merge_and_usage_errors(full_run, tmp_path, capsys):
     args = parser.parse_args(["crossval", "merge", str(tmp_path)])
     with pytest.raises(CrossvalError, match="not a cross-validation folder"):
         args.handler(args)
-    args = parser.parse_args(["crossval", "run", "--images", str(tmp_path), "--targets", str(tmp_path),
+    args = parser.parse_args(["crossval", "run", "--cache", str(tmp_path), "--targets", str(tmp_path),
                               "--module", "age", "--out", str(tmp_path / "new")])
     with pytest.raises(UsageError, match="pass --config"):
         args.handler(args)
@@ -233,10 +233,33 @@ def test_cli_run_writes_one_progress_line_per_fold_to_a_log(cohort, tmp_path, ca
     parser = argparse.ArgumentParser()
     parser.add_argument("--quiet", action="store_true")
     crossval_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["crossval", "run", "--images", str(cache), "--targets", str(targets), "--module", "cvtest",
+    args = parser.parse_args(["crossval", "run", "--cache", str(cache), "--targets", str(targets), "--module", "cvtest",
                               "--config", str(config_path), "--out", str(tmp_path / "cv"), "--folds", "3",
                               "--fold-ids", "0,1", "--device", "cpu", "--no-baseline"])
     assert args.handler(args) == 0
     lines = capsys.readouterr().err.splitlines()  # stderr is no terminal: plain lines, no bars
     assert [line.split(", ")[0] for line in lines] == ["fold 0 2/2 (100 %)", "fold 1 2/2 (100 %)"]
     assert all(", loss " in line for line in lines)
+
+
+def test_cli_exclude_leaves_listed_exams_out_of_every_fold_and_counts_them(cohort, tmp_path, capsys):
+    from mimir.cli import main
+
+    cache, targets = cohort
+    config_path = tmp_path / "tiny.toml"
+    tiny_config(iterations=2).write_toml(config_path)
+    listed = tmp_path / "artefacts.csv"
+    listed.write_text("eid,instance,reason\n1000001,,motion\n1000000,3,swap\n")  # a subject, and one visit
+    out = tmp_path / "cv"
+    argv = ["-q", "crossval", "run", "--cache", str(cache), "--targets", str(targets), "--module", "cvtest",
+            "--config", str(config_path), "--out", str(out), "--folds", "3", "--fold-ids", "0", "--device", "cpu",
+            "--no-baseline", "--exclude", str(listed)]
+    assert main(argv) == 0
+    assert f"2 cached exams left out: on the exclusion list {listed}" in capsys.readouterr().out
+    folder = CrossvalFolder(out)
+    reference = pd.read_csv(folder.reference)
+    keys = set(zip(reference["eid"], reference["instance"]))
+    assert (1000001, 2) not in keys and (1000000, 3) not in keys and (1000000, 2) in keys
+    assert json.loads(folder.data_summary.read_text())["dropped"]["excluded_by_list"] == 2
+    assert main(argv[:-2]) == 2  # the same folder without the list: other exams, refused
+    assert "the data differ from those" in capsys.readouterr().err

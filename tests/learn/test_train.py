@@ -157,7 +157,7 @@ def test_cli_trains_with_a_config_file(cohort, tmp_path, capsys):
     parser.add_argument("--quiet", action="store_true")
     train_cmd.register(parser.add_subparsers())
     args = parser.parse_args([
-        "train", "--images", str(cache), "--targets", str(cache.parent / "targets.csv"),
+        "train", "--cache", str(cache), "--targets", str(cache.parent / "targets.csv"),
         "--module", "age", "--config", str(config_path), "--out", str(tmp_path / "run"), "--device", "cpu",
     ])
     assert args.handler(args) == 0
@@ -185,3 +185,23 @@ def test_failed_start_leaves_no_run_behind(cohort, tmp_path, monkeypatch):
         train(tiny_config(init="imagenet"), cache, targets, "age", tmp_path / "run", device="cpu")
     assert not (tmp_path / "run" / "config.toml").exists()
     train(tiny_config(iterations=1), cache, targets, "age", tmp_path / "run", device="cpu")
+
+
+def test_cli_exclude_leaves_listed_exams_out_of_training_and_counts_them(cohort, tmp_path, capsys):
+    from mimir.cli import main
+    from mimir.runs.layout import RunFolder
+
+    cache, _ = cohort
+    config_path = tmp_path / "tiny.toml"
+    tiny_config(iterations=2).write_toml(config_path)
+    listed = tmp_path / "artefacts.txt"
+    listed.write_text("# return 3072\n1000000\n1000003\n")
+    run = tmp_path / "run"
+    assert main([
+        "-q", "train", "--cache", str(cache), "--targets", str(cache.parent / "targets.csv"), "--module", "age",
+        "--config", str(config_path), "--out", str(run), "--device", "cpu", "--exclude", str(listed),
+    ]) == 0
+    assert f"2 cached exams left out: on the exclusion list {listed}" in capsys.readouterr().out
+    summary = json.loads(RunFolder(run).data_summary.read_text())
+    assert summary["n_excluded_by_list"] == 2 and summary["n_images_in_cache"] == N_EXAMS
+    assert summary["train"]["n_exams"] == N_EXAMS - 2

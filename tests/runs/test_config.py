@@ -1,11 +1,8 @@
 import tomllib
-from pathlib import Path
 
 import pytest
 
 from mimir.runs.config import ConfigError, TrainConfig
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_defaults_are_the_paper_settings():
@@ -41,12 +38,12 @@ def test_round_trips_through_toml(tmp_path):
 
 @pytest.mark.parametrize("name", ["paper", "cpu-small", "tiny"])
 def test_shipped_configs_load(name):
-    config = TrainConfig.from_toml(CONFIGS / f"{name}.toml")
+    config = TrainConfig.load(name)
     assert TrainConfig.from_dict(tomllib.loads(config.to_toml())) == config
 
 
 def test_paper_config_is_the_published_method():
-    assert TrainConfig.from_toml(CONFIGS / "paper.toml") == TrainConfig(workers=4)
+    assert TrainConfig.load("paper") == TrainConfig(workers=4)
 
 
 def test_autocast_none_of_earlier_configs_reads_as_float32(tmp_path):

@@ -3,6 +3,8 @@
 Each subcommand lives in its own module here and registers its parser; modules import heavy
 libraries (numpy, torch) only inside their handlers, so `mimir --help` stays instant. Every
 `MimirError` a handler lets through becomes one line on stderr and its exit code, here in `main`.
+Flags that several commands share are defined once, in `common_flags`; -q and -v are accepted
+before and after the subcommand.
 SIGTERM (from `timeout`, a batch scheduler or `kill`) ends a command as Ctrl-C does, through the
 same cleanup, with exit status 143.
 """
@@ -22,6 +24,7 @@ from mimir import __version__
 from mimir.cli import (
     catalog_cmd,
     compress_cmd,
+    config_cmd,
     crossval_cmd,
     demo_cmd,
     evaluate_cmd,
@@ -32,6 +35,7 @@ from mimir.cli import (
     targets_cmd,
     train_cmd,
 )
+from mimir.cli.common_flags import add_verbosity_everywhere, warn_renamed_flags
 from mimir.errors import MimirError
 
 #: Subcommand modules in the order `mimir --help` lists them (pipeline order).
@@ -47,6 +51,7 @@ COMMANDS = (
     show_cmd,
     demo_cmd,
     catalog_cmd,
+    config_cmd,
 )
 
 
@@ -88,11 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calibrated body measurements from UK Biobank neck-to-knee MRI.",
     )
     parser.add_argument("--version", action="version", version=f"mimir {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress details (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)
+    add_verbosity_everywhere(parser)
     return parser
 
 
@@ -108,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _configure_logging(args.verbose, args.quiet)
+    warn_renamed_flags(args)
     try:
         with _sigterm_interrupts():
             return int(args.handler(args) or 0)

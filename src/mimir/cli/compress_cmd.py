@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mimir.cli.dixon_flags import add_series_patterns, series_patterns
+from mimir.cli import common_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,13 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="field-20201 zips, folders holding zips (or one exam's DICOM files), or text files "
         "listing paths one per line (a line 'water.nii.gz,fat.nii.gz' is a NIfTI pair)",
     )
-    parser.add_argument("--cache", required=True, help="cache folder for the .npy images and QC tables")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--force", action="store_true", help="recompute exams that are already cached")
+    common_flags.add_cache(parser, required=True, detail="made when missing")
+    common_flags.add_workers(parser)
+    common_flags.add_force(parser, "recompute exams that are already cached")
     parser.add_argument("--num-parts", type=int, default=1, help="split the inputs into this many parts (several machines)")
     parser.add_argument("--part-id", type=int, default=0, help="which part (0-based) this run processes")
     parser.add_argument("--save-volumes", metavar="DIR", help="also write fused water/fat volumes as NIfTI")
-    add_series_patterns(parser)
+    common_flags.add_series_patterns(parser)
     parser.set_defaults(handler=run)
 
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         cache=Path(args.cache),
         force=args.force,
         save_volumes=Path(args.save_volumes) if args.save_volumes else None,
-        **series_patterns(args),
+        **common_flags.series_patterns(args),
     )
     with start_progress("compress", len(inputs), "exam", quiet=args.quiet) as progress:
         summary = compress_exams(inputs, options, workers=workers, progress=lambda _: progress.advance())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from mimir.devices import DEVICE_CHOICES
+from mimir.cli import common_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,19 +27,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="crossval_action", metavar="ACTION", required=True)
 
     run_parser = actions.add_parser("run", help="train folds (all, or --fold-ids) and merge when all are done")
-    run_parser.add_argument("--images", required=True, help="image cache folder ({exam}.npy files)")
+    common_flags.add_cache(run_parser, required=True, images_alias=True)
     run_parser.add_argument("--targets", required=True, help="targets CSV: eid, instance, target columns")
     run_parser.add_argument("--module", required=True, help="bodycomp, organs, experimental, age, or a module of the config")
-    run_parser.add_argument("--config", help="TOML training config (default: the folder's recorded config.toml)")
+    common_flags.add_config(run_parser, detail="default: the folder's recorded config.toml")
     run_parser.add_argument("--out", required=True, help="cross-validation folder (created, or continued)")
     run_parser.add_argument("--folds", type=int, help="number of folds (default: as recorded, 10 for a new folder)")
     run_parser.add_argument("--fold-ids", help="comma-separated folds to train here, e.g. 0,1,2 (default: all)")
-    run_parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: CUDA when present")
-    run_parser.add_argument("--workers", type=int, help="DataLoader worker processes (overrides the config)")
+    common_flags.add_device(run_parser)
+    common_flags.add_loader_workers(run_parser)
     run_parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
     run_parser.add_argument("--baseline-size", type=int, default=16, help="ridge baseline: pooled image side, 3*size^2 features (default 16)")
     run_parser.add_argument("--no-baseline", action="store_true", help="skip the ridge-regression baseline")
     run_parser.add_argument("--no-report", action="store_true", help="merge without writing report.html")
+    common_flags.add_exclude(
+        run_parser, detail="the cached exams it names are left out of every fold and counted; a folder keeps the list it was started with"
+    )
     run_parser.set_defaults(handler=run)
 
     merge_parser = actions.add_parser("merge", help="combine the complete folds of a cross-validation folder")
@@ -88,15 +91,15 @@ def _run(args: argparse.Namespace) -> int:
     from mimir.runs.layout import CrossvalFolder
 
     out = Path(args.out)
-    config_path = Path(args.config) if args.config else CrossvalFolder(out).config
-    if not config_path.is_file():
-        raise UsageError(f"config file not found: {config_path}" + ("" if args.config else " (pass --config)"))
-    for flag, path in (("--images", Path(args.images)), ("--targets", Path(args.targets))):
+    recorded = CrossvalFolder(out).config
+    if not args.config and not recorded.is_file():
+        raise UsageError(f"config file not found: {recorded} (pass --config)")
+    config = TrainConfig.load(args.config or recorded)
+    for flag, path in (("--cache", Path(args.cache)), ("--targets", Path(args.targets))):
         if not path.exists():
             raise UsageError(f"{flag} {path} does not exist")
-    config = TrainConfig.from_toml(config_path)
-    if args.workers is not None:
-        config = config.replace(workers=args.workers)
+    if args.loader_workers is not None:
+        config = config.replace(workers=args.loader_workers)
     baseline = None if args.no_baseline else BaselineConfig(size=args.baseline_size)
     with Stages("it", quiet=args.quiet) as stages:
 
@@ -105,10 +108,12 @@ def _run(args: argparse.Namespace) -> int:
             stages(f"fold {fold}", event.iteration, event.iterations, loss)
 
         result = run_crossval(
-            config, Path(args.images), Path(args.targets), args.module, out,
+            config, Path(args.cache), Path(args.targets), args.module, out,
             folds=args.folds, fold_ids=_parse_fold_ids(args.fold_ids), device=args.device, progress=show,
-            init=args.init, baseline=baseline,
+            init=args.init, baseline=baseline, exclude=args.exclude,
         )
+    if args.exclude is not None:
+        print(f"{result.excluded} cached exams left out: on the exclusion list {args.exclude}")
     _print_result(result, _report(result, args.no_report))
     return 0
 

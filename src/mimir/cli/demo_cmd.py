@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mimir.devices import DEVICE_CHOICES
+from mimir.cli import common_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
     parser.add_argument("--iterations", type=int, help="training iterations per network (default: demo.toml)")
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    common_flags.add_workers(parser)
+    common_flags.add_device(parser)
     parser.add_argument("--keep-training-zips", action="store_true", help="keep the training zips after compression")
     parser.set_defaults(handler=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.cli import common_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -21,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-report", action="store_true", help="only the metrics tables, no plots or HTML")
     parser.add_argument("--instance", type=int, default=2, help="imaging visit read from a raw export (default 2)")
     parser.add_argument("--targets", help="comma-separated target names (default: all present in both)")
+    common_flags.add_force(parser, "the metrics and report in --out")
     parser.set_defaults(handler=run)
 
 
@@ -30,13 +33,16 @@ def run(args: argparse.Namespace) -> int:
     from mimir.atomic import check_can_create_folder
     from mimir.cli import UsageError
     from mimir.evaluation.evaluate import evaluate_predictions, read_predictions_csv, write_metrics
+    from mimir.runs.layout import EvaluationFolder
     from mimir.targets.catalog import get_target
     from mimir.targets.exports import read_reference
 
     for label, path in (("predictions", args.predictions), ("reference", args.reference)):
         if not Path(path).is_file():
             raise UsageError(f"no such {label} file: {path}")
-    check_can_create_folder(Path(args.out))  # before reading what may be large tables
+    out = EvaluationFolder(Path(args.out))
+    common_flags.check_replaceable([out.metrics, out.metrics_markdown, out.report], args.force)
+    check_can_create_folder(out.path)  # before reading what may be large tables
     targets = [get_target(name.strip()) for name in args.targets.split(",")] if args.targets else None
     predictions = read_predictions_csv(args.predictions, args.reference)
     reference = read_reference(args.reference, instance=args.instance, targets=targets)

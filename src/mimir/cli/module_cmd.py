@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.cli import common_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--crossval", help="cross-validation folder (calibration.csv, metrics.csv, oof_predictions.csv)")
     build.add_argument("--out", required=True, help="module folder to write (or a path ending in .zip)")
     build.add_argument("--name", help="module name (default: the run's module)")
-    build.add_argument("--overwrite", action="store_true", help="replace an existing module at --out")
+    common_flags.add_force(build, "the module at --out", overwrite_alias=True)
     build.set_defaults(handler=run_build)
 
     legacy = actions.add_parser(
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     legacy.add_argument("folder", help="published module folder")
     legacy.add_argument("--out", required=True, help="module folder to write (or a path ending in .zip)")
     legacy.add_argument("--name", help="module name (default: the folder's name)")
-    legacy.add_argument("--overwrite", action="store_true", help="replace an existing module at --out")
+    common_flags.add_force(legacy, "the module at --out", overwrite_alias=True)
     legacy.set_defaults(handler=run_import_legacy)
 
     info = actions.add_parser(
@@ -53,17 +55,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mimir.inference.modules import build_module
 
-    out = build_module(args.run, args.crossval, args.out, args.name, overwrite=args.overwrite)
+    common_flags.check_replaceable([Path(args.out)], args.force)
+    out = build_module(args.run, args.crossval, args.out, args.name, overwrite=args.force)
     print(f"module written to {out}")
     return 0
 
 
 def run_import_legacy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mimir.inference.legacy import import_legacy
 
-    out = import_legacy(args.folder, args.out, args.name, overwrite=args.overwrite)
+    common_flags.check_replaceable([Path(args.out)], args.force)
+    out = import_legacy(args.folder, args.out, args.name, overwrite=args.force)
     print(f"module written to {out}")
     return 0
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mimir.cli.dixon_flags import add_series_patterns, series_patterns
-from mimir.devices import DEVICE_CHOICES, PRECISIONS
+from mimir.cli import common_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,18 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--modules", nargs="+", required=True, metavar="MODULE", help="module folders or archives")
     parser.add_argument("--out", required=True, help="output table: .csv or .parquet")
-    parser.add_argument("--cache", help="image cache for the compressed exams (default: {out stem}_cache beside --out)")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: CUDA when present")
+    common_flags.add_cache(parser, detail="exams not cached yet are compressed into it (default: {out stem}_cache beside --out)")
+    common_flags.add_device(parser)
     parser.add_argument("--batch-size", type=int, help="images per network batch (default: 16 on CPU, 128 on GPU)")
-    parser.add_argument("--workers", type=int, help="compression processes (default: all cores)")
-    parser.add_argument(
-        "--precision", default="auto", choices=PRECISIONS,
-        help="network arithmetic; auto: float32 on a CPU, float16 on a GPU. bfloat16 is about twice "
+    common_flags.add_workers(parser)
+    common_flags.add_precision(
+        parser,
+        detail="auto: float32 on a CPU, float16 on a GPU. bfloat16 is about twice "
         "as fast on CPUs with AVX512-BF16. A module in bfloat16 or float16 is checked against float32 on "
         "its first batch and runs in float32 when its means differ by more than 0.02 target sd",
     )
     parser.add_argument("--long", action="store_true", help="one row per exam and target instead of per exam")
-    add_series_patterns(parser)
+    common_flags.add_force(parser, "the table at --out")
+    common_flags.add_exclude(parser, detail="the exams it names are neither compressed nor predicted and have no row; the summary counts them")
+    common_flags.add_series_patterns(parser)
     parser.set_defaults(handler=run)
 
 
@@ -60,11 +61,13 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     out = check_output_path(args.out)
+    common_flags.check_replaceable([out], args.force)
     cache = Path(args.cache) if args.cache else default_cache_for(out)
 
     options = PredictOptions(
         cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision,
-        **series_patterns(args),
+        **common_flags.series_patterns(args),
+        exclude=args.exclude,
     )
     with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
         result = run_prediction(args.inputs, args.modules, options, progress)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mimir.devices import DEVICE_CHOICES, PRECISIONS
+from mimir.cli import common_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,19 +25,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--modules", nargs="+", metavar="MODULE", help="predict the exam with these modules")
     source.add_argument("--predictions", metavar="TABLE", help="a wide predictions table (.csv or .parquet)")
     parser.add_argument("--out", required=True, help="figure file (.png)")
-    parser.add_argument(
-        "--cache",
-        help="image cache (default with --predictions: {table stem}_cache beside the table; with "
-        "--modules: a temporary folder, removed afterwards)",
+    common_flags.add_cache(
+        parser,
+        detail="default with --predictions: {table stem}_cache beside the table; with "
+        "--modules: a temporary folder, removed afterwards",
     )
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: CUDA when present")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
+    common_flags.add_device(parser)
+    common_flags.add_precision(parser)
+    common_flags.add_force(parser, "the figure at --out")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mimir.show import show_exam
 
+    common_flags.check_replaceable([Path(args.out)], args.force)
     out = show_exam(
         args.exam, args.out, modules=args.modules, predictions=args.predictions, cache=args.cache,
         device=args.device, precision=args.precision,

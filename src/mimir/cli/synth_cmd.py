@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.cli import common_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--list-quirks", action="store_true", help="list the quirks and exit")
     parser.add_argument("--preview", action="store_true", help="write a coronal/sagittal PNG per subject")
     parser.add_argument("--on-grid", action="store_true", help="write every station on the common 3 mm grid")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    common_flags.add_workers(parser, default=1)
     parser.set_defaults(handler=run)
 
 

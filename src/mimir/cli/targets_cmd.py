@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mimir.cli import common_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -23,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instance", type=int, default=2,
         help="imaging visit: 2 first (default), 3 repeat; another instance only if the export has field columns of it",
     )
+    common_flags.add_force(parser, "the table at --out")
     parser.set_defaults(handler=run)
 
 
@@ -41,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--instance must be a visit number (0-3), got {args.instance}")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name")
+    common_flags.check_replaceable([out], args.force)
     check_can_create(out)  # before reading what may be a large export
     table = export_to_targets(export, instance=args.instance)
     with reported_write(out, "nothing was written"):

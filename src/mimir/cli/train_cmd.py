@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mimir.devices import DEVICE_CHOICES
+from mimir.cli import common_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,20 +13,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a mean-variance ResNet for one module on cached images and a targets table",
         description=(
             "Train one module's network. Every hyperparameter comes from the TOML config "
-            "(see configs/paper.toml); the run folder receives config.toml, data_summary.json, "
+            "(`mimir config show paper`); the run folder receives config.toml, data_summary.json, "
             "standardization.json, checkpoints/, history.csv, weights.safetensors and run.json. "
             "An interrupted run continues with --resume."
         ),
     )
-    parser.add_argument("--images", required=True, help="image cache folder ({exam}.npy files)")
+    common_flags.add_cache(parser, required=True, images_alias=True)
     parser.add_argument("--targets", required=True, help="targets CSV: eid, instance (optional, default 2), target columns")
     parser.add_argument("--module", required=True, help="bodycomp, organs, experimental, age, or a module of the config")
-    parser.add_argument("--config", help="TOML training config (optional with --resume: the run's own config.toml)")
+    common_flags.add_config(parser, detail="optional with --resume: the run's own config.toml")
     parser.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
     parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: CUDA when present")
-    parser.add_argument("--workers", type=int, help="DataLoader worker processes (overrides the config)")
+    common_flags.add_device(parser)
+    common_flags.add_loader_workers(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    common_flags.add_exclude(parser, detail="the cached exams it names are left out of training and counted")
     parser.set_defaults(handler=run)
 
 
@@ -40,18 +41,18 @@ def run(args: argparse.Namespace) -> int:
     from mimir.runs.layout import RunFolder
 
     out = Path(args.out)
-    config_path = Path(args.config) if args.config else RunFolder(out).config if args.resume else None
-    if config_path is None:
-        raise UsageError("--config is required (e.g. configs/paper.toml)")
-    if not config_path.is_file():
-        raise UsageError(f"config file not found: {config_path}")
-    for flag, path in (("--images", Path(args.images)), ("--targets", Path(args.targets))):
+    config_source = args.config or (RunFolder(out).config if args.resume else None)
+    if config_source is None:
+        raise UsageError("--config is required (e.g. --config paper; `mimir config list` shows the shipped ones)")
+    if not args.config and not RunFolder(out).config.is_file():
+        raise UsageError(f"config file not found: {config_source}")
+    config = TrainConfig.load(config_source)
+    for flag, path in (("--cache", Path(args.cache)), ("--targets", Path(args.targets))):
         if not path.exists():
             raise UsageError(f"{flag} {path} does not exist")
-    config = TrainConfig.from_toml(config_path)
     overrides = {"init": args.init} if args.init else {}
-    if args.workers is not None:
-        overrides["workers"] = args.workers
+    if args.loader_workers is not None:
+        overrides["workers"] = args.loader_workers
     config = config.replace(**overrides)
 
     with start_progress(f"train {args.module}", config.iterations, "it", quiet=args.quiet) as progress:
@@ -65,10 +66,12 @@ def run(args: argparse.Namespace) -> int:
             progress.show(event.iteration, postfix)
 
         result = train(
-            config, Path(args.images), Path(args.targets), args.module, out,
-            device=args.device, resume=args.resume, progress=show,
+            config, Path(args.cache), Path(args.targets), args.module, out,
+            device=args.device, resume=args.resume, progress=show, exclude=args.exclude,
         )
     final = result.history.iloc[-1] if len(result.history) else None
     loss = f"; final train loss {final.train_loss:.4f}" if final is not None else ""
     print(f"trained {args.module}: {result.iterations} iterations in {result.seconds:.1f} s{loss}; run folder {result.run_dir}")
+    if args.exclude is not None:
+        print(f"{result.excluded} cached exams left out: on the exclusion list {args.exclude}")
     return 0

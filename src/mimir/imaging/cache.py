@@ -26,7 +26,13 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mimir.atomic import UnwritableError, atomic_path, atomic_write_text, probe_folder
+from mimir.atomic import (
+    UnwritableError,
+    atomic_path,
+    atomic_write_text,
+    check_can_create_folder,
+    probe_folder,
+)
 from mimir.errors import MimirError
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.protocol import IMAGE_SHAPE
@@ -216,8 +222,13 @@ def load_image(path: Path) -> np.ndarray:
 
 def prepare_cache(cache: Path) -> Path:
     """Make the cache folder and check that it takes new files, before any exam is computed
-    (a read-only cache or a full disk would otherwise surface only at the final table write)."""
+    (a read-only cache or a full disk would otherwise surface only at the final table write).
+    A path through a regular file is named as such, not as mkdir's "Not a directory"."""
     cache = Path(cache)
+    try:
+        check_can_create_folder(cache)
+    except UnwritableError as error:
+        raise CacheNotWritableError(f"cache {error}") from error
     for folder in (cache, qc_folder(cache)):
         try:
             folder.mkdir(parents=True, exist_ok=True)

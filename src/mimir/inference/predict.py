@@ -40,7 +40,7 @@ import numpy as np
 
 from mimir.devices import cudnn_autotune, precision_name, resolve_device, resolve_precision
 from mimir.errors import MimirError
-from mimir.imaging.cache import image_path, prepare_cache, qc_flags
+from mimir.imaging.cache import ExamId, image_path, prepare_cache, qc_flags
 from mimir.imaging.compress import (
     CompressOptions,
     ExamOutcome,
@@ -50,6 +50,8 @@ from mimir.imaging.compress import (
     exam_stem,
 )
 from mimir.imaging.dixon_series import SeriesPatterns
+from mimir.imaging.errors import ExamReadError
+from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
 from mimir.inference.modules import ModuleSpec, load_module, read_spec
 from mimir.inference.postprocess import postprocess, uncertain_flags
@@ -137,6 +139,8 @@ class PredictionResult:
     #: module name -> (precision it ran in, deviation from float32 in target sds on its verification
     #: batch; None when nothing was verified: float32 asked for, or no exam reached the module)
     module_precisions: dict[str, tuple[str, float | None]] = field(default_factory=dict)
+    #: Exams (file stems) left out because the exclusion list names them; they have no row.
+    excluded: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -159,6 +163,10 @@ class PredictOptions:
     precision: str = "auto"
     #: Compress and predict at once; None: on a GPU only (see `run_prediction`).
     overlap: bool | None = None
+    #: An exclusion list (`mimir.imaging.exclusions`: eids, one per line, or a table with an eid
+    #: column): the exams it names are neither compressed nor predicted and have no row in the
+    #: table; `PredictionResult.excluded` lists them.
+    exclude: str | Path | None = None
     #: Regular expressions searched in SeriesDescription naming the DICOM water and fat series
     #: where UK Biobank descriptions and ImageType do not (as `CompressOptions`).
     water_pattern: str | None = None
@@ -210,6 +218,9 @@ def run_prediction(
     resolved = resolve_inputs(inputs)
     if not resolved.raw and not resolved.cached:
         raise PredictError("no exams found in the inputs")
+    excluded: list[str] = []
+    if options.exclude is not None:
+        resolved, excluded = _without_excluded(resolved, read_exclusion_list(options.exclude))
     specs = [read_spec(path) for path in modules]
     check_target_conflicts(specs, [str(path) for path in modules])
     device = resolve_device(options.device)
@@ -263,7 +274,21 @@ def run_prediction(
         compressed=compressed,
         reused=reused,
         module_precisions={runner.spec.name: (runner.precision_used, runner.verified_deviation_sd) for runner in runners},
+        excluded=excluded,
     )
+
+
+def _without_excluded(resolved: ResolvedInputs, exclusions: ExclusionList) -> tuple[ResolvedInputs, list[str]]:
+    """The inputs less the exams the list names (before any is compressed), and their stems."""
+    raw = [source for source in resolved.raw if not exclusions.excludes_exam(exam_stem(source))]
+    cached = [exam for exam in resolved.cached if not exclusions.excludes_exam(exam.stem)]
+    excluded = [exam_stem(source) for source in resolved.raw if exclusions.excludes_exam(exam_stem(source))]
+    excluded += [exam.stem for exam in resolved.cached if exclusions.excludes_exam(exam.stem)]
+    if excluded:
+        logger.info("left out %d exams on the exclusion list %s: %s", len(excluded), exclusions.source, ", ".join(excluded))
+    if not raw and not cached:
+        raise PredictError(f"every exam given ({len(excluded)}) is on the exclusion list {exclusions.source}; nothing to predict")
+    return ResolvedInputs(raw, cached), excluded
 
 
 def check_target_conflicts(specs: Sequence[ModuleSpec], sources: Sequence[str]) -> None:
@@ -294,7 +319,9 @@ def _cache_folder(cache: str | Path | None, *, needed: bool) -> Iterator[Path | 
 def _initial_rows(resolved: ResolvedInputs, cache: Path | None) -> list[ExamRow]:
     """One row per exam in input order (raw exams first), first occurrence of a name kept.
 
-    Rows of raw exams have no image until their compression outcome arrives.
+    Rows of raw exams have no image until their compression outcome arrives. A cached image
+    whose UK Biobank name gives another field than 20201 is refused as compression refuses such
+    a zip (stage `field`): its row has no image, so it is never predicted as a body scan.
     """
     rows: dict[str, ExamRow] = {}
     for source in resolved.raw:
@@ -304,8 +331,17 @@ def _initial_rows(resolved: ResolvedInputs, cache: Path | None) -> list[ExamRow]
             shown = rows[exam.stem].image or (image_path(cache, exam.stem) if cache is not None else exam.stem)
             logger.warning("exam %s given twice; using %s", exam.stem, shown)
             continue
-        rows[exam.stem] = ExamRow(exam.stem, exam.image)
+        rows[exam.stem] = _cached_row(exam)
     return list(rows.values())
+
+
+def _cached_row(exam: CachedExam) -> ExamRow:
+    try:
+        ExamId.from_stem(exam.stem).require_body_mri()
+    except ExamReadError as error:
+        logger.warning("%s is refused: %s", exam.image, error.reason)
+        return ExamRow(exam.stem, None, failure=str(error))
+    return ExamRow(exam.stem, exam.image)
 
 
 def _mark_unreported(rows: Sequence[ExamRow]) -> None:
@@ -428,7 +464,8 @@ def _compress_while_predicting(
     rows = predictor.rows
     ready = [CachedExam(row.stem, row.image) for row in rows if row.image is not None]
     pin_memory = predictor.device.type == "cuda"
-    compress_done = compress_failed = 0
+    compress_done = 0
+    settled_elsewhere = sum(1 for row in rows if row.failure)  # refused before compression, or failed in it
     waiting = inference = 0.0
     cache = options.cache
     compression = BackgroundCompression(resolved.raw, options, workers)
@@ -443,7 +480,7 @@ def _compress_while_predicting(
                     compress_done += 1
                     image = _record_outcome(rows[predictor.index[outcome.stem]], outcome, cache)
                     if image is None:
-                        compress_failed += 1
+                        settled_elsewhere += 1
                     else:
                         ready.append(CachedExam(outcome.stem, image))
                     if progress is not None:
@@ -456,7 +493,7 @@ def _compress_while_predicting(
                     predictor.run(load_batch(chunk, pin_memory=pin_memory))
                     inference += time.perf_counter() - started
                     if progress is not None:
-                        progress("predict", predictor.settled + compress_failed, len(rows))
+                        progress("predict", predictor.settled + settled_elsewhere, len(rows))
         finally:
             compression.stop()
     assert compression.summary is not None

@@ -29,6 +29,8 @@ def summary_lines(result: PredictionResult) -> list[str]:
     lines.append(f"  {'total':<32}{total:9.2f} s  ({rate:.1f} exams per minute)")
     if result.failed:
         lines.append(f"{result.failed} exams have no predictions: see the failure column")
+    if result.excluded:
+        lines.append(f"{len(result.excluded)} exams on the exclusion list were left out (they have no row)")
     return lines
 
 

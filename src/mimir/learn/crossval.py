@@ -63,7 +63,12 @@ from mimir.evaluation.calibration import (
 )
 from mimir.evaluation.evaluate import column_values, evaluate_predictions, write_metrics
 from mimir.learn.baseline import BaselineConfig, RidgeCrossval, image_features
-from mimir.learn.dataset import assemble_exams, index_image_cache, read_targets
+from mimir.learn.dataset import (
+    assemble_exams,
+    index_image_cache,
+    read_targets,
+    without_excluded,
+)
 from mimir.learn.splits import Splits, load_or_create_splits
 from mimir.learn.target_sets import ModuleDefinition, resolve_module
 from mimir.runs.config import TrainConfig
@@ -123,6 +128,8 @@ class CrossvalResult:
     baseline_predictions: Path | None = None
     baseline_metrics: Path | None = None
     fold_seconds: dict[int, float] = field(default_factory=dict)
+    #: Cached exams left out of this run because the exclusion list names them.
+    excluded: int = 0
 
     @property
     def merged(self) -> bool:
@@ -137,6 +144,7 @@ class _Prepared:
     reference: pd.DataFrame  # eid, instance, targets, in eid/instance order
     paths: list[Path]  # image of each reference row
     fold: np.ndarray  # fold of each reference row
+    excluded: int = 0  # cached exams the exclusion list named
 
 
 def _check_config(folder: CrossvalFolder, config: TrainConfig) -> None:
@@ -208,19 +216,29 @@ def _data_summary(prepared: _Prepared, dropped: dict[str, int], images: Path, ta
 
 
 def _prepare(
-    config: TrainConfig, images: Path, targets: pd.DataFrame | Path, module: str, folder: CrossvalFolder, folds: int | None
+    config: TrainConfig,
+    images: Path,
+    targets: pd.DataFrame | Path,
+    module: str,
+    folder: CrossvalFolder,
+    folds: int | None,
+    exclude: str | Path | None,
 ) -> _Prepared:
     definition = resolve_module(module, config.modules)
+    index, excluded = without_excluded(index_image_cache(images), exclude)
     folder.path.mkdir(parents=True, exist_ok=True)
     _check_config(folder, config)
-    exams = assemble_exams(index_image_cache(images), read_targets(targets), definition.targets)
+    exams = assemble_exams(index, read_targets(targets), definition.targets)
+    exams.dropped["excluded_by_list"] = excluded
     if len(exams) == 0:
         raise CrossvalError(f"no exam has both an image in {images} and a known target of module {definition.name}")
     reference = exams.table[["eid", "instance", *definition.targets]].reset_index(drop=True)
     new_split = not folder.splits.exists()
     splits = load_or_create_splits(folder.splits, reference, definition.name, definition.targets, folds, config.seed)
     _check_reference(folder, reference)
-    prepared = _Prepared(definition, splits, reference, list(exams.table["path"]), splits.fold_column(reference["eid"]))
+    prepared = _Prepared(
+        definition, splits, reference, list(exams.table["path"]), splits.fold_column(reference["eid"]), excluded
+    )
     if new_split or not folder.data_summary.exists():
         source = str(targets) if not hasattr(targets, "columns") else "in-memory table"
         _write_json(folder.data_summary, _data_summary(prepared, exams.dropped, images, source))
@@ -241,13 +259,17 @@ def run_crossval(
     progress: FoldProgress | None = None,
     init: str | None = None,
     baseline: BaselineConfig | None = BaselineConfig(),
+    exclude: str | Path | None = None,
 ) -> CrossvalResult:
     """Train the requested folds (all by default) and, once every fold is done, merge.
 
     `folds=None` takes the folder's recorded fold count (10 for a new folder). Complete folds
     are skipped and interrupted ones resume from their newest checkpoint, so rerunning the same
     call after a crash continues where it stopped. `init` overrides the config's init.
-    `baseline=None` skips the ridge baseline. Returns the merged result when all folds are
+    `baseline=None` skips the ridge baseline. `exclude` is an exclusion list
+    (`mimir.imaging.exclusions`): the exams it names are left out of the folds and counted
+    (`CrossvalResult.excluded`, `dropped.excluded_by_list` in data_summary.json); the folder
+    records the exams it serves, so a rerun must give the same list. Returns the merged result when all folds are
     complete, otherwise the lists of completed and missing folds.
     """
     from mimir.learn.train import train
@@ -258,7 +280,7 @@ def run_crossval(
     folder = CrossvalFolder(out)
     if init is not None:
         config = config.replace(init=init)
-    prepared = _prepare(config, images, targets, module, folder, folds)
+    prepared = _prepare(config, images, targets, module, folder, folds, exclude)
     count = prepared.splits.folds
     requested = _requested_folds(fold_ids, count)
     if baseline is not None:
@@ -293,9 +315,9 @@ def run_crossval(
     completed, missing = _fold_status(folder, count)
     if missing:
         logger.info("folds %s are still missing; run them, then merge", missing)
-        return CrossvalResult(out, count, completed, missing, fold_seconds=trained)
+        return CrossvalResult(out, count, completed, missing, fold_seconds=trained, excluded=prepared.excluded)
     merged = merge_crossval(out)
-    merged.fold_seconds = trained
+    merged.fold_seconds, merged.excluded = trained, prepared.excluded
     return merged
 
 

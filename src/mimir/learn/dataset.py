@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from mimir.errors import MimirError, PathNotFoundError
 from mimir.imaging.cache import cached_exams, load_image
+from mimir.imaging.exclusions import read_exclusion_list
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,21 @@ def index_image_cache(folder: Path) -> pd.DataFrame:
         logger.warning("%d exams have several cache files; the first (lowest array index) is used", int(duplicated.sum()))
         index = index[~duplicated]
     return index.reset_index(drop=True)
+
+
+def without_excluded(index: pd.DataFrame, exclude: str | Path | None) -> tuple[pd.DataFrame, int]:
+    """The image index less the exams an exclusion list names (`mimir.imaging.exclusions`), and
+    how many those were: an image with a known artefact must not teach the network."""
+    if exclude is None:
+        return index, 0
+    exclusions = read_exclusion_list(exclude)
+    listed = np.array(
+        [exclusions.excludes(int(eid), int(instance)) for eid, instance in zip(index["eid"], index["instance"], strict=True)],
+        dtype=bool,
+    )
+    count = int(listed.sum())
+    logger.info("left out %d cached exams on the exclusion list %s", count, exclusions.source)
+    return index[~listed].reset_index(drop=True), count
 
 
 def read_targets(targets: pd.DataFrame | Path | str) -> pd.DataFrame:

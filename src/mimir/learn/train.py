@@ -52,6 +52,7 @@ from mimir.learn.dataset import (
     exam_keys,
     index_image_cache,
     read_targets,
+    without_excluded,
 )
 from mimir.learn.loss import gaussian_nll
 from mimir.learn.target_sets import ModuleDefinition, resolve_module
@@ -109,6 +110,8 @@ class TrainResult:
     history: pd.DataFrame
     val_predictions: pd.DataFrame | None
     seconds: float
+    #: Cached exams left out because the exclusion list names them.
+    excluded: int = 0
 
 
 # devices and precision ------------------------------------------------------------------------
@@ -171,6 +174,7 @@ class _Data:
     val: ExamSet | None
     standardization: Standardization
     summary: dict[str, object]
+    excluded: int = 0  # cached exams the exclusion list named
 
 
 def _set_summary(exams: ExamSet, standardization: Standardization) -> dict[str, object]:
@@ -191,8 +195,9 @@ def _prepare_data(
     module: ModuleDefinition,
     train_ids: Sequence[ExamKey] | pd.DataFrame | None,
     val_ids: Sequence[ExamKey] | pd.DataFrame | None,
+    exclude: str | Path | None = None,
 ) -> _Data:
-    index = index_image_cache(images)
+    index, excluded = without_excluded(index_image_cache(images), exclude)
     table = read_targets(targets)
     train_keys = None if train_ids is None else exam_keys(train_ids)
     train = assemble_exams(index, table, module.targets, train_keys)
@@ -209,7 +214,8 @@ def _prepare_data(
     summary = {
         "module": module.name,
         "targets": list(module.targets),
-        "n_images_in_cache": len(index),
+        "n_images_in_cache": len(index) + excluded,
+        "n_excluded_by_list": excluded,
         "n_target_rows": len(table),
         "target_columns_absent": [t for t in module.targets if t not in table.columns],
         "train": {
@@ -223,7 +229,7 @@ def _prepare_data(
         if exams is not None:
             dropped = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in exams.dropped.items() if count)
             logger.info("%s set: %d exams%s", name, len(exams), f" (dropped: {dropped})" if dropped else "")
-    return _Data(train, val, standardization, summary)
+    return _Data(train, val, standardization, summary, excluded)
 
 
 def _exam_loader(
@@ -388,11 +394,14 @@ def train(
     device: str | torch.device = "auto",
     resume: bool = False,
     progress: Callable[[TrainProgress], None] | None = None,
+    exclude: str | Path | None = None,
 ) -> TrainResult:
     """Train one module's network on cached images; write the run folder described above.
 
     `train_ids` / `val_ids` are (eid, instance) pairs (or tables with those columns); without
-    `train_ids` every exam with an image and a known target of the module is used. With
+    `train_ids` every exam with an image and a known target of the module is used. `exclude`
+    is an exclusion list (`mimir.imaging.exclusions`) whose exams are left out and counted
+    (`TrainResult.excluded`, `n_excluded_by_list` in data_summary.json). With
     `resume`, training continues from the newest complete checkpoint in `out` (same iteration,
     schedule and batches); a folder without checkpoints starts from the beginning.
     """
@@ -404,7 +413,7 @@ def train(
     resolved = _torch_device(device)
     autocast_dtype = _autocast_dtype(config, resolved)
     _check_run_folder(run, config, resume)
-    data = _prepare_data(Path(images), targets, definition, train_ids, val_ids)
+    data = _prepare_data(Path(images), targets, definition, train_ids, val_ids, exclude)
     checkpoint = latest_checkpoint(run.checkpoints) if resume else None
     if checkpoint is not None:
         saved = run.standardization
@@ -448,7 +457,9 @@ def train(
     seconds = time.perf_counter() - started
     iterations_run = config.iterations - start
     _record_session(run, resolved, started_at, seconds, loop_seconds, start, iterations_run, config.batch_size)
-    return TrainResult(out, model, config.iterations, pd.DataFrame(history, columns=HISTORY_COLUMNS), val_predictions, seconds)
+    return TrainResult(
+        out, model, config.iterations, pd.DataFrame(history, columns=HISTORY_COLUMNS), val_predictions, seconds, data.excluded
+    )
 
 
 class _Stepper:

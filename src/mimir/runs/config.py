@@ -14,6 +14,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 
 from mimir.architectures import ARCHITECTURES, LOG_VAR_RANGE
@@ -23,6 +24,8 @@ from mimir.errors import MimirError
 #: `autocast` values of configs written before precisions had one vocabulary, read as today's names.
 LEGACY_PRECISIONS = {"none": "float32"}
 LR_SCHEDULES = ("step", "cosine")
+#: The folder of the package holding the shipped configurations, one `{name}.toml` each.
+SHIPPED_FOLDER = "configs"
 
 
 class ConfigError(MimirError, ValueError):
@@ -135,18 +138,36 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: Path) -> TrainConfig:
+        return cls.from_toml_text(Path(path).read_text(encoding="utf-8"), str(path))
+
+    @classmethod
+    def from_toml_text(cls, text: str, origin: str) -> TrainConfig:
+        """A configuration from TOML text; `origin` (a path or a shipped name) prefixes errors."""
         try:
-            with Path(path).open("rb") as handle:
-                values = tomllib.load(handle)
+            values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: invalid TOML: {error}") from error
+            raise ConfigError(f"{origin}: invalid TOML: {error}") from error
         try:
             return cls.from_dict(values)
         except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from error
+            raise ConfigError(f"{origin}: {error}") from error
+
+    @classmethod
+    def load(cls, config: str | Path) -> TrainConfig:
+        """A TOML file, or, when no file has that path, the shipped configuration of that name
+        (`paper`, `cpu-small`, `tiny`): a user with an installed package has no repository."""
+        path = Path(config)
+        if path.is_file():
+            return cls.from_toml(path)
+        if str(config) in shipped_configs():
+            return cls.from_toml_text(shipped_config_text(str(config)), f"shipped config {config}")
+        raise ConfigError(
+            f"{config}: no such configuration file, nor a shipped configuration of that name "
+            f"(shipped: {', '.join(shipped_configs())}; see `mimir config list`)"
+        )
 
     def to_toml(self) -> str:
-        lines = ["# MIMIR training configuration (written by mimir; see configs/paper.toml for comments)"]
+        lines = ["# MIMIR training configuration (written by mimir; `mimir config show paper` shows every key with comments)"]
         for item in fields(self):
             if item.name != "modules":
                 lines.append(f"{item.name} = {_toml_value(getattr(self, item.name))}")
@@ -156,6 +177,19 @@ class TrainConfig:
 
     def write_toml(self, path: Path) -> None:
         Path(path).write_text(self.to_toml(), encoding="utf-8")
+
+
+def shipped_configs() -> tuple[str, ...]:
+    """Names of the configurations shipped inside the package, sorted (`mimir config list`)."""
+    folder = resources.files("mimir").joinpath(SHIPPED_FOLDER)
+    return tuple(sorted(entry.name.removesuffix(".toml") for entry in folder.iterdir() if entry.name.endswith(".toml")))
+
+
+def shipped_config_text(name: str) -> str:
+    """The TOML of a shipped configuration, comments included (`mimir config show NAME`)."""
+    if name not in shipped_configs():
+        raise ConfigError(f"no shipped configuration named {name!r}; shipped: {', '.join(shipped_configs())}")
+    return resources.files("mimir").joinpath(SHIPPED_FOLDER, f"{name}.toml").read_text(encoding="utf-8")
 
 
 def _modules_from(value: object) -> dict[str, list[str]]:

@@ -1,0 +1,202 @@
+"""The flags several commands share, defined once so that a name always means one thing.
+
+Every command adds a shared flag through the function here, never with its own
+`add_argument`, and `tests/test_cli_flags.py` walks every subcommand's parser to check it:
+
+| flag | meaning |
+|---|---|
+| `--cache DIR` | the image cache (`{exam}.npy`, QC tables) that `mimir compress` writes |
+| `--device` | where networks run: auto, cpu, cuda, cuda:N (`mimir.devices` checks the name) |
+| `--precision` | the networks' arithmetic (`mimir.devices.PRECISIONS`) |
+| `--workers N` | processes that compress or generate exams in parallel |
+| `--loader-workers N` | DataLoader processes that read cached images for training |
+| `--force` | replace outputs that exist already (refused without it) |
+| `--config` | a training configuration: a shipped name (`mimir config list`) or a TOML file |
+| `--exclude FILE` | eids to leave out (the list of known imaging artefacts) |
+| `-q`, `-v` | quiet, verbose: before or after the subcommand |
+
+Renamed flags keep their old spelling for one release as hidden aliases (not in `--help`);
+using one logs a warning naming the new flag (`warn_renamed_flags`, called by `mimir.cli.main`).
+Nothing here imports numpy or torch: `mimir --help` builds every parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mimir.devices import DEVICE_CHOICES, PRECISIONS
+from mimir.errors import MimirError
+
+logger = logging.getLogger(__name__)
+
+#: Where a parse records the old spellings it met, as (old, new) pairs.
+RENAMED_DEST = "renamed_flags"
+
+#: The first words of each shared flag's help: the meaning a test holds every command to.
+MEANINGS = {
+    "--cache": "image cache folder ({exam}.npy and QC tables, as `mimir compress` writes)",
+    "--device": "where the networks run: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N",
+    "--precision": "network arithmetic",
+    "--workers": "processes that compress or generate exams in parallel",
+    "--loader-workers": "DataLoader processes that read cached images for training",
+    "--force": "replace outputs that exist already",
+    "--config": "training configuration: a shipped name (see `mimir config list`) or a TOML file",
+    "--exclude": "eids to leave out, e.g. UK Biobank's list of exams with imaging artefacts",
+    "--verbose": "log progress details (-vv: debug)",
+    "--quiet": "no progress bars; only warnings and errors",
+}
+
+#: What `--exclude` reads, said once for every command's help and the README.
+EXCLUDE_FORMATS = (
+    "a text file with one eid per line (blank lines and lines starting with # ignored), or a "
+    "CSV/TSV table with a column named eid (and optionally instance, to leave out that visit only)"
+)
+
+
+class _RenamedFlag(argparse.Action):
+    """An old spelling of a renamed flag: parsed as the new flag is, hidden from `--help`, and
+    recorded so that the command warns (the one place with logging configured is `main`)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, target: argparse.Action, **_: object) -> None:
+        super().__init__(
+            option_strings, target.dest, nargs=target.nargs, const=target.const, type=target.type,
+            choices=target.choices, default=argparse.SUPPRESS, help=argparse.SUPPRESS, metavar=target.metavar,
+        )
+        self.target = target
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option_string: str | None = None
+    ) -> None:
+        new = self.target.option_strings[-1]
+        renamed = [*getattr(namespace, RENAMED_DEST, ()), (option_string, new)]
+        setattr(namespace, RENAMED_DEST, renamed)
+        self.target(parser, namespace, values, new)
+
+
+def add_renamed(container: argparse._ActionsContainer, old: str, target: argparse.Action) -> argparse.Action:
+    """`old` as a hidden second spelling of the flag `target` (kept one release after a rename)."""
+    return container.add_argument(old, action=_RenamedFlag, target=target)
+
+
+def warn_renamed_flags(args: argparse.Namespace) -> None:
+    """One warning per old spelling used, naming the flag that replaces it."""
+    for old, new in dict.fromkeys(getattr(args, RENAMED_DEST, ())):
+        logger.warning("%s is now called %s; the old name will be removed in the next release", old, new)
+
+
+def _help(flag: str, detail: str | None) -> str:
+    return MEANINGS[flag] + (f"; {detail}" if detail else "")
+
+
+def add_cache(parser: argparse.ArgumentParser, *, required: bool = False, detail: str | None = None, images_alias: bool = False) -> None:
+    """`--cache DIR`; `images_alias` keeps train's and crossval's former `--images` working."""
+    if not images_alias:
+        parser.add_argument("--cache", required=required, metavar="DIR", help=_help("--cache", detail))
+        return
+    group = parser.add_mutually_exclusive_group(required=required)
+    cache = group.add_argument("--cache", metavar="DIR", help=_help("--cache", detail))
+    add_renamed(group, "--images", cache)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICE_CHOICES, metavar="{auto,cpu,cuda,cuda:N}", help=_help("--device", None)
+    )
+
+
+def add_precision(parser: argparse.ArgumentParser, *, detail: str | None = None) -> None:
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=_help("--precision", detail))
+
+
+def add_workers(parser: argparse.ArgumentParser, *, default: int | None = None) -> None:
+    """`--workers N`: processes over exams; None as default means every core."""
+    shown = "all cores" if default is None else str(default)
+    parser.add_argument("--workers", type=int, default=default, metavar="N", help=_help("--workers", f"default: {shown}"))
+
+
+def add_loader_workers(parser: argparse.ArgumentParser) -> None:
+    """`--loader-workers N`, and `--workers` in its former meaning here (train, crossval) as a
+    hidden alias: in these commands it has always meant DataLoader processes."""
+    loader = parser.add_argument(
+        "--loader-workers", type=int, dest="loader_workers", metavar="N",
+        help=_help("--loader-workers", "overrides the config's workers"),
+    )
+    add_renamed(parser, "--workers", loader)
+
+
+def add_force(parser: argparse.ArgumentParser, what: str, *, overwrite_alias: bool = False) -> None:
+    """`--force`: replace `what` when it exists; `overwrite_alias` keeps the former `--overwrite`."""
+    force = parser.add_argument("--force", action="store_true", help=_help("--force", what))
+    if overwrite_alias:
+        add_renamed(parser, "--overwrite", force)
+
+
+def add_config(parser: argparse.ArgumentParser, *, detail: str | None = None) -> None:
+    parser.add_argument("--config", metavar="NAME|FILE", help=_help("--config", detail))
+
+
+def add_exclude(parser: argparse.ArgumentParser, *, detail: str) -> None:
+    parser.add_argument("--exclude", metavar="FILE", help=_help("--exclude", f"{EXCLUDE_FORMATS}; {detail}"))
+
+
+def add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v/-q. On a subcommand their defaults are SUPPRESS, so `mimir -q predict ...` keeps the
+    top-level value and `mimir predict ... -q` sets it: both positions work."""
+    verbose_default, quiet_default = (0, False) if top else (argparse.SUPPRESS, argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="count", default=verbose_default, help=_help("--verbose", None))
+    parser.add_argument("-q", "--quiet", action="store_true", default=quiet_default, help=_help("--quiet", None))
+
+
+def subparsers_of(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every parser below `parser` (subcommands and their actions), each once."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield child
+                yield from subparsers_of(child)
+
+
+def add_verbosity_everywhere(parser: argparse.ArgumentParser) -> None:
+    """-v/-q on the top-level parser and on every subcommand parser, however deep."""
+    add_verbosity(parser, top=True)
+    for child in subparsers_of(parser):
+        add_verbosity(child, top=False)
+
+
+class OutputExistsError(MimirError, FileExistsError):
+    """An output that exists already, to be replaced only with --force."""
+
+
+def check_replaceable(outputs: Sequence[Path], force: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, to write over an existing output unless --force says so: a rerun
+    into the same path must not silently replace hours of results."""
+    existing = next((path for path in outputs if path.exists() or path.is_symlink()), None)
+    if existing is not None and not force:
+        raise OutputExistsError(f"{existing} exists already; pass --force to replace it, or choose another {flag}")
+
+
+def add_series_patterns(parser: argparse.ArgumentParser) -> None:
+    """--water-pattern and --fat-pattern, for exams whose series neither UK Biobank's
+    descriptions nor ImageType mark (imaging/dixon_series.py decides with them)."""
+    group = parser.add_argument_group(
+        "DICOM series",
+        "Water and fat series are found by UK Biobank descriptions ending _W/_F, else by ImageType "
+        "values WATER/FAT or W/F (never in-phase, opposed-phase or fat-fraction images). For other exams name them here.",
+    )
+    group.add_argument(
+        "--water-pattern", metavar="REGEX",
+        help="regular expression searched in SeriesDescription that marks the water series, e.g. 'Dixon.*_W$' "
+        "or '(?i)water'; replaces the built-in rules for water",
+    )
+    group.add_argument(
+        "--fat-pattern", metavar="REGEX",
+        help="the same for the fat series; replaces the built-in rules for fat",
+    )
+
+
+def series_patterns(args: argparse.Namespace) -> dict[str, str | None]:
+    """The patterns as keyword arguments of CompressOptions and PredictOptions."""
+    return {"water_pattern": args.water_pattern, "fat_pattern": args.fat_pattern}
