@@ -9,6 +9,7 @@ import pandas as pd
 from mimir.learn.crossval import merge_crossval
 from mimir.report import format_significant
 from mimir.report.crossval_report import write_crossval_report
+from mimir.report.html import PageSection
 
 
 def test_report_is_one_self_contained_page_with_all_figures(merged_folder):
@@ -59,7 +60,8 @@ def test_report_is_headed_as_a_cross_validation_with_provenance(merged_folder):
 
 
 def test_ridge_baseline_is_a_table_beside_the_network(merged_folder):
-    page = write_crossval_report(merged_folder).read_text(encoding="utf-8")
+    cohort_map = PageSection("cohort-map", "Cohort map", text="one dot per subject")
+    page = write_crossval_report(merged_folder, extra_sections=[cohort_map]).read_text(encoding="utf-8")
     section = re.search(r'<section id="section-ridge-baseline">.*?</section>', page, re.DOTALL).group(0)
     headings = re.findall(r"<th>([^<]*)</th>", section)
     assert headings == ["Target", "MAE network", "MAE ridge", "ICC network", "ICC ridge", "R\u00b2 network", "R\u00b2 ridge"]
@@ -70,6 +72,9 @@ def test_ridge_baseline_is_a_table_beside_the_network(merged_folder):
     assert height_cells[1] == format_significant(summary.loc["height", "baseline_mae"])
     assert "<pre" not in page and "monospace" not in page
     assert '<a href="#section-ridge-baseline">Ridge baseline</a>' in page
+    order = [page.index(f'<section id="section-{name}">') for name in ("validation-curve", "ridge-baseline", "cohort-map")]
+    assert order == sorted(order) and order[-1] < page.index('<section class="module"')
+    assert '<a href="#section-cohort-map">Cohort map</a>' in page
 
 
 def test_partial_merge_is_flagged_in_the_report(merged_folder):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,8 +111,12 @@ def _notes(folder: CrossvalFolder) -> dict[str, str]:
     return notes
 
 
-def write_crossval_report(out: Path | str) -> Path:
-    """Write `out/report.html` (figures under `out/figures/`) from a merged cross-validation folder."""
+def write_crossval_report(out: Path | str, *, extra_sections: Sequence[PageSection] = ()) -> Path:
+    """Write `out/report.html` (figures under `out/figures/`) from a merged cross-validation folder.
+
+    `extra_sections` (e.g. a cohort map) follow the training curves and the ridge baseline,
+    before the modules' sections, and are listed in the contents.
+    """
     import pandas as pd
 
     from mimir.targets.catalog import get_target
@@ -160,7 +165,7 @@ def write_crossval_report(out: Path | str) -> Path:
         summary_table=summary,
         sections=sections,
         notes=_notes(folder),
-        page_sections=[curves] + ([baseline] if baseline else []),
+        page_sections=[curves, *([baseline] if baseline else []), *extra_sections],
         modules=[from_crossval_record(record, _read_json(folder.data_summary))],
         ours_heading=f"This cross-validation ({folds}-fold)",
     )
