@@ -24,6 +24,8 @@ from PIL import Image
 WINDOW = (1280, 900)
 #: Least standard deviation of a screenshot's grey levels: a blank (one-colour) page has 0.
 MIN_PIXEL_SD = 10.0
+#: Seconds a page may take to finish loading (a page of megabytes can return from get() early).
+LOAD_SECONDS = 60
 
 _IMAGES_SCRIPT = "return Array.from(document.images).map(image => [image.complete, image.naturalWidth]);"
 _TARGET_ROWS_SCRIPT = """
@@ -75,10 +77,12 @@ def browser() -> Iterator[Any]:
 
 @pytest.mark.parametrize("kind", ["evaluation", "crossval"])
 def test_report_loads_every_image_and_is_not_blank_in_chromium(browser, rendered_reports, kind):
+    from selenium.webdriver.support.ui import WebDriverWait  # present: the browser fixture checked
+
     path: Path = rendered_reports[kind]
     expected_images = len(re.findall(r"<img ", path.read_text(encoding="utf-8")))
     browser.get(path.resolve().as_uri())
-    assert browser.execute_script("return document.readyState") == "complete"
+    WebDriverWait(browser, LOAD_SECONDS).until(lambda driver: driver.execute_script("return document.readyState") == "complete")
     assert browser.title.startswith("MIMIR")
 
     images = browser.execute_script(_IMAGES_SCRIPT)

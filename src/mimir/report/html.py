@@ -78,7 +78,7 @@ _METRIC_TITLES = {
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222;
-       margin: 0 auto; max-width: 1800px; padding: 16px 24px; line-height: 1.45; }
+       margin: 0 auto; max-width: 1500px; padding: 16px 24px; line-height: 1.45; }
 h1 { font-size: 1.7em; margin-bottom: 0.1em; }
 h2 { font-size: 1.3em; margin-top: 1.8em; border-bottom: 2px solid #1f5fa8; padding-bottom: 4px; }
 h3 { font-size: 1.05em; margin: 1.2em 0 0.3em; }
