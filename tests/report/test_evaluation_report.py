@@ -1,5 +1,7 @@
 """`mimir evaluate` writes the metrics and the evaluation report (or only the metrics)."""
 
+import re
+
 import pandas as pd
 
 from mimir.cli import main
@@ -30,3 +32,21 @@ def test_evaluate_without_report(tmp_path, evaluation_tables):
     assert main(["evaluate", str(predictions), str(reference), "--out", str(out), "--no-report"]) == 0
     assert (out / "metrics.csv").is_file()
     assert not (out / "report.html").exists()
+
+
+def test_report_reads_whatever_metrics_the_table_has(tmp_path, evaluation_tables):
+    """A metrics table without MAPE (binary targets stop reporting it) still renders; the
+    missing numbers are dashes in the summary and absent from the target's own row."""
+    from mimir.evaluation.evaluate import evaluate_predictions, read_predictions_csv
+    from mimir.report.evaluation_report import write_evaluation_report
+    from mimir.targets.exports import read_reference
+
+    predictions_path, reference_path = evaluation_tables
+    predictions = read_predictions_csv(predictions_path, reference_path)
+    reference = read_reference(reference_path)
+    metrics = evaluate_predictions(predictions, reference).drop(columns=["mape_percent"])
+    page = write_evaluation_report(tmp_path / "out", predictions, reference, metrics).read_text()
+    sex = re.search(r'<article class="target" id="target-sex">.*?</article>', page, re.DOTALL).group(0)
+    assert re.findall(r'<th class="num">([^<]*)</th>', sex) == ["N", "ICC", "R\u00b2", "MAE", "AUC", "AUCE"]
+    summary_row = re.search(r'<tr><td><a href="#target-sex">sex</a></td>(.*?)</tr>', page).group(1)
+    assert re.findall(r'<td class="num[^"]*">([^<]*)</td>', summary_row)[4] == "\u2013"

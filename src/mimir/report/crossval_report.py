@@ -149,15 +149,16 @@ def write_crossval_report(out: Path | str, *, extra_sections: Sequence[PageSecti
         name = str(row["name"])
         target = get_target(name)
         unit = target.unit if _missing(row.get("unit")) else str(row.get("unit") or "")
-        metrics = {key: cell_number(row.get(column)) for column, key in _SECTION_METRICS.items()}
+        metrics = {
+            key: value for column, key in _SECTION_METRICS.items() if math.isfinite(value := cell_number(row.get(column)))
+        }
         title = f"{name} ({unit})" if unit else name
         figure_paths = target_figures(
             name, unit, column_values(joined, f"{name}__reference"), column_values(joined, name), column_values(joined, f"{name}_sd"),
             figures, binary=target.is_binary, sd_before_calibration=column_values(joined, f"{name}__sd_before"),
         )
         module = "" if _missing(row.get("module")) else str(row.get("module") or "")
-        finite = {key: value for key, value in metrics.items() if math.isfinite(value)}
-        sections.append(ReportSection(name, title, figure_paths, finite, module))
+        sections.append(ReportSection(name, title, figure_paths, metrics, module))
     record = _read_json(folder.record)
     return write_report(
         folder.path,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mimir.evaluation.evaluate import column_values
-from mimir.report.html import ReportSection, write_report
+from mimir.report.html import ReportSection, cell_number, write_report
 from mimir.report.provenance import ModuleProvenance
 from mimir.report.target_figures import target_figures
 from mimir.runs.layout import EvaluationFolder
@@ -59,11 +59,7 @@ def write_evaluation_report(
             figures,
             binary=target.is_binary,
         )
-        numbers = {
-            key: float(row[key])
-            for key in _SECTION_METRICS
-            if row.get(key) is not None and not math.isnan(float(row[key]))
-        }
+        numbers = {key: value for key in _SECTION_METRICS if math.isfinite(value := cell_number(row.get(key)))}
         sections.append(ReportSection(target.name, f"{target.name} ({target.unit})", paths, numbers, target.module))
     facts = {"predicted rows": str(len(predictions)), "paired with the reference": str(len(joined))}
     if not modules:
