@@ -1,6 +1,7 @@
 """The README's main command, end to end in a reduced size."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -36,7 +37,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert (predictions["weight_low"] < predictions["weight"]).all()
     metrics = pd.read_csv(out / "evaluation" / "metrics.csv")
     assert set(metrics["name"]) >= {"weight", "height", "AtlasVatVolume"}
-    assert (out / "evaluation" / "report.html").is_file()
+    modules = re.search(r'<section id="modules">.*?</section>', (out / "evaluation" / "report.html").read_text(), re.DOTALL)
+    assert modules and "<td>demo</td><td>training</td><td>mimir-module 1</td>" in modules.group(0)
     assert (out / "crossval" / "report.html").is_file()
     assert json.loads((out / "module" / "module.json").read_text())["name"] == "demo"
     assert not list((out / "train").glob("*.zip")), "training zips are removed once compressed"

@@ -140,13 +140,14 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
     """Run every stage into `out` and return where the results are."""
     from mimir.atomic import check_can_create_folder
     from mimir.evaluation.evaluate import evaluate_predictions, write_metrics
-    from mimir.inference.modules import build_module
+    from mimir.inference.modules import build_module, read_spec
     from mimir.inference.predict import PredictOptions, predict
     from mimir.inference.table import write_predictions
     from mimir.learn.crossval import run_crossval
     from mimir.parallel import default_workers
     from mimir.report.crossval_report import write_crossval_report
     from mimir.report.evaluation_report import write_evaluation_report
+    from mimir.report.provenance import from_module_spec
     from mimir.targets.exports import export_to_targets, read_targets_table, write_targets_table
 
     out = Path(out)
@@ -190,6 +191,7 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
             out / "evaluation", table, truth, metrics,
             title="MIMIR demo: held-out synthetic subjects against their ground truth",
             notes={"training subjects": str(config.n_train), "held-out subjects": str(config.n_test)},
+            modules=[from_module_spec(read_spec(module))],
         )
 
     record = {"config": asdict(config), "timings_s": timings, "training": asdict(training)}

@@ -4,51 +4,12 @@ import base64
 import json
 import re
 
-import numpy as np
 import pandas as pd
-import pytest
 
 from mimir.learn.crossval import merge_crossval
-from mimir.learn.splits import make_splits
+from mimir.report import format_significant
 from mimir.report.crossval_report import write_crossval_report
-
-TARGETS = ("height", "sex")
-FOLDS = 2
-
-
-@pytest.fixture()
-def merged_folder(tmp_path):
-    """A folder as `run_crossval` leaves it: splits, reference, and finished fold folders."""
-    rng = np.random.default_rng(1)
-    n = 30
-    reference = pd.DataFrame({
-        "eid": np.arange(n) + 1_000_000, "instance": 2,
-        "height": rng.normal(170, 10, n), "sex": (np.arange(n) % 2).astype(float),
-    })
-    reference.loc[::5, "height"] = np.nan
-    splits = make_splits(reference, "mine", TARGETS, FOLDS, seed=0)
-    (tmp_path / "splits.json").write_text(splits.to_json())
-    reference.to_csv(tmp_path / "reference.csv", index=False)
-    (tmp_path / "crossval.json").write_text(json.dumps({"module": "mine <&>", "folds": FOLDS}))
-    fold = splits.fold_column(reference["eid"])
-    for k in range(FOLDS):
-        folder = tmp_path / f"fold_{k}"
-        folder.mkdir()
-        rows = reference[fold == k]
-        predictions = pd.DataFrame({
-            "eid": rows["eid"], "instance": 2,
-            "height": rows["height"].fillna(170) + rng.normal(0, 3, len(rows)), "height_sd": 1.5,
-            "sex": np.clip(rows["sex"] + rng.normal(0, 0.2, len(rows)), 0, 1), "sex_sd": 0.3,
-        })
-        predictions.to_csv(folder / "val_predictions.csv", index=False)
-        pd.DataFrame({"eid": rows["eid"], "instance": 2, "height": 170.0, "sex": 0.5}).to_csv(
-            folder / "baseline_predictions.csv", index=False)
-        pd.DataFrame({"iteration": [3, 6], "train_loss": [2.0, 1.0 + k], "learning_rate": 1e-3,
-                      "val_loss": [3.0, 2.0], "val_mae_sd": [1.0, 0.8]}).to_csv(folder / "history.csv", index=False)
-        (folder / "weights.safetensors").write_bytes(b"placeholder")
-        (folder / "fold.json").write_text(json.dumps({"fold": k, "seconds": 1.0}))
-    merge_crossval(tmp_path)
-    return tmp_path
+from mimir.report.html import PageSection
 
 
 def test_report_is_one_self_contained_page_with_all_figures(merged_folder):
@@ -60,16 +21,60 @@ def test_report_is_one_self_contained_page_with_all_figures(merged_folder):
     text = re.sub(r"base64,[A-Za-z0-9+/=]+", "", page).lower()
     assert "http" not in text and "<script" not in text and "<link" not in text
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    # validation curve, then agreement + calibration + sparsification per target
-    assert len(images) == 1 + 3 * len(TARGETS)
+    # validation curve, then agreement + calibration + sparsification of height, agreement + sparsification of sex
+    assert len(images) == 1 + 3 + 2
     assert base64.b64decode(images[0]) == (merged_folder / "figures" / "validation_curve.png").read_bytes()
-    for name in TARGETS:
-        assert f'id="target-{name}"' in page
-        for kind in ("agreement", "calibration", "sparsification"):
+    for name in ("height", "sex"):
+        assert f'id="target-{name}"' in page and f'href="#target-{name}"' in page
+        for kind in ("agreement", "sparsification"):
             assert (merged_folder / "figures" / f"{name}_{kind}.png").is_file()
     assert "mine &lt;&amp;&gt;" in page and "<&>" not in page
-    assert "Ridge baseline MAE" in page and "MAE ridge" in page
+    assert "Ridge baseline MAE" in page
     assert "AUCE after calibration" in page and "mean(z^2)" in page
+
+
+def test_binary_target_has_no_calibration_plot(merged_folder):
+    """Sex is binary in the catalog: the coverage of Gaussian intervals is not drawn for it."""
+    write_crossval_report(merged_folder)
+    figures = {path.name for path in (merged_folder / "figures").iterdir()}
+    assert "height_calibration.png" in figures
+    assert "sex_calibration.png" not in figures and "sex_agreement.png" in figures
+
+
+def test_report_is_headed_as_a_cross_validation_with_provenance(merged_folder):
+    record_path = merged_folder / "crossval.json"
+    record = json.loads(record_path.read_text())
+    record["config"] = {"architecture": "resnet18", "init": "imagenet", "iterations": 6000, "batch_size": 32,
+                        "learning_rate": 0.0001}
+    record["sessions"] = [{"started": "2026-11-30T08:00:00+00:00", "software": {"mimir": "0.0.9"}}]
+    record_path.write_text(json.dumps(record))
+    (merged_folder / "data_summary.json").write_text(json.dumps({"n_subjects": 30, "n_exams": 31}))
+    page = write_crossval_report(merged_folder).read_text(encoding="utf-8")
+    assert "This cross-validation (2-fold)" in page and "This evaluation" not in page
+    assert re.search(r"MIMIR version \d+\.\d+\.\d+ \u00b7 created \d{4}-\d\d-\d\d \d\d:\d\d UTC", page)
+    modules = re.search(r'<section id="modules">.*?</section>', page, re.DOTALL).group(0)
+    assert "mine &lt;&amp;&gt;" in modules and "cross-validation (this folder)" in modules
+    assert "resnet18 (init imagenet), 6000 iterations, batch 32, learning rate 0.0001; 2-fold cross-validation; " \
+        "30 subjects / 31 exams" in modules
+    assert "mimir 0.0.9" in modules and "2026-11-30T08:00:00+00:00" in modules
+
+
+def test_ridge_baseline_is_a_table_beside_the_network(merged_folder):
+    cohort_map = PageSection("cohort-map", "Cohort map", text="one dot per subject")
+    page = write_crossval_report(merged_folder, extra_sections=[cohort_map]).read_text(encoding="utf-8")
+    section = re.search(r'<section id="section-ridge-baseline">.*?</section>', page, re.DOTALL).group(0)
+    headings = re.findall(r"<th>([^<]*)</th>", section)
+    assert headings == ["Target", "MAE network", "MAE ridge", "ICC network", "ICC ridge", "R\u00b2 network", "R\u00b2 ridge"]
+    rows = re.findall(r"<tr><td>(height|sex)</td>((?:<td[^>]*>[^<]*</td>){6})</tr>", section)
+    assert [name for name, _ in rows] == ["height", "sex"]
+    summary = pd.read_csv(merged_folder / "summary.csv").set_index("name")
+    height_cells = re.findall(r">([^<]*)</td>", rows[0][1])
+    assert height_cells[1] == format_significant(summary.loc["height", "baseline_mae"])
+    assert "<pre" not in page and "monospace" not in page
+    assert '<a href="#section-ridge-baseline">Ridge baseline</a>' in page
+    order = [page.index(f'<section id="section-{name}">') for name in ("validation-curve", "ridge-baseline", "cohort-map")]
+    assert order == sorted(order) and order[-1] < page.index('<section class="module"')
+    assert '<a href="#section-cohort-map">Cohort map</a>' in page
 
 
 def test_partial_merge_is_flagged_in_the_report(merged_folder):

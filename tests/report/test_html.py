@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mimir.report.html import ReportSection, format_metric, write_report
+import mimir
+from mimir.inference.modules import ModuleSpec, Provenance
+from mimir.report.html import PageSection, ReportSection, format_metric, write_report
+from mimir.report.provenance import from_module_spec
 
 
 @pytest.fixture()
@@ -104,3 +107,78 @@ def test_report_takes_published_values_from_the_table_first(tmp_path):
     assert '<td class="num worse">3.00</td>' in page
     assert ">12144<" in page and ">38,874<" in page
     assert "Anthropometry and experimental" in page and ">extra<" in page
+
+
+def _png(path, width, height):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((height, width, 3), 180, dtype=np.uint8)).save(path, format="PNG")
+    return path
+
+
+def test_each_module_heading_appears_once_and_holds_its_targets(tmp_path):
+    """Rows of one module need not be adjacent (waist after age): the heading is not repeated."""
+    table = pd.DataFrame([{"name": name, "n": 5, "mae": 1.0} for name in ("weight", "age", "waist")])
+    sections = [ReportSection(name, name, [_png(tmp_path / "f" / f"{name}.png", 20, 10)], {"mae": 1.0})
+                for name in ("weight", "age", "waist")]
+    page = write_report(tmp_path / "out", title="t", summary_table=table, sections=sections).read_text()
+    summary = re.search(r'<table class="summary">.*?</table>', page, re.DOTALL).group(0)
+    assert summary.count("Anthropometry and experimental") == 1 and summary.count(">Age<") == 1
+    assert re.findall(r'<a href="#target-(\w+)">', summary) == ["weight", "waist", "age"]
+    modules = re.findall(r'<section class="module" id="module-(\w+)">(.*?)</section>', page, re.DOTALL)
+    assert [(module, re.findall(r'<article class="target" id="target-(\w+)"', body)) for module, body in modules] == [
+        ("experimental", ["weight", "waist"]), ("age", ["age"])]
+
+
+def test_contents_link_every_section_and_every_link_has_its_anchor(tmp_path, figure_path):
+    sections = [ReportSection("height", "height (cm)", [figure_path], {"mae": 1.8}),
+                ReportSection("custom<1>", "custom", [], {}, module="extra")]
+    extra = PageSection("cohort map", "Cohort <map>", text="points & colours", figures=[figure_path])
+    page = write_report(tmp_path / "out", title="t", summary_table=summary(), sections=sections,
+                        page_sections=[extra]).read_text()
+    contents = re.search(r'<nav id="contents">.*?</nav>', page, re.DOTALL).group(0)
+    links = re.findall(r'href="#([^"]+)"', contents)
+    assert links == ["summary", "section-cohort-map", "module-experimental", "target-height", "module-extra",
+                     "target-custom-1-"]
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    assert set(re.findall(r'href="#([^"]+)"', page)) <= ids
+    assert "Cohort &lt;map&gt;" in page and "points &amp; colours" in page
+
+
+def test_figures_sit_in_a_grid_wide_ones_over_two_columns(tmp_path):
+    wide, square = _png(tmp_path / "f" / "wide.png", 300, 120), _png(tmp_path / "f" / "square.png", 120, 120)
+    section = ReportSection("height", "height (cm)", [wide, square, square], {})
+    page = write_report(tmp_path / "out", title="t", summary_table=summary(), sections=[section]).read_text()
+    grid = re.search(r'<div class="grid">(.*?)</div>', page, re.DOTALL).group(1)
+    figures = re.findall(r'<figure( class="wide")?><img alt="[^"]*" width="(\d+)" height="(\d+)" src="data:', grid)
+    assert figures == [(' class="wide"', "300", "120"), ("", "120", "120"), ("", "120", "120")]
+    assert "grid-template-columns: repeat(4, minmax(0, 1fr))" in page and "grid-column: span 2" in page
+
+
+def test_header_names_the_mimir_version_date_and_each_modules_provenance(tmp_path):
+    spec = ModuleSpec(
+        name="organs<1>", architecture="resnet50", targets=(),
+        provenance=Provenance(source="legacy", mimir_version="0.0.7", created="2026-01-02T03:04:05+00:00",
+                              config={"published_folder": "organs_release"}, data={"snapshot_sha256": "ab" * 32},
+                              notes=("variance divided by 4",)),
+    )
+    page = write_report(tmp_path, title="t", summary_table=summary(), sections=[],
+                        modules=[from_module_spec(spec)]).read_text()
+    stamp = re.search(r'<p class="stamp">([^<]*)</p>', page).group(1)
+    assert re.fullmatch(rf"MIMIR version {re.escape(mimir.__version__)} \u00b7 created \d{{4}}-\d\d-\d\d \d\d:\d\d UTC", stamp)
+    row = re.search(r'<section id="modules">.*?<tbody><tr>(.*?)</tr>', page, re.DOTALL).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", row) == [
+        "organs&lt;1&gt;", "legacy", "mimir-module 1", "mimir 0.0.7", "2026-01-02T03:04:05+00:00",
+        "converted from the published weights in organs_release; snapshot sha256 " + "ab" * 8 + "\u2026",
+        "variance divided by 4",
+    ]
+    assert '<a href="#modules">Modules</a>' in page
+
+
+def test_metrics_missing_for_a_target_show_as_dashes(tmp_path):
+    """A binary target reports no MAPE (absent column or NaN): the cell is a dash, not an error."""
+    table = pd.DataFrame([{"name": "sex", "n": 40, "auc": 0.97}, {"name": "height", "n": 40, "mae": 2.0}])
+    page = write_report(tmp_path, title="t", summary_table=table, sections=[], ours_heading="Ours").read_text()
+    sex = re.search(r"<tr><td>sex</td>(.*?)</tr>", page).group(1)
+    cells = re.findall(r">([^<]*)</td>", sex)
+    assert cells[2:8] == ["40", "\u2013", "\u2013", "\u2013", "\u2013", "0.970"]
+    assert ">Ours<" in page

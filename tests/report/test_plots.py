@@ -10,11 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mimir.report import format_count, format_decimals, format_like, format_significant
+from mimir.report import format_count, format_decimals, format_like, format_significant, plots
 from mimir.report.plots import (
     agreement_plot,
     calibration_plot,
-    is_binary_reference,
     sparsification_plot,
     validation_curve_plot,
 )
@@ -61,16 +60,53 @@ def test_agreement_plot_binary(tmp_path):
     predicted = np.clip(reference * 0.8 + rng.normal(0.1, 0.1, reference.size), 0.0, 1.0)
     reference[3] = np.nan
     target = tmp_path / "sex.png"
-    assert_png(agreement_plot(reference, predicted, name="sex", unit="male=1", path=target), target)
+    assert_png(agreement_plot(reference, predicted, name="sex", unit="male=1", path=target, binary=True), target)
     single_class = tmp_path / "one_class.png"
-    assert_png(agreement_plot([1.0], [0.7], name="sex", unit="male=1", path=single_class), single_class)
+    assert_png(agreement_plot([1.0], [0.7], name="sex", unit="male=1", path=single_class, binary=True), single_class)
 
 
-def test_binary_detection():
-    assert is_binary_reference([0.0, 1.0, np.nan, 1.0])
-    assert not is_binary_reference([0.0, 1.0, 2.0])
-    assert not is_binary_reference([np.nan])
-    assert not is_binary_reference([0.5, 1.0])
+@pytest.fixture()
+def drawn_figures(monkeypatch):
+    """The figures the plot functions save, kept for inspection (they are still written)."""
+    figures = []
+    save = plots.save_png
+
+    def keep(figure, path):
+        figures.append(figure)
+        return save(figure, path)
+
+    monkeypatch.setattr(plots, "save_png", keep)
+    return figures
+
+
+def _overlaps(first, second) -> bool:
+    return first.x0 < second.x1 and second.x0 < first.x1 and first.y0 < second.y1 and second.y0 < first.y1
+
+
+def test_legends_sit_outside_every_axes(tmp_path, drawn_figures):
+    rng = np.random.default_rng(2)
+    reference = rng.normal(80.0, 10.0, 300)
+    predicted = reference + rng.normal(0.0, 2.0, reference.size)
+    agreement_plot(reference, predicted, name="weight", unit="kg", path=tmp_path / "a.png", sd=np.full(300, 2.0))
+    sex = rng.integers(0, 2, 50).astype(float)
+    agreement_plot(sex, np.clip(sex + rng.normal(0, 0.2, 50), 0, 1), name="sex", unit="male=1",
+                   path=tmp_path / "b.png", binary=True)
+    expected = np.arange(1, 11) / 10.0
+    calibration_plot(expected, expected * 0.8, expected, name="weight", path=tmp_path / "c.png",
+                     auce_before=0.1, auce_after=0.01)
+    sparsification_plot(expected, expected[::-1], expected[::-1] * 0.5, name="weight", unit="kg", path=tmp_path / "d.png")
+    history = pd.DataFrame({"iteration": [1, 2, 1, 2], "train_loss": [2.0, 1.0, 2.5, 1.5],
+                            "val_loss": [2.2, 1.2, 2.7, 1.7], "fold": [0, 0, 1, 1]})
+    validation_curve_plot(history, path=tmp_path / "e.png", title="loss")
+    assert len(drawn_figures) == 5
+    for figure in drawn_figures:
+        renderer = figure.canvas.get_renderer()
+        figure.draw(renderer)
+        assert [axes.get_legend() for axes in figure.axes] == [None] * len(figure.axes)
+        (legend,) = figure.legends
+        box = legend.get_window_extent(renderer)
+        for axes in figure.axes:
+            assert not _overlaps(box, axes.get_window_extent(renderer))
 
 
 def test_agreement_plot_rejects_mismatched_lengths(tmp_path):

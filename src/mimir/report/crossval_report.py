@@ -1,10 +1,10 @@
 """The cross-validation report: one self-contained page for a merged cross-validation folder.
 
 Per target: agreement scatter with Bland-Altman plot (calibrated 95 % intervals as error bars),
-calibration curve before and after calibration, and the sparsification curve. Before them, the
-training and validation loss of every fold over its checkpoints, overlaid, and a summary table
-like the paper's with the published values beside ours. The ridge baseline appears in each
-target's numbers and in a side-by-side table in the page header.
+calibration curve before and after calibration (not for binary targets), and the sparsification
+curve. Before them, a summary table like the paper's with the published values beside ours, the
+module's provenance, the training and validation loss of every fold over its checkpoints, and the
+ridge baseline beside the network. The ridge baseline also appears in each target's numbers.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mimir.evaluation.evaluate import column_values
-from mimir.report import format_significant
-from mimir.report.html import ReportSection, format_metric, write_report
+from mimir.report.html import Cell, PageSection, ReportSection, Table, cell_number, format_metric, write_report
 from mimir.report.plots import validation_curve_plot
+from mimir.report.provenance import from_crossval_record
 from mimir.report.target_figures import target_figures
 from mimir.runs.layout import CrossvalFolder
 
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VALIDATION_SECTION = "validation-curve"
+BASELINE_SECTION = "ridge-baseline"
+
+#: Ridge baseline table: (heading, network column, baseline column, metric key, lower is better).
+_BASELINE_COLUMNS = (
+    ("MAE", "mae", "baseline_mae", "mae", True),
+    ("ICC", "icc", "baseline_icc", "icc", False),
+    ("R\u00b2", "r2", "baseline_r2", "r2", False),
+)
 
 #: Summary column -> key shown in each target's numbers (keys html.py knows how to title).
 _SECTION_METRICS = {
@@ -50,16 +59,30 @@ def _histories(folder: CrossvalFolder, folds: int) -> "pd.DataFrame":
     return pd.concat(parts, ignore_index=True)
 
 
-def _baseline_note(summary: "pd.DataFrame") -> str:
-    """A fixed-width table of MAE and ICC, network beside ridge baseline (the page shows notes as text)."""
-    width = max(12, *(len(str(name)) for name in summary["name"]))
-    lines = [f"{'target':<{width}}  {'MAE net':>10}  {'MAE ridge':>10}  {'ICC net':>8}  {'ICC ridge':>9}"]
+def _baseline_section(summary: "pd.DataFrame") -> PageSection | None:
+    """Network beside ridge baseline per target; None when no baseline was run."""
+    if "baseline_mae" not in summary.columns or not summary["baseline_mae"].notna().any():
+        return None
+    columns = ["Target"]
+    for heading, _, _, _, _ in _BASELINE_COLUMNS:
+        columns += [f"{heading} network", f"{heading} ridge"]
+    rows = []
     for row in summary.to_dict(orient="records"):
-        lines.append(
-            f"{row['name']:<{width}}  {format_significant(row['mae']):>10}  {format_significant(row['baseline_mae']):>10}"
-            f"  {format_metric('icc', row['icc']):>8}  {format_metric('icc', row['baseline_icc']):>9}"
-        )
-    return "\n".join(lines)
+        cells = [Cell(str(row["name"]))]
+        for _, ours, baseline, key, lower_is_better in _BASELINE_COLUMNS:
+            network, ridge = cell_number(row.get(ours)), cell_number(row.get(baseline))
+            worse = math.isfinite(network) and math.isfinite(ridge) and (
+                network > ridge if lower_is_better else network < ridge
+            )
+            cells += [Cell(format_metric(key, network), numeric=True, worse=worse),
+                      Cell(format_metric(key, ridge), numeric=True)]
+        rows.append(cells)
+    return PageSection(
+        BASELINE_SECTION, "Ridge baseline",
+        text="Ridge regression on downsampled images, trained and tested on the same folds; "
+             "shaded: the network is worse than the baseline.",
+        table=Table(columns, rows),
+    )
 
 
 def _read_json(path: Path) -> dict[str, object]:
@@ -67,7 +90,7 @@ def _read_json(path: Path) -> dict[str, object]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _notes(folder: CrossvalFolder, summary: "pd.DataFrame") -> dict[str, str]:
+def _notes(folder: CrossvalFolder) -> dict[str, str]:
     record = _read_json(folder.record)
     data = _read_json(folder.data_summary)
     merge = record.get("merge", {})
@@ -81,23 +104,19 @@ def _notes(folder: CrossvalFolder, summary: "pd.DataFrame") -> dict[str, str]:
     }
     if merge.get("partial"):
         notes["PARTIAL"] = f"folds {merge.get('missing_folds')} are missing: these numbers cover only part of the data"
-    config = record.get("config", {})
-    if config:
-        notes["network"] = (
-            f"{config.get('architecture')} (init {config.get('init')}), {config.get('iterations')} iterations, "
-            f"batch {config.get('batch_size')}, learning rate {config.get('learning_rate')}"
-        )
     notes["calibration"] = (
         "one variance scale factor per target, c = mean(z^2) over the out-of-fold predictions "
         "(the Gaussian-NLL optimum); AUCE after calibration is in-sample"
     )
-    if summary["baseline_mae"].notna().any():
-        notes["ridge baseline"] = _baseline_note(summary)
     return notes
 
 
-def write_crossval_report(out: Path | str) -> Path:
-    """Write `out/report.html` (figures under `out/figures/`) from a merged cross-validation folder."""
+def write_crossval_report(out: Path | str, *, extra_sections: Sequence[PageSection] = ()) -> Path:
+    """Write `out/report.html` (figures under `out/figures/`) from a merged cross-validation folder.
+
+    `extra_sections` (e.g. a cohort map) follow the training curves and the ridge baseline,
+    before the modules' sections, and are listed in the contents.
+    """
     import pandas as pd
 
     from mimir.targets.catalog import get_target
@@ -118,41 +137,41 @@ def write_crossval_report(out: Path | str) -> Path:
     )
     figures = folder.figures
     figures.mkdir(parents=True, exist_ok=True)
-
-    sections = [
-        ReportSection(
-            VALIDATION_SECTION,
-            "Training and validation loss over checkpoints (all folds)",
-            [validation_curve_plot(_histories(folder, folds), path=figures / "validation_curve.png",
-                                   title="Gaussian NLL per fold (validation = the held-out fold)")],
-        )
-    ]
+    curves = PageSection(
+        VALIDATION_SECTION,
+        "Training and validation loss over checkpoints (all folds)",
+        figures=[validation_curve_plot(_histories(folder, folds), path=figures / "validation_curve.png",
+                                       title="Gaussian NLL per fold (validation = the held-out fold)")],
+    )
+    baseline = _baseline_section(summary)
+    sections = []
     for row in summary.to_dict(orient="records"):
         name = str(row["name"])
-        unit = str(row.get("unit") or "") if not _missing(row.get("unit")) else get_target(name).unit
+        target = get_target(name)
+        unit = target.unit if _missing(row.get("unit")) else str(row.get("unit") or "")
         metrics = {
-            key: float(row[column])
-            for column, key in _SECTION_METRICS.items()
-            if column in row and not _missing(row[column])
+            key: value for column, key in _SECTION_METRICS.items() if math.isfinite(value := cell_number(row.get(column)))
         }
         title = f"{name} ({unit})" if unit else name
         figure_paths = target_figures(
             name, unit, column_values(joined, f"{name}__reference"), column_values(joined, name), column_values(joined, f"{name}_sd"),
-            figures, sd_before_calibration=column_values(joined, f"{name}__sd_before"),
+            figures, binary=target.is_binary, sd_before_calibration=column_values(joined, f"{name}__sd_before"),
         )
-        sections.append(ReportSection(name, title, figure_paths, metrics))
-    module = _read_json(folder.record).get("module", "")
+        module = "" if _missing(row.get("module")) else str(row.get("module") or "")
+        sections.append(ReportSection(name, title, figure_paths, metrics, module))
+    record = _read_json(folder.record)
     return write_report(
         folder.path,
-        title=f"MIMIR cross-validation: {module}",
+        title=f"MIMIR cross-validation: {record.get('module', '')}",
         summary_table=summary,
         sections=sections,
-        notes=_notes(folder, summary),
+        notes=_notes(folder),
+        page_sections=[curves, *([baseline] if baseline else []), *extra_sections],
+        modules=[from_crossval_record(record, _read_json(folder.data_summary))],
+        ours_heading=f"This cross-validation ({folds}-fold)",
     )
 
 
 def _missing(value: object) -> bool:
-    try:
-        return value is None or math.isnan(float(value))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
+    """An absent or NaN cell (text such as a unit is not missing)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mimir.evaluation.evaluate import column_values
-from mimir.report.html import ReportSection, write_report
+from mimir.report.html import ReportSection, cell_number, write_report
+from mimir.report.provenance import ModuleProvenance
 from mimir.report.target_figures import target_figures
 from mimir.runs.layout import EvaluationFolder
 
@@ -31,8 +33,13 @@ def write_evaluation_report(
     *,
     title: str = "MIMIR evaluation",
     notes: dict[str, str] | None = None,
+    modules: Sequence[ModuleProvenance] = (),
 ) -> Path:
-    """Write `out/report.html` with the metrics table and each target's figures."""
+    """Write `out/report.html` with the metrics table and each target's figures.
+
+    `modules` are the modules that made the predictions (see `provenance.from_module_spec`);
+    a predictions table does not record them, so without them the page says so.
+    """
     from mimir.evaluation.evaluate import paired_table
     from mimir.targets.catalog import get_target
 
@@ -50,12 +57,13 @@ def write_evaluation_report(
             _optional_column(joined, target.name),
             _optional_column(joined, f"{target.name}_sd"),
             figures,
+            binary=target.is_binary,
         )
-        numbers = {
-            key: float(row[key])
-            for key in _SECTION_METRICS
-            if row.get(key) is not None and not math.isnan(float(row[key]))
-        }
-        sections.append(ReportSection(target.name, f"{target.name} ({target.unit})", paths, numbers))
+        numbers = {key: value for key in _SECTION_METRICS if math.isfinite(value := cell_number(row.get(key)))}
+        sections.append(ReportSection(target.name, f"{target.name} ({target.unit})", paths, numbers, target.module))
     facts = {"predicted rows": str(len(predictions)), "paired with the reference": str(len(joined))}
-    return write_report(out, title=title, summary_table=metrics, sections=sections, notes={**facts, **(notes or {})})
+    if not modules:
+        facts["modules"] = "not recorded with the predictions table"
+    return write_report(
+        out, title=title, summary_table=metrics, sections=sections, notes={**facts, **(notes or {})}, modules=modules
+    )

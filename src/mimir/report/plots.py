@@ -2,14 +2,15 @@
 
 Figures are built as `matplotlib.figure.Figure` objects on an Agg canvas and never touch
 pyplot's global state, so plotting is safe in worker processes, tests and headless servers.
-Every function accepts NaN and very few points and still writes a readable figure.
+Every function accepts NaN and very few points and still writes a readable figure. Legends sit
+below the axes, never on the points and lines they explain.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -74,11 +75,17 @@ def _finite_pairs(*arrays: ArrayLike) -> list[np.ndarray]:
     return [vector[keep] for vector in vectors]
 
 
-def is_binary_reference(reference: ArrayLike) -> bool:
-    """True when every known reference value is 0 or 1 (and at least one is known)."""
-    values = np.asarray(reference, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
-    return values.size > 0 and bool(np.all((values == 0) | (values == 1)))
+def legend_below(figure: "Figure", handles: list[Any] | None = None, *, columns: int = 3) -> None:
+    """One legend for the whole figure, below its axes, so that it never covers the data.
+
+    Without `handles`, the labelled artists of every axes are collected. The constrained
+    layout of `new_figure` makes room for an "outside" legend.
+    """
+    if handles is None:
+        handles = [handle for axes in figure.axes for handle in axes.get_legend_handles_labels()[0]]
+    if handles:
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(columns, len(handles)),
+                      fontsize=8, frameon=False)
 
 
 def _no_data(axes: "Axes", message: str = "no paired values") -> None:
@@ -104,20 +111,21 @@ def agreement_plot(
     unit: str,
     path: Path,
     sd: ArrayLike | None = None,
+    binary: bool = False,
 ) -> Path:
     """Prediction against reference beside a Bland-Altman plot.
 
-    For a binary reference (all values 0 or 1) the pair is instead a box plot of the predicted
-    value per reference class and a histogram of the predicted values per class: these show
-    separation and threshold placement without recomputing ROC statistics here; `sd` is
-    not drawn for binary targets.
+    For a binary target (the catalog's `Target.is_binary`) the pair is instead a box plot of the
+    predicted value per reference class (0 and 1) and a histogram of the predicted values per
+    class: these show separation and threshold placement without recomputing ROC statistics
+    here; `sd` is not drawn for binary targets.
     """
     reference_values = np.asarray(reference, dtype=np.float64).ravel()
     predicted_values = np.asarray(predicted, dtype=np.float64).ravel()
     sd_values = (
         np.full(reference_values.shape, np.nan) if sd is None else np.asarray(sd, dtype=np.float64).ravel()
     )
-    if is_binary_reference(reference_values):
+    if binary:
         known, scores = _finite_pairs(reference_values, predicted_values)
         figure = _binary_agreement_figure(known, scores, name=name, unit=unit)
     else:
@@ -144,6 +152,7 @@ def _continuous_agreement_figure(
     figure.suptitle(f"{name} (N = {reference.size:,})", fontsize=13)
     _draw_scatter(scatter_axes, reference, predicted, sd, unit=unit)
     _draw_bland_altman(bland_altman_axes, reference, predicted, unit=unit)
+    legend_below(figure)
     return figure
 
 
@@ -173,7 +182,6 @@ def _draw_scatter(axes: "Axes", reference: np.ndarray, predicted: np.ndarray, sd
     axes.set_ylim(low, high)
     axes.set_aspect("equal", adjustable="box")
     axes.grid(True, color="#e5e5e5", linewidth=0.6)
-    axes.legend(loc="upper left", fontsize=8, frameon=False)
 
 
 def _padded_range(values: np.ndarray) -> tuple[float, float]:
@@ -202,7 +210,6 @@ def _draw_bland_altman(axes: "Axes", reference: np.ndarray, predicted: np.ndarra
         axes.lines[-1].set_label(f"bias \u00b1 1.96 SD ({bias - spread:.3g}, {bias + spread:.3g})")
     axes.axhline(0.0, color="#999999", linewidth=0.6)
     axes.grid(True, color="#e5e5e5", linewidth=0.6)
-    axes.legend(loc="upper left", fontsize=8, frameon=False)
 
 
 def _binary_agreement_figure(reference: np.ndarray, predicted: np.ndarray, *, name: str, unit: str) -> "Figure":
@@ -236,8 +243,8 @@ def _binary_agreement_figure(reference: np.ndarray, predicted: np.ndarray, *, na
     for label, group, colour in zip(classes, groups, _CLASS_COLOURS):
         if group.size:
             histogram_axes.hist(group, bins=bins, color=colour, alpha=0.5, label=f"reference {int(label)}")
-    histogram_axes.legend(fontsize=8, frameon=False)
     histogram_axes.grid(True, axis="y", color="#e5e5e5", linewidth=0.6)
+    legend_below(figure)
     return figure
 
 
@@ -275,7 +282,7 @@ def calibration_plot(
     axes.set_xlabel("Expected coverage of central interval p")
     axes.set_ylabel("Observed share of references inside")
     axes.grid(True, color="#e5e5e5", linewidth=0.6)
-    axes.legend(loc="upper left", fontsize=8, frameon=False)
+    legend_below(figure, columns=1)
     return save_png(figure, path)
 
 
@@ -289,7 +296,7 @@ def sparsification_plot(
     path: Path,
 ) -> Path:
     """MAE of what remains as the most uncertain (or, for the oracle, the worst) are removed."""
-    figure = new_figure(5.6, 4.4)
+    figure = new_figure(5.2, 4.8)
     axes = figure.subplots()
     axes.set_title(f"Sparsification: {name}", fontsize=12)
     fraction_values = np.asarray(fractions, dtype=np.float64).ravel()
@@ -305,7 +312,7 @@ def sparsification_plot(
     axes.set_xlim(left=0)
     axes.set_ylim(bottom=0)
     axes.grid(True, color="#e5e5e5", linewidth=0.6)
-    axes.legend(loc="best", fontsize=8, frameon=False)
+    legend_below(figure, columns=1)
     return save_png(figure, path)
 
 
@@ -338,8 +345,7 @@ def validation_curve_plot(history: "pd.DataFrame", *, path: Path, title: str) ->
     if drawn == 0:
         _no_data(axes, "no finite losses recorded")
     else:
-        axes.legend(handles=_curve_legend_handles(folds, colours), fontsize=8, frameon=False,
-                    ncols=2 if len(folds) > 4 else 1, loc="upper right")
+        legend_below(figure, _curve_legend_handles(folds, colours), columns=6)
     axes.set_xlabel("Iteration")
     axes.set_ylabel("Loss")
     axes.grid(True, color="#e5e5e5", linewidth=0.6)
