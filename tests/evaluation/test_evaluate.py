@@ -69,6 +69,11 @@ def test_metrics_table_matches_direct_computation(cohort):
     assert sex["kind"] == "binary"
     assert sex["auc"] == pytest.approx(roc_auc_score(joined["sex_ref"], joined["sex"]))
     assert 0 < sex["precision"] <= 1 and 0 < sex["recall"] <= 1
+    # a probability: no MAPE (a percentage of 0/1 labels) and no AUCE (no normal interval), sd or not
+    assert "sex_sd" in predictions.columns
+    for metric in ("mape_percent", "auce", "variance_factor", "auce_scaled"):
+        assert math.isnan(sex[metric]), metric
+    assert not math.isnan(height["mape_percent"])
     vat = table.loc["AtlasVatVolume"]
     assert math.isnan(vat["auce"]) and math.isnan(vat["variance_factor"])  # no AtlasVatVolume_sd column
     assert vat["mae"] == pytest.approx(np.mean(np.abs(joined["AtlasVatVolume"] - joined["AtlasVatVolume_ref"])))
@@ -107,6 +112,7 @@ def test_non_binary_reference_of_a_binary_target_only_loses_binary_metrics(cohor
     table = evaluate_predictions(predictions, coded_one_two).set_index("name")
     assert math.isnan(table.loc["sex", "auc"]) and math.isnan(table.loc["sex", "recall"])
     assert table.loc["sex", "n"] == N and not math.isnan(table.loc["sex", "mae"])
+    assert math.isnan(table.loc["sex", "mape_percent"]), "still a binary target: no MAPE"
     assert "sex: a binary reference must hold only 0 and 1" in caplog.text
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,7 +151,7 @@ def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]
         metrics = agreement_metrics(mean, reference, binary=target.is_binary)
     except MetricInputError as error:
         logger.warning("%s: %s; its AUC, precision and recall are left empty", target.name, error)
-        metrics = agreement_metrics(mean, reference)
+        metrics = replace(agreement_metrics(mean, reference), mape_percent=math.nan)
     row: dict[str, object] = {
         "name": target.name,
         "module": target.module,
@@ -170,7 +171,7 @@ def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]
         "auce_scaled": math.nan,
     }
     sd_column = target.name + SD_SUFFIX
-    if sd_column in joined.columns:
+    if sd_column in joined.columns and not target.is_binary:  # a probability has no normal interval
         row.update(_uncertainty_metrics(mean, column_values(joined, sd_column), reference))
     row.update({column: target.published[column] for column in PUBLISHED_COLUMNS})
     return row
@@ -180,7 +181,8 @@ def evaluate_predictions(
     predictions: "pd.DataFrame", reference: "pd.DataFrame", targets: Sequence[Target] | None = None
 ) -> "pd.DataFrame":
     """Metrics per target: ours (n, ICC, R2, MAE, MAPE, binary AUC/precision/recall, AUCE) and
-    the paper's cv_* values beside them.
+    the paper's cv_* values beside them. Binary targets have no MAPE and no AUCE (their
+    prediction is a probability, not a normal interval).
 
     Rows are joined on eid (and instance when both tables have it). Without `targets`, every
     catalog target with a column in both tables is evaluated. `variance_factor` is the
