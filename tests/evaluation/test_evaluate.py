@@ -189,3 +189,20 @@ def test_evaluate_command_usage_errors(cohort, tmp_path):
     with pytest.raises(EvaluationInputError, match="predictions.csv: not a readable CSV table"):
         run_evaluate_command([str(predictions_path), str(reference_path), "--out", out])
     assert not (tmp_path / "eval").exists()
+
+
+def test_predictions_with_uk_biobank_column_names_are_evaluated_by_catalog_name(cohort, tmp_path):
+    from mimir.evaluation.evaluate import read_predictions_csv
+
+    predictions, reference = cohort
+    ukb = predictions.rename(columns={"height": "p12144_i2", "height_sd": "p12144_i2_sd", "sex": "p31_i0",
+                                      "sex_sd": "p31_i0_sd", "AtlasVatVolume": "p22407_i2"})
+    expected = evaluate_predictions(predictions, reference)
+    pd.testing.assert_frame_equal(evaluate_predictions(ukb, reference), expected)
+    path = tmp_path / "ukb.csv"
+    ukb.to_csv(path, index=False)
+    assert {"height", "height_sd", "sex", "AtlasVatVolume"} <= set(read_predictions_csv(path).columns)
+    # a table of two instances cannot carry p{field}_i{instance} names of one: left as it is
+    mixed = ukb.assign(instance=[2, 3] * (len(ukb) // 2) + [2] * (len(ukb) % 2))
+    with pytest.raises(EvaluationInputError, match="no catalog target"):
+        evaluate_predictions(mixed, reference)

@@ -265,11 +265,7 @@ def value_decimals(info: dict[str, Any]) -> int | None:
 def _round(values: np.ndarray, decimals: int | None) -> np.ndarray:
     if decimals is not None:
         return np.round(values, decimals)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        magnitude = np.floor(np.log10(np.abs(values)))
-    magnitude = np.where(np.isfinite(magnitude), magnitude, 0.0)
-    scale = 10.0 ** (UNKNOWN_UNIT_SIGNIFICANT_DIGITS - 1 - magnitude)
-    return np.round(values * scale) / scale
+    return np.array([float(f"{value:.{UNKNOWN_UNIT_SIGNIFICANT_DIGITS}g}") for value in values], dtype=np.float64)
 
 
 def rounded(table: pd.DataFrame) -> pd.DataFrame:
