@@ -78,7 +78,12 @@ def test_every_catalog_target_states_the_values_it_can_take():
 
 
 def test_interval_kinds_follow_kind_and_unit():
-    from mimir.targets.catalog import INTERVAL_BOUNDED, INTERVAL_NORMAL, INTERVAL_PROBABILITY, interval_kind
+    from mimir.targets.catalog import (
+        INTERVAL_BOUNDED,
+        INTERVAL_NORMAL,
+        INTERVAL_PROBABILITY,
+        interval_kind,
+    )
 
     assert get_target("AtlasVatVolume").interval == INTERVAL_BOUNDED
     assert get_target("sex").interval == INTERVAL_PROBABILITY

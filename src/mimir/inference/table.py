@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -43,8 +42,8 @@ from mimir.targets.catalog import (
     PROBABILITY_DECIMALS,
     UNKNOWN_UNIT_SIGNIFICANT_DIGITS,
     interval_kind,
-    unit_decimals,
     ukb_column,
+    unit_decimals,
 )
 
 if TYPE_CHECKING:
@@ -96,6 +95,7 @@ class ExamRow:
 
 
 def check_column_naming(naming: str) -> str:
+    """`naming` when it is one of COLUMN_NAMINGS (checked before any work, as the API takes text)."""
     if naming not in COLUMN_NAMINGS:
         raise ColumnNamingError(f"column names must be one of {', '.join(COLUMN_NAMINGS)}, got {naming!r}")
     return naming
