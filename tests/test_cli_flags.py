@@ -265,3 +265,17 @@ def test_the_readme_and_docs_use_the_new_names():
         for old in ("--images", "--overwrite"):  # named only where the rename is explained
             assert not [line for line in text.splitlines() if old in line and "is `--" not in line], (path.name, old)
         assert not re.search(r"configs/[\w-]+\.toml", text), path.name  # shipped configs go by name
+
+
+def test_predict_over_an_existing_data_dictionary_is_refused_too(tmp_path, capsys):
+    """The table and its dictionary are written together: a dictionary left from another run
+    would otherwise be replaced without --force."""
+    np = pytest.importorskip("numpy")
+    image = tmp_path / "1234567_20201_2_0.npy"
+    np.save(image, np.zeros((3, 256, 256), dtype=np.uint8))
+    dictionary = tmp_path / "p_dictionary.json"
+    dictionary.write_text("{}\n")
+    argv = ["-q", "predict", str(image), "--modules", str(tmp_path / "no_module"), "--out", str(tmp_path / "p.csv")]
+    assert main(argv) == 2
+    line = _one_error_line(capsys, "predict")
+    assert str(dictionary) in line and "pass --force" in line and dictionary.read_text() == "{}\n"

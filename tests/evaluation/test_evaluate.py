@@ -70,6 +70,11 @@ def test_metrics_table_matches_direct_computation(cohort):
     assert sex["kind"] == "binary"
     assert sex["auc"] == pytest.approx(roc_auc_score(joined["sex_ref"], joined["sex"]))
     assert 0 < sex["precision"] <= 1 and 0 < sex["recall"] <= 1
+    # a probability: no MAPE (a percentage of 0/1 labels) and no AUCE (no normal interval), sd or not
+    assert "sex_sd" in predictions.columns
+    for metric in ("mape_percent", "auce", "variance_factor", "auce_scaled"):
+        assert math.isnan(sex[metric]), metric
+    assert not math.isnan(height["mape_percent"])
     vat = table.loc["AtlasVatVolume"]
     assert math.isnan(vat["auce"]) and math.isnan(vat["variance_factor"])  # no AtlasVatVolume_sd column
     assert vat["mae"] == pytest.approx(np.mean(np.abs(joined["AtlasVatVolume"] - joined["AtlasVatVolume_ref"])))
@@ -108,6 +113,7 @@ def test_non_binary_reference_of_a_binary_target_only_loses_binary_metrics(cohor
     table = evaluate_predictions(predictions, coded_one_two).set_index("name")
     assert math.isnan(table.loc["sex", "auc"]) and math.isnan(table.loc["sex", "recall"])
     assert table.loc["sex", "n"] == N and not math.isnan(table.loc["sex", "mae"])
+    assert math.isnan(table.loc["sex", "mape_percent"]), "still a binary target: no MAPE"
     assert "sex: a binary reference must hold only 0 and 1" in caplog.text
 
 
@@ -187,3 +193,20 @@ def test_evaluate_command_usage_errors(cohort, tmp_path):
     with pytest.raises(EvaluationInputError, match="predictions.csv: not a readable CSV table"):
         run_evaluate_command([str(predictions_path), str(reference_path), "--out", out])
     assert not (tmp_path / "eval").exists()
+
+
+def test_predictions_with_uk_biobank_column_names_are_evaluated_by_catalog_name(cohort, tmp_path):
+    from mimir.evaluation.evaluate import read_predictions_csv
+
+    predictions, reference = cohort
+    ukb = predictions.rename(columns={"height": "p12144_i2", "height_sd": "p12144_i2_sd", "sex": "p31_i0",
+                                      "sex_sd": "p31_i0_sd", "AtlasVatVolume": "p22407_i2"})
+    expected = evaluate_predictions(predictions, reference)
+    pd.testing.assert_frame_equal(evaluate_predictions(ukb, reference), expected)
+    path = tmp_path / "ukb.csv"
+    ukb.to_csv(path, index=False)
+    assert {"height", "height_sd", "sex", "AtlasVatVolume"} <= set(read_predictions_csv(path).columns)
+    # a table of two instances cannot carry p{field}_i{instance} names of one: left as it is
+    mixed = ukb.assign(instance=[2, 3] * (len(ukb) // 2) + [2] * (len(ukb) % 2))
+    with pytest.raises(EvaluationInputError, match="no catalog target"):
+        evaluate_predictions(mixed, reference)

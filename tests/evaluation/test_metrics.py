@@ -161,3 +161,5 @@ def test_binary_agreement_metrics_fill_auc():
     assert metrics.auc == pytest.approx(roc_auc_score(labels, scores))
     assert metrics.precision == pytest.approx(2 / 3)
     assert metrics.recall == pytest.approx(2 / 3)
+    assert math.isnan(metrics.mape_percent), "no MAPE of 0/1 labels"
+    assert not math.isnan(agreement_metrics(scores, labels).mape_percent)

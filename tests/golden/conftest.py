@@ -113,7 +113,9 @@ GOLDEN_TARGETS = (
     # name, field, unit, kind, standardisation mean, sd, calibration factor, sd_p99
     ("weight", 21002, "kg", "continuous", 78.0, 15.0, 1.3, None),
     ("liverVolume", 22416, "L", "continuous", 1.6, 0.35, 0.8, 1.27),
-    ("sex", 31, "male=1", "binary", 0.48, 0.5, 1.0, None),
+    # the network's standardised outputs for sex lie in -2.4..-1.6: this standardisation spreads them
+    # over the probability range and past both of its ends
+    ("sex", 31, "male=1", "binary", 3.5, 1.5, 1.0, None),
 )
 
 

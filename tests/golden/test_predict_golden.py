@@ -4,12 +4,15 @@ from the zips (plus one unreadable cached image), written as the user gets the t
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-#: What "unchanged" means for a prediction: equal to 1e-6, relative to the value's magnitude.
+#: What "unchanged" means for a prediction: equal to 1e-6, relative to the value's magnitude, or
+#: within one rounding step of its column (the table is rounded per unit: a last-bit difference
+#: next to a rounding boundary moves the written value by one step, and by no more).
 TOLERANCE = 1e-6
 
 
@@ -27,7 +30,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _assert_same_value(column: str, exam: str, found: str, expected: str) -> None:
+def _assert_same_value(column: str, exam: str, found: str, expected: str, step: float) -> None:
     if not (_is_number(found) and _is_number(expected)):
         assert found == expected, f"{exam} {column}: {found!r} != recorded {expected!r}"
         return
@@ -35,7 +38,17 @@ def _assert_same_value(column: str, exam: str, found: str, expected: str) -> Non
     if math.isnan(b):
         assert math.isnan(a), f"{exam} {column}: {a} where the recording has NaN"
         return
-    assert abs(a - b) <= TOLERANCE * max(1.0, abs(b)), f"{exam} {column}: {a} != recorded {b}"
+    assert abs(a - b) <= max(TOLERANCE * max(1.0, abs(b)), step * (1 + TOLERANCE)), f"{exam} {column}: {a} != recorded {b}"
+
+
+def _rounding_steps(dictionary: Path) -> dict[str, float]:
+    """Each written column's rounding step, from the data dictionary written beside the table."""
+    document = json.loads(dictionary.read_text())
+    steps = {}
+    for target in document["targets"]:
+        for suffix in ("", "_sd", "_low", "_high"):
+            steps[target["column"] + suffix] = 0.0 if target["decimals"] is None else 10.0 ** -target["decimals"]
+    return steps
 
 
 def test_predictions_keep_their_recorded_values(golden_exams, golden_module, recordings, tmp_path):
@@ -57,9 +70,10 @@ def test_predictions_keep_their_recorded_values(golden_exams, golden_module, rec
     expected_columns, expected_rows = _read_csv(golden)
     assert columns == expected_columns
     assert [row["exam"] for row in rows] == [row["exam"] for row in expected_rows]
+    steps = _rounding_steps(tmp_path / "predictions_dictionary.json")
     for row, expected in zip(rows, expected_rows, strict=True):
         for column in expected_columns:
-            _assert_same_value(column, row["exam"], row[column], expected[column])
+            _assert_same_value(column, row["exam"], row[column], expected[column], steps.get(column, 0.0))
 
     compressed = recordings.read("compress.json")["zip"]
     for path in golden_exams.zips:
@@ -73,7 +87,13 @@ def test_golden_predictions_exercise_every_column(recordings):
     table = pd.read_csv(recordings.data / "predictions.csv", dtype={"failure": str, "uncertain": str, "qc_flag": str})
     predicted = table[table["failure"].isna()]
     assert len(predicted) == 10 and (table["failure"].notna()).sum() == 1
-    for name in ("weight", "liverVolume", "sex"):
+    for name in ("weight", "liverVolume"):
         assert predicted[name].std() > 0 and np.isfinite(predicted[f"{name}_sd"]).all()
+    # the volume's interval reaches its physical limit on some exams, and stops there
+    assert (predicted["liverVolume_low"] == 0).any() and (predicted["liverVolume_low"] >= 0).all()
+    # sex is a probability, some exams' at the ends of [0, 1], without sd or interval
+    assert predicted["sex"].between(0, 1).all() and predicted["sex"].isin([0.0, 1.0]).any()
+    assert predicted["sex"].between(0.1, 0.9).sum() >= 5
+    assert predicted[["sex_sd", "sex_low", "sex_high"]].isna().all().all()
     assert predicted["uncertain"].notna().any() and predicted["uncertain"].isna().any()
     assert predicted["qc_flag"].notna().any()

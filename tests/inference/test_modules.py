@@ -276,6 +276,26 @@ def test_build_with_crossval_records_calibration_metrics_and_sd_percentile(tmp_p
     assert math.isclose(fat.sd_p99, float(np.percentile(sds * 10 * 0.9, 99)))
 
 
+def test_the_uncertainty_flag_is_kept_only_where_its_threshold_carries_over_between_folds(tmp_path, state, caplog):
+    run = _fake_run(tmp_path, state)
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    pd.DataFrame({"target": ["liverVolume", "liverFat"], "variance_scale": [1.0, 1.0]}).to_csv(cv / "calibration.csv", index=False)
+    rng = np.random.default_rng(0)
+    folds = np.repeat([0, 1, 2], 400)
+    alike = rng.lognormal(0.0, 0.3, folds.size)  # every fold network's sds of one scale
+    # the third fold network's sds are twice the others': a threshold from two folds flags most of the third
+    apart = alike * np.where(folds == 2, 2.0, 1.0)
+    pd.DataFrame({"eid": range(folds.size), "instance": 2, "fold": folds, "liverFat": 1.0, "liverFat_sd": apart,
+                  "liverVolume": 1.0, "liverVolume_sd": alike}).to_csv(cv / "oof_predictions.csv", index=False)
+    spec = load_module(build_module(run, cv, tmp_path / "organs", name="organs-cv")).spec
+    fat, volume = spec.targets
+    assert volume.sd_p99 == pytest.approx(float(np.percentile(alike, 99)))
+    assert volume.cv_metrics["uncertain_rate_held_out"] <= 0.03
+    assert fat.sd_p99 is None and fat.cv_metrics["uncertain_rate_held_out"] > 0.1
+    assert "target liverFat: no uncertainty flag" in caplog.text
+
+
 def test_build_errors_name_the_missing_piece(tmp_path, state):
     run = _fake_run(tmp_path, state)
     cv = tmp_path / "cv"

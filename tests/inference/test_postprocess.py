@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mimir.inference.modules import ModuleSpec, Provenance, TargetSpec
-from mimir.inference.postprocess import postprocess, uncertain_flags
+from mimir.inference.postprocess import Z95, postprocess, reported_values, uncertain_flags
 
 
 def _spec(log_var_range=None, n_train=(None, None), sd_p99=(None, None)) -> ModuleSpec:
@@ -46,6 +46,53 @@ def test_wrong_output_width_is_refused():
         postprocess(np.zeros((1, 6)), _spec())
 
 
+def _kinds_spec(sd_p99: float | None = 2.0) -> ModuleSpec:
+    """One target of each interval kind: a temperature-like score that may be negative, a volume, sex."""
+    targets = (
+        TargetSpec("score", None, "z", "continuous", mean=0.0, sd=1.0, sd_p99=sd_p99),
+        TargetSpec("AtlasVatVolume", 22407, "L", "continuous", mean=3.0, sd=2.0, sd_p99=sd_p99),
+        TargetSpec("sex", 31, "male=1", "binary", mean=0.5, sd=0.5, sd_p99=sd_p99),
+    )
+    return ModuleSpec("kinds", "resnet18", targets, Provenance("training"))
+
+
 def test_uncertain_flags_use_the_crossvalidation_percentile():
-    flags = uncertain_flags(np.array([[5.0, 5.0], [20.0, 20.0], [np.nan, 1.0]]), _spec(sd_p99=(10.0, None)))
+    mean = np.full((3, 2), 100.0)
+    flags = uncertain_flags(mean, np.array([[5.0, 5.0], [20.0, 20.0], [np.nan, 1.0]]), _spec(sd_p99=(10.0, None)))
     assert flags.tolist() == [[False, False], [True, False], [False, False]]
+
+
+def test_uncertain_flags_never_fire_for_a_binary_target_and_fire_for_an_interval_below_0():
+    mean = np.array([[-5.0, -5.0, 0.5], [0.0, 1.0, 0.5], [0.0, -0.2, -0.2]])
+    sd = np.array([[1.0, 1.0, 9.0], [3.0, 3.0, 0.1], [0.1, 0.2, 0.1]])
+    flags = uncertain_flags(mean, sd, _kinds_spec())
+    # row 0: a score may be negative, a volume's interval wholly below 0 is not a measurement,
+    # a binary target is not flagged however large its sd; row 1: sd above the threshold (2.0);
+    # row 2: a volume whose interval reaches above 0 is bounded, not flagged
+    assert flags.tolist() == [[False, True, False], [True, True, False], [False, False, False]]
+
+
+def test_reported_values_bound_non_negative_targets_and_make_binary_targets_probabilities():
+    mean = np.array([[-1.0, -1.0, 1.3], [2.0, 2.0, -0.2], [0.0, 5.0, 0.7]])
+    sd = np.array([[1.0, 1.0, 0.4], [1.5, 1.5, 0.4], [1.0, 1.0, 0.4]])
+    values = reported_values(mean, sd, _kinds_spec())
+    # a score keeps the plain normal interval, below 0 included
+    np.testing.assert_allclose(values.low[:, 0], mean[:, 0] - Z95 * sd[:, 0])
+    np.testing.assert_allclose(values.high[:, 0], mean[:, 0] + Z95 * sd[:, 0])
+    np.testing.assert_array_equal(values.mean[:, 0], mean[:, 0])
+    # a volume: mean and bounds at 0 or above, the upper bound of the normal interval kept
+    np.testing.assert_allclose(values.mean[:, 1], [0.0, 2.0, 5.0])
+    np.testing.assert_allclose(values.low[:, 1], [0.0, 0.0, 5.0 - Z95])
+    np.testing.assert_allclose(values.high[:, 1], mean[:, 1] + Z95 * sd[:, 1])
+    np.testing.assert_array_equal(values.sd[:, 1], sd[:, 1])
+    # sex: the mean clipped to a probability, no sd and no interval
+    np.testing.assert_allclose(values.mean[:, 2], [1.0, 0.0, 0.7])
+    for statistic in (values.sd, values.low, values.high):
+        assert np.isnan(statistic[:, 2]).all()
+    assert (mean == np.array([[-1.0, -1.0, 1.3], [2.0, 2.0, -0.2], [0.0, 5.0, 0.7]])).all(), "inputs unchanged"
+
+
+def test_untrained_targets_stay_missing_in_every_reported_value():
+    values = reported_values(np.full((2, 3), np.nan), np.full((2, 3), np.nan), _kinds_spec())
+    for statistic in (values.mean, values.sd, values.low, values.high):
+        assert np.isnan(statistic).all()

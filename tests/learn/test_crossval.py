@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mimir.cli import UsageError, crossval_cmd
-from mimir.inference.modules import read_crossval
+from mimir.inference.modules import MAX_HELD_OUT_FLAG_RATE, read_crossval
 from mimir.learn.baseline import BaselineConfig
 from mimir.runs.config import TrainConfig
 from mimir.learn.crossval import (
@@ -115,7 +115,11 @@ def test_calibration_factor_is_mean_squared_z_and_is_applied(full_run):
     # inference reads the folder as it is written here
     summary = read_crossval(out, TARGETS)
     assert summary.calibration["age"] == pytest.approx(calibration.loc["age", "variance_scale"])
-    assert "icc" in summary.metrics["height"] and "age" in summary.sd_p99
+    assert "icc" in summary.metrics["height"]
+    # the flag's threshold is kept only where thresholds carry over between the fold networks
+    rate = summary.metrics["age"]["uncertain_rate_held_out"]
+    assert ("age" in summary.sd_p99) == (rate <= MAX_HELD_OUT_FLAG_RATE)
+    assert "sex" not in summary.sd_p99, "a binary target is never flagged"
 
 
 def test_metrics_curves_and_baseline(full_run):

@@ -62,6 +62,7 @@ def test_prediction_text_and_grouping():
     assert lines[1].text() == "age: 63.2 (58.0 \u2013 68.4) years"
     assert PredictionLine("age", "height", "cm", 175.0, 168.44, 181.6).text() == "height: 175 (168 \u2013 182) cm"
     assert PredictionLine("x", "y", "", 0.98, 0.9123, float("nan")).text() == "y: 0.980 (0.912 \u2013 \u2013)"
+    assert PredictionLine("experimental", "sex", "male=1", 0.93, float("nan"), float("nan")).text() == "sex: 0.930 male=1"
     rows = _text_rows(lines)
     assert [kind for kind, _ in rows] == ["heading", "line", "line", "gap", "heading", "line"]
     assert rows[0][1] == "Abdominal organs" and rows[4][1] == "Age"

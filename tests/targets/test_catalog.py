@@ -75,3 +75,52 @@ def test_every_catalog_target_states_the_values_it_can_take():
         assert not target.can_be_negative
     assert get_target("weight").value_rule == "finite and not negative (kg)"
     assert get_target("sex").value_rule == "0 or 1 (male=1)"
+
+
+def test_interval_kinds_follow_kind_and_unit():
+    from mimir.targets.catalog import (
+        INTERVAL_BOUNDED,
+        INTERVAL_NORMAL,
+        INTERVAL_PROBABILITY,
+        interval_kind,
+    )
+
+    assert get_target("AtlasVatVolume").interval == INTERVAL_BOUNDED
+    assert get_target("sex").interval == INTERVAL_PROBABILITY
+    assert interval_kind("continuous", "z-score") == INTERVAL_NORMAL  # a unit that may be negative
+    assert catalog_table().set_index("name").loc["liverFat", "interval"] == INTERVAL_BOUNDED
+
+
+def test_rounding_steps_are_a_tenth_of_the_smallest_published_error_or_finer():
+    from mimir.targets.catalog import catalog, unit_decimals
+
+    assert (unit_decimals("kg"), unit_decimals("L"), unit_decimals("cm"), unit_decimals("L/L")) == (2, 3, 1, 4)
+    assert unit_decimals("points") is None  # no published error to size the step on
+    for target in catalog():
+        if not target.is_binary:
+            step = 10.0 ** -unit_decimals(target.unit)
+            assert step <= 0.1 * target.published["cv_mae"], target.name
+            assert 10 * step > 0.1 * min(
+                t.published["cv_mae"] for t in catalog() if t.unit == target.unit
+            ), f"{target.unit}: the largest such step"
+
+
+def test_ukb_column_names_follow_the_research_analysis_platform():
+    from mimir.targets.catalog import ukb_column
+
+    assert ukb_column("AtlasVatVolume", 22407, 2) == "p22407_i2"
+    assert ukb_column("AtlasVatVolume", 22407, 3) == "p22407_i3"
+    assert ukb_column("sex", 31, 3) == "p31_i0"
+    assert ukb_column("liverVolume", None, 2) == "liverVolume"
+
+
+def test_docs_list_every_target_with_its_interval_kind_and_decimals():
+    from pathlib import Path
+
+    from mimir.targets.catalog import PROBABILITY_DECIMALS, catalog, unit_decimals
+
+    text = (Path(__file__).parents[2] / "docs" / "intervals.md").read_text()
+    for target in catalog():
+        decimals = PROBABILITY_DECIMALS if target.is_binary else unit_decimals(target.unit)
+        row = f"| {target.name} | {target.module} | {target.unit} | {target.ukb_field or '-'} | {target.interval} | {decimals} |"
+        assert row in text, f"docs/intervals.md: {row}"

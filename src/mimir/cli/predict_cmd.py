@@ -14,9 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Compress the exams that are not cached yet (as `mimir compress`, into --cache), run "
             "every module and write one row per exam: per target the calibrated mean, sd and 95 % "
-            "interval, plus the QC flag, the failure (stage: reason) of exams that could not be "
-            "compressed or loaded (their predictions are empty), and the targets whose sd is "
-            "unusually large. A rerun reuses the cache."
+            "interval (bounded at 0 for quantities that cannot be negative; a binary target is a "
+            "probability without sd or interval), plus the QC flag, the failure (stage: reason) of "
+            "exams that could not be compressed or loaded (their predictions are empty), and the "
+            "targets flagged as uncertain. Values are rounded per unit; a JSON data dictionary "
+            "({out stem}_dictionary.json) describes every column. A rerun reuses the cache."
         ),
     )
     parser.add_argument(
@@ -40,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_force(parser, "the table at --out")
     common_flags.add_exclude(parser, detail="the exams it names are neither compressed nor predicted and have no row; the summary counts them")
     common_flags.add_series_patterns(parser)
+    parser.add_argument(
+        "--column-names", default="mimir", choices=("mimir", "ukb"),
+        help="mimir (default): catalog names (AtlasVatVolume, AtlasVatVolume_sd, ...); ukb: as the Research "
+        "Analysis Platform names UK Biobank fields (p22407_i2, p22407_i2_sd, ...; sex is p31_i0, targets "
+        "without a field keep their name), for exams of one instance",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from mimir.cli.progress import Stages
     from mimir.inference.predict import PredictOptions, run_prediction
     from mimir.inference.summary import summary_lines
-    from mimir.inference.table import check_output_path, default_cache_for, write_predictions
+    from mimir.inference.table import check_output_path, default_cache_for, dictionary_path, write_predictions
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -61,13 +69,14 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     out = check_output_path(args.out)
-    common_flags.check_replaceable([out], args.force)
+    common_flags.check_replaceable([out, dictionary_path(out)], args.force)  # written together: both or neither
     cache = Path(args.cache) if args.cache else default_cache_for(out)
 
     options = PredictOptions(
         cache=cache, device=args.device, batch_size=args.batch_size, workers=args.workers, precision=args.precision,
         **common_flags.series_patterns(args),
         exclude=args.exclude,
+        column_names=args.column_names,
     )
     with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
         result = run_prediction(args.inputs, args.modules, options, progress)
@@ -76,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
     result.timings["write"] = time.perf_counter() - writing
 
     print("\n".join(summary_lines(result)))
-    print(f"predictions: {out}")
+    print(f"predictions: {out} (columns described in {dictionary_path(out).name})")
     n_exams = len(result.table)
     return 1 if n_exams and result.failed == n_exams else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from mimir.errors import MimirError
 from mimir.evaluation.calibration import apply_variance_scale, auce, fit_variance_scale
 from mimir.evaluation.metrics import MetricInputError, agreement_metrics
 from mimir.runs.layout import EvaluationFolder
-from mimir.targets.catalog import Target, catalog
+from mimir.targets.catalog import Target, catalog, ukb_column
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,6 +46,26 @@ def _sd_columns(columns: Sequence[str]) -> list[str]:
     return [t.name + SD_SUFFIX for t in catalog() if t.name + SD_SUFFIX in present]
 
 
+def with_catalog_names(predictions: "pd.DataFrame") -> "pd.DataFrame":
+    """A predictions table written with UK Biobank-style names (`p{field}_i{instance}`, the
+    `column_names="ukb"` of `mimir predict`) with its target columns renamed to the catalog's,
+    which evaluation looks for; any other table as it is."""
+    if "instance" not in predictions.columns:
+        return predictions
+    instances = set(predictions["instance"].dropna().astype(int))
+    if len(instances) != 1:
+        return predictions
+    instance = instances.pop()
+    renames = {}
+    for target in catalog():
+        column = ukb_column(target.name, target.ukb_field, instance)
+        if column != target.name and column in predictions.columns and target.name not in predictions.columns:
+            for suffix in ("", SD_SUFFIX, "_low", "_high"):
+                if column + suffix in predictions.columns:
+                    renames[column + suffix] = target.name + suffix
+    return predictions.rename(columns=renames) if renames else predictions
+
+
 def read_predictions_csv(path: Path | str, reference: Path | str | None = None) -> "pd.DataFrame":
     """A predictions CSV to evaluate; a file pandas cannot parse is the user's to fix, not a bug.
 
@@ -56,7 +77,7 @@ def read_predictions_csv(path: Path | str, reference: Path | str | None = None) 
     import pandas as pd
 
     try:
-        table = pd.read_csv(path)
+        table = with_catalog_names(pd.read_csv(path))
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise EvaluationInputError(f"{path}: not a readable CSV table ({error})") from error
     if _sd_columns(table.columns) or reference is None:
@@ -150,7 +171,7 @@ def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]
         metrics = agreement_metrics(mean, reference, binary=target.is_binary)
     except MetricInputError as error:
         logger.warning("%s: %s; its AUC, precision and recall are left empty", target.name, error)
-        metrics = agreement_metrics(mean, reference)
+        metrics = replace(agreement_metrics(mean, reference), mape_percent=math.nan)
     row: dict[str, object] = {
         "name": target.name,
         "module": target.module,
@@ -170,7 +191,7 @@ def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]
         "auce_scaled": math.nan,
     }
     sd_column = target.name + SD_SUFFIX
-    if sd_column in joined.columns:
+    if sd_column in joined.columns and not target.is_binary:  # a probability has no normal interval
         row.update(_uncertainty_metrics(mean, column_values(joined, sd_column), reference))
     row.update({column: target.published[column] for column in PUBLISHED_COLUMNS})
     return row
@@ -180,15 +201,18 @@ def evaluate_predictions(
     predictions: "pd.DataFrame", reference: "pd.DataFrame", targets: Sequence[Target] | None = None
 ) -> "pd.DataFrame":
     """Metrics per target: ours (n, ICC, R2, MAE, MAPE, binary AUC/precision/recall, AUCE) and
-    the paper's cv_* values beside them.
+    the paper's cv_* values beside them. Binary targets have no MAPE and no AUCE (their
+    prediction is a probability, not a normal interval).
 
     Rows are joined on eid (and instance when both tables have it). Without `targets`, every
-    catalog target with a column in both tables is evaluated. `variance_factor` is the
+    catalog target with a column in both tables is evaluated; predictions with UK Biobank-style
+    column names are read by their catalog names (`with_catalog_names`). `variance_factor` is the
     NLL-optimal variance scale fitted on these very rows and `auce_scaled` the AUCE after
     applying it: in-sample, so an optimistic view unless the rows are out-of-fold.
     """
     import pandas as pd
 
+    predictions = with_catalog_names(predictions)
     chosen = _select_targets(predictions, reference, targets)
     if not chosen:
         raise EvaluationInputError("no catalog target has a column in both the predictions and the reference")

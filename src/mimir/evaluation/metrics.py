@@ -176,14 +176,15 @@ class AgreementMetrics:
 
 
 def agreement_metrics(prediction: ArrayLike, reference: ArrayLike, binary: bool = False) -> AgreementMetrics:
-    """All metrics of one target; binary targets add AUC, precision and recall."""
+    """All metrics of one target; binary targets add AUC, precision and recall and have no MAPE
+    (a percentage of a 0/1 label is undefined for every 0 and meaningless for the 1s)."""
     predicted, expected = paired(prediction, reference)
     metrics = AgreementMetrics(
         n=int(expected.size),
         icc=icc_2_1(predicted, expected),
         r2=r2(predicted, expected),
         mae=mae(predicted, expected),
-        mape_percent=mape_percent(predicted, expected),
+        mape_percent=math.nan if binary else mape_percent(predicted, expected),
     )
     if not binary:
         return metrics

@@ -822,16 +822,62 @@ def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary
     oof_path = layout.oof_predictions
     if oof_path.is_file():
         table = pd.read_csv(oof_path)
+        folds = table["fold"].to_numpy() if "fold" in table.columns else None
         for name in targets:
             column = f"{name}_sd"
-            if column in table.columns:
-                sd = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64) * math.sqrt(calibration[name])
-                sd = sd[np.isfinite(sd)]
-                if sd.size:
-                    sd_p99[name] = float(np.percentile(sd, 99))
+            if column not in table.columns or _is_binary(name):  # a probability is never flagged
+                continue
+            sd = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64) * math.sqrt(calibration[name])
+            known = np.isfinite(sd)
+            if not known.any():
+                continue
+            rate = None if folds is None else held_out_flag_rate(sd[known], folds[known])
+            if rate is not None:
+                metrics.setdefault(name, {})["uncertain_rate_held_out"] = rate
+            if rate is not None and rate > MAX_HELD_OUT_FLAG_RATE:
+                logger.warning(
+                    "target %s: no uncertainty flag: a threshold from the other folds flags %.1f %% of a held-out "
+                    "fold's exams (at most %.0f %% allowed): the fold networks' sds differ in scale, so no "
+                    "threshold carries over to the final network", name, 100 * rate, 100 * MAX_HELD_OUT_FLAG_RATE,
+                )
+                continue
+            sd_p99[name] = float(np.percentile(sd[known], FLAG_PERCENTILE))
     else:
         logger.warning("%s is missing: no sd percentile for the uncertainty flag", oof_path)
     return CrossvalSummary(calibration, metrics, sd_p99, str(folder))
+
+
+def _is_binary(name: str) -> bool:
+    from mimir.targets.catalog import get_target
+
+    try:
+        return get_target(name).is_binary
+    except KeyError:
+        return False
+
+
+#: The uncertainty flag's threshold: this percentile of a target's calibrated out-of-fold sds.
+FLAG_PERCENTILE = 99.0
+#: A target gets the flag only where, in cross-validation, thresholds taken from the other folds
+#: flag at most this share of the held-out folds' exams (1 % is nominal). More means the fold
+#: networks' sds differ in scale, and the final network's would too.
+MAX_HELD_OUT_FLAG_RATE = 0.03
+
+
+def held_out_flag_rate(sd: np.ndarray, folds: np.ndarray) -> float | None:
+    """Share of exams whose sd exceeds the FLAG_PERCENTILE of the other folds' sds: the flag's
+    rate on exams a network has not seen, measured with networks other than the one the
+    threshold came from (as the final module's are). None with fewer than two folds."""
+    import numpy as np
+
+    flagged = 0
+    names = np.unique(folds)
+    if names.size < 2:
+        return None
+    for fold in names:
+        held = folds == fold
+        flagged += int(np.sum(sd[held] > np.percentile(sd[~held], FLAG_PERCENTILE)))
+    return flagged / sd.size
 
 
 def build_module(

@@ -10,13 +10,22 @@ evaluation of modules and the legacy import agree to the last bit:
 clamps the log-variance to the range training used, so module predictions equal the run's own;
 imported published modules have no clamp, like the published code. Targets without training
 values (n_train == 0) come out as NaN.
+
+What a reader is shown of that Gaussian (`reported_values`) depends on the target's interval
+kind in the catalog (`mimir.targets.catalog.interval_kind`, docs/intervals.md): the mean and
+95 % interval; for a quantity that cannot be negative, both bounded at 0 (the bounded interval
+holds the true value whenever the unbounded one does); for a binary target, the mean clipped to
+[0, 1] as the probability of the positive class, without sd or interval.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mimir.targets.catalog import INTERVAL_BOUNDED, INTERVAL_PROBABILITY, interval_kind
 
 if TYPE_CHECKING:
     from mimir.inference.modules import ModuleSpec
@@ -53,12 +62,63 @@ def postprocess(raw: Any, spec: ModuleSpec) -> tuple[np.ndarray, np.ndarray]:
     return mean, sd
 
 
-def uncertain_flags(sd: np.ndarray, spec: ModuleSpec) -> np.ndarray:
-    """True where a predicted sd exceeds the 99th percentile seen in cross-validation.
+#: Two-sided 95 % normal quantile: interval = mean +- Z95 * sd.
+Z95 = 1.959963984540054
 
-    Targets without a recorded percentile are never flagged.
+
+@dataclass(frozen=True)
+class ReportedValues:
+    """(N, T) arrays as the predictions table shows them (NaN where a value does not apply)."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def target_intervals(spec: ModuleSpec) -> list[str]:
+    """The catalog's interval kind of each of the module's targets, from their kind and unit."""
+    return [interval_kind(target.kind, target.unit) for target in spec.targets]
+
+
+def reported_values(mean: np.ndarray, sd: np.ndarray, spec: ModuleSpec) -> ReportedValues:
+    """The calibrated Gaussian (`postprocess`) as a reader gets it, per target's interval kind.
+
+    normal: mean +- Z95 * sd. Bounded at 0: the same with mean and bounds raised to 0 where
+    they fall below it; only values at or above 0 are possible, so the interval keeps its
+    coverage. Probability: the mean clipped to [0, 1] (the network regresses the 0/1 label,
+    so its mean estimates the share of positives among exams like this one); no sd or interval.
     """
+    mean = np.array(mean, dtype=np.float64)
+    sd = np.array(sd, dtype=np.float64)
+    low, high = mean - Z95 * sd, mean + Z95 * sd
+    for column, interval in enumerate(target_intervals(spec)):
+        if interval == INTERVAL_PROBABILITY:
+            mean[:, column] = np.clip(mean[:, column], 0.0, 1.0)
+            sd[:, column] = low[:, column] = high[:, column] = np.nan
+        elif interval == INTERVAL_BOUNDED:
+            for values in (mean, low, high):
+                values[:, column] = np.maximum(values[:, column], 0.0)
+    return ReportedValues(mean, sd, low, high)
+
+
+def uncertain_flags(mean: np.ndarray, sd: np.ndarray, spec: ModuleSpec) -> np.ndarray:
+    """True where a prediction deserves a second look (docs/intervals.md):
+
+    - its sd exceeds the target's threshold from cross-validation (`TargetSpec.sd_p99`, the 99th
+      percentile of the calibrated out-of-fold sds); targets without one are not flagged so;
+    - a target that cannot be negative has its whole 95 % interval below 0: the network is far
+      outside what it learnt, however small its sd.
+
+    Binary targets are never flagged: their probability itself says how sure the network is.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
     sd = np.asarray(sd, dtype=np.float64)
-    threshold = np.array([np.inf if target.sd_p99 is None else target.sd_p99 for target in spec.targets])
+    intervals = target_intervals(spec)
+    threshold = np.array([
+        np.inf if target.sd_p99 is None or interval == INTERVAL_PROBABILITY else target.sd_p99
+        for target, interval in zip(spec.targets, intervals, strict=True)
+    ])
+    bounded = np.array([interval == INTERVAL_BOUNDED for interval in intervals])
     with np.errstate(invalid="ignore"):
-        return sd > threshold
+        return (sd > threshold) | (bounded & (mean + Z95 * sd < 0.0))

@@ -54,9 +54,9 @@ from mimir.imaging.errors import ExamReadError
 from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
 from mimir.inference.modules import ModuleSpec, load_module, read_spec
-from mimir.inference.postprocess import postprocess, uncertain_flags
+from mimir.inference.postprocess import postprocess
 from mimir.inference.runner import ModuleRunner, network_input
-from mimir.inference.table import ExamRow, build_table
+from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
 from mimir.network import denormals_flushed
 
 if TYPE_CHECKING:
@@ -178,6 +178,9 @@ class PredictOptions:
     def compression(self, cache: Path) -> CompressOptions:
         """How raw exams are compressed into `cache` for this prediction."""
         return CompressOptions(cache=cache, water_pattern=self.water_pattern, fat_pattern=self.fat_pattern)
+    #: Table column names: "mimir" (catalog names) or "ukb" (`p{field}_i{instance}`, as the
+    #: Research Analysis Platform names fields; every exam must be of one instance).
+    column_names: str = "mimir"
 
 
 def predict(
@@ -223,6 +226,8 @@ def run_prediction(
         resolved, excluded = _without_excluded(resolved, read_exclusion_list(options.exclude))
     specs = [read_spec(path) for path in modules]
     check_target_conflicts(specs, [str(path) for path in modules])
+    if check_column_naming(options.column_names) == "ukb":
+        table_instance([exam_stem(source) for source in resolved.raw] + [exam.stem for exam in resolved.cached])
     device = resolve_device(options.device)
     autocast_dtype = resolve_precision(options.precision, device)
     size = options.batch_size or DEFAULT_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
@@ -242,7 +247,7 @@ def run_prediction(
         denormals_flushed(),
     ):
         rows = _initial_rows(resolved, cache_path)
-        predictor = _BatchPredictor(rows, runners)
+        predictor = _BatchPredictor(rows, runners, options.column_names)
         overlap = device.startswith("cuda") if options.overlap is None else options.overlap
         if resolved.raw and overlap:
             assert cache_path is not None
@@ -363,13 +368,13 @@ def _record_outcome(row: ExamRow, outcome: ExamOutcome, cache: Path) -> Path | N
 class _BatchPredictor:
     """Every module on batches of images, in whatever order they come, into arrays by table row."""
 
-    def __init__(self, rows: Sequence[ExamRow], runners: Sequence[ModuleRunner]) -> None:
+    def __init__(self, rows: Sequence[ExamRow], runners: Sequence[ModuleRunner], column_names: str) -> None:
         self.rows = rows
         self.runners = runners
+        self.column_names = column_names
         self.index = {row.stem: position for position, row in enumerate(rows)}
         self.means = [np.full((len(rows), len(runner.spec.targets)), np.nan) for runner in runners]
         self.sds = [np.full_like(mean, np.nan) for mean in self.means]
-        self.flags = [np.zeros(mean.shape, dtype=bool) for mean in self.means]
         self.module_seconds = [0.0] * len(runners)
         self.load_seconds = 0.0
         self.settled = 0  # exams predicted or found unloadable
@@ -392,7 +397,6 @@ class _BatchPredictor:
                 self.module_seconds[number] += time.perf_counter() - started
                 mean, sd = postprocess(raw, runner.spec)
                 self.means[number][positions], self.sds[number][positions] = mean, sd
-                self.flags[number][positions] = uncertain_flags(sd, runner.spec)
         self.settled += len(batch.stems) + len(batch.failures)
 
     def timings(self) -> dict[str, float]:
@@ -402,7 +406,8 @@ class _BatchPredictor:
         }
 
     def table(self) -> pd.DataFrame:
-        return build_table(self.rows, [runner.spec for runner in self.runners], self.means, self.sds, self.flags)
+        specs = [runner.spec for runner in self.runners]
+        return build_table(self.rows, specs, self.means, self.sds, column_names=self.column_names)
 
 
 def _compress_then_predict(

@@ -1,15 +1,25 @@
 """The predictions table: its columns, the wide and long forms, and reading and writing it.
 
 One row per exam (subject and visit), whatever happened to it: per target the calibrated mean,
-sd and 95 % interval, then the compression QC flag, the failure (stage: reason) of an exam that
-has no predictions, and the targets whose sd is unusually large. The targets' module, unit and
-kind travel in `table.attrs["targets"]` (lost in CSV, recovered from the catalog).
+sd and 95 % interval (as `mimir.inference.postprocess.reported_values` bounds them: at 0 for
+quantities that cannot be negative; a binary target's probability has no sd or interval), then
+the compression QC flag, the failure (stage: reason) of an exam that has no predictions, and the
+targets flagged as uncertain. The targets' module, unit, kind, field and column travel in
+`table.attrs["targets"]` (lost in CSV, recovered from the catalog).
+
+Columns are named after the catalog (`AtlasVatVolume`, `AtlasVatVolume_sd`, ...) or, with
+`column_names="ukb"`, as the Research Analysis Platform names UK Biobank fields
+(`p22407_i2`, `p22407_i2_sd`, ...; targets without a field keep their name). Written tables
+are rounded per unit (`mimir.targets.catalog.unit_decimals`) and get a JSON data dictionary
+beside them (`{stem}_dictionary.json`), written with the table: both or neither.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +30,21 @@ import numpy as np
 from mimir.atomic import (
     UnwritableError,
     atomic_path,
-    atomic_write_text,
     check_can_create,
     reported_write,
 )
 from mimir.errors import MimirError
 from mimir.imaging.cache import ExamId
+from mimir.inference.postprocess import Z95, reported_values, uncertain_flags
+from mimir.targets.catalog import (
+    INTERVAL_BOUNDED,
+    INTERVAL_PROBABILITY,
+    PROBABILITY_DECIMALS,
+    UNKNOWN_UNIT_SIGNIFICANT_DIGITS,
+    interval_kind,
+    ukb_column,
+    unit_decimals,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,8 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Two-sided 95 % normal quantile: interval = mean +- Z95 * sd.
-Z95 = 1.959963984540054
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 ID_COLUMNS = ("eid", "instance", "exam")
 STATUS_COLUMNS = ("qc_flag", "failure", "uncertain")
@@ -43,6 +60,12 @@ LONG_COLUMNS = (
     "eid", "instance", "exam", "module", "target", "unit", "mean", "sd", "low", "high", "uncertain", "qc_flag", "failure",
 )
 PARQUET_HINT = "pip install 'mimir-ukb[parquet]'"
+#: Column naming: the catalog's names, or the Research Analysis Platform's `p{field}_i{instance}`.
+COLUMN_NAMINGS = ("mimir", "ukb")
+#: Per target: suffix of its column -> what the column holds (the mean's column has no suffix).
+STATISTIC_SUFFIXES = {"": "mean", "_sd": "sd", "_low": "low", "_high": "high"}
+DICTIONARY_SUFFIX = "_dictionary.json"
+_RAP_COLUMN = re.compile(r"^p(?P<field>\d+)_i(?P<instance>\d+)$")
 
 
 class PredictionTableError(MimirError, ValueError):
@@ -57,6 +80,10 @@ class ParquetUnavailableError(OutputPathError):
     """Parquet output asked for, but pyarrow is not installed."""
 
 
+class ColumnNamingError(PredictionTableError):
+    """UK Biobank-style column names asked for exams that do not share one UK Biobank instance."""
+
+
 @dataclass
 class ExamRow:
     """One exam's row before its predictions: its image once cached, or why it has none."""
@@ -67,16 +94,51 @@ class ExamRow:
     qc_flag: str = ""
 
 
+def check_column_naming(naming: str) -> str:
+    """`naming` when it is one of COLUMN_NAMINGS (checked before any work, as the API takes text)."""
+    if naming not in COLUMN_NAMINGS:
+        raise ColumnNamingError(f"column names must be one of {', '.join(COLUMN_NAMINGS)}, got {naming!r}")
+    return naming
+
+
+def table_instance(stems: Sequence[str]) -> int:
+    """The one UK Biobank instance of these exams, which UK Biobank-style column names carry.
+
+    Checked before any work: exams of two visits (or with names that give no visit) would need
+    two names for one column, so they are refused, saying how to split them.
+    """
+    ids = [ExamId.from_stem(stem) for stem in stems]
+    unnamed = [exam.stem for exam in ids if exam.instance is None]
+    if unnamed:
+        raise ColumnNamingError(
+            f"UK Biobank column names (p{{field}}_i{{instance}}) need exams named as UK Biobank names them "
+            f"({{eid}}_20201_{{instance}}_{{array}}); {len(unnamed)} are not, e.g. {unnamed[0]!r}: use the default column names"
+        )
+    instances = sorted({exam.instance for exam in ids if exam.instance is not None})
+    if len(instances) > 1:
+        raise ColumnNamingError(
+            f"UK Biobank column names (p{{field}}_i{{instance}}) name one instance per table, and these exams are of "
+            f"instances {', '.join(map(str, instances))}: predict each instance into its own table"
+        )
+    if not instances:
+        raise ColumnNamingError("UK Biobank column names need at least one exam to take the instance from")
+    return instances[0]
+
+
 def build_table(
     rows: Sequence[ExamRow],
     specs: Sequence[ModuleSpec],
     means: Sequence[np.ndarray],
     sds: Sequence[np.ndarray],
-    flags: Sequence[np.ndarray],
+    *,
+    column_names: str = "mimir",
 ) -> pd.DataFrame:
-    """The wide table: per module (spec), its (rows, targets) means, sds and uncertain flags."""
+    """The wide table: per module (spec), its (rows, targets) calibrated means and sds as a reader
+    gets them (`reported_values`), and the targets flagged uncertain (`uncertain_flags`)."""
     import pandas as pd
 
+    check_column_naming(column_names)
+    instance = table_instance([row.stem for row in rows]) if column_names == "ukb" else None
     ids = [ExamId.from_stem(row.stem) for row in rows]
     columns: dict[str, Any] = {
         "eid": pd.array([exam.eid for exam in ids], dtype="Int64"),
@@ -85,15 +147,19 @@ def build_table(
     }
     uncertain: list[list[str]] = [[] for _ in rows]
     targets = []
-    for spec, mean, sd, flag in zip(specs, means, sds, flags, strict=True):
-        for column, target in enumerate(spec.targets):
-            columns[target.name] = mean[:, column]
-            columns[f"{target.name}_sd"] = sd[:, column]
-            columns[f"{target.name}_low"] = mean[:, column] - Z95 * sd[:, column]
-            columns[f"{target.name}_high"] = mean[:, column] + Z95 * sd[:, column]
-            targets.append({"name": target.name, "module": spec.name, "unit": target.unit, "kind": target.kind})
-            for position in np.flatnonzero(flag[:, column]):
-                uncertain[position].append(target.name)
+    for spec, mean, sd in zip(specs, means, sds, strict=True):
+        values = reported_values(mean, sd, spec)
+        flags = uncertain_flags(mean, sd, spec)
+        for position, target in enumerate(spec.targets):
+            name = target.name if instance is None else ukb_column(target.name, target.ukb_field, instance)
+            for suffix, statistic in STATISTIC_SUFFIXES.items():
+                columns[f"{name}{suffix}"] = getattr(values, statistic)[:, position]
+            targets.append({
+                "name": target.name, "column": name, "module": spec.name, "unit": target.unit,
+                "kind": target.kind, "ukb_field": target.ukb_field, "interval": interval_kind(target.kind, target.unit),
+            })
+            for row in np.flatnonzero(flags[:, position]):
+                uncertain[row].append(name)
     columns["qc_flag"] = [row.qc_flag for row in rows]
     columns["failure"] = [row.failure for row in rows]
     columns["uncertain"] = [";".join(names) for names in uncertain]
@@ -107,6 +173,8 @@ def check_output_path(out: str | Path) -> Path:
     out = Path(out)
     if out.is_dir():
         raise OutputPathError(f"{out} is a folder; give a file name")
+    if dictionary_path(out).is_dir():
+        raise OutputPathError(f"{dictionary_path(out)}, where the table's data dictionary goes, is a folder")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OutputPathError(f"{out}: the output must end in {' or '.join(OUTPUT_SUFFIXES)}")
     try:
@@ -127,22 +195,28 @@ def require_parquet() -> None:
         raise ParquetUnavailableError(f"Parquet output needs pyarrow: {PARQUET_HINT}") from error
 
 
-def target_info(table: pd.DataFrame) -> list[dict[str, str]]:
-    """Name, module and unit of each target column: from the table's attrs, else the catalog."""
+def target_info(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Name, column, module, unit, kind, field and interval kind of each target: from the table's
+    attrs, else from the catalog (by name, or by field for `p{field}_i{instance}` columns)."""
     recorded = table.attrs.get("targets")
     if recorded:
         return [dict(item) for item in recorded]
-    from mimir.targets.catalog import get_target
+    from mimir.targets.catalog import catalog
 
+    by_name = {target.name: target for target in catalog()}
+    by_field = {target.ukb_field: target for target in catalog() if target.ukb_field is not None}
     info = []
-    for column in table.columns:
-        if not {f"{column}_sd", f"{column}_low", f"{column}_high"} <= set(table.columns):
+    for column in map(str, table.columns):
+        if not {f"{column}{suffix}" for suffix in STATISTIC_SUFFIXES} <= set(table.columns):
             continue
-        try:
-            known = get_target(str(column))
-            info.append({"name": str(column), "module": known.module, "unit": known.unit, "kind": known.kind})
-        except KeyError:
-            info.append({"name": str(column), "module": "", "unit": "", "kind": "continuous"})
+        rap = _RAP_COLUMN.match(column)
+        known = by_name.get(column) or (by_field.get(int(rap["field"])) if rap else None)
+        if known is None:
+            info.append({"name": column, "column": column, "module": "", "unit": "", "kind": "continuous",
+                         "ukb_field": None, "interval": interval_kind("continuous", "")})
+        else:
+            info.append({"name": known.name, "column": column, "module": known.module, "unit": known.unit,
+                         "kind": known.kind, "ukb_field": known.ukb_field, "interval": known.interval})
     return info
 
 
@@ -160,37 +234,153 @@ def to_long(table: pd.DataFrame) -> pd.DataFrame:
     def per_target(suffix: str) -> np.ndarray:
         if not targets:
             return np.zeros(0)
-        return np.column_stack([table[f"{t['name']}{suffix}"].to_numpy(dtype=np.float64) for t in targets]).ravel()
+        return np.column_stack([table[f"{t['column']}{suffix}"].to_numpy(dtype=np.float64) for t in targets]).ravel()
 
     long = pd.DataFrame({
         "eid": pd.array(repeated("eid"), dtype="Int64"),
         "instance": pd.array(repeated("instance"), dtype="Int64"),
         "exam": repeated("exam"),
         "module": np.tile([t["module"] for t in targets], n_rows),
-        "target": np.tile([t["name"] for t in targets], n_rows),
+        "target": np.tile([t["column"] for t in targets], n_rows),
         "unit": np.tile([t["unit"] for t in targets], n_rows),
         "mean": per_target(""),
         "sd": per_target("_sd"),
         "low": per_target("_low"),
         "high": per_target("_high"),
-        "uncertain": [t["name"] in flagged for flagged in uncertain for t in targets],
+        "uncertain": [t["column"] in flagged for flagged in uncertain for t in targets],
         "qc_flag": repeated("qc_flag"),
         "failure": repeated("failure"),
     })
     return long[list(LONG_COLUMNS)]
 
 
+def value_decimals(info: dict[str, Any]) -> int | None:
+    """Decimals a target's values are written with; None: UNKNOWN_UNIT_SIGNIFICANT_DIGITS
+    significant digits (a unit without a published error to size the step on)."""
+    if info["interval"] == INTERVAL_PROBABILITY:
+        return PROBABILITY_DECIMALS
+    return unit_decimals(str(info["unit"]))
+
+
+def _round(values: np.ndarray, decimals: int | None) -> np.ndarray:
+    if decimals is not None:
+        return np.round(values, decimals)
+    return np.array([float(f"{value:.{UNKNOWN_UNIT_SIGNIFICANT_DIGITS}g}") for value in values], dtype=np.float64)
+
+
+def rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy with every target's mean, sd and bounds rounded alike (`value_decimals`): a
+    unit's step is a tenth of the smallest published error in that unit or finer."""
+    copy = table.copy()
+    for info in target_info(table):
+        decimals = value_decimals(info)
+        for suffix in STATISTIC_SUFFIXES:
+            column = f"{info['column']}{suffix}"
+            copy[column] = _round(table[column].to_numpy(dtype=np.float64), decimals)
+    return copy
+
+
+def dictionary_path(out: str | Path) -> Path:
+    """Where the data dictionary of the table `out` is written: `{stem}_dictionary.json` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}{DICTIONARY_SUFFIX}")
+
+
+_ID_DESCRIPTIONS = {
+    "eid": ("identifier", "UK Biobank participant id, from the exam's file name (empty when the name is not a UK Biobank one)"),
+    "instance": ("identifier", "UK Biobank instance (visit) of the exam: 2 first imaging visit, 3 repeat imaging visit"),
+    "exam": ("identifier", "the exam's name: {eid}_20201_{instance}_{array} for UK Biobank zips, else the input's name"),
+    "qc_flag": ("text", "compression quality flags of the exam (';'-separated; empty: none); see `mimir compress`"),
+    "failure": ("text", "why the exam has no predictions ('stage: reason'); empty when it was predicted"),
+}
+_LONG_DESCRIPTIONS = {
+    "module": ("text", "the module (network) that predicted the target"),
+    "target": ("text", "the target's column name in the wide table (see `targets`)"),
+    "unit": ("text", "the target's unit (see `targets`)"),
+    "mean": ("number", "the prediction: calibrated mean, or the probability of a binary target (see `targets`)"),
+    "sd": ("number", "calibrated standard deviation of the prediction; empty for a binary target"),
+    "low": ("number", "lower end of the 95 % interval; empty for a binary target"),
+    "high": ("number", "upper end of the 95 % interval; empty for a binary target"),
+    "uncertain": ("boolean", "whether the prediction is flagged as uncertain (docs/intervals.md)"),
+}
+
+
+def _statistic_description(info: dict[str, Any], statistic: str) -> str:
+    name, unit, interval = info["name"], info["unit"], info["interval"]
+    if interval == INTERVAL_PROBABILITY:
+        if statistic == "mean":
+            return f"{name}: probability that it is 1 ({unit}), the network's calibrated mean clipped to [0, 1]"
+        return f"{name}: empty, a probability has no {'sd' if statistic == 'sd' else 'interval'}"
+    bounded = ", bounded at 0" if interval == INTERVAL_BOUNDED else ""
+    return {
+        "mean": f"{name}: predicted value, the calibrated mean{bounded}",
+        "sd": f"{name}: standard deviation of the prediction, calibrated on cross-validation",
+        "low": f"{name}: lower end of the 95 % interval, mean - {Z95:.2f} sd{bounded}",
+        "high": f"{name}: upper end of the 95 % interval, mean + {Z95:.2f} sd{bounded}",
+    }[statistic]
+
+
+def _target_entry(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "target": info["name"], "column": info["column"], "module": info["module"], "unit": info["unit"],
+        "ukb_field": info["ukb_field"], "kind": info["kind"], "interval": info["interval"],
+        "decimals": value_decimals(info),
+    }
+
+
+def data_dictionary(table: pd.DataFrame, *, long: bool = False) -> dict[str, Any]:
+    """What each column of the written table holds: name, unit, UK Biobank field, kind and
+    description, in the table's column order, plus each target's interval kind and rounding."""
+    from mimir import __version__
+
+    targets = target_info(table)
+    columns: list[dict[str, Any]] = []
+
+    def add(column: str, kind: str, description: str, unit: str = "", field: int | None = None) -> None:
+        columns.append({"column": column, "unit": unit, "ukb_field": field, "kind": kind, "description": description})
+
+    for column in ID_COLUMNS:
+        add(column, *_ID_DESCRIPTIONS[column])
+    if long:
+        for column in LONG_COLUMNS[len(ID_COLUMNS):]:
+            add(column, *(_LONG_DESCRIPTIONS.get(column) or _ID_DESCRIPTIONS[column]))
+    else:
+        for info in targets:
+            for suffix, statistic in STATISTIC_SUFFIXES.items():
+                kind = "probability" if info["interval"] == INTERVAL_PROBABILITY and statistic == "mean" else statistic
+                add(f"{info['column']}{suffix}", kind, _statistic_description(info, statistic), info["unit"], info["ukb_field"])
+        add("qc_flag", *_ID_DESCRIPTIONS["qc_flag"])
+        add("failure", *_ID_DESCRIPTIONS["failure"])
+        add("uncertain", "text", "the target columns whose prediction is flagged as uncertain (';'-separated; docs/intervals.md)")
+    return {
+        "mimir_version": __version__,
+        "form": "long" if long else "wide",
+        "interval": "95 % interval of the calibrated normal prediction; see docs/intervals.md",
+        "rounding": (
+            "per unit, a step of at most a tenth of the smallest published cross-validation MAE in that unit "
+            f"(`decimals` per target); probabilities {PROBABILITY_DECIMALS} decimals; units without a published "
+            f"error {UNKNOWN_UNIT_SIGNIFICANT_DIGITS} significant digits"
+        ),
+        "columns": columns,
+        "targets": [_target_entry(info) for info in targets],
+    }
+
+
 def write_predictions(table: pd.DataFrame, out: str | Path, *, long: bool = False) -> Path:
-    """Write the table as CSV or Parquet (by suffix), atomically: all of it or nothing."""
+    """Write the table (rounded) as CSV or Parquet by suffix, and its data dictionary beside it,
+    atomically: both files complete, or neither changed."""
     out = check_output_path(out)
-    written = to_long(table) if long else table
+    dictionary = json.dumps(data_dictionary(table, long=long), indent=1, allow_nan=False) + "\n"
+    written = rounded(table)
+    written = to_long(written) if long else written
     with reported_write(out, "nothing was written there; compressed images stay in their cache, so a rerun does not compress again"):
-        if out.suffix.lower() == ".parquet":
-            with atomic_path(out) as temporary:
-                written.to_parquet(temporary, index=False)
-        else:
-            atomic_write_text(out, written.to_csv(index=False, float_format="%.7g", lineterminator="\n"))
-    logger.info("wrote %d rows to %s", len(written), out)
+        with atomic_path(dictionary_path(out)) as dictionary_file, atomic_path(out) as table_file:
+            dictionary_file.write_text(dictionary, encoding="utf-8")
+            if out.suffix.lower() == ".parquet":
+                written.to_parquet(table_file, index=False)
+            else:
+                table_file.write_text(written.to_csv(index=False, lineterminator="\n"), encoding="utf-8")
+    logger.info("wrote %d rows to %s and its data dictionary to %s", len(written), out, dictionary_path(out))
     return out
 
 
@@ -221,7 +411,7 @@ def subject_predictions(table: pd.DataFrame, exam: str) -> pd.DataFrame:
     return pd.DataFrame([
         {
             "name": info["name"], "module": info["module"], "unit": info["unit"],
-            "mean": row[info["name"]], "low": row[f"{info['name']}_low"], "high": row[f"{info['name']}_high"],
+            "mean": row[info["column"]], "low": row[f"{info['column']}_low"], "high": row[f"{info['column']}_high"],
         }
         for info in target_info(table)
     ], columns=["name", "module", "unit", "mean", "low", "high"])
@@ -234,18 +424,25 @@ def default_cache_for(out: str | Path) -> Path:
 
 
 __all__ = [
+    "COLUMN_NAMINGS",
     "LONG_COLUMNS",
     "Z95",
+    "ColumnNamingError",
     "ExamRow",
     "OutputPathError",
     "ParquetUnavailableError",
     "PredictionTableError",
     "build_table",
+    "check_column_naming",
     "check_output_path",
+    "data_dictionary",
     "default_cache_for",
+    "dictionary_path",
     "read_predictions",
     "require_parquet",
+    "rounded",
     "subject_predictions",
+    "table_instance",
     "target_info",
     "to_long",
     "write_predictions",

@@ -51,7 +51,10 @@ class PredictionLine:
     high: float
 
     def text(self) -> str:
+        """`name: mean (low - high) unit`; without the interval where there is none (a probability)."""
         unit = f" {self.unit}" if self.unit else ""
+        if not (np.isfinite(self.low) or np.isfinite(self.high)):
+            return f"{self.name}: {format_significant(self.mean)}{unit}"
         interval = f"{format_like(self.low, self.mean)} \u2013 {format_like(self.high, self.mean)}"
         return f"{self.name}: {format_significant(self.mean)} ({interval}){unit}"
 

@@ -29,6 +29,23 @@ _METRIC_COLUMNS = (
 #: unit (a score, a z-value, a change between visits) may be negative.
 NON_NEGATIVE_UNITS = frozenset({"kg", "g", "cm", "L", "%", "bpm", "years", "L/L", "L/m2", "kg/L"})
 
+#: How the predictions table reports a target (docs/intervals.md): a normal 95 % interval, the
+#: same bounded at 0 for quantities that cannot be negative, or a probability without interval.
+INTERVAL_NORMAL = "normal"
+INTERVAL_BOUNDED = "normal, bounded at 0"
+INTERVAL_PROBABILITY = "probability"
+
+#: Decimals of a binary target's probability in the predictions table.
+PROBABILITY_DECIMALS = 3
+#: Rounding of values of a unit no catalog target has a published error for: significant digits.
+UNKNOWN_UNIT_SIGNIFICANT_DIGITS = 6
+#: A unit's rounding step is at most this share of the smallest published cross-validation MAE of
+#: the catalog's targets in that unit, so rounding adds under 0.1 % to any target's error.
+ROUNDING_STEP_PER_MAE = 0.1
+
+#: Fields recorded once, at the baseline visit (sex): their UK Biobank columns are instance 0.
+BASELINE_ONLY_FIELDS = frozenset({31})
+
 
 class UnknownTargetError(MimirError, KeyError):
     """A target name that is not in the catalog; the message lists near misses."""
@@ -55,9 +72,13 @@ class Target:
 
     @property
     def can_be_negative(self) -> bool:
-        """Whether a negative value can be a measurement: never for a binary target (0 or 1) nor
-        for a unit in NON_NEGATIVE_UNITS. The one place this is decided, from kind and unit."""
-        return not self.is_binary and self.unit not in NON_NEGATIVE_UNITS
+        """Whether a negative value can be a measurement (see `can_be_negative`)."""
+        return can_be_negative(self.kind, self.unit)
+
+    @property
+    def interval(self) -> str:
+        """How the predictions table reports this target (see `interval_kind`)."""
+        return interval_kind(self.kind, self.unit)
 
     @property
     def value_rule(self) -> str:
@@ -76,9 +97,54 @@ class Target:
         """
         if self.ukb_field is None:
             return self.name
-        if self.ukb_field == 31:
-            return "31-0.0"
-        return f"{self.ukb_field}-{instance}.{array}"
+        return f"{self.ukb_field}-{field_instance(self.ukb_field, instance)}.{array}"
+
+
+def can_be_negative(kind: str, unit: str) -> bool:
+    """Whether a negative value can be a measurement: never for a binary target (0 or 1) nor for
+    a unit in NON_NEGATIVE_UNITS. The one place this is decided, from kind and unit (module
+    targets outside the catalog have both too)."""
+    return kind != "binary" and unit not in NON_NEGATIVE_UNITS
+
+
+def interval_kind(kind: str, unit: str) -> str:
+    """INTERVAL_PROBABILITY for a binary target, INTERVAL_BOUNDED where values cannot be
+    negative, else INTERVAL_NORMAL. Modules learn every target on a linear (standardised) scale
+    with a Gaussian likelihood, so no target gets a log-normal interval."""
+    if kind == "binary":
+        return INTERVAL_PROBABILITY
+    return INTERVAL_NORMAL if can_be_negative(kind, unit) else INTERVAL_BOUNDED
+
+
+@cache
+def unit_decimals(unit: str) -> int | None:
+    """Decimals of a unit's values in the predictions table; None for a unit without a published
+    error (rounded to UNKNOWN_UNIT_SIGNIFICANT_DIGITS significant digits instead).
+
+    The step is the largest power of ten at most ROUNDING_STEP_PER_MAE times the smallest
+    published cross-validation MAE among the catalog's continuous targets in that unit.
+    """
+    errors = [
+        target.published["cv_mae"]
+        for target in catalog()
+        if target.unit == unit and not target.is_binary and math.isfinite(target.published["cv_mae"])
+    ]
+    if not errors:
+        return None
+    return max(0, math.ceil(-math.log10(ROUNDING_STEP_PER_MAE * min(errors))))
+
+
+def field_instance(ukb_field: int, instance: int) -> int:
+    """The instance a field is recorded at: BASELINE_ONLY_FIELDS at 0, others at the visit's."""
+    return 0 if ukb_field in BASELINE_ONLY_FIELDS else instance
+
+
+def ukb_column(name: str, ukb_field: int | None, instance: int) -> str:
+    """A target's column in Research Analysis Platform style: `p{field}_i{instance}` (as the
+    platform's table exporter names fields); a target without a field keeps its name."""
+    if ukb_field is None:
+        return name
+    return f"p{ukb_field}_i{field_instance(ukb_field, instance)}"
 
 
 def _parse_float(text: str) -> float:
@@ -141,6 +207,7 @@ def catalog_table() -> "pd.DataFrame":
             "ukb_field": t.ukb_field,
             "unit": t.unit,
             "kind": t.kind,
+            "interval": t.interval,
             **t.published,
         }
         for t in catalog()
