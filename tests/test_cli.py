@@ -46,6 +46,31 @@ def test_catalog_lists_all_targets(capsys):
     assert "72 targets" in capsys.readouterr().out
 
 
+def test_catalog_csv_says_each_targets_interval_kind(capsys):
+    import csv
+    import io
+
+    assert main(["catalog", "--csv"]) == 0
+    rows = {row["name"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert len(rows) == 72
+    assert rows["sex"]["interval"] == "probability" and rows["liverVolume"]["interval"] == "normal, bounded at 0"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`mimir catalog | head -2`: no BrokenPipeError traceback, the shell's SIGPIPE status. The
+    pipe's reading end is closed before the command writes, so its first write fails."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "mimir", "catalog"], stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert result.stderr == b""
+
+
 def test_catalog_unknown_module_is_a_usage_error(capsys):
     assert main(["catalog", "--module", "brain"]) == 2
     assert "unknown module 'brain'" in capsys.readouterr().err

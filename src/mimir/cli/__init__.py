@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -67,6 +68,19 @@ class _Terminated(KeyboardInterrupt):
 #: Exit statuses of a command ended by Ctrl-C and by SIGTERM (128 + the signal, as shells report).
 INTERRUPTED_EXIT = 128 + signal.SIGINT
 TERMINATED_EXIT = 128 + signal.SIGTERM
+
+
+#: Exit status of a command whose reader closed its output early (`mimir catalog | head`), as
+#: a shell reports a process ended by SIGPIPE.
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
+
+
+def _silence_closed_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again on the
+    closed pipe (and print a second traceback)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -125,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    except BrokenPipeError:
+        _silence_closed_stdout()
+        return BROKEN_PIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "catalog",
-        help="list the 72 catalog targets with UK Biobank fields, units and published metrics",
+        help="list the 72 catalog targets with UK Biobank fields, units, interval kinds and published metrics",
         description="List the catalog targets, optionally of one module, as a table or CSV.",
     )
     parser.add_argument("--module", help="only targets of this module (bodycomp, organs, experimental, age)")
@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import csv
+    import sys
+
     from mimir.cli import UsageError
     from mimir.targets.catalog import catalog, module_names
 
@@ -26,13 +29,14 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown module {args.module!r}; choose from {', '.join(module_names())}")
         targets = tuple(t for t in targets if t.module == args.module)
     if args.csv:
-        print("module,name,ukb_field,unit,kind,cv_icc,cv_mae")
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["module", "name", "ukb_field", "unit", "kind", "interval", "cv_icc", "cv_mae"])
         for t in targets:
-            print(f"{t.module},{t.name},{t.ukb_field or ''},{t.unit},{t.kind},{t.published['cv_icc']},{t.published['cv_mae']}")
+            writer.writerow([t.module, t.name, t.ukb_field or "", t.unit, t.kind, t.interval, t.published["cv_icc"], t.published["cv_mae"]])
         return 0
-    print(f"{'module':<13}{'name':<40}{'field':>7}  {'unit':<11}{'kind':<11}{'cv ICC':>7}")
+    print(f"{'module':<13}{'name':<40}{'field':>7}  {'unit':<11}{'kind':<11}{'interval':<21}{'cv ICC':>7}")
     for t in targets:
         field = str(t.ukb_field) if t.ukb_field else "-"
-        print(f"{t.module:<13}{t.name:<40}{field:>7}  {t.unit:<11}{t.kind:<11}{t.published['cv_icc']:>7.3f}")
+        print(f"{t.module:<13}{t.name:<40}{field:>7}  {t.unit:<11}{t.kind:<11}{t.interval:<21}{t.published['cv_icc']:>7.3f}")
     print(f"{len(targets)} targets")
     return 0
