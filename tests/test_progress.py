@@ -148,6 +148,16 @@ def test_stages_in_a_log_each_end_with_their_own_line():
     assert [line.split(",")[0] for line in lines] == ["compress 2/2 (100 %)", "predict 2/2 (100 %)"]
 
 
+def test_each_stage_counts_in_its_own_unit():
+    stream = io.StringIO()
+    with Stages("step", quiet=False, stream=stream, units={"synth": "subject", "crossval": "it"}) as stages:
+        stages("synth train", 2, 2)
+        stages("crossval fold 0", 3, 3)
+        stages("other", 1, 1)
+    rates = [line.split(", ")[1].split()[-1] for line in stream.getvalue().splitlines()]  # "unit/s" or "s/unit"
+    assert [re.sub(r"^s/|/s$", "", rate) for rate in rates] == ["subject", "it", "step"]
+
+
 def test_sequential_stages_on_a_terminal_draw_one_bar_at_a_time(monkeypatch):
     closed = []
     monkeypatch.setattr(progress_module._Bar, "close", lambda self: closed.append(self._bar.desc))

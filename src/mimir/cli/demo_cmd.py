@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         keep_training_zips=args.keep_training_zips,
     )
 
-    with Stages("step", quiet=args.quiet, leave=False) as progress:
+    units = {"synth": "subject", "compress": "exam", "predict": "exam", "train": "it", "crossval": "it"}
+    with Stages("step", quiet=args.quiet, leave=False, units=units) as progress:
         result = run_demo(config, Path(args.out), progress=progress)
     metrics = pd.read_csv(result.metrics)
     columns = [c for c in ("name", "unit", "n", "icc", "r2", "mae", "mape_percent", "auc") if c in metrics.columns]

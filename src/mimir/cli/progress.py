@@ -190,8 +190,18 @@ class Stages:
     own throttled lines, and its last one when it completes or when `close` is called.
     """
 
-    def __init__(self, unit: str, *, quiet: bool, overlap: bool = False, leave: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        unit: str,
+        *,
+        quiet: bool,
+        overlap: bool = False,
+        leave: bool = True,
+        stream: TextIO | None = None,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
         self.unit, self.quiet, self.overlap, self.leave = unit, quiet, overlap, leave
+        self.units = dict(units or {})
         self._stream = stream if stream is not None else sys.stderr
         self._stages: dict[str, Progress] = {}
 
@@ -203,9 +213,14 @@ class Stages:
                 self.close()
             position = len(self._stages) if self.overlap else None
             progress = self._stages[stage] = start_progress(
-                stage, total, self.unit, quiet=self.quiet, position=position, leave=self.leave, stream=self._stream
+                stage, total, self.unit_of(stage), quiet=self.quiet, position=position, leave=self.leave, stream=self._stream
             )
         progress.show(done, info)
+
+    def unit_of(self, stage: str) -> str:
+        """The unit of a stage: that of the first `units` key the stage name starts with (a run of
+        several stages counts subjects, exams and iterations), else the default."""
+        return next((unit for prefix, unit in self.units.items() if stage.startswith(prefix)), self.unit)
 
     def close(self) -> None:
         for progress in self._stages.values():
