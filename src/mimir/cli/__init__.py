@@ -25,6 +25,7 @@ from mimir.cli import (
     crossval_cmd,
     demo_cmd,
     evaluate_cmd,
+    explain_cmd,
     module_cmd,
     predict_cmd,
     show_cmd,
@@ -45,6 +46,7 @@ COMMANDS = (
     module_cmd,
     predict_cmd,
     show_cmd,
+    explain_cmd,
     demo_cmd,
     catalog_cmd,
 )
