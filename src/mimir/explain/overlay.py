@@ -23,6 +23,8 @@ MAX_ALPHA = 0.65
 #: Height of one image panel in inches.
 PANEL_HEIGHT_INCHES = 5.0
 _CHANNELS = ("Water", "Fat", "Fat fraction")
+_GAP_INCHES = 0.15
+_TOP_INCHES = 0.9
 
 
 def normalise(saliency_map: np.ndarray) -> np.ndarray:
@@ -54,10 +56,13 @@ def overlay_figure(
     channels = np.asarray(image)
     shown = normalise(saliency_map)
     panel_width = PANEL_HEIGHT_INCHES / DISPLAY_ASPECT
-    figure = new_figure(3 * panel_width + 0.8, PANEL_HEIGHT_INCHES + 1.2)
-    figure.suptitle(f"{title}\n{subtitle}", fontsize=10)
+    width, height = 3 * panel_width + 4 * _GAP_INCHES, PANEL_HEIGHT_INCHES + _TOP_INCHES + _GAP_INCHES
+    figure = new_figure(width, height)
+    figure.set_layout_engine("none")  # sizes are known; the constrained layout cost more than the drawing
+    figure.suptitle(f"{title}\n{subtitle}", fontsize=10, y=1.0 - 0.1 / height, va="top")
     for index, name in enumerate(_CHANNELS):
-        axes = figure.add_subplot(1, 3, index + 1)
+        left = _GAP_INCHES + index * (panel_width + _GAP_INCHES)
+        axes = figure.add_axes((left / width, _GAP_INCHES / height, panel_width / width, PANEL_HEIGHT_INCHES / height))
         draw_channel(axes, channels[index], index)
         draw_saliency(axes, shown)
         axes.set_title(name, fontsize=9)
