@@ -43,3 +43,17 @@ def test_tiny_cohort_tables(tiny_cohort):
     zips = sorted(p.stem.split("_")[0] for p in tiny_cohort.glob("*.zip"))
     assert zips == sorted(str(eid) for eid in truth["eid"])
     assert not (tiny_cohort / "quirks.csv").exists()
+
+
+def test_subject_anatomy_is_the_anatomy_of_the_generated_subject(tiny_cohort):
+    import csv
+
+    from mimir.synth.cohort import subject_anatomy
+    from mimir.synth.labels import Tissue
+
+    with open(tiny_cohort / "truth.csv", newline="") as handle:
+        first = next(csv.DictReader(handle))
+    _, plan, anatomy = subject_anatomy(11, int(first["eid"]))
+    liver = float((anatomy.labels == Tissue.LIVER).sum()) * anatomy.voxel_volume_l
+    assert liver == pytest.approx(float(first["liverVolume"]), rel=1e-5)  # truth.csv keeps 6 digits
+    assert anatomy.labels.shape[0] == plan.grid_slices
