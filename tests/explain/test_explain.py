@@ -11,7 +11,7 @@ import pytest
 
 from mimir.cli import main
 from mimir.explain import ExplainError, ExplainOptions, explain
-from mimir.explain.aggregate import SAGITTAL_START, align, cohort_map, view_boxes
+from mimir.explain.aggregate import SAGITTAL_START, align, cohort_map, image_body_mask, view_boxes
 from mimir.explain.overlay import normalise
 from mimir.inference.predict import PredictOptions, predict
 
@@ -115,3 +115,13 @@ def test_normalise_scales_to_one_and_keeps_zero_maps():
     assert normalise(np.zeros((4, 4))).max() == 0.0
     values = normalise(np.arange(1000.0).reshape(10, 100))
     assert values.max() == 1.0 and values.min() == 0.0 and values.dtype == np.float32
+
+
+def test_the_body_outline_keeps_dim_limbs_and_drops_background_noise():
+    rng = np.random.default_rng(4)
+    image = np.clip(rng.normal(3.0, 2.0, (3, 256, 256)), 0, 255).astype(np.uint8)
+    image[:2, 20:140, 40:110] = 150  # trunk: thick, bright projections
+    image[:2, 140:250, 50:70] = 30  # a leg: a fifth of the trunk's signal
+    mask = image_body_mask(image)
+    assert mask[20:140, 40:110].all() and mask[140:250, 50:70].all()
+    assert mask.sum() == 120 * 70 + 110 * 20

@@ -8,8 +8,9 @@ bounding box of the body outline is mapped linearly onto the cohort's mean box, 
 image alike. This centres and scales; it does not warp organs onto each other, so a cohort map
 is sharp where anatomy scales with the body and blurred where it does not.
 
-The body outline of a 2D image is the water plus fat projection at or above its Otsu threshold,
-the rule compression uses on the volume (`mimir.imaging.projection.body_mask`).
+The body outline of a 2D image is where the water plus fat projections reach a tenth of their
+99th percentile (`image_body_mask`): projections are near zero outside the body and far above
+that inside it, limbs included.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 #: First column of the sagittal view in the 256-wide image (coronal: 224 columns, sagittal: the
 #: 152 rows left after the bed crop, resized together).
 SAGITTAL_START = round(IMAGE_SHAPE[2] * COLUMNS / (COLUMNS + GRID_ROWS - BED_ROWS))
+#: A pixel belongs to the body where water + fat reach this fraction of the image's 99th percentile.
+#: Otsu's threshold, right for the volume, splits the projections into trunk and limbs instead: on
+#: 4 synthetic exams its mask had Dice 0.64-0.86 with the projected body labels, this one 0.98-0.99.
+BODY_FRACTION = 0.1
 #: Percentiles of the body pixels' coordinates that bound its box: a stray noise pixel above the
 #: threshold must not stretch it.
 BOX_PERCENTILES = (0.5, 99.5)
@@ -45,11 +50,9 @@ Box = tuple[float, float, float, float]
 
 
 def image_body_mask(image: np.ndarray) -> np.ndarray:
-    """Body pixels of a (3, 256, 256) image: water + fat projections at or above their Otsu threshold."""
-    from mimir.imaging.projection import otsu_threshold
-
+    """Body pixels of a (3, 256, 256) image: water + fat projections at or above BODY_FRACTION of their 99th percentile."""
     signal = image[0].astype(np.float32) + image[1].astype(np.float32)
-    return signal >= otsu_threshold(signal)
+    return signal >= BODY_FRACTION * float(np.percentile(signal, 99))
 
 
 def view_boxes(mask: np.ndarray) -> tuple[Box, Box] | None:

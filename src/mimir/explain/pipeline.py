@@ -169,7 +169,7 @@ def explain(
     with _cache(options.cache) as cache:
         predicted = run_prediction(
             inputs, used_modules,
-            PredictOptions(cache=cache, device=device, batch_size=size, workers=options.workers, precision="float32"),
+            PredictOptions(cache=cache, device=device, batch_size=options.batch_size, workers=options.workers, precision="float32"),
             progress,
         )
         table = predicted.table
