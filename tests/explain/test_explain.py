@@ -125,3 +125,10 @@ def test_the_body_outline_keeps_dim_limbs_and_drops_background_noise():
     mask = image_body_mask(image)
     assert mask[20:140, 40:110].all() and mask[140:250, 50:70].all()
     assert mask.sum() == 120 * 70 + 110 * 20
+
+
+def test_a_cohort_without_body_outlines_is_averaged_unaligned():
+    black = np.zeros((3, 256, 256), dtype=np.uint8)
+    maps = [np.ones((256, 256)), np.zeros((256, 256))]
+    mean_map, _, used = cohort_map(maps, [black, black], align_bodies=True)
+    assert used == 2 and np.allclose(mean_map, 0.5)

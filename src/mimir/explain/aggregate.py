@@ -86,7 +86,10 @@ def align(array: np.ndarray, boxes: tuple[Box, Box], reference: tuple[Box, Box])
 
 
 def cohort_map(maps: list[np.ndarray], images: list[np.ndarray], *, align_bodies: bool) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mean normalised map, mean water image, exams used); exams without a body outline are left out when aligning."""
+    """(mean normalised map, mean water image, exams used).
+
+    When aligning, exams without a body outline are left out (all of them: nothing is aligned).
+    """
     from mimir.explain.overlay import normalise
 
     normalised = [normalise(saliency_map) for saliency_map in maps]
@@ -94,10 +97,11 @@ def cohort_map(maps: list[np.ndarray], images: list[np.ndarray], *, align_bodies
     if align_bodies:
         boxes = [view_boxes(image_body_mask(image)) for image in images]
         kept = [index for index, box in enumerate(boxes) if box is not None]
+        if not kept:
+            logger.warning("no exam has a body outline to align by: the cohort map averages the maps as they are")
+            return cohort_map(maps, images, align_bodies=False)
         if len(kept) < len(boxes):
             logger.warning("%d exams without a body outline are left out of the cohort map", len(boxes) - len(kept))
-        if not kept:
-            raise ValueError("no exam has a body outline to align")
         reference = tuple(tuple(np.mean([boxes[index][view] for index in kept], axis=0)) for view in range(2))
         normalised = [align(normalised[index], boxes[index], reference) for index in kept]  # type: ignore[arg-type]
         water = [align(water[index], boxes[index], reference) for index in kept]  # type: ignore[arg-type]
