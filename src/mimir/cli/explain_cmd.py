@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--method", default="gradcam", choices=METHOD_NAMES,
         help="gradcam: Grad-CAM on the last residual stage (regions); guided-gradcam: guided "
-        "backpropagation times Grad-CAM (pixel detail); integrated-gradients: from a black image "
-        "(default: gradcam)",
+        "backpropagation times Grad-CAM (pixel detail); integrated-gradients: from a black image, "
+        "attributions that add up to the prediction but follow the image more than the module "
+        "(docs/explain.md; default: gradcam)",
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
