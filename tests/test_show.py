@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mimir.cli import main, show_cmd
-from mimir.errors import PathNotFoundError
+from mimir.errors import MimirError, PathNotFoundError
 from mimir.inference.predict import PredictOptions, predict
 from mimir.inference.table import PredictionTableError, write_predictions
 from mimir.show import ShowError, show_exam
@@ -114,3 +114,22 @@ def test_a_figure_folder_that_takes_no_files_is_refused_before_predicting(module
     monkeypatch.setattr("mimir.inference.predict.run_prediction", lambda *a, **k: pytest.fail("predicted first"))
     with pytest.raises(atomic.UnwritableError, match="cannot write in .*Read-only file system"):
         show_exam(STEM, tmp_path / "x.png", modules=[module], cache=cache)
+
+
+def test_show_explain_draws_the_map_of_one_target_beside_the_figure(module, cache, tmp_path, capsys):
+    out = tmp_path / "figure.png"
+    assert show([STEM, "--cache", str(cache), "--modules", str(module), "--out", str(out), "--device", "cpu",
+                 "--explain", "weight"]) == 0
+    assert_png(out)
+    assert_png(tmp_path / "figure_weight_gradcam.png")
+    assert f"saliency map: {tmp_path / 'figure_weight_gradcam.png'}" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["figure.png", "figure_weight_gradcam.png", "predictions_cache"]
+
+
+def test_show_explain_refuses_a_target_or_source_it_cannot_explain(module, cache, tmp_path):
+    out = tmp_path / "figure.png"
+    with pytest.raises(MimirError, match="do not predict liverFat"):
+        show_exam(STEM, out, modules=[module], cache=cache, explain="liverFat")
+    with pytest.raises(ShowError, match="needs --modules"):
+        show_exam(STEM, out, predictions=tmp_path / "table.csv", cache=cache, explain="weight")
+    assert not out.exists()

@@ -36,6 +36,8 @@ def show_exam(
     cache: str | Path | None = None,
     device: str = "auto",
     precision: str = "auto",
+    explain: str | None = None,
+    method: str = "gradcam",
 ) -> Path:
     """Draw one exam's figure to `out` (.png): predicted with `modules`, or its row of `predictions`.
 
@@ -43,12 +45,18 @@ def show_exam(
     exam name (e.g. 1234567_20201_2_0) whose image is in `cache`. Without `cache`, a predictions
     table's images are looked for in `{table stem}_cache` beside it, and predicting uses a
     temporary cache, removed afterwards. Returns `out`.
+
+    `explain` (a target of the modules) also draws the saliency map of that target's mean with
+    `method` over the image, beside the figure as `{out stem}_{target}_{method}.png`
+    (`explain_figure_path`); it needs `modules`, since a table holds no network.
     """
     from mimir.report.figure import subject_figure
 
     exam_path, out = Path(exam), Path(out)
     if bool(modules) == (predictions is not None):
         raise ShowError("give modules to predict the exam with, or a predictions table: one of the two")
+    if explain is not None:
+        _check_explain(explain, method, modules)
     if not exam_path.exists() and cache is None and predictions is None:
         raise PathNotFoundError(f"{exam}: no such file or folder (an exam name needs a cache, --cache)")
     _check_figure_path(out)
@@ -56,12 +64,52 @@ def show_exam(
         shown = _from_table(exam_path, Path(predictions), Path(cache) if cache is not None else None)
     elif cache is not None:
         shown = _predicted(exam, modules, Path(cache), device, precision)
+        if explain is not None:
+            _explained(shown[0], modules, Path(cache), explain, method, device, explain_figure_path(out, explain, method))
     else:
         with tempfile.TemporaryDirectory(prefix="mimir-show-") as temporary:
             shown = _predicted(exam, modules, Path(temporary), device, precision)
+            if explain is not None:
+                _explained(shown[0], modules, Path(temporary), explain, method, device, explain_figure_path(out, explain, method))
     stem, rows, image = shown
     subject_figure(image, rows, title=_exam_title(stem), path=out)
     return out
+
+
+def explain_figure_path(out: str | Path, target: str, method: str) -> Path:
+    """Where `show_exam(..., explain=target)` draws the map: beside the figure."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_{target}_{method}.png")
+
+
+def _check_explain(target: str, method: str, modules: Sequence[str | Path] | None) -> None:
+    """Refuse a map that cannot be drawn before any prediction work starts."""
+    from mimir.explain import METHOD_NAMES
+    from mimir.explain.pipeline import select_targets
+
+    if not modules:
+        raise ShowError("--explain needs --modules: a predictions table holds no network to explain")
+    if method not in METHOD_NAMES:
+        raise ShowError(f"unknown saliency method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+    select_targets(modules, [target])
+
+
+def _explained(stem: str, modules: Sequence[str | Path], cache: Path, target: str, method: str, device: str, path: Path) -> None:
+    """Draw the exam's map for `target` to `path`, through `mimir.explain` on the cached image."""
+    import shutil
+
+    from mimir.atomic import atomic_path
+    from mimir.explain import ExplainOptions, explain
+    from mimir.explain.pipeline import figure_path
+    from mimir.imaging.cache import image_path
+
+    with tempfile.TemporaryDirectory(prefix="mimir-show-explain-") as temporary:
+        result = explain(
+            [image_path(cache, stem)], modules, temporary,
+            ExplainOptions(method=method, targets=(target,), device=device, workers=1),
+        )
+        with atomic_path(path) as staged:
+            shutil.copyfile(figure_path(result.folder, target, stem), staged)
 
 
 def _check_figure_path(out: Path) -> None:

@@ -13,6 +13,7 @@ from mimir.imaging.projection import (
     normalize_minmax,
     otsu_threshold,
     otsu_thresholds,
+    project_mask,
     projection_channel,
     resize_linear_uint8,
     slice_positions,
@@ -111,6 +112,18 @@ def test_cube_lands_where_predicted_in_both_views():
     row, col = bright_centre(image[0, :, split:])
     assert row == pytest.approx(predicted(11.5, SLICES), abs=0.6)
     assert col + split == pytest.approx(predicted(COLS + 5.5, width), abs=0.6)
+
+
+def test_a_projected_mask_covers_exactly_the_pixels_its_signal_would():
+    mask = np.zeros((SLICES, ROWS, COLS), bool)
+    mask[10:30, 4:12, 20:40] = True  # a uniform box: 255 inside each view, 0 outside
+    mask[:, -BED_ROWS:, :] = True  # bed rows never show, as in the image
+    water = np.where(mask, 100.0, 0.0).astype(np.float32)
+    water[:, -BED_ROWS:, :] = 0.0
+    image = build_representation(volume(water))
+    projected = project_mask(mask)
+    assert projected.shape == (256, 256) and projected.dtype == bool and projected.any()
+    np.testing.assert_array_equal(projected, image[0] >= 128)
 
 
 def test_views_are_min_max_scaled_separately():

@@ -85,3 +85,17 @@ def test_the_reference_export_is_in_showcase_units_and_reads_back_as_the_truth(t
         present = table[name].dropna()
         assert len(present) > 3, name
         np.testing.assert_allclose(present, truth.loc[present.index, name], rtol=1e-5, err_msg=name)
+
+
+def test_subject_anatomy_is_the_anatomy_of_the_generated_subject(tiny_cohort):
+    import csv
+
+    from mimir.synth.cohort import subject_anatomy
+    from mimir.synth.labels import Tissue
+
+    with open(tiny_cohort / "truth.csv", newline="") as handle:
+        first = next(csv.DictReader(handle))
+    _, plan, anatomy = subject_anatomy(11, int(first["eid"]))
+    liver = float((anatomy.labels == Tissue.LIVER).sum()) * anatomy.voxel_volume_l
+    assert liver == pytest.approx(float(first["liverVolume"]), rel=1e-5)  # truth.csv keeps 6 digits
+    assert anatomy.labels.shape[0] == plan.grid_slices

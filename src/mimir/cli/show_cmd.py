@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mimir.cli import common_flags
+from mimir.explain import METHOD_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_device(parser)
     common_flags.add_precision(parser)
     common_flags.add_force(parser, "the figure at --out")
+    parser.add_argument(
+        "--explain", metavar="TARGET",
+        help="also draw the saliency map of TARGET's predicted mean over the image (needs --modules), "
+        "beside the figure as {out stem}_TARGET_METHOD.png",
+    )
+    parser.add_argument("--method", default="gradcam", choices=METHOD_NAMES, help="saliency method of --explain")
     parser.set_defaults(handler=run)
 
 
@@ -44,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     common_flags.check_replaceable([Path(args.out)], args.force)
     out = show_exam(
         args.exam, args.out, modules=args.modules, predictions=args.predictions, cache=args.cache,
-        device=args.device, precision=args.precision,
+        device=args.device, precision=args.precision, explain=args.explain, method=args.method,
     )
     print(f"figure: {out}")
+    if args.explain:
+        from mimir.show import explain_figure_path
+
+        print(f"saliency map: {explain_figure_path(out, args.explain, args.method)}")
     return 0

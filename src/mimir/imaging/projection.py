@@ -250,6 +250,19 @@ def fat_fraction_channel(water: np.ndarray, fat: np.ndarray, mask: np.ndarray, s
     return side_by_side(coronal, sagittal, shape)
 
 
+def project_mask(mask: np.ndarray) -> np.ndarray:
+    """Where a boolean volume on the fused grid (bed rows included) shows in the (256, 256) image.
+
+    The geometry of the water and fat channels: bed crop, the coronal view along the rows and
+    the sagittal view along the columns (a pixel is in the mask when any voxel behind it is),
+    side by side and resized as the image is. For scoring saliency against known anatomy.
+    """
+    cropped = crop_bed(np.asarray(mask, dtype=bool))
+    coronal = cropped.any(axis=1).astype(np.uint8) * 255
+    sagittal = cropped.any(axis=2).astype(np.uint8) * 255
+    return side_by_side(coronal, sagittal, IMAGE_SHAPE[1:]) >= 128
+
+
 def build_representation(volume: FusedVolume) -> np.ndarray:
     """The (3, 256, 256) uint8 image: water projections, fat projections, fat fraction slices."""
     if volume.water.shape != volume.fat.shape or volume.water.size == 0:

@@ -22,14 +22,14 @@ from mimir import __version__
 from mimir.atomic import atomic_write_text, check_can_create_folder
 from mimir.errors import MimirError
 from mimir.parallel import map_outcomes
-from mimir.synth.anatomy import build_anatomy
+from mimir.synth.anatomy import Anatomy, build_anatomy
 from mimir.synth.measure import measure
 from mimir.synth.missingness import draw_presence
 from mimir.synth.preview import write_preview
 from mimir.synth.quirks import QuirkRecord, validate_quirks
 from mimir.synth.signal import render_signal
-from mimir.synth.subject import sample_subject
-from mimir.synth.ukb_writer import plan_exam, write_exam_zip
+from mimir.synth.subject import SubjectParams, sample_subject
+from mimir.synth.ukb_writer import ExamPlan, plan_exam, write_exam_zip
 from mimir.targets.catalog import Target, catalog
 from mimir.targets.fields import array_count, catalog_factor, export_columns
 
@@ -143,13 +143,28 @@ def subject_rng(seed: int, eid: int) -> np.random.Generator:
     return np.random.default_rng([seed, eid])
 
 
+def _draw_anatomy(rng: np.random.Generator, eid: int, on_grid: bool) -> tuple[SubjectParams, ExamPlan, Anatomy]:
+    """The first draws of a subject from its generator: body parameters, exam plan, anatomy."""
+    params = sample_subject(rng, eid)
+    plan = plan_exam(rng, on_grid=on_grid)
+    return params, plan, build_anatomy(params, plan.grid_slices, rng)
+
+
+def subject_anatomy(seed: int, eid: int, *, on_grid: bool = False) -> tuple[SubjectParams, ExamPlan, Anatomy]:
+    """The parameters, exam plan and label volume of subject `eid` of a cohort made with `seed`.
+
+    The same draws `generate_subject` makes (the cohort stores no label volumes), so the labels
+    lie exactly where that subject's zip shows them: slice j of `anatomy.labels` is at
+    z = plan.grid_z_top_mm - 3 j mm. Used to score saliency maps against the true anatomy.
+    """
+    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid)
+
+
 def generate_subject(job: SubjectJob) -> SubjectResult:
     """Anatomy -> signal -> zip (+ ground truth and preview) for one participant."""
     started = time.perf_counter()
     rng = subject_rng(job.seed, job.eid)
-    params = sample_subject(rng, job.eid)
-    plan = plan_exam(rng, on_grid=job.on_grid)
-    anatomy = build_anatomy(params, plan.grid_slices, rng)
+    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid)
     water, fat = render_signal(anatomy, params, rng)
     truth = measure(anatomy, params, rng)
     records = write_exam_zip(
