@@ -100,8 +100,9 @@ def make_cluster(request: ClusterRequest) -> Any:
     (`job_script()`) can be read without a batch system."""
     if request.kind == "local":
         distributed = _require("distributed")
+        host = request.host or "127.0.0.1"
         return distributed.LocalCluster(
-            n_workers=0, threads_per_worker=request.cores or 1, host=request.host or "127.0.0.1", processes=True
+            n_workers=0, threads_per_worker=request.cores or 1, host=host, dashboard_address=f"{host}:8787", processes=True
         )
     jobqueue = _require("dask_jobqueue")
     _require("distributed")
@@ -119,7 +120,7 @@ def make_cluster(request: ClusterRequest) -> Any:
     if request.job_extra:
         overrides["job_extra_directives"] = list(request.job_extra)
     if request.host is not None:
-        overrides["scheduler_options"] = {"host": request.host}
+        overrides["scheduler_options"] = {"host": request.host, "dashboard_address": f"{request.host}:0"}
     try:
         return getattr(jobqueue, JOBQUEUE_CLUSTERS[request.kind])(**overrides)
     except ValueError as error:  # e.g. no cores or memory in the configuration nor the flags

@@ -35,6 +35,7 @@ from pathlib import Path
 from mimir.cluster import CLUSTER_KINDS, ClusterRequest, DaskExecutor, WhereToRun, open_executor
 from mimir.devices import DEVICE_CHOICES, PRECISIONS
 from mimir.errors import MimirError
+from mimir.parallel import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -179,14 +180,14 @@ def where_to_run(args: argparse.Namespace, workers: int) -> WhereToRun:
 
 
 @contextlib.contextmanager
-def executor_for(args: argparse.Namespace, workers: int) -> Iterator[object]:
-    """Local workers or a Dask executor, as the flags say; prints where a cluster runs and its
+def executor_for(args: argparse.Namespace, where: WhereToRun) -> Iterator[int | Executor]:
+    """Local workers or a Dask executor, as `where` says; prints where a cluster runs and its
     dashboard link. Dask's own INFO lines (workers starting and retiring) show only with -vv:
     Dask reads its logging level from the environment when imported, here and in the worker
     processes a local cluster starts (a level the user set is kept)."""
     if getattr(args, "verbose", 0) < 2:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    with open_executor(where_to_run(args, workers)) as executor:
+    with open_executor(where) as executor:
         if isinstance(executor, DaskExecutor):
             print(f"running on the Dask scheduler at {executor.client.scheduler.address}")
             if executor.dashboard:

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    where = common_flags.where_to_run(args, workers)
     inputs = discover_inputs(args.inputs)
     inputs = shard(sorted(inputs, key=lambda exam: str(exam.path)), args.num_parts, args.part_id)
     if not inputs:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         save_volumes=Path(args.save_volumes) if args.save_volumes else None,
         **common_flags.series_patterns(args),
     )
-    with common_flags.executor_for(args, workers) as executor, start_progress(
+    with common_flags.executor_for(args, where) as executor, start_progress(
         "compress", len(inputs), "exam", quiet=args.quiet
     ) as progress:
         summary = compress_exams(inputs, options, workers=executor, progress=lambda _: progress.advance())

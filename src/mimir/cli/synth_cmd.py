@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--n and --out are required")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    where = common_flags.where_to_run(args, args.workers)
     quirks = QUIRKS if args.quirks.strip() == "all" else tuple(q.strip() for q in args.quirks.split(",") if q.strip())
     config = CohortConfig(
         n=args.n,
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         preview=args.preview,
         on_grid=args.on_grid,
     )
-    with common_flags.executor_for(args, args.workers) as executor, start_progress(
+    with common_flags.executor_for(args, where) as executor, start_progress(
         "synth", config.n, "subject", quiet=args.quiet
     ) as progress:
         summary = generate_cohort(config, Path(args.out), workers=executor, progress=lambda _: progress.advance())
