@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ distributed = pytest.importorskip("distributed")
 pytest.importorskip("dask_jobqueue")
 
 from mimir.cli import main  # noqa: E402
-from mimir.cluster import ClusterRequest, make_cluster  # noqa: E402
+from mimir.cluster import ClusterRequest, DaskExecutor, make_cluster  # noqa: E402
+from mimir.parallel import map_outcomes  # noqa: E402
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -59,7 +61,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cues.mkdir()
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")]),
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
         "DASK_LOGGING__DISTRIBUTED": "warning",
         "MIMIR_TEST_CUES": str(cues),
@@ -185,9 +187,46 @@ def test_an_exam_that_kills_every_worker_is_a_failure_after_the_allowed_failures
     assert _temporaries(cache) == []
 
 
+@pytest.fixture
+def helpers(monkeypatch):
+    """tests/parallel_helpers.py, importable by name here and on the workers (their PYTHONPATH)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    return importlib.import_module("parallel_helpers")
+
+
+def test_the_executor_keeps_a_bounded_number_in_flight_and_returns_every_item(scheduler, helpers):
+    with distributed.Client(scheduler, timeout=START_S) as client:
+        outcomes = list(map_outcomes(helpers.square_or_die, range(7), DaskExecutor(client, max_pending=2)))
+    assert sorted((outcome.item, outcome.value) for outcome in outcomes) == [(item, item * item) for item in range(7)]
+    assert all(outcome.ok for outcome in outcomes)
+
+
+def test_a_local_cluster_from_the_command_line(cohort, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    inputs = [str(path) for path in _zips(cohort)[:2]]
+    assert main(["-q", "compress", *inputs, "--cache", str(cache), "--cluster", "local", "--jobs", "2"]) == 0
+    assert capsys.readouterr().out.startswith("running on the Dask scheduler at tcp://127.0.0.1:")
+    assert sorted(path.stem for path in cache.glob("*.npy")) == [path.stem for path in _zips(cohort)[:2]]
+
+
 def test_cluster_options_without_a_cluster_are_refused(tmp_path, capsys):
     assert main(["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--jobs", "4", "--memory", "8GB"]) == 2
     assert "--jobs, --memory only apply with --cluster" in capsys.readouterr().err
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path, capsys):
+    import dask
+
+    (tmp_path / "1000016_20201_2_0.zip").write_bytes(b"")
+    with socket.socket() as closed:  # a port of 127.0.0.1 that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert main(["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--scheduler", address]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"cannot reach the Dask scheduler at {address}" in line
 
 
 def test_asking_for_a_cluster_without_the_extra_names_the_extra(tmp_path, monkeypatch, capsys):
