@@ -179,20 +179,29 @@ def where_to_run(args: argparse.Namespace, workers: int) -> WhereToRun:
     return WhereToRun(workers=workers, scheduler=args.scheduler, cluster=cluster)
 
 
+#: The environment variable Dask reads the level of its `distributed` loggers from.
+_DASK_LOG_LEVEL = "DASK_LOGGING__DISTRIBUTED"
+
+
 @contextlib.contextmanager
 def executor_for(args: argparse.Namespace, where: WhereToRun) -> Iterator[int | Executor]:
     """Local workers or a Dask executor, as `where` says; prints where a cluster runs and its
     dashboard link. Dask's own INFO lines (workers starting and retiring) show only with -vv:
     Dask reads its logging level from the environment when imported, here and in the worker
-    processes a local cluster starts (a level the user set is kept)."""
-    if getattr(args, "verbose", 0) < 2:
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    with open_executor(where) as executor:
-        if isinstance(executor, DaskExecutor):
-            print(f"running on the Dask scheduler at {executor.client.scheduler.address}")
-            if executor.dashboard:
-                print(f"dashboard: {executor.dashboard}")
-        yield executor
+    processes a local cluster starts (a level the user set is kept; ours is unset on return)."""
+    quiet_dask = getattr(args, "verbose", 0) < 2 and _DASK_LOG_LEVEL not in os.environ
+    if quiet_dask:
+        os.environ[_DASK_LOG_LEVEL] = "warning"
+    try:
+        with open_executor(where) as executor:
+            if isinstance(executor, DaskExecutor):
+                print(f"running on the Dask scheduler at {executor.client.scheduler.address}")
+                if executor.dashboard:
+                    print(f"dashboard: {executor.dashboard}")
+            yield executor
+    finally:
+        if quiet_dask:
+            os.environ.pop(_DASK_LOG_LEVEL, None)
 
 
 def add_loader_workers(parser: argparse.ArgumentParser) -> None:
