@@ -7,7 +7,9 @@ tests are not timed. Nothing here listens on, or connects to, any address but 12
 
 from __future__ import annotations
 
+import copyreg
 import csv
+import importlib.util
 import os
 import socket
 import subprocess
@@ -19,12 +21,14 @@ from pathlib import Path
 
 import pytest
 
-distributed = pytest.importorskip("distributed")
-pytest.importorskip("dask_jobqueue")
+from mimir.cli import main
+from mimir.cluster import ClusterRequest, DaskExecutor, make_cluster
+from mimir.parallel import map_outcomes
 
-from mimir.cli import main  # noqa: E402
-from mimir.cluster import ClusterRequest, DaskExecutor, make_cluster  # noqa: E402
-from mimir.parallel import map_outcomes  # noqa: E402
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in ("distributed", "dask_jobqueue")),
+    reason="the dask extra is not installed: pip install -e '.[dask,test]'",
+)
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -44,6 +48,17 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _exception_pickling_kept() -> Iterator[None]:
+    """Importing distributed makes tblib pickle every exception class there is (copyreg), which
+    breaks MIMIR's errors that derive from two builtins; Dask is imported here only, lazily, and
+    pickling is put back as it was for the tests that follow (tests/test_errors.py)."""
+    saved = dict(copyreg.dispatch_table)
+    yield
+    copyreg.dispatch_table.clear()
+    copyreg.dispatch_table.update(saved)
+
+
 @dataclass(frozen=True)
 class Cluster:
     address: str
@@ -55,6 +70,8 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A `dask scheduler` with two one-thread workers, all on 127.0.0.1. Dask's allowed-failures
     is 1: an exam gets a second worker after a death, not a third."""
+    import distributed
+
     folder = tmp_path_factory.mktemp("dask")
     scheduler_file = folder / "scheduler.json"
     cues = folder / "cues"
@@ -197,6 +214,8 @@ def helpers(monkeypatch):
 
 
 def test_the_executor_keeps_a_bounded_number_in_flight_and_returns_every_item(scheduler, helpers):
+    import distributed
+
     with distributed.Client(scheduler, timeout=START_S) as client:
         outcomes = list(map_outcomes(helpers.square_or_die, range(7), DaskExecutor(client, max_pending=2)))
     assert sorted((outcome.item, outcome.value) for outcome in outcomes) == [(item, item * item) for item in range(7)]
