@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from mimir.errors import MimirError
 
@@ -50,6 +50,13 @@ class Outcome(Generic[T, R]):
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class Executor(Protocol):
+    """Somewhere other than this machine's process pool that runs items, one Outcome each
+    (`mimir.cluster.DaskExecutor`: a Dask cluster)."""
+
+    def map_outcomes(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[Outcome[T, R]]: ...
 
 
 def default_workers() -> int:
@@ -123,7 +130,9 @@ def _init_worker(parent_pid: int) -> None:
     die_with_parent(parent_pid)
 
 
-def _run_one(func: Callable[[T], R], item: T) -> Outcome[T, R]:
+def run_one(func: Callable[[T], R], item: T) -> Outcome[T, R]:
+    """`func(item)` as an Outcome: the one place an item's exception becomes its error, in a
+    local worker and in a Dask task alike."""
     try:
         return Outcome(item=item, value=func(item))
     except Exception as error:  # noqa: BLE001 - the caller decides what a failure means
@@ -177,11 +186,14 @@ def _died(future: Future[Outcome[T, R]]) -> bool:
 def map_outcomes(
     func: Callable[[T], R],
     items: Iterable[T],
-    workers: int = 1,
+    workers: int | Executor = 1,
     *,
     max_pending: int | None = None,
 ) -> Iterator[Outcome[T, R]]:
     """Apply `func` to every item, yielding outcomes as they complete (unordered).
+
+    `workers` says where: a number of local processes, or an Executor (a Dask cluster, see
+    `mimir.cluster.open_executor`), which then decides how items are retried and in flight.
 
     `workers <= 1` runs in this process (easy to debug, no start-up cost). Otherwise a pool of
     spawned processes is used; `func` must be picklable (a module-level function or a partial).
@@ -197,9 +209,12 @@ def map_outcomes(
     their items abandoned; on return every worker has exited. Close the generator when you stop
     (`contextlib.closing`) so that this happens at once, not when it is garbage collected.
     """
+    if not isinstance(workers, int):
+        yield from workers.map_outcomes(func, items)
+        return
     if workers <= 1:
         for item in items:
-            yield _run_one(func, item)
+            yield run_one(func, item)
         return
     pending_limit = max(1, max_pending or workers * 4)
     remaining: Iterator[T] = iter(items)
@@ -225,7 +240,7 @@ def _map_until_broken(
     try:
         for item in items:
             try:
-                in_flight[pool.submit(_run_one, func, item)] = item
+                in_flight[pool.submit(run_one, func, item)] = item
             except BrokenProcessPool:
                 suspects = yield from _drain_broken(in_flight)
                 return suspects, itertools.chain([item], items)
@@ -288,7 +303,7 @@ def _run_each_alone(func: Callable[[T], R], suspects: list[T], workers: int) -> 
                 pool = lanes[lane] or _new_pool(1)
                 lanes[lane] = pool
                 item = waiting.popleft()
-                running[pool.submit(_run_one, func, item)] = (lane, item)
+                running[pool.submit(run_one, func, item)] = (lane, item)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 lane, item = running.pop(future)

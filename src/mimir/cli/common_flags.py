@@ -9,6 +9,9 @@ Every command adds a shared flag through the function here, never with its own
 | `--device` | where networks run: auto, cpu, cuda, cuda:N (`mimir.devices` checks the name) |
 | `--precision` | the networks' arithmetic (`mimir.devices.PRECISIONS`) |
 | `--workers N` | processes that compress or generate exams in parallel |
+| `--scheduler ADDRESS` | a running Dask scheduler that runs the batch instead (`mimir.cluster`) |
+| `--cluster KIND`, `--jobs N` | a Dask cluster started on a batch system (dask-jobqueue), N jobs |
+| `--cores`, `--memory`, `--walltime`, `--queue`, `--account`, `--job-extra` | that cluster's jobs, over Dask's configuration |
 | `--loader-workers N` | DataLoader processes that read cached images for training |
 | `--force` | replace outputs that exist already (refused without it) |
 | `--config` | a training configuration: a shipped name (`mimir config list`) or a TOML file |
@@ -23,12 +26,16 @@ Nothing here imports numpy or torch: `mimir --help` builds every parser.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mimir.cluster import CLUSTER_KINDS, ClusterRequest, DaskExecutor, WhereToRun, open_executor
 from mimir.devices import DEVICE_CHOICES, PRECISIONS
 from mimir.errors import MimirError
+from mimir.parallel import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,15 @@ MEANINGS = {
     "--force": "replace outputs that exist already",
     "--config": "training configuration: a shipped name (see `mimir config list`) or a TOML file",
     "--exclude": "eids to leave out, e.g. UK Biobank's list of exams with imaging artefacts",
+    "--scheduler": "run on the Dask scheduler at this address (e.g. tcp://10.0.0.5:8786) instead of local processes",
+    "--cluster": "start a Dask cluster on this batch system (dask-jobqueue) or on this machine (local), and run there",
+    "--jobs": "batch jobs (workers for local) of --cluster",
+    "--cores": "cores per job of --cluster",
+    "--memory": "memory per job of --cluster, e.g. 16GB",
+    "--walltime": "time limit per job of --cluster, e.g. 04:00:00",
+    "--queue": "queue (SLURM partition) for the jobs of --cluster",
+    "--account": "account charged for the jobs of --cluster",
+    "--job-extra": "one more directive in the job script of --cluster, e.g. '--gres=gpu:1' (repeatable)",
     "--verbose": "log progress details (-vv: debug)",
     "--quiet": "no progress bars; only warnings and errors",
 }
@@ -115,6 +131,77 @@ def add_workers(parser: argparse.ArgumentParser, *, default: int | None = None) 
     """`--workers N`: processes over exams; None as default means every core."""
     shown = "all cores" if default is None else str(default)
     parser.add_argument("--workers", type=int, default=default, metavar="N", help=_help("--workers", f"default: {shown}"))
+
+
+#: Where the options of --cluster come from when not given, said once for every command's help.
+CLUSTER_DEFAULTS = "unset options keep the values of Dask's configuration (~/.config/dask/jobqueue.yaml)"
+
+#: The flags of add_where_to_run that only mean something with --cluster.
+_CLUSTER_OPTIONS = ("jobs", "cores", "memory", "walltime", "queue", "account", "job_extra")
+
+
+def add_where_to_run(parser: argparse.ArgumentParser) -> None:
+    """--scheduler, or --cluster with its jobs' resources: where a batch runs instead of this
+    machine's processes (`mimir.cluster`; needs the dask extra)."""
+    group = parser.add_argument_group(
+        "Dask cluster",
+        "Run the batch on a Dask cluster instead of local processes (needs pip install -e '.[dask]'). "
+        f"Inputs and outputs must be on storage every worker sees; {CLUSTER_DEFAULTS}.",
+    )
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help=_help("--scheduler", None))
+    where.add_argument("--cluster", choices=CLUSTER_KINDS, help=_help("--cluster", None))
+    group.add_argument("--jobs", type=int, metavar="N", help=_help("--jobs", "default: 1"))
+    group.add_argument("--cores", type=int, metavar="N", help=_help("--cores", None))
+    group.add_argument("--memory", metavar="SIZE", help=_help("--memory", None))
+    group.add_argument("--walltime", metavar="HH:MM:SS", help=_help("--walltime", None))
+    group.add_argument("--queue", metavar="NAME", help=_help("--queue", None))
+    group.add_argument("--account", metavar="NAME", help=_help("--account", None))
+    group.add_argument("--job-extra", action="append", metavar="DIRECTIVE", help=_help("--job-extra", None))
+
+
+class ClusterFlagError(MimirError, ValueError):
+    """Options of --cluster given without --cluster."""
+
+
+def where_to_run(args: argparse.Namespace, workers: int) -> WhereToRun:
+    """The WhereToRun the flags of add_where_to_run ask for; cluster options without --cluster
+    are misuse (they would be silently ignored)."""
+    given = [f"--{name.replace('_', '-')}" for name in _CLUSTER_OPTIONS if getattr(args, name) is not None]
+    if given and args.cluster is None:
+        raise ClusterFlagError(f"{', '.join(given)} only apply with --cluster")
+    cluster = None
+    if args.cluster is not None:
+        cluster = ClusterRequest(
+            kind=args.cluster, jobs=args.jobs if args.jobs is not None else 1, cores=args.cores, memory=args.memory,
+            walltime=args.walltime, queue=args.queue, account=args.account, job_extra=tuple(args.job_extra or ()),
+        )
+    return WhereToRun(workers=workers, scheduler=args.scheduler, cluster=cluster)
+
+
+#: The environment variable Dask reads the level of its `distributed` loggers from.
+_DASK_LOG_LEVEL = "DASK_LOGGING__DISTRIBUTED"
+
+
+@contextlib.contextmanager
+def executor_for(args: argparse.Namespace, where: WhereToRun) -> Iterator[int | Executor]:
+    """Local workers or a Dask executor, as `where` says; prints where a cluster runs and its
+    dashboard link. Dask's own INFO lines (workers starting and retiring) show only with -vv:
+    Dask reads its logging level from the environment when imported, here and in the worker
+    processes a local cluster starts (a level the user set is kept; ours is unset on return)."""
+    quiet_dask = getattr(args, "verbose", 0) < 2 and _DASK_LOG_LEVEL not in os.environ
+    if quiet_dask:
+        os.environ[_DASK_LOG_LEVEL] = "warning"
+    try:
+        with open_executor(where) as executor:
+            if isinstance(executor, DaskExecutor):
+                print(f"running on the Dask scheduler at {executor.client.scheduler.address}")
+                if executor.dashboard:
+                    print(f"dashboard: {executor.dashboard}")
+            yield executor
+    finally:
+        if quiet_dask:
+            os.environ.pop(_DASK_LOG_LEVEL, None)
 
 
 def add_loader_workers(parser: argparse.ArgumentParser) -> None:

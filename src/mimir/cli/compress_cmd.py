@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     common_flags.add_cache(parser, required=True, detail="made when missing")
     common_flags.add_workers(parser)
+    common_flags.add_where_to_run(parser)
     common_flags.add_force(parser, "recompute exams that are already cached")
     parser.add_argument("--num-parts", type=int, default=1, help="split the inputs into this many parts (several machines)")
     parser.add_argument("--part-id", type=int, default=0, help="which part (0-based) this run processes")
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    where = common_flags.where_to_run(args, workers)
     inputs = discover_inputs(args.inputs)
     inputs = shard(sorted(inputs, key=lambda exam: str(exam.path)), args.num_parts, args.part_id)
     if not inputs:
@@ -56,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
         save_volumes=Path(args.save_volumes) if args.save_volumes else None,
         **common_flags.series_patterns(args),
     )
-    with start_progress("compress", len(inputs), "exam", quiet=args.quiet) as progress:
-        summary = compress_exams(inputs, options, workers=workers, progress=lambda _: progress.advance())
+    with common_flags.executor_for(args, where) as executor, start_progress(
+        "compress", len(inputs), "exam", quiet=args.quiet
+    ) as progress:
+        summary = compress_exams(inputs, options, workers=executor, progress=lambda _: progress.advance())
     timing = f"{summary.seconds:.1f} s wall"
     if summary.exam_seconds:  # none when every exam was cached already
         timing += f", {summary.seconds_per_exam:.2f} s per exam per core"

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preview", action="store_true", help="write a coronal/sagittal PNG per subject")
     parser.add_argument("--on-grid", action="store_true", help="write every station on the common 3 mm grid")
     common_flags.add_workers(parser, default=1)
+    common_flags.add_where_to_run(parser)
     parser.set_defaults(handler=run)
 
 
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--n and --out are required")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    where = common_flags.where_to_run(args, args.workers)
     quirks = QUIRKS if args.quirks.strip() == "all" else tuple(q.strip() for q in args.quirks.split(",") if q.strip())
     config = CohortConfig(
         n=args.n,
@@ -59,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
         preview=args.preview,
         on_grid=args.on_grid,
     )
-    with start_progress("synth", config.n, "subject", quiet=args.quiet) as progress:
-        summary = generate_cohort(config, Path(args.out), workers=args.workers, progress=lambda _: progress.advance())
+    with common_flags.executor_for(args, where) as executor, start_progress(
+        "synth", config.n, "subject", quiet=args.quiet
+    ) as progress:
+        summary = generate_cohort(config, Path(args.out), workers=executor, progress=lambda _: progress.advance())
     print(
         f"{len(summary.eids)} subjects written to {summary.out} in {summary.seconds:.1f} s "
         f"({summary.seconds_per_subject:.2f} s per subject per core); "

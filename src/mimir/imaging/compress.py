@@ -36,7 +36,7 @@ from mimir.imaging.cache import (
 from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.read import ExamInput
-from mimir.parallel import Outcome, map_outcomes
+from mimir.parallel import Executor, Outcome, map_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def compress_exams(
     inputs: Sequence[ExamInput],
     options: CompressOptions,
     *,
-    workers: int = 1,
+    workers: int | Executor = 1,
     progress: Callable[[ExamOutcome], None] | None = None,
 ) -> CompressSummary:
     """Compress every exam not yet validly cached; resumable, one failure row per bad exam.
@@ -295,6 +295,7 @@ def compress_exams(
     The cache must take new files before any exam is computed (CacheNotWritableError). A cache
     entry that is not a valid image (truncated, damaged, not a regular file) is recomputed, with
     a warning. When the final tables cannot be written (a full disk), the error says what was kept.
+    `workers` is a number of local processes or an Executor (a Dask cluster, `mimir.cluster`).
     """
     started = time.perf_counter()
     cache = prepare_cache(Path(options.cache))
@@ -324,6 +325,9 @@ def compress_exams(
     except BaseException:
         _remove_stale_temporaries(cache)  # the workers stopped mid-exam have exited: their files are stale
         raise
+    removed = _remove_stale_temporaries(cache)  # of workers killed mid-exam, whose exams ran again elsewhere
+    if removed:
+        logger.info("removed %d temporary files left by workers that died", removed)
     kept = (
         f"the {summary.done} images compressed in this run are kept in {cache} (a rerun skips them); "
         f"the {summary.failed} failures are in the log above"

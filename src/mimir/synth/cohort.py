@@ -21,7 +21,7 @@ import numpy as np
 from mimir import __version__
 from mimir.atomic import atomic_write_text, check_can_create_folder
 from mimir.errors import MimirError
-from mimir.parallel import map_outcomes
+from mimir.parallel import Executor, map_outcomes
 from mimir.synth.anatomy import Anatomy, build_anatomy
 from mimir.synth.measure import measure
 from mimir.synth.missingness import draw_presence
@@ -319,7 +319,7 @@ def generate_cohort(
     config: CohortConfig,
     out: Path,
     *,
-    workers: int = 1,
+    workers: int | Executor = 1,
     progress: Callable[[SubjectResult | None], None] | None = None,
 ) -> CohortSummary:
     """Write a synthetic cohort to `out`; `progress` is called once per finished subject."""

@@ -1,0 +1,107 @@
+"""Benchmark where compression runs: the local process pool against a local Dask cluster, with
+1 and 2 workers, over the same exams, in one run (issue 14).
+
+Each configuration compresses every exam into a fresh cache and reports wall seconds, exams per
+second and core-seconds per exam (wall x workers / exams), and the Dask overhead per exam
+against the local pool with the same number of workers. The Dask workers are started (and have
+imported MIMIR) before the clock starts, as on a cluster that serves many batches; the local
+pool's start is inside its time, as in every `mimir compress` (with 1 worker the local run is
+in-process, no pool). Needs the dask extra.
+
+    python benchmarks/scaling.py --n 8              # synthetic cohort in a temp folder
+    python benchmarks/scaling.py --zips DIR         # your own field-20201 zips
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from mimir.parallel import SINGLE_THREAD_VARIABLES
+
+# One BLAS thread here too, as in the local pool's workers and Dask's (its nannies set the same
+# variables): the in-process 1-worker run would otherwise compete with its own BLAS threads.
+for _name in SINGLE_THREAD_VARIABLES:
+    os.environ.setdefault(_name, "1")
+
+
+#: What compress_exam imports on first use: imported here before any clock starts, as the Dask
+#: workers have, so that the in-process 1-worker run does not pay it inside its time.
+COMPRESS_MODULES = ("mimir.imaging.compress", "mimir.imaging.fusion", "mimir.imaging.projection", "mimir.imaging.quality", "mimir.imaging.read")
+
+
+def _warm() -> None:
+    import importlib
+
+    for module in COMPRESS_MODULES:
+        importlib.import_module(module)
+
+
+def _timed(inputs: list, cache: Path, workers: object) -> float:
+    from mimir.imaging.compress import CompressOptions, compress_exams
+
+    started = time.perf_counter()
+    summary = compress_exams(inputs, CompressOptions(cache=cache), workers=workers)
+    seconds = time.perf_counter() - started
+    if summary.done != len(inputs):
+        raise SystemExit(f"{summary.failed} exams failed in {cache}: see failures.csv")
+    return seconds
+
+
+def _best(inputs: list, caches: Path, workers: object, repeat: int) -> float:
+    """The fastest of `repeat` runs, each into a fresh cache: the least disturbed by other jobs."""
+    return min(_timed(inputs, caches / str(attempt), workers) for attempt in range(repeat))
+
+
+def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int) -> float:
+    from distributed import Client, LocalCluster
+
+    from mimir.cluster import DaskExecutor
+
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(workers)
+        client.run(_warm)
+        return _best(inputs, caches, DaskExecutor(client), repeat)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=8, help="synthetic exams to generate")
+    parser.add_argument("--zips", type=Path, help="a folder of field-20201 zips instead")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=1, help="time each configuration this many times; the best is kept")
+    args = parser.parse_args()
+
+    from mimir.imaging.compress import discover_inputs
+    from mimir.synth import CohortConfig, generate_cohort
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.zips
+        if folder is None:
+            folder = Path(scratch) / "cohort"
+            generate_cohort(CohortConfig(n=args.n, seed=3), folder, workers=max(args.workers))
+        inputs = discover_inputs([folder])
+        _warm()
+        rows = []
+        for workers in args.workers:
+            local = _best(inputs, Path(scratch) / f"local{workers}", workers, args.repeat)
+            dask = _dask_seconds(inputs, Path(scratch) / f"dask{workers}", workers, args.repeat)
+            for where, seconds in (("local pool", local), ("dask", dask)):
+                rows.append((where, workers, seconds, len(inputs) / seconds, seconds * workers / len(inputs)))
+            overhead = (dask - local) * workers / len(inputs)
+            print(f"{workers} workers: Dask overhead {overhead:+.3f} core-s per exam ({(dask - local) / local:+.1%} of the local pool)")
+    print(f"\n{len(inputs)} exams, best of {args.repeat}")
+    print("| where | workers | wall s | exams/s | core-s per exam |")
+    print("|---|---|---|---|---|")
+    for where, workers, seconds, rate, per_exam in rows:
+        print(f"| {where} | {workers} | {seconds:.1f} | {rate:.2f} | {per_exam:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

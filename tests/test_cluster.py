@@ -1,0 +1,278 @@
+"""Batches on a real Dask cluster (`mimir.cluster`): a `dask scheduler` and two `dask worker`
+processes on 127.0.0.1, started here as the issue asks, and dask-jobqueue's job scripts.
+
+Workers die on cue (tests/cluster_preload.py) rather than at a guessed moment, so the fault
+tests are not timed. Nothing here listens on, or connects to, any address but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import csv
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mimir.cli import main
+from mimir.cluster import ClusterRequest, DaskExecutor, make_cluster
+from mimir.parallel import map_outcomes
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in ("distributed", "dask_jobqueue")),
+    reason="the dask extra is not installed: pip install -e '.[dask,test]'",
+)
+
+TESTS = Path(__file__).parent
+SRC = TESTS.parent / "src"
+#: How long the processes get to start (a loaded 2-core CI machine); a wait, never an assertion.
+START_S = 120
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _exception_pickling_kept() -> Iterator[None]:
+    """Importing distributed makes tblib pickle every exception class there is (copyreg), which
+    breaks MIMIR's errors that derive from two builtins; Dask is imported here only, lazily, and
+    pickling is put back as it was for the tests that follow (tests/test_errors.py)."""
+    saved = dict(copyreg.dispatch_table)
+    yield
+    copyreg.dispatch_table.clear()
+    copyreg.dispatch_table.update(saved)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    #: Where tests leave cues for the workers (see tests/cluster_preload.py).
+    cues: Path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A `dask scheduler` with two one-thread workers, all on 127.0.0.1. Dask's allowed-failures
+    is 1: an exam gets a second worker after a death, not a third."""
+    import distributed
+
+    folder = tmp_path_factory.mktemp("dask")
+    scheduler_file = folder / "scheduler.json"
+    cues = folder / "cues"
+    cues.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
+        "DASK_LOGGING__DISTRIBUTED": "warning",
+        "MIMIR_TEST_CUES": str(cues),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
+            env=env, cwd=folder,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + START_S
+        while not scheduler_file.exists() and time.monotonic() < deadline and processes[0].poll() is None:
+            time.sleep(0.2)
+        assert scheduler_file.exists(), "the dask scheduler did not start"
+        processes += [
+            subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                 "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+                 "--preload", str(TESTS / "cluster_preload.py"), "--local-directory", str(folder / f"worker{number}")],
+                env=env, cwd=folder,
+            )
+            for number in range(2)
+        ]
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout=START_S) as client:
+            client.wait_for_workers(2, timeout=START_S)
+            address = client.scheduler.address
+        assert address.startswith("tcp://127.0.0.1:")
+        yield Cluster(address, cues)
+    finally:
+        _stop(processes[1:])
+        _stop(processes[:1])
+
+
+@pytest.fixture(scope="module")
+def scheduler(cluster: Cluster) -> str:
+    return cluster.address
+
+
+@pytest.fixture
+def cues(cluster: Cluster) -> Path:
+    return cluster.cues
+
+
+@pytest.fixture(scope="module")
+def cohort(scheduler: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic exams, generated through the scheduler (`mimir synth --scheduler`)."""
+    out = tmp_path_factory.mktemp("cluster_cohort")
+    assert main(["-q", "synth", "--n", "6", "--seed", "14", "--out", str(out), "--scheduler", scheduler]) == 0
+    return out
+
+
+def _zips(cohort: Path) -> list[Path]:
+    return sorted(cohort.glob("*.zip"))
+
+
+def _files(cache: Path) -> dict[str, bytes]:
+    """Every file of a cache by its path inside it, temporaries included."""
+    return {str(path.relative_to(cache)): path.read_bytes() for path in sorted(cache.rglob("*")) if path.is_file()}
+
+
+def _temporaries(cache: Path) -> list[str]:
+    return [str(path) for path in cache.rglob(".*") if path.name != "."]
+
+
+def _failures(cache: Path) -> list[dict[str, str]]:
+    with (cache / "failures.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_compress_through_the_scheduler_is_byte_identical_to_a_local_run(scheduler, cohort, tmp_path):
+    assert len(_zips(cohort)) == 6
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert main(["-q", "compress", str(cohort), "--cache", str(local), "--workers", "1"]) == 0
+    assert main(["-q", "compress", str(cohort), "--cache", str(remote), "--scheduler", scheduler]) == 0
+    files = _files(local)
+    assert sum(name.endswith(".npy") for name in files) == 6
+    assert _files(remote) == files  # images, per-exam QC rows, qc.csv and failures.csv
+
+
+def test_a_corrupt_zip_is_a_failure_row_and_the_batch_finishes(scheduler, cohort, tmp_path):
+    corrupt = tmp_path / "inputs" / "1000016_20201_2_0.zip"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"PK\x03\x04 not a zip at all")
+    cache = tmp_path / "cache"
+    inputs = [str(path) for path in _zips(cohort)[:2]]
+    assert main(["-q", "compress", *inputs, str(corrupt), "--cache", str(cache), "--scheduler", scheduler]) == 0
+    (failure,) = _failures(cache)
+    assert failure["subject"] == "1000016_20201_2_0" and failure["stage"] == "open"
+    assert "truncated or corrupt zip archive" in failure["reason"]
+    assert sorted(path.stem for path in cache.glob("*.npy")) == [path.stem for path in _zips(cohort)[:2]]
+
+
+def test_a_worker_killed_mid_write_has_its_exam_rerun_once_and_leaves_nothing_behind(scheduler, cohort, cues, tmp_path):
+    cache = tmp_path / "cache"
+    (cues / "die-once").touch()
+    inputs = [str(path) for path in _zips(cohort)[:4]]
+    assert main(["-q", "compress", *inputs, "--cache", str(cache), "--scheduler", scheduler]) == 0
+    assert not (cues / "die-once").exists()  # a worker took the cue and died
+    assert sorted(path.name for path in cache.glob("*.npy")) == sorted(f"{path.stem}.npy" for path in _zips(cohort)[:4])
+    assert _failures(cache) == []
+    assert _temporaries(cache) == []
+    with (cache / "qc.csv").open(newline="") as handle:
+        subjects = [row["subject"] for row in csv.DictReader(handle)]
+    assert sorted(subjects) == sorted(path.stem for path in _zips(cohort)[:4])  # each exactly once
+
+
+def test_an_exam_that_kills_every_worker_is_a_failure_after_the_allowed_failures(scheduler, cohort, cues, tmp_path):
+    poison, good = _zips(cohort)[:2]
+    (cues / "poison").write_text(poison.stem)
+    cache = tmp_path / "cache"
+    try:
+        assert main(["-q", "compress", str(poison), str(good), "--cache", str(cache), "--scheduler", scheduler]) == 0
+    finally:
+        (cues / "poison").unlink()
+    (failure,) = _failures(cache)
+    assert failure["subject"] == poison.stem and failure["stage"] == "worker"
+    assert failure["reason"].startswith("WorkerDied: the worker died 2 times while processing this item")
+    assert [path.stem for path in cache.glob("*.npy")] == [good.stem]
+    assert _temporaries(cache) == []
+
+
+@pytest.fixture
+def helpers(monkeypatch):
+    """tests/parallel_helpers.py, importable by name here and on the workers (their PYTHONPATH)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    return importlib.import_module("parallel_helpers")
+
+
+def test_the_executor_keeps_a_bounded_number_in_flight_and_returns_every_item(scheduler, helpers):
+    import distributed
+
+    with distributed.Client(scheduler, timeout=START_S) as client:
+        outcomes = list(map_outcomes(helpers.square_or_die, range(7), DaskExecutor(client, max_pending=2)))
+    assert sorted((outcome.item, outcome.value) for outcome in outcomes) == [(item, item * item) for item in range(7)]
+    assert all(outcome.ok for outcome in outcomes)
+
+
+def test_a_local_cluster_from_the_command_line(cohort, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    inputs = [str(path) for path in _zips(cohort)[:2]]
+    assert main(["-q", "compress", *inputs, "--cache", str(cache), "--cluster", "local", "--jobs", "2"]) == 0
+    assert capsys.readouterr().out.startswith("running on the Dask scheduler at tcp://127.0.0.1:")
+    assert sorted(path.stem for path in cache.glob("*.npy")) == [path.stem for path in _zips(cohort)[:2]]
+
+
+def test_cluster_options_without_a_cluster_are_refused(tmp_path, capsys):
+    assert main(["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--jobs", "4", "--memory", "8GB"]) == 2
+    assert "--jobs, --memory only apply with --cluster" in capsys.readouterr().err
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path, capsys):
+    import dask
+
+    (tmp_path / "1000016_20201_2_0.zip").write_bytes(b"")
+    with socket.socket() as closed:  # a port of 127.0.0.1 that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert main(["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--scheduler", address]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"cannot reach the Dask scheduler at {address}" in line
+
+
+def test_asking_for_a_cluster_without_the_extra_names_the_extra(tmp_path, monkeypatch, capsys):
+    (tmp_path / "1000016_20201_2_0.zip").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed: importing it fails
+    assert main(["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("needs distributed and dask-jobqueue: pip install -e '.[dask]'")
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("slurm", ["#SBATCH -p short", "#SBATCH -A proj-123", "#SBATCH -n 1", "#SBATCH --cpus-per-task=4",
+                   "#SBATCH --mem=15G", "#SBATCH -t 02:30:00", "#SBATCH --gres=gpu:1"]),
+        ("pbs", ["#PBS -q short", "#PBS -A proj-123", "#PBS -l select=1:ncpus=4:mem=15GB", "#PBS -l walltime=02:30:00",
+                 "#PBS --gres=gpu:1"]),
+    ],
+)
+def test_job_scripts_carry_the_requested_resources(kind, expected):
+    request = ClusterRequest(
+        kind=kind, cores=4, memory="16GB", walltime="02:30:00", queue="short", account="proj-123",
+        job_extra=("--gres=gpu:1",), host="127.0.0.1",
+    )
+    with make_cluster(request) as cluster:
+        script = cluster.job_script()
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    lines = script.splitlines()
+    for line in expected:
+        assert line in lines, (line, script)
