@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -57,7 +57,9 @@ class Executor(Protocol):
     """Somewhere other than this machine's process pool that runs items, one Outcome each
     (`mimir.cluster.DaskExecutor`: a Dask cluster)."""
 
-    def map_outcomes(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[Outcome[T, R]]: ...
+    def map_outcomes(
+        self, func: Callable[[T], R], items: Iterable[T], *, resources: Mapping[str, float] | None = None
+    ) -> Iterator[Outcome[T, R]]: ...
 
 
 def default_workers() -> int:
