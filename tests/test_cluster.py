@@ -298,6 +298,13 @@ def test_cluster_options_without_a_cluster_are_refused(tmp_path, capsys):
     assert "--jobs, --memory only apply with --cluster" in capsys.readouterr().err
 
 
+def test_local_workers_with_a_cluster_are_refused_not_ignored(tmp_path, capsys):
+    argv = ["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--workers", "4"]
+    assert main([*argv, "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert main([*argv, "--cluster", "local"]) == 2
+    assert capsys.readouterr().err.count("--workers counts local processes") == 2
+
+
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path, capsys):
     import dask
 

@@ -129,9 +129,11 @@ def add_precision(parser: argparse.ArgumentParser, *, detail: str | None = None)
 
 
 def add_workers(parser: argparse.ArgumentParser, *, default: int | None = None) -> None:
-    """`--workers N`: processes over exams; None as default means every core."""
+    """`--workers N`: processes over exams. The parsed value stays None when the flag is not
+    given (so a cluster can refuse it only when given); the command applies `default` (shown in
+    the help; None: every core)."""
     shown = "all cores" if default is None else str(default)
-    parser.add_argument("--workers", type=int, default=default, metavar="N", help=_help("--workers", f"default: {shown}"))
+    parser.add_argument("--workers", type=int, metavar="N", help=_help("--workers", f"default: {shown}"))
 
 
 #: Where the options of --cluster come from when not given, said once for every command's help.
@@ -171,6 +173,11 @@ def where_to_run(args: argparse.Namespace, workers: int) -> WhereToRun:
     given = [f"--{name.replace('_', '-')}" for name in _CLUSTER_OPTIONS if getattr(args, name) is not None]
     if given and args.cluster is None:
         raise ClusterFlagError(f"{', '.join(given)} only apply with --cluster")
+    if getattr(args, "workers", None) is not None and (args.scheduler or args.cluster):
+        raise ClusterFlagError(
+            "--workers counts local processes; on a Dask cluster its workers run the batch "
+            "(their number: --jobs and --cores of --cluster, or the workers started for --scheduler)"
+        )
     cluster = None
     if args.cluster is not None:
         cluster = ClusterRequest(
