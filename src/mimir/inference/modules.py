@@ -900,6 +900,13 @@ def load_module(
 
 
 # describing --------------------------------------------------------------------------------------
+def member_count_line(spec: ModuleSpec) -> str:
+    """'module body: 5 member networks (an ensemble)' or '... 1 member network'."""
+    if spec.n_members == 1:
+        return f"module {spec.name}: 1 member network"
+    return f"module {spec.name}: {spec.n_members} member networks (an ensemble; its sd is the total of aleatoric and epistemic)"
+
+
 _SHOWN_METRICS = ("n", "icc", "r2", "mae", "mape_percent", "auc", "auce_scaled")
 
 
