@@ -275,3 +275,36 @@ def test_runs_with_other_seeds_make_an_ensemble_and_mismatches_are_refused(tmp_p
     RunFolder(other).config.write_text(config.to_toml())
     with pytest.raises(ModuleBuildError, match="cannot join"):
         build_ensemble([runs[0], other], None, tmp_path / "mixed")
+
+
+def test_the_module_command_builds_and_describes_an_ensemble(tmp_path, capsys):
+    from mimir.cli import main
+
+    crossval = _fake_crossval(tmp_path / "cv", _states(2))
+    assert main(["-q", "module", "build", "--from-crossval", str(crossval), "--out", str(tmp_path / "no")]) == 2
+    assert "--ensemble" in capsys.readouterr().err
+    assert main(["-q", "module", "build", "--from-crossval", str(crossval), "--ensemble", "--out", str(tmp_path / "m")]) == 0
+    assert "2 member networks" in capsys.readouterr().out
+    assert main(["-q", "module", "info", str(tmp_path / "m")]) == 0
+    assert "member networks: 2" in capsys.readouterr().out
+    runs = [str(CrossvalFolder(crossval).fold(fold).path) for fold in range(2)]
+    assert main(["-q", "module", "build", "--run", runs[0], "--run", runs[1], "--out", str(tmp_path / "seeds")]) == 0
+    assert read_spec(tmp_path / "seeds").n_members == 2
+
+
+def test_training_and_modules_share_one_de_standardisation():
+    """A run's own predictions (Standardization.invert) and its module's (postprocess with factor
+    1) are the same function, bit for bit, clamp and untrained targets included."""
+    standardization = Standardization(
+        "ens", ("height", "weight"), np.array([170.0, 80.0]), np.array([9.0, 14.0]), np.array([10, 0])
+    )
+    targets = tuple(
+        dataclasses.replace(target, mean=mean, sd=sd, calibration=1.0, n_train=int(n))
+        for target, mean, sd, n in zip(TARGETS, standardization.mean, standardization.sd, standardization.n_train, strict=True)
+    )
+    spec = dataclasses.replace(_spec(), targets=targets, members=(), log_var_range=None)
+    raw = np.random.default_rng(1).normal(size=(6, 4)) * 3
+    run_mean, run_sd = standardization.invert(raw[:, 0::2], raw[:, 1::2])
+    module_mean, module_sd = postprocess(raw, spec)
+    assert np.array_equal(run_mean, module_mean, equal_nan=True) and np.array_equal(run_sd, module_sd, equal_nan=True)
+    assert np.isnan(module_mean[:, 1]).all()

@@ -53,7 +53,7 @@ from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
-from mimir.inference.modules import ModuleSpec, check_member_count, load_module, read_spec
+from mimir.inference.modules import ModuleSpec, load_module, read_spec
 from mimir.inference.postprocess import combine_members
 from mimir.inference.runner import ModuleRunner, network_input
 from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
@@ -174,7 +174,7 @@ class PredictOptions:
     water_pattern: str | None = None
     fat_pattern: str | None = None
     #: Use only the first this many member networks of each ensemble module (faster, a little
-    #: less accurate); None: all. A module with fewer members is refused before any work.
+    #: less accurate); None: all. Modules with fewer members run all of theirs.
     members: int | None = None
 
     def __post_init__(self) -> None:
@@ -233,8 +233,6 @@ def run_prediction(
         resolved, excluded = _without_excluded(resolved, read_exclusion_list(options.exclude))
     specs = [read_spec(path) for path in modules]
     check_target_conflicts(specs, [str(path) for path in modules])
-    for spec in specs:
-        check_member_count(spec, min(options.members, spec.n_members) if options.members is not None else None)
     if check_column_naming(options.column_names) == "ukb":
         table_instance([exam_stem(source) for source in resolved.raw] + [exam.stem for exam in resolved.cached])
     device = resolve_device(options.device)

@@ -1,6 +1,8 @@
-"""One module's network, placed for fast inference at one precision, and checked in it.
+"""One module's member networks, placed for fast inference at one precision, and checked in it.
 
-The runner works on its own copy of the module's network: batch norm folded into the
+The networks run through the one forward path (`mimir.forward.run_member`); an ensemble's
+outputs are combined by `mimir.inference.postprocess.combine_members`. The runner works on its
+own copy of each member network (the first K with `members=K`): batch norm folded into the
 convolutions (the same function to float32 rounding, a fifth less work on a CPU) and weights
 channels-last, under `torch.inference_mode`. The module it was given is left as it was.
 
