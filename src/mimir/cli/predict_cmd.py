@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "its first batch and runs in float32 when its means differ by more than 0.02 target sd",
     )
     parser.add_argument("--long", action="store_true", help="one row per exam and target instead of per exam")
+    parser.add_argument(
+        "--members", type=int, metavar="K",
+        help="run only the first K member networks of each ensemble module (faster; modules with fewer "
+        "members run all of theirs). Ensembles add {target}_sd_aleatoric and {target}_sd_epistemic columns; "
+        "their sd is the total",
+    )
     common_flags.add_force(parser, "the table at --out")
     common_flags.add_exclude(parser, detail="the exams it names are neither compressed nor predicted and have no row; the summary counts them")
     common_flags.add_series_patterns(parser)
@@ -67,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.members is not None and args.members < 1:
+        raise UsageError("--members must be at least 1")
     missing = [path for path in args.inputs if not Path(path).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
@@ -80,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         column_names=args.column_names,
         part=args.part,
+        members=args.members,
     )
     with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
         result = run_prediction(args.inputs, args.modules, options, progress)
