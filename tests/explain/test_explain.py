@@ -12,7 +12,7 @@ import pytest
 from mimir.cli import main
 from mimir.explain import ExplainError, ExplainOptions, explain
 from mimir.explain.aggregate import SAGITTAL_START, align, cohort_map, image_body_mask, view_boxes
-from mimir.explain.overlay import normalise
+from mimir.report.saliency import normalise
 from mimir.inference.predict import PredictOptions, predict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

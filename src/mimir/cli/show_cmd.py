@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_force(parser, "the figure at --out")
     parser.add_argument(
         "--explain", metavar="TARGET",
-        help="also draw the saliency map of TARGET's predicted mean over the image (needs --modules), "
-        "beside the figure as {out stem}_TARGET_METHOD.png",
+        help="also draw the saliency map of TARGET's predicted mean over each channel of the figure "
+        "(needs --modules; see `mimir explain`)",
     )
     parser.add_argument("--method", default="gradcam", choices=METHOD_NAMES, help="saliency method of --explain")
     parser.set_defaults(handler=run)
@@ -54,8 +54,4 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, explain=args.explain, method=args.method,
     )
     print(f"figure: {out}")
-    if args.explain:
-        from mimir.show import explain_figure_path
-
-        print(f"saliency map: {explain_figure_path(out, args.explain, args.method)}")
     return 0

@@ -1,6 +1,6 @@
 """Cohort maps: the normalised maps of many exams averaged per target, optionally body-aligned.
 
-Each exam's map is first scaled to [0, 1] (`mimir.explain.overlay.normalise`), so every exam
+Each exam's map is first scaled to [0, 1] (`mimir.report.saliency.normalise`), so every exam
 weighs the same whatever its gradient scale. Alignment (on by default) removes the largest
 between-subject difference of the 2D images, body size: within each view (the coronal half on
 the left, the sagittal half on the right, split where `mimir.imaging.projection` joins them) the
@@ -90,7 +90,7 @@ def cohort_map(maps: list[np.ndarray], images: list[np.ndarray], *, align_bodies
 
     When aligning, exams without a body outline are left out (all of them: nothing is aligned).
     """
-    from mimir.explain.overlay import normalise
+    from mimir.report.saliency import normalise
 
     normalised = [normalise(saliency_map) for saliency_map in maps]
     water = [image[0].astype(np.float64) for image in images]
@@ -132,7 +132,8 @@ def write_cohort_maps(index: pd.DataFrame, images: Mapping[str, Path], folder: P
 
 
 def _cohort_figure(panels: list[tuple[str, np.ndarray, np.ndarray, int]], path: Path, *, aligned: bool) -> Path:
-    from mimir.explain.overlay import PANEL_HEIGHT_INCHES, draw_saliency, normalise
+    from mimir.explain.overlay import PANEL_HEIGHT_INCHES
+    from mimir.report.saliency import draw_saliency, normalise
     from mimir.report.figure import DISPLAY_ASPECT
     from mimir.report.plots import new_figure, save_png
 

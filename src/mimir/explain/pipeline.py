@@ -12,9 +12,12 @@ the image's resolution, and `{target}/{exam}.png`, the overlay; `explanations.cs
 exam and target with its prediction, files or failure. Every file is written atomically; a rerun
 skips the exams whose maps and figures are all there, so an interrupted run resumes.
 
-Ensembles: `_ensemble_saliency` averages the maps of several networks; today every module is one
-network, so it averages one. When modules hold several members (issue 15), passing each member's
-runner there is the whole change.
+Ensembles: a module's map is the mean of its member networks' maps. `member_runners` is the one
+place that lists a module's networks (one today: every module holds one network) and
+`members_saliency` averages over whatever it lists; `explain`, `image_saliency` (`mimir show
+--explain`) and the cross-validation cohort maps (`mimir.explain.crossval`) all go through both.
+When modules hold several members (issue 15), returning one runner per member from
+`member_runners` is the whole change.
 """
 
 from __future__ import annotations
@@ -220,8 +223,7 @@ def _write_maps(
 ) -> dict[str, str]:
     """Maps and figures of `exams`, module by module and batch by batch; returns exam -> load failure."""
     from mimir.inference.batching import CachedExam, iter_batches
-    from mimir.inference.modules import load_module
-    from mimir.inference.runner import ModuleRunner, network_input
+    from mimir.inference.runner import network_input
 
     failures: dict[str, str] = {}
     rows = table.set_index("exam", drop=False)
@@ -229,7 +231,7 @@ def _write_maps(
     modules = list(dict.fromkeys(target.module for target in explained))
     total = len(exams) * len(modules)
     for module in modules:
-        runners = [ModuleRunner(load_module(module, device))]
+        runners = member_runners(module, device)
         targets = [target for target in explained if target.module == module]
         exams_left = [CachedExam(exam, images[exam]) for exam in exams if exam not in failures]
         for batch in iter_batches(exams_left, batch_size, pin_memory=device.startswith("cuda")):
@@ -238,7 +240,7 @@ def _write_maps(
                 continue
             network_in = network_input(batch.images, device)
             for target in targets:
-                maps = _ensemble_saliency(runners, target.index, network_in, method)
+                maps = members_saliency(runners, target.index, network_in, method)
                 for position, exam in enumerate(batch.stems):
                     _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam], method)
             done += len(batch.stems) + len(batch.failures)
@@ -249,12 +251,50 @@ def _write_maps(
     return failures
 
 
-def _ensemble_saliency(runners: Sequence[ModuleRunner], target_index: int, network_in: torch.Tensor, method: str) -> np.ndarray:
+def member_runners(module: Path, device: str) -> list[ModuleRunner]:
+    """The networks whose maps make a module's map, each as prediction runs it (`ModuleRunner`).
+
+    The one place a module's members are listed: every module holds one network today, so the
+    list holds one runner. An ensemble module (issue 15) returns one runner per member here, and
+    every map (`explain`, `image_saliency`, the cross-validation cohort maps) becomes the mean
+    over its members through `members_saliency`.
+    """
+    from mimir.inference.modules import load_module
+    from mimir.inference.runner import ModuleRunner
+
+    return [ModuleRunner(load_module(module, device))]
+
+
+def members_saliency(runners: Sequence[ModuleRunner], target_index: int, network_in: torch.Tensor, method: str) -> np.ndarray:
     """The mean map over the members' networks, (N, H, W) float32."""
     from mimir.explain.maps import saliency
 
     total = sum(saliency(runner.network, target_index, network_in, method) for runner in runners)
     return (total / len(runners)).numpy().astype(np.float32)
+
+
+def image_saliency(
+    image: np.ndarray, modules: Sequence[str | Path], target: str, *, method: str = "gradcam", device: str = "auto"
+) -> np.ndarray:
+    """One image's (256, 256) map of `target`'s predicted mean, as `explain` computes it, no files.
+
+    For a figure of one exam that is already predicted (`mimir show --explain`): no second
+    prediction, no cache. `image` is a cached (3, 256, 256) uint8 image.
+    """
+    import torch
+
+    from mimir.devices import resolve_device
+    from mimir.explain.maps import METHODS
+    from mimir.imaging.cache import validate_image
+    from mimir.inference.runner import network_input
+
+    if method not in METHODS:
+        raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    (explained,) = select_targets(modules, [target])
+    device = resolve_device(device)
+    images = torch.from_numpy(np.ascontiguousarray(validate_image(np.asarray(image))))[None]
+    runners = member_runners(explained.module, device)
+    return members_saliency(runners, explained.index, network_input(images, device), method)[0]
 
 
 def _write_exam(
@@ -320,6 +360,9 @@ __all__ = [
     "ExplainedTarget",
     "explain",
     "figure_path",
+    "image_saliency",
     "map_path",
+    "member_runners",
+    "members_saliency",
     "select_targets",
 ]
