@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mimir.cli import common_flags
-from mimir.explain import METHOD_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,13 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--modules", nargs="+", required=True, metavar="MODULE", help="module folders or archives")
     parser.add_argument("--targets", nargs="+", metavar="TARGET", help="targets to explain (default: every target)")
-    parser.add_argument(
-        "--method", default="gradcam", choices=METHOD_NAMES,
-        help="gradcam: Grad-CAM on the last residual stage (regions); guided-gradcam: guided "
-        "backpropagation times Grad-CAM (pixel detail); integrated-gradients: from a black image, "
-        "attributions that add up to the prediction but follow the image more than the module "
-        "(docs/explain.md; default: gradcam)",
-    )
+    common_flags.add_method(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--aggregate", action="store_true",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mimir.cli import common_flags
-from mimir.explain import METHOD_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also draw the saliency map of TARGET's predicted mean over each channel of the figure "
         "(needs --modules; see `mimir explain`)",
     )
-    parser.add_argument("--method", default="gradcam", choices=METHOD_NAMES, help="saliency method of --explain")
+    common_flags.add_method(parser, detail="the map of --explain; default: gradcam")
     parser.set_defaults(handler=run)
 
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from mimir.explain.aggregate import CohortMap
     from mimir.inference.modules import ModuleSpec
     from mimir.inference.runner import ModuleRunner
     from mimir.report.figure import PredictionLine
@@ -89,7 +90,7 @@ class ExplainResult:
     device: str
     computed: int = 0  # exams whose maps were computed in this run
     reused: int = 0  # exams whose maps were all there already
-    cohort_maps: dict[str, Path] = field(default_factory=dict)
+    cohort_maps: dict[str, CohortMap] = field(default_factory=dict)  # target -> its cohort map, with --aggregate
 
     @property
     def failed(self) -> int:
