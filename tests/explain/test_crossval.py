@@ -80,6 +80,7 @@ def test_every_exam_is_explained_by_the_network_of_its_own_fold(crossval, tmp_pa
     index = pd.read_csv(out / "explain" / "gradcam" / "explanations.csv", keep_default_na=False)
     oof = pd.read_csv(out / "oof_predictions.csv")
     assert len(index) == N_EXAMS and (index["failure"] == "").all()
+    assert (index["figure"] == "").all() and list((out / "explain" / "gradcam").rglob(f"{TARGET}/*.png")) == []
     expected = {f"{row.eid}_20201_{row.instance}_0": row.fold for row in oof.itertuples()}
     assert dict(zip(index["exam"], index["fold"], strict=True)) == expected
     modules = [build_module(out / f"fold_{fold}", out, tmp_path / f"fold_{fold}") for fold in range(FOLDS)]

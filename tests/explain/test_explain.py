@@ -73,6 +73,22 @@ def test_the_command_end_to_end_with_cohort_maps(trained, cache, tmp_path, capsy
     assert (out / "guided-gradcam" / "cohort_maps.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_no_figures_writes_the_maps_only_and_a_later_run_with_figures_adds_them(trained, cache, tmp_path):
+    out = tmp_path / "out"
+    assert main(["-q", "explain", str(cache), "--modules", str(trained.module), "--out", str(out),
+                 "--no-figures", "--aggregate", "--device", "cpu"]) == 0
+    folder = out / "gradcam"
+    index = pd.read_csv(folder / "explanations.csv", keep_default_na=False)
+    assert (index["map"] != "").all() and (index["figure"] == "").all()
+    assert list((folder / TARGET).glob("*.png")) == [] and len(list((folder / TARGET).glob("*.npy"))) == len(index)
+    assert (folder / "cohort_maps.png").is_file()
+    stamps = {path: path.stat().st_mtime_ns for path in (folder / TARGET).glob("*.npy")}
+    result = explain([cache], [trained.module], out, ExplainOptions(device="cpu"))
+    assert result.computed == len(index) and result.reused == 0  # the figures were missing: drawn now
+    assert (result.index["figure"] != "").all() and len(list((folder / TARGET).glob("*.png"))) == len(index)
+    assert all(path.stat().st_mtime_ns != stamp for path, stamp in stamps.items())
+
+
 def test_the_command_reports_an_unknown_target_in_one_line(trained, cache, tmp_path, capsys):
     assert main(["explain", str(cache), "--modules", str(trained.module), "--out", str(tmp_path / "o"),
                  "--targets", "grip"]) == 2

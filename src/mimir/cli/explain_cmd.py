@@ -36,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-align", dest="align", action="store_false",
         help="average the maps as they are, without centring and scaling each exam by its body outline",
     )
+    parser.add_argument(
+        "--no-figures", dest="figures", action="store_false",
+        help="write the maps (.npy) without each exam's overlay PNG (faster; --aggregate still draws the cohort maps)",
+    )
     common_flags.add_cache(parser, detail="default: a temporary folder, removed afterwards")
     common_flags.add_device(parser)
     parser.add_argument("--batch-size", type=int, help="images per batch (default: 4 on CPU, 32 on GPU)")
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     options = ExplainOptions(
         method=args.method, targets=tuple(args.targets) if args.targets else None, cache=args.cache,
         device=args.device, batch_size=args.batch_size, workers=args.workers,
-        aggregate=args.aggregate, align=args.align,
+        aggregate=args.aggregate, align=args.align, figures=args.figures,
     )
     with Stages("exam", quiet=args.quiet) as progress:
         result = explain(args.inputs, args.modules, args.out, options, progress)

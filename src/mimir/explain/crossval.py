@@ -73,12 +73,14 @@ def explain_crossval(
     device: str = "auto",
     batch_size: int | None = None,
     align: bool = True,
+    figures: bool = False,
     progress: ProgressCallback | None = None,
 ) -> CrossvalMaps:
     """Explain the out-of-fold exams of a merged cross-validation folder; write its cohort maps.
 
     `cache` holds the images (default: the one recorded in `data_summary.json` when the
-    cross-validation ran). Raises ExplainError for a folder that is not merged or a cache that
+    cross-validation ran). `figures` also draws each exam's overlay PNG (off: on a CPU a figure
+    costs more than its Grad-CAM map, and the report shows only the cohort maps). Raises ExplainError for a folder that is not merged or a cache that
     holds none of its exams.
     """
     import pandas as pd
@@ -108,7 +110,8 @@ def explain_crossval(
             module = build_module(folder.fold(fold).path, folder.path, Path(modules) / f"fold_{fold}", name=f"fold_{fold}")
             exams = [path for number, path in located if number == fold and path is not None]
             result = explain(
-                exams, [module], out, ExplainOptions(method=method, device=device, batch_size=batch_size, workers=1),
+                exams, [module], out,
+                ExplainOptions(method=method, device=device, batch_size=batch_size, workers=1, figures=figures),
                 _fold_progress(progress, fold),
             )
             parts.append(result.index.assign(fold=fold))

@@ -75,6 +75,9 @@ class ExplainOptions:
     batch_size: int | None = None
     #: Compression processes; None: all cores.
     workers: int | None = None
+    #: Draw each exam's overlay PNG beside its map. Off: maps only (a figure costs more than a
+    #: Grad-CAM map on a CPU; cohort maps need only the maps).
+    figures: bool = True
     #: Also average the normalised maps per target over the exams (`mimir.explain.aggregate`).
     aggregate: bool = False
     #: Align each exam by its body outline before averaging.
@@ -178,8 +181,10 @@ def explain(
         )
         table = predicted.table
         usable = [exam for exam, failure in zip(table["exam"], table["failure"], strict=True) if not failure and exam in predicted.images]
-        todo = [exam for exam in usable if not _all_written(folder, explained, exam)]
-        failures = _write_maps(todo, predicted.images, table, explained, folder, options.method, device, size, progress)
+        todo = [exam for exam in usable if not _all_written(folder, explained, exam, options.figures)]
+        failures = _write_maps(
+            todo, predicted.images, table, explained, folder, options.method, device, size, progress, figures=options.figures,
+        )
         index = _index(table, explained, folder, options.method, failures)
         atomic_write_text(folder / INDEX_FILE, index.to_csv(index=False))
         result = ExplainResult(
@@ -204,9 +209,9 @@ def _cache(cache: str | Path | None) -> Iterator[Path]:
         yield Path(temporary)
 
 
-def _all_written(folder: Path, explained: Sequence[ExplainedTarget], exam: str) -> bool:
+def _all_written(folder: Path, explained: Sequence[ExplainedTarget], exam: str, figures: bool) -> bool:
     return all(
-        map_path(folder, target.name, exam).is_file() and figure_path(folder, target.name, exam).is_file()
+        map_path(folder, target.name, exam).is_file() and (not figures or figure_path(folder, target.name, exam).is_file())
         for target in explained
     )
 
@@ -221,6 +226,8 @@ def _write_maps(
     device: str,
     batch_size: int,
     progress: ProgressCallback | None,
+    *,
+    figures: bool,
 ) -> dict[str, str]:
     """Maps and figures of `exams`, module by module and batch by batch; returns exam -> load failure."""
     from mimir.inference.batching import CachedExam, iter_batches
@@ -243,7 +250,8 @@ def _write_maps(
             for target in targets:
                 maps = members_saliency(runners, target.index, network_in, method)
                 for position, exam in enumerate(batch.stems):
-                    _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam], method)
+                    _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam], method,
+                                figure=figures)
             done += len(batch.stems) + len(batch.failures)
             if progress is not None:
                 progress("explain", done, total)
@@ -299,17 +307,19 @@ def image_saliency(
 
 
 def _write_exam(
-    folder: Path, target: ExplainedTarget, exam: str, image: np.ndarray, saliency_map: np.ndarray, row: pd.Series, method: str
+    folder: Path, target: ExplainedTarget, exam: str, image: np.ndarray, saliency_map: np.ndarray, row: pd.Series, method: str,
+    *, figure: bool,
 ) -> None:
     from mimir.explain.overlay import overlay_figure, prediction_title
 
     with atomic_path(map_path(folder, target.name, exam)) as temporary, open(temporary, "wb") as handle:
         np.save(handle, saliency_map)
-    overlay_figure(
-        image, saliency_map, title=_exam_title(exam),
-        subtitle=prediction_title(_prediction_line(target, row), method),
-        path=figure_path(folder, target.name, exam),
-    )
+    if figure:
+        overlay_figure(
+            image, saliency_map, title=_exam_title(exam),
+            subtitle=prediction_title(_prediction_line(target, row), method),
+            path=figure_path(folder, target.name, exam),
+        )
 
 
 def _exam_title(exam: str) -> str:
@@ -341,12 +351,13 @@ def _index(
         failure = str(values["failure"]) or (f"load: {load_failures[exam]}" if exam in load_failures else "")
         for target in explained:
             written = not failure and map_path(folder, target.name, exam).is_file()
+            drawn = written and figure_path(folder, target.name, exam).is_file()
             records.append({
                 "exam": exam, "target": target.name, "module": target.spec.name, "method": method,
                 "mean": values[target.name], "low": values[f"{target.name}_low"], "high": values[f"{target.name}_high"],
                 "unit": target.spec.targets[target.index].unit,
                 "map": str(map_path(folder, target.name, exam).relative_to(folder)) if written else "",
-                "figure": str(figure_path(folder, target.name, exam).relative_to(folder)) if written else "",
+                "figure": str(figure_path(folder, target.name, exam).relative_to(folder)) if drawn else "",
                 "failure": failure,
             })
     return pd.DataFrame(records, columns=list(INDEX_COLUMNS))
