@@ -148,3 +148,27 @@ def test_a_cohort_without_body_outlines_is_averaged_unaligned():
     maps = [np.ones((256, 256)), np.zeros((256, 256))]
     mean_map, _, used = cohort_map(maps, [black, black], align_bodies=True)
     assert used == 2 and np.allclose(mean_map, 0.5)
+
+
+def test_a_modules_map_is_the_mean_over_its_member_networks(trained):
+    """The averaging ensembles will use (issue 15), exercised with two different networks."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mimir.explain.pipeline import image_saliency, member_runners, members_saliency
+    from mimir.explain.sanity import randomised
+    from mimir.imaging.cache import image_path, load_image
+    from mimir.inference.runner import network_input
+
+    (runner,) = member_runners(trained.module, "cpu")  # one network per module today
+    other = SimpleNamespace(network=randomised(runner.network, 2))
+    images = torch.from_numpy(np.stack([load_image(image_path(trained.cache, stem)) for stem in trained.stems[:2]]))
+    network_in = network_input(images, "cpu")
+    first = members_saliency([runner], 0, network_in, "gradcam")
+    second = members_saliency([other], 0, network_in, "gradcam")
+    assert not np.allclose(first, second)
+    np.testing.assert_allclose(members_saliency([runner, other], 0, network_in, "gradcam"), (first + second) / 2,
+                               rtol=1e-5, atol=1e-7)
+    one = image_saliency(images[0].numpy(), [trained.module], TARGET, device="cpu")
+    np.testing.assert_allclose(one, first[0], rtol=1e-5, atol=1e-7)
