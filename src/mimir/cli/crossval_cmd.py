@@ -97,7 +97,6 @@ def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mimir.cli import UsageError
-
     from mimir.learn.crossval import merge_crossval
 
     if args.explain and args.cache is not None and not Path(args.cache).is_dir():
