@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "probability without sd or interval), plus the QC flag, the failure (stage: reason) of "
             "exams that could not be compressed or loaded (their predictions are empty), and the "
             "targets flagged as uncertain. Values are rounded per unit; a JSON data dictionary "
-            "({out stem}_dictionary.json) describes every column. A rerun reuses the cache."
+            "({out stem}_dictionary.json) describes every column. A rerun reuses the cache. "
+            "`mimir predict merge PART_TABLE... --out TABLE` joins the tables of --part runs."
         ),
     )
     parser.add_argument(
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_force(parser, "the table at --out")
     common_flags.add_exclude(parser, detail="the exams it names are neither compressed nor predicted and have no row; the summary counts them")
     common_flags.add_series_patterns(parser)
+    common_flags.add_part(parser)
     parser.add_argument(
         "--column-names", default="mimir", choices=("mimir", "ukb"),
         help="mimir (default): catalog names (AtlasVatVolume, AtlasVatVolume_sd, ...); ukb: as the Research "
@@ -77,14 +79,49 @@ def run(args: argparse.Namespace) -> int:
         **common_flags.series_patterns(args),
         exclude=args.exclude,
         column_names=args.column_names,
+        part=args.part,
     )
     with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
         result = run_prediction(args.inputs, args.modules, options, progress)
     writing = time.perf_counter()
-    write_predictions(result.table, out, long=args.long)
+    write_predictions(result.table, out, long=args.long, part=None if args.part is None else str(args.part))
     result.timings["write"] = time.perf_counter() - writing
 
     print("\n".join(summary_lines(result)))
     print(f"predictions: {out} (columns described in {dictionary_path(out).name})")
     n_exams = len(result.table)
     return 1 if n_exams and result.failed == n_exams else 0
+
+
+#: How `mimir predict merge ...` reaches its parser: `mimir.cli.main` rewrites the two words
+#: into this one (argparse cannot have both `predict INPUT...` and `predict merge ...`).
+MERGE_COMMAND = "predict-merge"
+
+
+def register_merge(subparsers: argparse._SubParsersAction) -> None:
+    """`mimir predict merge`: not listed on its own in `mimir --help` (no help= here); `mimir
+    predict --help` names it."""
+    parser = subparsers.add_parser(
+        MERGE_COMMAND,
+        prog="mimir predict merge",
+        description=(
+            "Join the tables of a prediction split with --part K/N into the table one run would have "
+            "written (rows sorted by exam), with its data dictionary. Refused: a part missing or given "
+            "twice, parts of different splits, tables of different modules or forms, an exam in two parts."
+        ),
+    )
+    parser.add_argument("parts", nargs="+", metavar="PART_TABLE", help="the parts' tables (.csv or .parquet), each with its data dictionary")
+    parser.add_argument("--out", required=True, help="the merged table: .csv or .parquet, as the parts")
+    common_flags.add_force(parser, "the table at --out")
+    parser.set_defaults(handler=run_merge)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from mimir.inference.merge import write_merged
+    from mimir.inference.table import check_output_path, dictionary_path
+
+    out = check_output_path(args.out)
+    common_flags.check_replaceable([out, dictionary_path(out)], args.force)
+    write_merged(args.parts, out)
+    print(f"merged {len(args.parts)} parts: {out}")
+    return 0

@@ -58,6 +58,7 @@ from mimir.inference.postprocess import postprocess
 from mimir.inference.runner import ModuleRunner, network_input
 from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
 from mimir.network import denormals_flushed
+from mimir.parallel import Part
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,6 +172,12 @@ class PredictOptions:
     #: where UK Biobank descriptions and ImageType do not (as `CompressOptions`).
     water_pattern: str | None = None
     fat_pattern: str | None = None
+    #: Table column names: "mimir" (catalog names) or "ukb" (`p{field}_i{instance}`, as the
+    #: Research Analysis Platform names fields; every exam must be of one instance).
+    column_names: str = "mimir"
+    #: Only the exams of this part (`mimir.parallel.Part`, by exam id), for job arrays; the parts'
+    #: tables are joined by `mimir.inference.merge.merge_parts` (`mimir predict merge`).
+    part: Part | None = None
 
     def __post_init__(self) -> None:
         SeriesPatterns(self.water_pattern, self.fat_pattern)  # a bad pattern is refused before any module loads
@@ -178,9 +185,6 @@ class PredictOptions:
     def compression(self, cache: Path) -> CompressOptions:
         """How raw exams are compressed into `cache` for this prediction."""
         return CompressOptions(cache=cache, water_pattern=self.water_pattern, fat_pattern=self.fat_pattern)
-    #: Table column names: "mimir" (catalog names) or "ukb" (`p{field}_i{instance}`, as the
-    #: Research Analysis Platform names fields; every exam must be of one instance).
-    column_names: str = "mimir"
 
 
 def predict(
@@ -221,6 +225,8 @@ def run_prediction(
     resolved = resolve_inputs(inputs)
     if not resolved.raw and not resolved.cached:
         raise PredictError("no exams found in the inputs")
+    if options.part is not None:
+        resolved = _part_of_inputs(resolved, options.part)
     excluded: list[str] = []
     if options.exclude is not None:
         resolved, excluded = _without_excluded(resolved, read_exclusion_list(options.exclude))
@@ -281,6 +287,16 @@ def run_prediction(
         module_precisions={runner.spec.name: (runner.precision_used, runner.verified_deviation_sd) for runner in runners},
         excluded=excluded,
     )
+
+
+def _part_of_inputs(resolved: ResolvedInputs, part: Part) -> ResolvedInputs:
+    """The inputs of one part, by exam stem (the id a cache and the table use)."""
+    selected = ResolvedInputs(part.select(resolved.raw, exam_stem), part.select(resolved.cached, lambda exam: exam.stem))
+    found = len(resolved.raw) + len(resolved.cached)
+    logger.info("part %s: %d of %d exams", part, len(selected.raw) + len(selected.cached), found)
+    if not selected.raw and not selected.cached:
+        raise PredictError(f"part {part} holds none of the {found} exams given (more parts than exams?)")
+    return selected
 
 
 def _without_excluded(resolved: ResolvedInputs, exclusions: ExclusionList) -> tuple[ResolvedInputs, list[str]]:

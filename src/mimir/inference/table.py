@@ -328,9 +328,10 @@ def _target_entry(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def data_dictionary(table: pd.DataFrame, *, long: bool = False) -> dict[str, Any]:
+def data_dictionary(table: pd.DataFrame, *, long: bool = False, part: str | None = None) -> dict[str, Any]:
     """What each column of the written table holds: name, unit, UK Biobank field, kind and
-    description, in the table's column order, plus each target's interval kind and rounding."""
+    description, in the table's column order, plus each target's interval kind and rounding;
+    `part` ("K/N") for the table of one part of a split prediction (`mimir.inference.merge`)."""
     from mimir import __version__
 
     targets = target_info(table)
@@ -352,8 +353,10 @@ def data_dictionary(table: pd.DataFrame, *, long: bool = False) -> dict[str, Any
         add("qc_flag", *_ID_DESCRIPTIONS["qc_flag"])
         add("failure", *_ID_DESCRIPTIONS["failure"])
         add("uncertain", "text", "the target columns whose prediction is flagged as uncertain (';'-separated; docs/intervals.md)")
+    part_entry = {} if part is None else {"part": part}
     return {
         "mimir_version": __version__,
+        **part_entry,
         "form": "long" if long else "wide",
         "interval": "95 % interval of the calibrated normal prediction; see docs/intervals.md",
         "rounding": (
@@ -366,11 +369,11 @@ def data_dictionary(table: pd.DataFrame, *, long: bool = False) -> dict[str, Any
     }
 
 
-def write_predictions(table: pd.DataFrame, out: str | Path, *, long: bool = False) -> Path:
+def write_predictions(table: pd.DataFrame, out: str | Path, *, long: bool = False, part: str | None = None) -> Path:
     """Write the table (rounded) as CSV or Parquet by suffix, and its data dictionary beside it,
-    atomically: both files complete, or neither changed."""
+    atomically: both files complete, or neither changed. `part`: see `data_dictionary`."""
     out = check_output_path(out)
-    dictionary = json.dumps(data_dictionary(table, long=long), indent=1, allow_nan=False) + "\n"
+    dictionary = json.dumps(data_dictionary(table, long=long, part=part), indent=1, allow_nan=False) + "\n"
     written = rounded(table)
     written = to_long(written) if long else written
     with reported_write(out, "nothing was written there; compressed images stay in their cache, so a rerun does not compress again"):
