@@ -6,7 +6,7 @@ merged folder, the report alone and `explain_crossval` per method (maps from scr
 folder's explain/ is removed before each), and prints seconds per exam.
 
     python benchmarks/crossval_explain_cost.py --cache /tmp/ea/cache --targets /tmp/ea/cohort/truth.csv \
-        --out /tmp/cv_cost --folds 5 --iterations 4 --device cpu
+        --out /tmp/cv_cost --folds 3 --iterations 2 --device cpu
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--config", default="cpu-small", help="a shipped configuration name or a TOML file")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--autocast", default="float32",
+                        help="training precision (float32: a CPU without native bfloat16 emulates it slowly; maps run in float32 anyway)")
     parser.add_argument("--methods", nargs="+", default=["gradcam", "guided-gradcam", "integrated-gradients"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
@@ -39,7 +41,7 @@ def main() -> None:
 
     config = TrainConfig.load(args.config).replace(
         modules={"cost": list(args.target_names)}, iterations=args.iterations,
-        lr_milestones=[args.iterations], checkpoint_every=args.iterations,
+        lr_milestones=[args.iterations], checkpoint_every=args.iterations, autocast=args.autocast,
     )
     started = time.perf_counter()
     run_crossval(config, args.cache, args.targets, "cost", args.out, folds=args.folds, device=args.device, baseline=None)

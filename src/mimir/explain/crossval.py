@@ -15,10 +15,11 @@ second merge after more folds finished explains only the new folds' exams.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,7 +108,8 @@ def explain_crossval(
     parts = []
     with tempfile.TemporaryDirectory(prefix="mimir-crossval-explain-") as modules:
         for fold in folds:
-            module = build_module(folder.fold(fold).path, folder.path, Path(modules) / f"fold_{fold}", name=f"fold_{fold}")
+            with _quiet_build():
+                module = build_module(folder.fold(fold).path, folder.path, Path(modules) / f"fold_{fold}", name=f"fold_{fold}")
             exams = [path for number, path in located if number == fold and path is not None]
             result = explain(
                 exams, [module], out,
@@ -125,6 +127,19 @@ def explain_crossval(
     )
     logger.info("cohort maps of %s from %d folds in %.1f s", folder.path, len(folds), maps.seconds)
     return maps
+
+
+@contextlib.contextmanager
+def _quiet_build() -> Iterator[None]:
+    """Building a fold's temporary module warns about what only a shipped module needs (its
+    uncertainty flag, its calibration); those warnings would repeat per fold and mislead here."""
+    building = logging.getLogger("mimir.inference.modules")
+    level = building.level
+    building.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        building.setLevel(level)
 
 
 def _cache_folder(folder: CrossvalFolder, cache: str | Path | None) -> Path:
