@@ -116,14 +116,20 @@ def test_a_figure_folder_that_takes_no_files_is_refused_before_predicting(module
         show_exam(STEM, tmp_path / "x.png", modules=[module], cache=cache)
 
 
-def test_show_explain_draws_the_map_of_one_target_beside_the_figure(module, cache, tmp_path, capsys):
-    out = tmp_path / "figure.png"
-    assert show([STEM, "--cache", str(cache), "--modules", str(module), "--out", str(out), "--device", "cpu",
-                 "--explain", "weight"]) == 0
-    assert_png(out)
-    assert_png(tmp_path / "figure_weight_gradcam.png")
-    assert f"saliency map: {tmp_path / 'figure_weight_gradcam.png'}" in capsys.readouterr().out
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["figure.png", "figure_weight_gradcam.png", "predictions_cache"]
+def test_show_explain_draws_the_map_of_one_target_inside_the_figure(module, cache, tmp_path, capsys):
+    """End to end: one PNG, the subject figure itself, whose image panels carry the map."""
+    plain, mapped = tmp_path / "plain.png", tmp_path / "figure.png"
+    assert show([STEM, "--cache", str(cache), "--modules", str(module), "--out", str(plain), "--device", "cpu"]) == 0
+    assert show([STEM, "--cache", str(cache), "--modules", str(module), "--out", str(mapped), "--device", "cpu",
+                 "--explain", "weight", "--method", "guided-gradcam"]) == 0
+    assert_png(mapped)
+    assert capsys.readouterr().out.splitlines()[-1] == f"figure: {mapped}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["figure.png", "plain.png", "predictions_cache"]
+    with Image.open(plain) as first, Image.open(mapped) as second:
+        assert first.size == second.size
+        difference = np.abs(np.asarray(second.convert("RGB"), np.int16) - np.asarray(first.convert("RGB"), np.int16)).sum(axis=2)
+    left_third = difference[:, : difference.shape[1] // 3]  # the water panel, where the body is
+    assert (left_third > 30).sum() > 500
 
 
 def test_show_explain_refuses_a_target_or_source_it_cannot_explain(module, cache, tmp_path):

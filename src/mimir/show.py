@@ -47,8 +47,9 @@ def show_exam(
     temporary cache, removed afterwards. Returns `out`.
 
     `explain` (a target of the modules) also draws the saliency map of that target's mean with
-    `method` over the image, beside the figure as `{out stem}_{target}_{method}.png`
-    (`explain_figure_path`); it needs `modules`, since a table holds no network.
+    `method` over each channel of the figure (`mimir.explain.pipeline.image_saliency` on the
+    exam's cached image, through the module's networks as `mimir explain` runs them); it needs
+    `modules`, since a table holds no network.
     """
     from mimir.report.figure import subject_figure
 
@@ -64,22 +65,18 @@ def show_exam(
         shown = _from_table(exam_path, Path(predictions), Path(cache) if cache is not None else None)
     elif cache is not None:
         shown = _predicted(exam, modules, Path(cache), device, precision)
-        if explain is not None:
-            _explained(shown[0], modules, Path(cache), explain, method, device, explain_figure_path(out, explain, method))
     else:
         with tempfile.TemporaryDirectory(prefix="mimir-show-") as temporary:
             shown = _predicted(exam, modules, Path(temporary), device, precision)
-            if explain is not None:
-                _explained(shown[0], modules, Path(temporary), explain, method, device, explain_figure_path(out, explain, method))
     stem, rows, image = shown
-    subject_figure(image, rows, title=_exam_title(stem), path=out)
+    saliency, caption = None, ""
+    if explain is not None and modules:
+        from mimir.explain.pipeline import image_saliency
+
+        saliency = image_saliency(image, modules, explain, method=method, device=device)
+        caption = f"where {explain}'s predicted mean comes from ({method})"
+    subject_figure(image, rows, title=_exam_title(stem), path=out, saliency=saliency, saliency_caption=caption)
     return out
-
-
-def explain_figure_path(out: str | Path, target: str, method: str) -> Path:
-    """Where `show_exam(..., explain=target)` draws the map: beside the figure."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}_{target}_{method}.png")
 
 
 def _check_explain(target: str, method: str, modules: Sequence[str | Path] | None) -> None:
@@ -92,24 +89,6 @@ def _check_explain(target: str, method: str, modules: Sequence[str | Path] | Non
     if method not in METHOD_NAMES:
         raise ShowError(f"unknown saliency method {method!r}; choose from {', '.join(METHOD_NAMES)}")
     select_targets(modules, [target])
-
-
-def _explained(stem: str, modules: Sequence[str | Path], cache: Path, target: str, method: str, device: str, path: Path) -> None:
-    """Draw the exam's map for `target` to `path`, through `mimir.explain` on the cached image."""
-    import shutil
-
-    from mimir.atomic import atomic_path
-    from mimir.explain import ExplainOptions, explain
-    from mimir.explain.pipeline import figure_path
-    from mimir.imaging.cache import image_path
-
-    with tempfile.TemporaryDirectory(prefix="mimir-show-explain-") as temporary:
-        result = explain(
-            [image_path(cache, stem)], modules, temporary,
-            ExplainOptions(method=method, targets=(target,), device=device, workers=1),
-        )
-        with atomic_path(path) as staged:
-            shutil.copyfile(figure_path(result.folder, target, stem), staged)
 
 
 def _check_figure_path(out: Path) -> None:

@@ -63,3 +63,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModule:
     train(config, cache, pd.DataFrame(rows), "organ", root / "run", device="cpu")
     module = build_module(root / "run", None, root / "module")
     return TrainedModule(module, cache, sorted(path.stem for path in cache.glob("*.npy")))
+
+
+@pytest.fixture(scope="session")
+def draw_organ_image():
+    """`organ_image`, for test files that build caches of their own (conftest is no importable module)."""
+    return organ_image

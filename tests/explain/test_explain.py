@@ -12,7 +12,7 @@ import pytest
 from mimir.cli import main
 from mimir.explain import ExplainError, ExplainOptions, explain
 from mimir.explain.aggregate import SAGITTAL_START, align, cohort_map, image_body_mask, view_boxes
-from mimir.explain.overlay import normalise
+from mimir.report.saliency import normalise
 from mimir.inference.predict import PredictOptions, predict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -71,6 +71,22 @@ def test_the_command_end_to_end_with_cohort_maps(trained, cache, tmp_path, capsy
     cohort = np.load(out / "guided-gradcam" / "cohort" / f"{TARGET}.npy")
     assert cohort.shape == (256, 256) and np.isfinite(cohort).all() and 0 < cohort.max() <= 1
     assert (out / "guided-gradcam" / "cohort_maps.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_no_figures_writes_the_maps_only_and_a_later_run_with_figures_adds_them(trained, cache, tmp_path):
+    out = tmp_path / "out"
+    assert main(["-q", "explain", str(cache), "--modules", str(trained.module), "--out", str(out),
+                 "--no-figures", "--aggregate", "--device", "cpu"]) == 0
+    folder = out / "gradcam"
+    index = pd.read_csv(folder / "explanations.csv", keep_default_na=False)
+    assert (index["map"] != "").all() and (index["figure"] == "").all()
+    assert list((folder / TARGET).glob("*.png")) == [] and len(list((folder / TARGET).glob("*.npy"))) == len(index)
+    assert (folder / "cohort_maps.png").is_file()
+    stamps = {path: path.stat().st_mtime_ns for path in (folder / TARGET).glob("*.npy")}
+    result = explain([cache], [trained.module], out, ExplainOptions(device="cpu"))
+    assert result.computed == len(index) and result.reused == 0  # the figures were missing: drawn now
+    assert (result.index["figure"] != "").all() and len(list((folder / TARGET).glob("*.png"))) == len(index)
+    assert all(path.stat().st_mtime_ns != stamp for path, stamp in stamps.items())
 
 
 def test_the_command_reports_an_unknown_target_in_one_line(trained, cache, tmp_path, capsys):
@@ -132,3 +148,31 @@ def test_a_cohort_without_body_outlines_is_averaged_unaligned():
     maps = [np.ones((256, 256)), np.zeros((256, 256))]
     mean_map, _, used = cohort_map(maps, [black, black], align_bodies=True)
     assert used == 2 and np.allclose(mean_map, 0.5)
+
+
+def test_a_modules_map_is_the_mean_over_its_member_networks(trained):
+    """An ensemble's map averages its members' maps (issue 15), here with two different networks."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mimir.explain.pipeline import image_saliency, member_runners, members_saliency
+    from mimir.explain.sanity import randomised
+    from mimir.imaging.cache import image_path, load_image
+    from mimir.inference.runner import network_input
+
+    (runner,) = member_runners(trained.module, "cpu")  # a one-network module
+    assert len(runner.networks) == 1
+    other = SimpleNamespace(networks=[randomised(runner.network, 2)])
+    images = torch.from_numpy(np.stack([load_image(image_path(trained.cache, stem)) for stem in trained.stems[:2]]))
+    network_in = network_input(images, "cpu")
+    first = members_saliency([runner], 0, network_in, "gradcam")
+    second = members_saliency([other], 0, network_in, "gradcam")
+    assert not np.allclose(first, second)
+    np.testing.assert_allclose(members_saliency([runner, other], 0, network_in, "gradcam"), (first + second) / 2,
+                               rtol=1e-5, atol=1e-7)
+    ensemble = SimpleNamespace(networks=[runner.network, *other.networks])  # one runner, two members
+    np.testing.assert_allclose(members_saliency([ensemble], 0, network_in, "gradcam"), (first + second) / 2,
+                               rtol=1e-5, atol=1e-7)
+    one = image_saliency(images[0].numpy(), [trained.module], TARGET, device="cpu")
+    np.testing.assert_allclose(one, first[0], rtol=1e-5, atol=1e-7)

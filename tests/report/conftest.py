@@ -77,9 +77,37 @@ def write_evaluation_tables(folder: Path, n: int = 60) -> tuple[Path, Path]:
     return predictions_path, reference_path
 
 
+def write_cohort_figure(folder: Path, targets: tuple[str, ...] = CROSSVAL_TARGETS, exams: int = 3) -> Path:
+    """A cohort-map figure as `mimir explain` draws it, from drawn bodies and random maps."""
+    from mimir.explain.aggregate import COHORT_FIGURE, write_cohort_maps
+
+    rng = np.random.default_rng(2)
+    rows_grid, columns_grid = np.mgrid[:256, :256]
+    images, records = {}, []
+    for number in range(exams):
+        body = ((columns_grid - 76) / (50.0 + 5 * number)) ** 2 + ((rows_grid - 128) / 115.0) ** 2 < 1
+        body |= ((columns_grid - 205) / 35.0) ** 2 + ((rows_grid - 128) / 110.0) ** 2 < 1
+        image = np.stack([body * 150, body * 70, body * 40]).astype(np.uint8)
+        exam = f"{1_000_000 + number}_20201_2_0"
+        images[exam] = folder / f"{exam}.npy"
+        np.save(images[exam], image)
+        for target in targets:
+            saliency = (rng.random((256, 256)) * body).astype(np.float32)
+            (folder / target).mkdir(exist_ok=True)
+            np.save(folder / target / f"{exam}.npy", saliency)
+            records.append({"exam": exam, "target": target, "map": f"{target}/{exam}.npy"})
+    write_cohort_maps(pd.DataFrame(records), images, folder, align=True)
+    return folder / COHORT_FIGURE
+
+
 @pytest.fixture()
 def merged_folder(tmp_path: Path) -> Path:
     return merge_synthetic_folds(tmp_path)
+
+
+@pytest.fixture()
+def cohort_figure(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cohort_figure(tmp_path_factory.mktemp("cohort_maps"))
 
 
 @pytest.fixture()
@@ -89,11 +117,14 @@ def evaluation_tables(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def rendered_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both report pages, rendered once per module: {"evaluation": path, "crossval": path}."""
+    """Both report pages, rendered once per module: {"evaluation": path, "crossval": path}; the
+    cross-validation's with its cohort saliency maps, as `crossval ... --explain` writes it."""
     from mimir.cli import main
-    from mimir.report.crossval_report import write_crossval_report
+    from mimir.report.crossval_report import cohort_maps_section, write_crossval_report
 
-    crossval = write_crossval_report(merge_synthetic_folds(tmp_path_factory.mktemp("crossval")))
+    figure = write_cohort_figure(tmp_path_factory.mktemp("cohort_maps"))
+    section = cohort_maps_section(figure, method="gradcam", exams={name: 3 for name in CROSSVAL_TARGETS}, folds=[0, 1], aligned=True)
+    crossval = write_crossval_report(merge_synthetic_folds(tmp_path_factory.mktemp("crossval")), extra_sections=[section])
     tables = tmp_path_factory.mktemp("evaluation")
     predictions, reference = write_evaluation_tables(tables)
     assert main(["evaluate", str(predictions), str(reference), "--out", str(tables / "out")]) == 0

@@ -93,6 +93,13 @@ def test_report_loads_every_image_and_is_not_blank_in_chromium(browser, rendered
     assert grey.shape[1] == WINDOW[0]
     assert grey.std() > MIN_PIXEL_SD
 
+    if kind == "crossval":  # the cohort saliency maps of `crossval ... --explain` decode and take space
+        width, height = browser.execute_script(
+            "const image = document.querySelector('#section-cohort-maps img');"
+            "return image ? [image.naturalWidth, image.getBoundingClientRect().height] : [0, 0];"
+        )
+        assert width > 0 and height > 100
+
     # The grid: at this width every target's figures share one row (one top edge), not one row each.
     rows = browser.execute_script(_TARGET_ROWS_SCRIPT)
     assert rows and all(len(set(tops)) == 1 for _, tops in rows if tops), rows

@@ -82,3 +82,21 @@ def test_partial_merge_is_flagged_in_the_report(merged_folder):
     merge_crossval(merged_folder, allow_partial=True)
     page = write_crossval_report(merged_folder).read_text(encoding="utf-8")
     assert "PARTIAL" in page and "folds [1] are missing" in page
+
+
+def test_cohort_maps_section_embeds_the_figure_with_exams_and_method_per_target(merged_folder, cohort_figure):
+    from mimir.report.crossval_report import cohort_maps_section
+
+    figure = cohort_figure
+    section = cohort_maps_section(figure, method="guided-gradcam", exams={"height": 12, "sex": 11}, folds=[0, 1],
+                                  aligned=False)
+    html = write_crossval_report(merged_folder, extra_sections=[section]).read_text(encoding="utf-8")
+    part = html[html.index('<section id="section-cohort-maps">'):]
+    part = part[: part.index("</section>")]
+    assert "Cohort saliency maps (guided-gradcam)" in part and "folds 0, 1" in part
+    assert "body outline" not in part  # not aligned: the text does not claim it
+    assert '<td>height</td><td class="num">12</td><td>guided-gradcam</td>' in part
+    assert '<td>sex</td><td class="num">11</td><td>guided-gradcam</td>' in part
+    (encoded,) = re.findall(r'src="data:image/png;base64,([^"]+)"', part)
+    assert base64.b64decode(encoded) == figure.read_bytes()
+    assert html.index('id="section-ridge-baseline"') < html.index('id="section-cohort-maps"') < html.index('id="module-')

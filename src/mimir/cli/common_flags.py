@@ -16,6 +16,7 @@ Every command adds a shared flag through the function here, never with its own
 | `--force` | replace outputs that exist already (refused without it) |
 | `--config` | a training configuration: a shipped name (`mimir config list`) or a TOML file |
 | `--exclude FILE` | eids to leave out (the list of known imaging artefacts) |
+| `--method` | the saliency method of a map (`mimir.explain.METHOD_NAMES`) |
 | `-q`, `-v` | quiet, verbose: before or after the subcommand |
 
 Renamed flags keep their old spelling for one release as hidden aliases (not in `--help`);
@@ -35,6 +36,7 @@ from pathlib import Path
 from mimir.cluster import CLUSTER_KINDS, ClusterRequest, DaskExecutor, WhereToRun, open_executor
 from mimir.devices import DEVICE_CHOICES, PRECISIONS
 from mimir.errors import MimirError
+from mimir.explain import METHOD_NAMES
 from mimir.parallel import Executor, Part
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,12 @@ MEANINGS = {
     "--force": "replace outputs that exist already",
     "--config": "training configuration: a shipped name (see `mimir config list`) or a TOML file",
     "--exclude": "eids to leave out, e.g. UK Biobank's list of exams with imaging artefacts",
+    "--method": (
+        "saliency method: gradcam (Grad-CAM on the last residual stage: regions), guided-gradcam "
+        "(guided backpropagation times Grad-CAM: pixel detail) or integrated-gradients (from a black "
+        "image: attributions that add up to the prediction but follow the image more than the module; "
+        "docs/explain.md)"
+    ),
     "--scheduler": "run on the Dask scheduler at this address (e.g. tcp://10.0.0.5:8786) instead of local processes",
     "--cluster": "start a Dask cluster on this batch system (dask-jobqueue) or on this machine (local), and run there",
     "--jobs": "batch jobs (workers for local) of --cluster",
@@ -282,6 +290,11 @@ def add_force(parser: argparse.ArgumentParser, what: str, *, overwrite_alias: bo
 
 def add_config(parser: argparse.ArgumentParser, *, detail: str | None = None) -> None:
     parser.add_argument("--config", metavar="NAME|FILE", help=_help("--config", detail))
+
+
+def add_method(parser: argparse.ArgumentParser, *, detail: str | None = None) -> None:
+    """`--method`: which saliency method draws a map (default gradcam)."""
+    parser.add_argument("--method", default="gradcam", choices=METHOD_NAMES, help=_help("--method", detail or "default: gradcam"))
 
 
 def add_exclude(parser: argparse.ArgumentParser, *, detail: str) -> None:

@@ -2,7 +2,10 @@
 
 `mimir crossval run` trains the folds (all, or a subset with --fold-ids for several machines
 sharing one folder) and merges once every fold is complete; `mimir crossval merge CV` combines
-whatever folds are complete (all must be, unless --allow-partial).
+whatever folds are complete (all must be, unless --allow-partial). With --explain, either also
+explains the out-of-fold exams with their folds' networks (`mimir.explain.crossval`) and adds the
+cohort saliency maps to the report (`mimir.report.crossval_report.cohort_maps_section`): the
+command composes the two, since training code never imports the report.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser.add_argument("--baseline-size", type=int, default=16, help="ridge baseline: pooled image side, 3*size^2 features (default 16)")
     run_parser.add_argument("--no-baseline", action="store_true", help="skip the ridge-regression baseline")
     run_parser.add_argument("--no-report", action="store_true", help="merge without writing report.html")
+    _add_explain(run_parser)
     common_flags.add_exclude(
         run_parser, detail="the cached exams it names are left out of every fold and counted; a folder keeps the list it was started with"
     )
@@ -50,7 +54,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge_parser.add_argument("folder", help="cross-validation folder")
     merge_parser.add_argument("--allow-partial", action="store_true", help="merge even if some folds are missing")
     merge_parser.add_argument("--no-report", action="store_true", help="do not write report.html")
+    _add_explain(merge_parser)
+    common_flags.add_cache(
+        merge_parser, detail="with --explain: the images of the exams (default: the cache the cross-validation ran on, "
+        "as data_summary.json records it)",
+    )
+    common_flags.add_device(merge_parser)
     merge_parser.set_defaults(handler=run)
+
+
+def _add_explain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--explain", action="store_true",
+        help="add to the report each target's cohort saliency map over the out-of-fold exams, every exam "
+        "explained by its own fold's network (maps in CV/explain/METHOD/; about a second per exam on a CPU, "
+        "see docs/explain.md)",
+    )
+    common_flags.add_method(parser, detail="the maps of --explain; default: gradcam")
 
 
 def _parse_fold_ids(text: str | None) -> list[int] | None:
@@ -65,6 +85,10 @@ def _parse_fold_ids(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mimir.cli import UsageError
+
+    if args.explain and args.no_report:
+        raise UsageError("--explain adds a section to the report: drop --no-report")
     if args.crossval_action == "merge":
         return _merge(args)
     return _run(args)
@@ -73,10 +97,13 @@ def run(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mimir.cli import UsageError
     from mimir.learn.crossval import merge_crossval
 
+    if args.explain and args.cache is not None and not Path(args.cache).is_dir():
+        raise UsageError(f"--cache {args.cache} does not exist")
     result = merge_crossval(Path(args.folder), allow_partial=args.allow_partial)
-    _print_result(result, _report(result, args.no_report))
+    _print_result(result, _report(result, args))
     return 0
 
 
@@ -117,17 +144,36 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.exclude is not None:
         print(f"{result.excluded} cached exams left out: on the exclusion list {args.exclude}")
-    _print_result(result, _report(result, args.no_report))
+    _print_result(result, _report(result, args))
     return 0
 
 
-def _report(result, skip: bool):  # noqa: ANN001, ANN202 - CrossvalResult and Path, imported lazily
-    """The report page of a merged cross-validation (None when not merged or not wanted)."""
-    if skip or not result.merged:
+def _report(result, args: argparse.Namespace):  # noqa: ANN001, ANN202 - CrossvalResult and Path, imported lazily
+    """The report page of a merged cross-validation (None when not merged or not wanted), with
+    the cohort saliency maps when --explain asks for them."""
+    if args.no_report or not result.merged:
         return None
-    from mimir.report.crossval_report import write_crossval_report
+    from mimir.report.crossval_report import cohort_maps_section, write_crossval_report
 
-    return write_crossval_report(result.out)
+    sections = []
+    if args.explain:
+        from mimir.cli.progress import Stages
+        from mimir.explain.crossval import explain_crossval
+
+        with Stages("exam", quiet=args.quiet) as progress:
+            maps = explain_crossval(result.out, method=args.method, cache=args.cache, device=args.device, progress=progress)
+        if maps.figure is None:
+            print("no cohort maps: no validation exam could be explained (see explanations.csv)")
+        else:
+            print(f"cohort maps ({args.method}) of {_exam_counts(maps.exams)} in {maps.seconds:.0f} s: {maps.figure}")
+            sections.append(cohort_maps_section(maps.figure, method=maps.method, exams=maps.exams, folds=maps.folds,
+                                                aligned=maps.aligned))
+    return write_crossval_report(result.out, extra_sections=sections)
+
+
+def _exam_counts(exams: dict[str, int]) -> str:
+    counts = sorted(set(exams.values()))
+    return f"{counts[0]} exams" if len(counts) == 1 else ", ".join(f"{target} {count}" for target, count in exams.items())
 
 
 def _print_result(result, report) -> None:  # noqa: ANN001 - CrossvalResult and Path | None, imported lazily

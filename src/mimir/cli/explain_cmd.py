@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mimir.cli import common_flags
-from mimir.explain import METHOD_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,13 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--modules", nargs="+", required=True, metavar="MODULE", help="module folders or archives")
     parser.add_argument("--targets", nargs="+", metavar="TARGET", help="targets to explain (default: every target)")
-    parser.add_argument(
-        "--method", default="gradcam", choices=METHOD_NAMES,
-        help="gradcam: Grad-CAM on the last residual stage (regions); guided-gradcam: guided "
-        "backpropagation times Grad-CAM (pixel detail); integrated-gradients: from a black image, "
-        "attributions that add up to the prediction but follow the image more than the module "
-        "(docs/explain.md; default: gradcam)",
-    )
+    common_flags.add_method(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--aggregate", action="store_true",
@@ -42,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-align", dest="align", action="store_false",
         help="average the maps as they are, without centring and scaling each exam by its body outline",
+    )
+    parser.add_argument(
+        "--no-figures", dest="figures", action="store_false",
+        help="write the maps (.npy) without each exam's overlay PNG (faster; --aggregate still draws the cohort maps)",
     )
     common_flags.add_cache(parser, detail="default: a temporary folder, removed afterwards")
     common_flags.add_device(parser)
@@ -67,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     options = ExplainOptions(
         method=args.method, targets=tuple(args.targets) if args.targets else None, cache=args.cache,
         device=args.device, batch_size=args.batch_size, workers=args.workers,
-        aggregate=args.aggregate, align=args.align,
+        aggregate=args.aggregate, align=args.align, figures=args.figures,
     )
     with Stages("exam", quiet=args.quiet) as progress:
         result = explain(args.inputs, args.modules, args.out, options, progress)

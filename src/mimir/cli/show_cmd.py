@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mimir.cli import common_flags
-from mimir.explain import METHOD_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_force(parser, "the figure at --out")
     parser.add_argument(
         "--explain", metavar="TARGET",
-        help="also draw the saliency map of TARGET's predicted mean over the image (needs --modules), "
-        "beside the figure as {out stem}_TARGET_METHOD.png",
+        help="also draw the saliency map of TARGET's predicted mean over each channel of the figure "
+        "(needs --modules; see `mimir explain`)",
     )
-    parser.add_argument("--method", default="gradcam", choices=METHOD_NAMES, help="saliency method of --explain")
+    common_flags.add_method(parser, detail="the map of --explain; default: gradcam")
     parser.set_defaults(handler=run)
 
 
@@ -53,14 +52,11 @@ def run(args: argparse.Namespace) -> int:
         args.exam, args.out, modules=args.modules, predictions=args.predictions, cache=args.cache,
         device=args.device, precision=args.precision, explain=args.explain, method=args.method,
     )
-    print(f"figure: {out}")
-    if args.modules:
+    if args.modules:  # ensembles are said before the figure line, which stays the last
         from mimir.inference.modules import member_count_line, read_spec
 
-        for module in args.modules:
-            print(member_count_line(read_spec(module)))
-    if args.explain:
-        from mimir.show import explain_figure_path
-
-        print(f"saliency map: {explain_figure_path(out, args.explain, args.method)}")
+        ensembles = [spec for spec in map(read_spec, args.modules) if spec.n_members > 1]
+        for spec in ensembles:
+            print(member_count_line(spec))
+    print(f"figure: {out}")
     return 0

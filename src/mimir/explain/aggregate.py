@@ -1,6 +1,6 @@
 """Cohort maps: the normalised maps of many exams averaged per target, optionally body-aligned.
 
-Each exam's map is first scaled to [0, 1] (`mimir.explain.overlay.normalise`), so every exam
+Each exam's map is first scaled to [0, 1] (`mimir.report.saliency.normalise`), so every exam
 weighs the same whatever its gradient scale. Alignment (on by default) removes the largest
 between-subject difference of the 2D images, body size: within each view (the coronal half on
 the left, the sagittal half on the right, split where `mimir.imaging.projection` joins them) the
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,14 @@ COHORT_FIGURE = "cohort_maps.png"
 
 #: (top, bottom, left, right) of the body in one view, in image pixels (bottom/right inclusive).
 Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class CohortMap:
+    """One target's cohort map: its .npy (the mean normalised map) and the exams averaged into it."""
+
+    path: Path
+    exams: int
 
 
 def image_body_mask(image: np.ndarray) -> np.ndarray:
@@ -90,7 +99,7 @@ def cohort_map(maps: list[np.ndarray], images: list[np.ndarray], *, align_bodies
 
     When aligning, exams without a body outline are left out (all of them: nothing is aligned).
     """
-    from mimir.explain.overlay import normalise
+    from mimir.report.saliency import normalise
 
     normalised = [normalise(saliency_map) for saliency_map in maps]
     water = [image[0].astype(np.float64) for image in images]
@@ -108,14 +117,15 @@ def cohort_map(maps: list[np.ndarray], images: list[np.ndarray], *, align_bodies
     return np.mean(normalised, axis=0).astype(np.float32), np.mean(water, axis=0), len(normalised)
 
 
-def write_cohort_maps(index: pd.DataFrame, images: Mapping[str, Path], folder: Path, *, align: bool) -> dict[str, Path]:
+def write_cohort_maps(index: pd.DataFrame, images: Mapping[str, Path], folder: Path, *, align: bool) -> dict[str, CohortMap]:
     """Per target of the index (explain's table), `cohort/{target}.npy` and one panel in `cohort_maps.png`.
 
-    Returns target -> its .npy; the figure is `folder / COHORT_FIGURE`. Targets without any map are skipped.
+    Returns target -> its cohort map (file and number of exams); the figure is `folder /
+    COHORT_FIGURE`. Targets without any map are skipped.
     """
     from mimir.imaging.cache import load_image
 
-    written: dict[str, Path] = {}
+    written: dict[str, CohortMap] = {}
     panels: list[tuple[str, np.ndarray, np.ndarray, int]] = []
     for target, rows in index[index["map"] != ""].groupby("target", sort=False):
         maps = [np.load(folder / relative) for relative in rows["map"]]
@@ -124,7 +134,7 @@ def write_cohort_maps(index: pd.DataFrame, images: Mapping[str, Path], folder: P
         path = folder / COHORT_FOLDER / f"{target}.npy"
         with atomic_path(path) as temporary, open(temporary, "wb") as handle:
             np.save(handle, mean_map)
-        written[str(target)] = path
+        written[str(target)] = CohortMap(path, used)
         panels.append((str(target), mean_map, mean_water, used))
     if panels:
         _cohort_figure(panels, folder / COHORT_FIGURE, aligned=align)
@@ -132,7 +142,8 @@ def write_cohort_maps(index: pd.DataFrame, images: Mapping[str, Path], folder: P
 
 
 def _cohort_figure(panels: list[tuple[str, np.ndarray, np.ndarray, int]], path: Path, *, aligned: bool) -> Path:
-    from mimir.explain.overlay import PANEL_HEIGHT_INCHES, draw_saliency, normalise
+    from mimir.explain.overlay import PANEL_HEIGHT_INCHES
+    from mimir.report.saliency import draw_saliency, normalise
     from mimir.report.figure import DISPLAY_ASPECT
     from mimir.report.plots import new_figure, save_png
 
@@ -149,4 +160,4 @@ def _cohort_figure(panels: list[tuple[str, np.ndarray, np.ndarray, int]], path: 
     return save_png(figure, path)
 
 
-__all__ = ["COHORT_FIGURE", "COHORT_FOLDER", "SAGITTAL_START", "align", "cohort_map", "image_body_mask", "view_boxes", "write_cohort_maps"]
+__all__ = ["COHORT_FIGURE", "COHORT_FOLDER", "CohortMap", "SAGITTAL_START", "align", "cohort_map", "image_body_mask", "view_boxes", "write_cohort_maps"]

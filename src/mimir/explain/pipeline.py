@@ -12,9 +12,11 @@ the image's resolution, and `{target}/{exam}.png`, the overlay; `explanations.cs
 exam and target with its prediction, files or failure. Every file is written atomically; a rerun
 skips the exams whose maps and figures are all there, so an interrupted run resumes.
 
-Ensembles: `_ensemble_saliency` averages the maps of several networks; today every module is one
-network, so it averages one. When modules hold several members (issue 15), passing each member's
-runner there is the whole change.
+Ensembles: a module's map is the mean of its member networks' maps. `member_runners` is the one
+place that loads a module's runner (its `networks`: one, or every member of an ensemble) and
+`members_saliency` averages over every network it holds; `explain`, `image_saliency` (`mimir
+show --explain`) and the cross-validation cohort maps (`mimir.explain.crossval`) all go through
+both.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from mimir.explain.aggregate import CohortMap
     from mimir.inference.modules import ModuleSpec
     from mimir.inference.runner import ModuleRunner
     from mimir.report.figure import PredictionLine
@@ -71,6 +74,9 @@ class ExplainOptions:
     batch_size: int | None = None
     #: Compression processes; None: all cores.
     workers: int | None = None
+    #: Draw each exam's overlay PNG beside its map. Off: maps only (a figure costs more than a
+    #: Grad-CAM map on a CPU; cohort maps need only the maps).
+    figures: bool = True
     #: Also average the normalised maps per target over the exams (`mimir.explain.aggregate`).
     aggregate: bool = False
     #: Align each exam by its body outline before averaging.
@@ -86,7 +92,7 @@ class ExplainResult:
     device: str
     computed: int = 0  # exams whose maps were computed in this run
     reused: int = 0  # exams whose maps were all there already
-    cohort_maps: dict[str, Path] = field(default_factory=dict)
+    cohort_maps: dict[str, CohortMap] = field(default_factory=dict)  # target -> its cohort map, with --aggregate
 
     @property
     def failed(self) -> int:
@@ -174,8 +180,10 @@ def explain(
         )
         table = predicted.table
         usable = [exam for exam, failure in zip(table["exam"], table["failure"], strict=True) if not failure and exam in predicted.images]
-        todo = [exam for exam in usable if not _all_written(folder, explained, exam)]
-        failures = _write_maps(todo, predicted.images, table, explained, folder, options.method, device, size, progress)
+        todo = [exam for exam in usable if not _all_written(folder, explained, exam, options.figures)]
+        failures = _write_maps(
+            todo, predicted.images, table, explained, folder, options.method, device, size, progress, figures=options.figures,
+        )
         index = _index(table, explained, folder, options.method, failures)
         atomic_write_text(folder / INDEX_FILE, index.to_csv(index=False))
         result = ExplainResult(
@@ -200,9 +208,9 @@ def _cache(cache: str | Path | None) -> Iterator[Path]:
         yield Path(temporary)
 
 
-def _all_written(folder: Path, explained: Sequence[ExplainedTarget], exam: str) -> bool:
+def _all_written(folder: Path, explained: Sequence[ExplainedTarget], exam: str, figures: bool) -> bool:
     return all(
-        map_path(folder, target.name, exam).is_file() and figure_path(folder, target.name, exam).is_file()
+        map_path(folder, target.name, exam).is_file() and (not figures or figure_path(folder, target.name, exam).is_file())
         for target in explained
     )
 
@@ -217,11 +225,12 @@ def _write_maps(
     device: str,
     batch_size: int,
     progress: ProgressCallback | None,
+    *,
+    figures: bool,
 ) -> dict[str, str]:
     """Maps and figures of `exams`, module by module and batch by batch; returns exam -> load failure."""
     from mimir.inference.batching import CachedExam, iter_batches
-    from mimir.inference.modules import load_module
-    from mimir.inference.runner import ModuleRunner, network_input
+    from mimir.inference.runner import network_input
 
     failures: dict[str, str] = {}
     rows = table.set_index("exam", drop=False)
@@ -229,7 +238,7 @@ def _write_maps(
     modules = list(dict.fromkeys(target.module for target in explained))
     total = len(exams) * len(modules)
     for module in modules:
-        runners = [ModuleRunner(load_module(module, device))]
+        runners = member_runners(module, device)
         targets = [target for target in explained if target.module == module]
         exams_left = [CachedExam(exam, images[exam]) for exam in exams if exam not in failures]
         for batch in iter_batches(exams_left, batch_size, pin_memory=device.startswith("cuda")):
@@ -238,9 +247,10 @@ def _write_maps(
                 continue
             network_in = network_input(batch.images, device)
             for target in targets:
-                maps = _ensemble_saliency(runners, target.index, network_in, method)
+                maps = members_saliency(runners, target.index, network_in, method)
                 for position, exam in enumerate(batch.stems):
-                    _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam], method)
+                    _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam], method,
+                                figure=figures)
             done += len(batch.stems) + len(batch.failures)
             if progress is not None:
                 progress("explain", done, total)
@@ -249,26 +259,66 @@ def _write_maps(
     return failures
 
 
-def _ensemble_saliency(runners: Sequence[ModuleRunner], target_index: int, network_in: torch.Tensor, method: str) -> np.ndarray:
-    """The mean map over the members' networks, (N, H, W) float32."""
+def member_runners(module: Path, device: str) -> list[ModuleRunner]:
+    """The runner whose member networks make a module's map, as prediction runs them.
+
+    The one place a module's members are loaded: an ensemble's runner holds every member
+    network (`ModuleRunner.networks`), and every map (`explain`, `image_saliency`, the
+    cross-validation cohort maps) is the mean over them through `members_saliency`.
+    """
+    from mimir.inference.modules import load_module
+    from mimir.inference.runner import ModuleRunner
+
+    return [ModuleRunner(load_module(module, device))]
+
+
+def members_saliency(runners: Sequence[ModuleRunner], target_index: int, network_in: torch.Tensor, method: str) -> np.ndarray:
+    """The mean map over every member network of the runners, (N, H, W) float32."""
     from mimir.explain.maps import saliency
 
-    total = sum(saliency(runner.network, target_index, network_in, method) for runner in runners)
-    return (total / len(runners)).numpy().astype(np.float32)
+    networks = [network for runner in runners for network in runner.networks]
+    total = sum(saliency(network, target_index, network_in, method) for network in networks)
+    return (total / len(networks)).numpy().astype(np.float32)
+
+
+def image_saliency(
+    image: np.ndarray, modules: Sequence[str | Path], target: str, *, method: str = "gradcam", device: str = "auto"
+) -> np.ndarray:
+    """One image's (256, 256) map of `target`'s predicted mean, as `explain` computes it, no files.
+
+    For a figure of one exam that is already predicted (`mimir show --explain`): no second
+    prediction, no cache. `image` is a cached (3, 256, 256) uint8 image.
+    """
+    import torch
+
+    from mimir.devices import resolve_device
+    from mimir.explain.maps import METHODS
+    from mimir.imaging.cache import validate_image
+    from mimir.inference.runner import network_input
+
+    if method not in METHODS:
+        raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    (explained,) = select_targets(modules, [target])
+    device = resolve_device(device)
+    images = torch.from_numpy(np.ascontiguousarray(validate_image(np.asarray(image))))[None]
+    runners = member_runners(explained.module, device)
+    return members_saliency(runners, explained.index, network_input(images, device), method)[0]
 
 
 def _write_exam(
-    folder: Path, target: ExplainedTarget, exam: str, image: np.ndarray, saliency_map: np.ndarray, row: pd.Series, method: str
+    folder: Path, target: ExplainedTarget, exam: str, image: np.ndarray, saliency_map: np.ndarray, row: pd.Series, method: str,
+    *, figure: bool,
 ) -> None:
     from mimir.explain.overlay import overlay_figure, prediction_title
 
     with atomic_path(map_path(folder, target.name, exam)) as temporary, open(temporary, "wb") as handle:
         np.save(handle, saliency_map)
-    overlay_figure(
-        image, saliency_map, title=_exam_title(exam),
-        subtitle=prediction_title(_prediction_line(target, row), method),
-        path=figure_path(folder, target.name, exam),
-    )
+    if figure:
+        overlay_figure(
+            image, saliency_map, title=_exam_title(exam),
+            subtitle=prediction_title(_prediction_line(target, row), method),
+            path=figure_path(folder, target.name, exam),
+        )
 
 
 def _exam_title(exam: str) -> str:
@@ -300,12 +350,13 @@ def _index(
         failure = str(values["failure"]) or (f"load: {load_failures[exam]}" if exam in load_failures else "")
         for target in explained:
             written = not failure and map_path(folder, target.name, exam).is_file()
+            drawn = written and figure_path(folder, target.name, exam).is_file()
             records.append({
                 "exam": exam, "target": target.name, "module": target.spec.name, "method": method,
                 "mean": values[target.name], "low": values[f"{target.name}_low"], "high": values[f"{target.name}_high"],
                 "unit": target.spec.targets[target.index].unit,
                 "map": str(map_path(folder, target.name, exam).relative_to(folder)) if written else "",
-                "figure": str(figure_path(folder, target.name, exam).relative_to(folder)) if written else "",
+                "figure": str(figure_path(folder, target.name, exam).relative_to(folder)) if drawn else "",
                 "failure": failure,
             })
     return pd.DataFrame(records, columns=list(INDEX_COLUMNS))
@@ -320,6 +371,9 @@ __all__ = [
     "ExplainedTarget",
     "explain",
     "figure_path",
+    "image_saliency",
     "map_path",
+    "member_runners",
+    "members_saliency",
     "select_targets",
 ]

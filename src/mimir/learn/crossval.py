@@ -23,6 +23,8 @@ A cross-validation folder `CV/` (`mimir.runs.layout.CrossvalFolder`) holds
     summary.csv                     the network's headline numbers with baseline_icc, baseline_mae
     report.html                     one self-contained page, written after a merge by the command
                                     that asked for it (see report/crossval_report.py)
+    explain/                        with --explain: out-of-fold saliency maps and cohort maps,
+                                    written by the command through explain/crossval.py
 
 Calibration objective. One variance scale factor c per target is fitted on the out-of-fold
 predictions: the c that minimises the Gaussian negative log-likelihood of the reference values

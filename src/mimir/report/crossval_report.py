@@ -5,6 +5,9 @@ calibration curve before and after calibration (not for binary targets), and the
 curve. Before them, a summary table like the paper's with the published values beside ours, the
 module's provenance, the training and validation loss of every fold over its checkpoints, and the
 ridge baseline beside the network. The ridge baseline also appears in each target's numbers.
+Optionally (`mimir crossval ... --explain`), a section with the cohort saliency map of each target
+over the out-of-fold exams (`cohort_maps_section`; the maps come from `mimir.explain.crossval`,
+which the command runs: report/ never imports explain/).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATION_SECTION = "validation-curve"
 BASELINE_SECTION = "ridge-baseline"
+COHORT_MAPS_SECTION = "cohort-maps"
 
 #: Ridge baseline table: (heading, network column, baseline column, metric key, lower is better).
 _BASELINE_COLUMNS = (
@@ -82,6 +86,27 @@ def _baseline_section(summary: "pd.DataFrame") -> PageSection | None:
         text="Ridge regression on downsampled images, trained and tested on the same folds; "
              "shaded: the network is worse than the baseline.",
         table=Table(columns, rows),
+    )
+
+
+def cohort_maps_section(
+    figure: Path, *, method: str, exams: Mapping[str, int], folds: Sequence[int], aligned: bool
+) -> PageSection:
+    """The cohort saliency maps of the out-of-fold exams: the figure (one panel per target) and
+    per target the exams averaged and the method, for `write_crossval_report(extra_sections=...)`."""
+    listed = ", ".join(map(str, folds))
+    text = (
+        f"Where in the body each target's predictions come from: the mean normalised saliency map "
+        f"({method}) of each target's predicted mean over the validation exams of folds {listed}, "
+        "each exam explained by its own fold's network, the one whose out-of-fold prediction this "
+        "report shows"
+        + ("; each exam's body outline is centred and scaled onto the cohort's mean box before averaging" if aligned else "")
+        + ". Drawn over the mean water image. Methods and their checks: docs/explain.md."
+    )
+    rows = [[Cell(target), Cell(str(count), numeric=True), Cell(method)] for target, count in exams.items()]
+    return PageSection(
+        COHORT_MAPS_SECTION, f"Cohort saliency maps ({method})", text=text,
+        table=Table(["Target", "Exams", "Method"], rows), figures=[figure],
     )
 
 

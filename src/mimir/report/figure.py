@@ -3,7 +3,9 @@
 Like Fig. 1 of the MIMIR paper, the figure is meant for a person checking one exam, so it shows
 the three channels of the network input (water, fat, fat fraction) head up, and lists the
 predictions as text grouped by module: text keeps 70 measurements with different units readable,
-where a forest plot would need one axis per unit.
+where a forest plot would need one axis per unit. With a saliency map (`mimir show --explain`)
+the map is drawn over each of the three channels (`mimir.report.saliency`), so one figure shows
+the prediction, its interval and where in the body it comes from.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from mimir.protocol import BED_ROWS, COLUMNS, GRID_ROWS, GRID_SLICE_SPACING_MM, IMAGE_SHAPE, PIXEL_SPACING_MM
 from mimir.report import MODULE_TITLES, format_like, format_significant
 from mimir.report.plots import new_figure, save_png
+from mimir.report.saliency import draw_saliency, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +62,28 @@ class PredictionLine:
         return f"{self.name}: {format_significant(self.mean)} ({interval}){unit}"
 
 
-def subject_figure(image: np.ndarray, predictions: Any, *, title: str, path: Path) -> Path:
+def subject_figure(
+    image: np.ndarray,
+    predictions: Any,
+    *,
+    title: str,
+    path: Path,
+    saliency: np.ndarray | None = None,
+    saliency_caption: str = "",
+) -> Path:
     """Write the subject figure PNG and return its path.
 
     `predictions` is a DataFrame or an iterable of mappings with name, unit, mean, low and
     high (the 95 % interval); an optional `module` column groups them, otherwise the module
     comes from the target catalog.
+
+    `saliency`, a non-negative (256, 256) map at the image's resolution (as `mimir explain`
+    writes it), is normalised (`mimir.report.saliency.normalise`) and drawn over every channel
+    panel; `saliency_caption` (e.g. the target and the method) says what it shows, under the
+    panels.
     """
     channels = _checked_image(image)
+    shown = None if saliency is None else normalise(_checked_saliency(saliency))
     text_rows = _text_rows(_prediction_lines(predictions))
     columns = max(1, -(-len(text_rows) // LINES_PER_COLUMN))
     rows_per_column = max(1, -(-len(text_rows) // columns))
@@ -75,9 +92,12 @@ def subject_figure(image: np.ndarray, predictions: Any, *, title: str, path: Pat
     figure = new_figure(layout.width, layout.height)
     figure.set_layout_engine("none")
     figure.suptitle(title, fontsize=14, fontweight="bold", y=1.0 - 0.12 / layout.height, va="top")
-    figure.text(_Layout.LEFT / layout.width, 0.12 / layout.height, "Predictions: mean (95 % interval) unit",
+    note = "Predictions: mean (95 % interval) unit"
+    if shown is not None:
+        note = f"Saliency over the image: {saliency_caption or 'map given'}.   {note}"
+    figure.text(_Layout.LEFT / layout.width, 0.12 / layout.height, note,
                 ha="left", va="bottom", fontsize=9, color="#555555")
-    _draw_channels(figure, layout, channels)
+    _draw_channels(figure, layout, channels, shown)
     step = _LINE_HEIGHT_INCHES / layout.text_height
     for column in range(columns):
         axes = figure.add_axes(layout.text_box(column))
@@ -86,6 +106,20 @@ def subject_figure(image: np.ndarray, predictions: Any, *, title: str, path: Pat
     if not text_rows:
         axes.text(0.0, 1.0, "no predictions", va="top", color="#777777", transform=axes.transAxes)
     return save_png(figure, path)
+
+
+def draw_channel(axes: Any, channel: np.ndarray, index: int) -> Any:
+    """One channel of the 2D image as every MIMIR figure shows it: the water (0) and fat (1)
+    projections in grey, the fat fraction slices (2) in magma, in %; returns the image artist."""
+    if index < 2:
+        shown = axes.imshow(channel, cmap="gray", vmin=0, vmax=255, aspect="auto", interpolation="bilinear")
+    else:
+        percent = np.asarray(channel, dtype=np.float32) * (FAT_FRACTION_FULL_SCALE_PERCENT / 255.0)
+        shown = axes.imshow(percent, cmap="magma", vmin=0.0, vmax=FAT_FRACTION_FULL_SCALE_PERCENT, aspect="auto",
+                            interpolation="bilinear")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return shown
 
 
 @dataclass(frozen=True)
@@ -150,27 +184,29 @@ def _checked_image(image: np.ndarray) -> np.ndarray:
     return array
 
 
-def _draw_channels(figure: Any, layout: _Layout, channels: np.ndarray) -> None:
+def _checked_saliency(saliency: np.ndarray) -> np.ndarray:
+    array = np.asarray(saliency)
+    if array.shape != IMAGE_SHAPE[1:]:
+        raise ValueError(f"saliency map must have the image's shape {IMAGE_SHAPE[1:]}, got {array.shape}")
+    return array
+
+
+def _draw_channels(figure: Any, layout: _Layout, channels: np.ndarray, saliency: np.ndarray | None) -> None:
+    """The three channel panels; a [0, 1] saliency map over each (after the channel, so on top)."""
     titles = ("Water", "Fat", "Fat fraction")
     for index, name in enumerate(titles):
         axes = figure.add_axes(layout.image_box(index))
+        shown = draw_channel(axes, channels[index], index)
+        if saliency is not None:
+            draw_saliency(axes, saliency)
         if index < 2:
-            axes.imshow(channels[index], cmap="gray", vmin=0, vmax=255, aspect="auto",
-                        interpolation="bilinear")
             axes.set_title(f"{name}\ncoronal | sagittal projection", fontsize=10)
         else:
-            shown = axes.imshow(
-                channels[index].astype(np.float32) * (FAT_FRACTION_FULL_SCALE_PERCENT / 255.0),
-                cmap="magma", vmin=0.0, vmax=FAT_FRACTION_FULL_SCALE_PERCENT, aspect="auto",
-                interpolation="bilinear",
-            )
             axes.set_title(f"{name}\ncoronal | sagittal slice", fontsize=10)
             colour_bar = figure.colorbar(shown, cax=figure.add_axes(layout.colour_bar_box(index)),
                                          orientation="horizontal")
             colour_bar.set_label("Fat fraction (%)", fontsize=9)
             colour_bar.ax.tick_params(labelsize=8)
-        axes.set_xticks([])
-        axes.set_yticks([])
 
 
 def _prediction_lines(predictions: Any) -> list[PredictionLine]:

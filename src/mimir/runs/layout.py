@@ -169,3 +169,9 @@ class CrossvalFolder(EvaluationFolder):
     @property
     def summary(self) -> Path:
         return self.path / "summary.csv"
+
+    @property
+    def explanations(self) -> Path:
+        """explain/: saliency maps of the out-of-fold exams, `METHOD/` as `mimir explain` writes
+        them, with the cohort maps the report shows (see explain/crossval.py)."""
+        return self.path / "explain"
