@@ -12,9 +12,8 @@ the image's resolution, and `{target}/{exam}.png`, the overlay; `explanations.cs
 exam and target with its prediction, files or failure. Every file is written atomically; a rerun
 skips the exams whose maps and figures are all there, so an interrupted run resumes.
 
-Ensembles: `_ensemble_saliency` averages the maps of several networks; today every module is one
-network, so it averages one. When modules hold several members (issue 15), passing each member's
-runner there is the whole change.
+Ensembles: `_ensemble_saliency` averages the maps of a module's member networks (one for a
+one-network module), as the module's mean averages their means.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     import torch
 
     from mimir.inference.modules import ModuleSpec
-    from mimir.inference.runner import ModuleRunner
     from mimir.report.figure import PredictionLine
 
 logger = logging.getLogger(__name__)
@@ -229,7 +227,7 @@ def _write_maps(
     modules = list(dict.fromkeys(target.module for target in explained))
     total = len(exams) * len(modules)
     for module in modules:
-        runners = [ModuleRunner(load_module(module, device))]
+        networks = ModuleRunner(load_module(module, device)).networks
         targets = [target for target in explained if target.module == module]
         exams_left = [CachedExam(exam, images[exam]) for exam in exams if exam not in failures]
         for batch in iter_batches(exams_left, batch_size, pin_memory=device.startswith("cuda")):
@@ -238,7 +236,7 @@ def _write_maps(
                 continue
             network_in = network_input(batch.images, device)
             for target in targets:
-                maps = _ensemble_saliency(runners, target.index, network_in, method)
+                maps = _ensemble_saliency(networks, target.index, network_in, method)
                 for position, exam in enumerate(batch.stems):
                     _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam], method)
             done += len(batch.stems) + len(batch.failures)
@@ -249,12 +247,12 @@ def _write_maps(
     return failures
 
 
-def _ensemble_saliency(runners: Sequence[ModuleRunner], target_index: int, network_in: torch.Tensor, method: str) -> np.ndarray:
+def _ensemble_saliency(networks: Sequence[torch.nn.Module], target_index: int, network_in: torch.Tensor, method: str) -> np.ndarray:
     """The mean map over the members' networks, (N, H, W) float32."""
     from mimir.explain.maps import saliency
 
-    total = sum(saliency(runner.network, target_index, network_in, method) for runner in runners)
-    return (total / len(runners)).numpy().astype(np.float32)
+    total = sum(saliency(network, target_index, network_in, method) for network in networks)
+    return (total / len(networks)).numpy().astype(np.float32)
 
 
 def _write_exam(
