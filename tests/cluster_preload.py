@@ -7,6 +7,8 @@ Cues are files in the folder named by MIMIR_TEST_CUES, read when a task starts e
 - `die-once`: the first worker to claim it (an atomic unlink) starts writing that task's exam to
   the cache and is SIGKILLed mid-write, leaving the temporary a killed writer leaves.
 - `poison`: holds an exam stem; every worker that starts that exam is SIGKILLed.
+- `poison-batch`: holds an exam stem; every worker that starts a prediction batch holding that
+  exam is SIGKILLed (`mimir predict --scheduler`: a batch whose task kills its workers).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def _die() -> None:
 
 
 class DieOnCue(WorkerPlugin):
-    """Looks at each task as it starts executing; the task is `run_one(partial(compress_exam,
-    options=...), exam)`, so its arguments name the exam and the cache."""
+    """Looks at each task as it starts executing: `run_one(partial(compress_exam, options=...),
+    exam)`, whose arguments name the exam and the cache, or `run_one(partial(predict_batch,
+    job=...), exams)`, a prediction batch (a tuple of cached exams)."""
 
     def __init__(self, cues: Path) -> None:
         self.cues = cues
@@ -42,6 +45,11 @@ class DieOnCue(WorkerPlugin):
         if finish != "executing":
             return
         func, exam = self.worker.state.tasks[key].run_spec.args
+        if isinstance(exam, tuple):  # a prediction batch
+            poison = self.cues / "poison-batch"
+            if poison.exists() and poison.read_text().strip() in {cached.stem for cached in exam}:
+                _die()
+            return
         stem = exam_stem(exam)
         poison = self.cues / "poison"
         if poison.exists() and poison.read_text().strip() == stem:

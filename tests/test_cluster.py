@@ -285,6 +285,164 @@ def test_crossval_through_the_scheduler_trains_each_fold_as_a_task_and_equals_a_
     pd.testing.assert_frame_equal(remote, local, check_exact=False, atol=1e-5)
 
 
+def _load_synthetic_modules():
+    """tests/inference/synthetic_modules.py, loaded by path as tests/inference/conftest.py does."""
+    spec = importlib.util.spec_from_file_location("synthetic_modules", TESTS / "inference" / "synthetic_modules.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    return helpers
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny modules (resnet18, pooled input) with realistic outputs: body (2 targets), organs (1)."""
+    helpers = _load_synthetic_modules()
+    folder = tmp_path_factory.mktemp("cluster_modules")
+    return [
+        helpers.make_module(folder / "body", "body", helpers.BODY_TARGETS, seed=1),
+        helpers.make_module(folder / "organs", "organs", helpers.ORGAN_TARGETS, seed=2),
+    ]
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """The same four exams predicted by `mimir predict` here and through the scheduler."""
+
+    inputs: list[str]
+    local: Path
+    remote: Path
+    output: str
+
+
+@pytest.fixture(scope="module")
+def predicted(scheduler, cohort, modules, tmp_path_factory) -> Predicted:
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("cluster_predict")
+    inputs = [str(path) for path in _zips(cohort)[:4]]
+    common = ["--modules", *map(str, modules), "--device", "cpu", "--batch-size", "2"]
+    local, remote = folder / "local", folder / "remote"
+    assert main(["-q", "predict", *inputs, *common, "--out", str(local / "p.csv"), "--cache", str(local / "cache"), "--workers", "1"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        argv = ["-q", "predict", *inputs, *common, "--out", str(remote / "p.csv"), "--cache", str(remote / "cache"), "--scheduler", scheduler]
+        assert main(argv) == 0
+    return Predicted(inputs, local, remote, printed.getvalue())
+
+
+def test_predict_through_the_scheduler_writes_the_local_table(predicted):
+    import json
+
+    import pandas as pd
+
+    assert predicted.output.startswith("running on the Dask scheduler at tcp://127.0.0.1:")
+    assert "4 exams (4 compressed, 0 already cached, 0 failed)" in predicted.output
+    assert "inference batches by Dask worker:" in predicted.output
+    local = pd.read_csv(predicted.local / "p.csv", keep_default_na=False, na_values=[""])
+    remote = pd.read_csv(predicted.remote / "p.csv", keep_default_na=False, na_values=[""])
+    assert list(remote.columns) == list(local.columns)
+    assert list(remote["exam"]) == [Path(path).stem for path in predicted.inputs]
+    assert local["height"].notna().all() and local["liverFat_sd"].notna().all()
+    pd.testing.assert_frame_equal(remote, local, check_exact=False, rtol=1e-6, atol=1e-6)
+    dictionary = "p_dictionary.json"
+    assert json.loads((predicted.remote / dictionary).read_text()) == json.loads((predicted.local / dictionary).read_text())
+    assert _files(predicted.remote / "cache") == _files(predicted.local / "cache")  # images, qc.csv, failures.csv
+
+
+def test_a_rerun_through_the_scheduler_resumes_from_the_cache_and_keeps_modules_loaded(scheduler, predicted, modules):
+    """Unrounded, through the API: the table equals a local run's to 1e-6; nothing is
+    compressed again; each worker process loaded each module at most once over both runs."""
+    import distributed
+    import pandas as pd
+
+    from mimir.cluster import DaskExecutor
+    from mimir.inference.predict import PredictOptions, run_prediction
+
+    options = PredictOptions(device="cpu", batch_size=2, workers=1)
+    local = run_prediction(predicted.inputs, modules, PredictOptions(**{**options.__dict__, "cache": predicted.local / "cache"}))
+    with distributed.Client(scheduler, timeout=START_S) as client:
+        first = run_prediction(
+            predicted.inputs, modules, PredictOptions(**{**options.__dict__, "cache": predicted.remote / "cache"}),
+            executor=DaskExecutor(client),
+        )
+        again = run_prediction(
+            predicted.inputs, modules, PredictOptions(**{**options.__dict__, "cache": predicted.remote / "cache"}),
+            executor=DaskExecutor(client),
+        )
+    assert (again.compressed, again.reused, again.failed) == (0, 4, 0)
+    pd.testing.assert_frame_equal(again.table, local.table, check_exact=False, rtol=1e-6, atol=1e-6)
+    assert sum(again.batch_workers.values()) == 2  # four exams, batches of two
+    loads_without_keeping = 2 * len(modules) * 2  # two runs of two batches, each loading both modules
+    assert first.modules_loaded + again.modules_loaded <= len(WORKER_NAMES) * len(modules) < loads_without_keeping
+
+
+def test_gpu_shaped_prediction_sends_every_batch_to_the_gpu_worker_and_compresses_everywhere(scheduler, cohort, modules, tmp_path):
+    import distributed
+
+    from mimir.cluster import DaskExecutor
+    from mimir.inference.predict import PredictOptions, run_prediction
+
+    inputs = _zips(cohort)[:4]
+    options = PredictOptions(cache=tmp_path / "cache", device="cpu", batch_size=2, gpu_workers=True)
+    with distributed.Client(scheduler, timeout=START_S) as client:
+        names = {address: info["name"] for address, info in client.scheduler_info()["workers"].items()}
+        with distributed.get_task_stream(client=client) as stream:
+            result = run_prediction(inputs, modules, options, executor=DaskExecutor(client))
+    ran_on: dict[str, set[str]] = {}
+    for task in stream.data:
+        kind = task["key"].rsplit("-", 1)[0]
+        ran_on.setdefault(kind, set()).add(names[task["worker"]])
+    assert ran_on == {"compress_exam": set(WORKER_NAMES), "predict_batch": {"gpu-worker"}}
+    assert result.batch_workers == {"gpu-worker": 2}
+    assert result.failed == 0 and result.compressed == 4
+
+
+def test_an_input_path_no_worker_sees_is_a_failure_row_and_the_others_are_predicted(scheduler, cohort, modules, tmp_path):
+    import csv as csv_module
+
+    import pandas as pd
+
+    good = _zips(cohort)[0]
+    missing = tmp_path / "elsewhere" / "1000099_20201_2_0.zip"  # listed, but on no worker's storage
+    listing = tmp_path / "exams.txt"
+    listing.write_text(f"{good}\n{missing}\n")
+    out = tmp_path / "p.csv"
+    argv = ["-q", "predict", str(listing), "--modules", *map(str, modules), "--device", "cpu", "--out", str(out), "--scheduler", scheduler]
+    assert main(argv) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["exam"]) == [good.stem, missing.stem]
+    assert table.loc[0, "failure"] == "" and table.loc[0, "height"] != ""
+    assert table.loc[1, "failure"].startswith("open: ") and table.loc[1, "height"] == ""
+    with (tmp_path / "p_cache" / "failures.csv").open(newline="") as handle:
+        (failure,) = csv_module.DictReader(handle)
+    assert failure["subject"] == missing.stem and failure["input"] == str(missing)
+
+
+def test_a_batch_that_kills_every_worker_becomes_failure_rows_and_the_table_is_written(scheduler, cues, modules, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    helpers = _load_synthetic_modules()
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, stem in enumerate(["1000001_20201_2_0", "1000002_20201_2_0", "1000003_20201_2_0"]):
+        np.save(images / f"{stem}.npy", helpers.realistic_image(index))
+    (cues / "poison-batch").write_text("1000003_20201_2_0")  # the second batch (batch size 2)
+    out = tmp_path / "p.csv"
+    try:
+        argv = ["-q", "predict", str(images), "--modules", *map(str, modules), "--device", "cpu", "--batch-size", "2",
+                "--out", str(out), "--scheduler", scheduler]
+        assert main(argv) == 0
+    finally:
+        (cues / "poison-batch").unlink()
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["exam"]) == ["1000001_20201_2_0", "1000002_20201_2_0", "1000003_20201_2_0"]
+    assert (table.loc[:1, "failure"] == "").all() and (table.loc[:1, "height"] != "").all()
+    assert table.loc[2, "failure"].startswith("worker: WorkerDied: the worker died 2 times while processing this item")
+    assert table.loc[2, "height"] == ""
+
+
 def test_a_local_cluster_from_the_command_line(cohort, tmp_path, capsys):
     cache = tmp_path / "cache"
     inputs = [str(path) for path in _zips(cohort)[:2]]

@@ -134,6 +134,27 @@ def dashboard_link(client: Any) -> str | None:
     return None
 
 
+def task_key(func: Callable[..., Any]) -> str:
+    """A readable, unique task key: the function's name (a partial's function) and a random
+    suffix, so the dashboard and the task stream show `compress_exam-...`, `predict_batch-...`."""
+    import uuid
+
+    inner = getattr(func, "func", func)
+    return f"{getattr(inner, '__name__', 'task')}-{uuid.uuid4().hex}"
+
+
+def current_worker_name() -> str | None:
+    """The name of the Dask worker running this code (`dask worker --name`); None outside one."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        return str(get_worker().name)
+    except ValueError:  # not running in a Dask worker
+        return None
+
+
 @dataclass
 class DaskExecutor:
     """Runs items as Dask tasks through `client`: one task per item, outcomes as they complete."""
@@ -149,31 +170,26 @@ class DaskExecutor:
         on the workers. Tasks are impure (each item runs, however alike two look). Stopping the
         iteration early cancels the tasks not yet done. `resources` (e.g. {"GPU": 1}) sends each
         task only to workers that declare them (`dask worker --resources GPU=1`)."""
-        distributed = _require("distributed")
         remaining = iter(items)
-        pending: dict[Any, T] = {}
-        completed = distributed.as_completed()
-
-        def submit(item: T) -> None:
-            future = self.client.submit(run_one, func, item, pure=False, resources=dict(resources) if resources else None)
-            pending[future] = item
-            completed.add(future)
-
+        tasks = self.tasks()
         try:
             for item in remaining:
-                submit(item)
-                if len(pending) >= self.max_pending:
+                tasks.submit(func, item, resources=resources)
+                if tasks.pending >= self.max_pending:
                     break
-            for future in completed:
-                yield self._outcome(future, pending.pop(future))
+            for outcome in tasks.as_completed():
+                yield outcome
                 for item in remaining:
-                    submit(item)
+                    tasks.submit(func, item, resources=resources)
                     break
         finally:
-            if pending:
-                self.client.cancel(list(pending))
+            tasks.cancel()
 
-    def _outcome(self, future: Any, item: T) -> Outcome[T, R]:
+    def tasks(self) -> TaskSet:
+        """An empty set of tasks to submit one at a time, while other work goes on."""
+        return TaskSet(self)
+
+    def outcome(self, future: Any, item: T) -> Outcome[T, R]:
         """The task's own Outcome; an error of the task itself (not of `func`, which `run_one`
         catches) is the item's error: a worker killed too often, or a task that cannot run."""
         if future.status == "finished":
@@ -194,6 +210,52 @@ class DaskExecutor:
                 error_type=WORKER_DIED,
             )
         return Outcome(item=item, error=str(error) or repr(error), error_type=type(error).__name__)
+
+
+class TaskSet:
+    """Tasks submitted one at a time (each item's `run_one(func, item)`), whose Outcomes are
+    taken as they finish: without waiting (`finished`) between other work, or all that remain
+    (`as_completed`). Prediction submits a batch's inference as soon as its exams are compressed."""
+
+    def __init__(self, executor: DaskExecutor) -> None:
+        self.executor = executor
+        self._items: dict[Any, Any] = {}
+        self._completed = _require("distributed").as_completed()
+
+    @property
+    def pending(self) -> int:
+        """Tasks submitted whose outcome has not been taken yet."""
+        return len(self._items)
+
+    def submit(
+        self, func: Callable[[T], R], item: T, *, resources: Mapping[str, float] | None = None, priority: int = 0
+    ) -> None:
+        """Run `func(item)` on the cluster; a higher `priority` runs before tasks submitted
+        earlier with a lower one (Dask's own rule), e.g. a GPU batch before more compression."""
+        future = self.executor.client.submit(
+            run_one, func, item, pure=False, key=task_key(func),
+            resources=dict(resources) if resources else None, priority=priority,
+        )
+        self._items[future] = item
+        self._completed.add(future)
+
+    def finished(self) -> list[Outcome[Any, Any]]:
+        """The outcomes of the tasks done by now, without waiting."""
+        if not self._completed.has_ready():
+            return []
+        return [self.executor.outcome(future, self._items.pop(future)) for future in self._completed.next_batch(block=False)]
+
+    def as_completed(self) -> Iterator[Outcome[Any, Any]]:
+        """The outcomes of every task not taken yet, as they finish (tasks submitted meanwhile
+        included)."""
+        for future in self._completed:
+            yield self.executor.outcome(future, self._items.pop(future))
+
+    def cancel(self) -> None:
+        """Cancel the tasks whose outcome was not taken (stopping early)."""
+        if self._items:
+            self.executor.client.cancel(list(self._items))
+            self._items.clear()
 
 
 @contextlib.contextmanager

@@ -33,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_device(parser)
     parser.add_argument("--batch-size", type=int, help="images per network batch (default: 16 on CPU, 128 on GPU)")
     common_flags.add_workers(parser)
+    common_flags.add_where_to_run(parser)
+    parser.add_argument(
+        "--gpu-workers", action="store_true",
+        help="with --scheduler or --cluster: run the networks only on Dask workers that declare a GPU "
+        "(`dask worker --resources GPU=1`), one batch per GPU at a time, while every worker compresses "
+        "exams; implied by --device cuda (docs/scale.md)",
+    )
     common_flags.add_precision(
         parser,
         detail="auto: float32 on a CPU, float16 on a GPU. bfloat16 is about twice "
@@ -75,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.members is not None and args.members < 1:
         raise UsageError("--members must be at least 1")
+    where = common_flags.where_to_run(args, workers=1)
+    if args.gpu_workers and where.local:
+        raise UsageError("--gpu-workers only applies with --scheduler or --cluster")
     missing = [path for path in args.inputs if not Path(path).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
@@ -89,9 +99,14 @@ def run(args: argparse.Namespace) -> int:
         column_names=args.column_names,
         part=args.part,
         members=args.members,
+        gpu_workers=args.gpu_workers,
     )
-    with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
-        result = run_prediction(args.inputs, args.modules, options, progress)
+    with (
+        common_flags.executor_for(args, where) as executor,
+        Stages("exam", quiet=args.quiet, overlap=True) as progress,  # compression and networks overlap
+    ):
+        cluster = None if where.local else executor
+        result = run_prediction(args.inputs, args.modules, options, progress, executor=cluster)
     writing = time.perf_counter()
     write_predictions(result.table, out, long=args.long, part=None if args.part is None else str(args.part))
     result.timings["write"] = time.perf_counter() - writing

@@ -544,6 +544,22 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def module_digest(path: Path | str) -> str:
+    """The sha256 of a module's module.json, which holds every member's checksum and the
+    calibration: two modules with one digest predict alike (a Dask worker keeps the networks it
+    loaded under it, `mimir.inference.cluster_prediction`)."""
+    return sha256_hex(_read_member(Path(path), SPEC_FILE))
+
+
+def check_representation(spec: ModuleSpec, path: Path | str, expected: str = REPRESENTATION_VERSION) -> None:
+    """Refuse a module made for another input representation than the images this MIMIR makes."""
+    if spec.representation_version != expected:
+        raise ModuleRepresentationError(
+            f"{path}: the module expects input representation {spec.representation_version!r} but this "
+            f"MIMIR produces {expected!r}; recompress the images with a matching MIMIR or retrain"
+        )
+
+
 def _check_weights_bytes(
     spec: ModuleSpec, data: bytes, source: Path, file: str = WEIGHTS_FILE, sha256: str | None = None, size: int | None = None
 ) -> None:
@@ -874,11 +890,8 @@ def load_module(
 
     path = Path(path)
     spec = read_spec(path)
-    if expected_representation is not None and spec.representation_version != expected_representation:
-        raise ModuleRepresentationError(
-            f"{path}: the module expects input representation {spec.representation_version!r} but this "
-            f"MIMIR produces {expected_representation!r}; recompress the images with a matching MIMIR or retrain"
-        )
+    if expected_representation is not None:
+        check_representation(spec, path, expected_representation)
     networks = []
     for (file, _, _), data in zip(spec.member_files(), _checked_member_weights(path, spec, members), strict=False):
         try:

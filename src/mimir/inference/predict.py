@@ -54,7 +54,7 @@ from mimir.imaging.errors import ExamReadError
 from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
 from mimir.inference.modules import ModuleSpec, load_module, read_spec
-from mimir.inference.postprocess import combine_members
+from mimir.inference.postprocess import MemberMixture, combine_members
 from mimir.inference.runner import ModuleRunner, network_input
 from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
 from mimir.network import denormals_flushed
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from mimir.cluster import DaskExecutor
     from mimir.imaging.read import ExamInput
     from mimir.inference.batching import CachedExam, ImageBatch
 
@@ -144,6 +145,10 @@ class PredictionResult:
     excluded: list[str] = field(default_factory=list)
     #: module name -> (member networks run, member networks the module holds)
     module_members: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: On a Dask cluster: Dask worker name -> inference batches it ran; empty for a local run.
+    batch_workers: dict[str, int] = field(default_factory=dict)
+    #: On a Dask cluster: module loads by the workers (each worker process loads a module once).
+    modules_loaded: int = 0
 
     @property
     def failed(self) -> int:
@@ -183,6 +188,10 @@ class PredictOptions:
     #: Use only the first this many member networks of each ensemble module (faster, a little
     #: less accurate); None: all. Modules with fewer members run all of theirs.
     members: int | None = None
+    #: On a Dask cluster: run the networks only on workers that declare a GPU resource (`dask
+    #: worker --resources GPU=1`) while every worker compresses; implied by a CUDA `device`.
+    #: Ignored by a local run. See `mimir.inference.cluster_prediction`.
+    gpu_workers: bool = False
 
     def __post_init__(self) -> None:
         SeriesPatterns(self.water_pattern, self.fat_pattern)  # a bad pattern is refused before any module loads
@@ -209,6 +218,8 @@ def run_prediction(
     modules: Sequence[str | Path],
     options: PredictOptions | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    executor: DaskExecutor | None = None,
 ) -> PredictionResult:
     """Compress what is not cached yet, run every module, return the table and a summary.
 
@@ -222,11 +233,33 @@ def run_prediction(
     took 0.652 s per exam overlapped and 0.625 s one stage after the other. When overlapping on a
     CPU, torch uses OVERLAP_TORCH_THREADS threads until compression ends (two threads on cores
     the workers keep busy cost more CPU per image than one).
-    """
-    from mimir.parallel import default_workers
 
+    With an `executor` (`mimir.cluster.DaskExecutor`) the exams are compressed and predicted on
+    its Dask cluster instead (`mimir.inference.cluster_prediction`); the table is the same.
+    """
     options = options or PredictOptions()
     started = time.perf_counter()
+    prepared = prepare_prediction(inputs, modules, options)
+    if executor is not None:
+        from mimir.inference.cluster_prediction import predict_on_cluster
+
+        return predict_on_cluster(prepared, options, executor, progress, started=started)
+    return _predict_here(prepared, options, progress, started=started)
+
+
+@dataclass
+class PreparedPrediction:
+    """What a prediction starts from, checked before any exam is touched: the exams (this part,
+    less the excluded), and the modules' specs."""
+
+    resolved: ResolvedInputs
+    modules: list[Path]
+    specs: list[ModuleSpec]
+    excluded: list[str]
+
+
+def prepare_prediction(inputs: Sequence[str | Path], modules: Sequence[str | Path], options: PredictOptions) -> PreparedPrediction:
+    """The exams and modules of a prediction; every input, module and option error is raised here."""
     if not modules:
         raise PredictError("no modules given")
     resolved = resolve_inputs(inputs)
@@ -241,11 +274,27 @@ def run_prediction(
     check_target_conflicts(specs, [str(path) for path in modules])
     if check_column_naming(options.column_names) == "ukb":
         table_instance([exam_stem(source) for source in resolved.raw] + [exam.stem for exam in resolved.cached])
-    device = resolve_device(options.device)
-    autocast_dtype = resolve_precision(options.precision, device)
+    return PreparedPrediction(resolved, [Path(path) for path in modules], specs, excluded)
+
+
+def batch_size_for(options: PredictOptions, device: str) -> int:
+    """The images per network batch: the option, else DEFAULT_BATCH_SIZE of the device's kind."""
     size = options.batch_size or DEFAULT_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
     if size < 1:
         raise PredictError(f"batch size must be at least 1, got {size}")
+    return size
+
+
+def _predict_here(
+    prepared: PreparedPrediction, options: PredictOptions, progress: ProgressCallback | None, *, started: float
+) -> PredictionResult:
+    """Compression in local processes, the networks in this process."""
+    from mimir.parallel import default_workers
+
+    resolved, modules, specs, excluded = prepared.resolved, prepared.modules, prepared.specs, prepared.excluded
+    device = resolve_device(options.device)
+    autocast_dtype = resolve_precision(options.precision, device)
+    size = batch_size_for(options, device)
     if resolved.raw and options.cache is not None:
         prepare_cache(Path(options.cache))  # a read-only cache fails now, not after the modules load
     timings: dict[str, float] = {}
@@ -263,7 +312,7 @@ def run_prediction(
         denormals_flushed(),
     ):
         rows = _initial_rows(resolved, cache_path)
-        predictor = _BatchPredictor(rows, runners, options.column_names)
+        predictor = _BatchPredictor(rows, [runner.spec for runner in runners], options.column_names, runners)
         overlap = device.startswith("cuda") if options.overlap is None else options.overlap
         if resolved.raw and overlap:
             assert cache_path is not None
@@ -392,19 +441,50 @@ def _record_outcome(row: ExamRow, outcome: ExamOutcome, cache: Path) -> Path | N
     return row.image
 
 
+@dataclass
+class BatchPrediction:
+    """Every module's calibrated mixture on one batch of images, by exam (plain numpy: it comes
+    back from a Dask worker as it is computed here), and the exams whose image did not load."""
+
+    stems: list[str]
+    failures: dict[str, str]  # stem -> why its image could not be loaded
+    mixtures: list[MemberMixture]  # per module, rows in the order of `stems`
+    load_seconds: float = 0.0
+    module_seconds: list[float] = field(default_factory=list)
+
+
+def predict_images(batch: ImageBatch, runners: Sequence[ModuleRunner]) -> BatchPrediction:
+    """Run every module on a loaded batch: the one computation of a local and a cluster run."""
+    mixtures: list[MemberMixture] = []
+    seconds: list[float] = []
+    if batch.stems:
+        network_in = network_input(batch.images, runners[0].device)
+        for runner in runners:
+            started = time.perf_counter()
+            raws = runner.raw_outputs(network_in)
+            seconds.append(time.perf_counter() - started)
+            mixtures.append(combine_members(raws, runner.spec))
+    return BatchPrediction(batch.stems, batch.failures, mixtures, batch.load_seconds, seconds)
+
+
 class _BatchPredictor:
     """Every module on batches of images, in whatever order they come, into arrays by table row."""
 
-    def __init__(self, rows: Sequence[ExamRow], runners: Sequence[ModuleRunner], column_names: str) -> None:
+    def __init__(
+        self, rows: Sequence[ExamRow], specs: Sequence[ModuleSpec], column_names: str, runners: Sequence[ModuleRunner] = ()
+    ) -> None:
+        """`runners` run batches here (`run`); without them the batches are predicted elsewhere
+        (on a Dask cluster) and only `record`ed."""
         self.rows = rows
+        self.specs = list(specs)
         self.runners = runners
         self.column_names = column_names
         self.index = {row.stem: position for position, row in enumerate(rows)}
-        self.means = [np.full((len(rows), len(runner.spec.targets)), np.nan) for runner in runners]
+        self.means = [np.full((len(rows), len(spec.targets)), np.nan) for spec in self.specs]
         self.sds = [np.full_like(mean, np.nan) for mean in self.means]
         self.aleatoric = [np.full_like(mean, np.nan) for mean in self.means]
         self.epistemic = [np.full_like(mean, np.nan) for mean in self.means]
-        self.module_seconds = [0.0] * len(runners)
+        self.module_seconds = [0.0] * len(self.specs)
         self.load_seconds = 0.0
         self.settled = 0  # exams predicted or found unloadable
 
@@ -413,36 +493,35 @@ class _BatchPredictor:
         return self.runners[0].device
 
     def run(self, batch: ImageBatch) -> None:
-        self.load_seconds += batch.load_seconds
-        for stem, reason in batch.failures.items():
+        self.record(predict_images(batch, self.runners))
+
+    def record(self, prediction: BatchPrediction) -> None:
+        """A batch's predictions (computed here or on a Dask worker) into the rows' arrays."""
+        self.load_seconds += prediction.load_seconds
+        for stem, reason in prediction.failures.items():
             self.rows[self.index[stem]].failure = f"load: {reason}"
             logger.warning("%s could not be loaded: %s", stem, reason)
-        if batch.stems:
-            positions = np.array([self.index[stem] for stem in batch.stems])
-            network_in = network_input(batch.images, self.device)
-            for number, runner in enumerate(self.runners):
-                started = time.perf_counter()
-                raws = runner.raw_outputs(network_in)
-                self.module_seconds[number] += time.perf_counter() - started
-                mixture = combine_members(raws, runner.spec)
+        if prediction.stems:
+            positions = np.array([self.index[stem] for stem in prediction.stems])
+            for number, mixture in enumerate(prediction.mixtures):
+                self.module_seconds[number] += prediction.module_seconds[number]
                 self.means[number][positions], self.sds[number][positions] = mixture.mean, mixture.sd
                 self.aleatoric[number][positions] = mixture.sd_aleatoric
                 self.epistemic[number][positions] = mixture.sd_epistemic
-        self.settled += len(batch.stems) + len(batch.failures)
+        self.settled += len(prediction.stems) + len(prediction.failures)
 
     def timings(self) -> dict[str, float]:
         return {
             "load images": self.load_seconds,
-            **{f"module {runner.spec.name}": seconds for runner, seconds in zip(self.runners, self.module_seconds, strict=True)},
+            **{f"module {spec.name}": seconds for spec, seconds in zip(self.specs, self.module_seconds, strict=True)},
         }
 
     def table(self) -> pd.DataFrame:
-        specs = [runner.spec for runner in self.runners]
         components = [
-            (aleatoric, epistemic) if runner.spec.n_members > 1 else None
-            for runner, aleatoric, epistemic in zip(self.runners, self.aleatoric, self.epistemic, strict=True)
+            (aleatoric, epistemic) if spec.n_members > 1 else None
+            for spec, aleatoric, epistemic in zip(self.specs, self.aleatoric, self.epistemic, strict=True)
         ]
-        return build_table(self.rows, specs, self.means, self.sds, column_names=self.column_names, components=components)
+        return build_table(self.rows, self.specs, self.means, self.sds, column_names=self.column_names, components=components)
 
 
 def _compress_then_predict(
@@ -558,11 +637,13 @@ def _attach_qc_flags(rows: Sequence[ExamRow]) -> None:
 
 
 __all__ = [
+    "BatchPrediction",
     "PredictError",
     "PredictOptions",
     "PredictionResult",
     "TargetConflictError",
     "predict",
+    "predict_images",
     "resolve_inputs",
     "run_prediction",
 ]

@@ -26,6 +26,9 @@ def summary_lines(result: PredictionResult) -> list[str]:
     ensembles = {name: counts for name, counts in result.module_members.items() if counts[1] > 1}
     if ensembles:
         lines.append(f"  member networks: {module_members(ensembles)}")
+    if result.batch_workers:
+        by_worker = ", ".join(f"{name} {count}" for name, count in sorted(result.batch_workers.items()))
+        lines.append(f"  inference batches by Dask worker: {by_worker}")
     lines += [f"  {stage:<32}{seconds:9.2f} s" for stage, seconds in result.timings.items() if stage != "total"]
     total = result.timings.get("total", 0.0) + result.timings.get("write", 0.0)
     rate = 60.0 * n_exams / total if total > 0 else float("nan")
