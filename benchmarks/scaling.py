@@ -8,8 +8,15 @@ imported MIMIR) before the clock starts, as on a cluster that serves many batche
 pool's start is inside its time, as in every `mimir compress` (with 1 worker the local run is
 in-process, no pool). Needs the dask extra.
 
+With --predict it times `mimir predict` instead, zips to table (compression and the paper's four
+modules, ResNet50s with random weights as in benchmarks/predict_speed.py, float32 on the CPU):
+`run_prediction` here (local pool, networks in this process) against the same through a local
+Dask cluster (compression tasks per exam, inference tasks per batch; the workers' imports done
+before the clock, each worker's module loading inside it, as the local run's).
+
     python benchmarks/scaling.py --n 8              # synthetic cohort in a temp folder
     python benchmarks/scaling.py --zips DIR         # your own field-20201 zips
+    python benchmarks/scaling.py --n 8 --predict    # prediction, local against Dask
 """
 
 from __future__ import annotations
@@ -33,11 +40,28 @@ for _name in SINGLE_THREAD_VARIABLES:
 COMPRESS_MODULES = ("mimir.imaging.compress", "mimir.imaging.fusion", "mimir.imaging.projection", "mimir.imaging.quality", "mimir.imaging.read")
 
 
-def _warm() -> None:
+#: What a prediction's tasks import besides: torch, the networks, the table.
+PREDICT_MODULES = ("mimir.inference.cluster_prediction",)
+
+
+def _warm(predict: bool = False) -> None:
     import importlib
 
-    for module in COMPRESS_MODULES:
+    for module in COMPRESS_MODULES + (PREDICT_MODULES if predict else ()):
         importlib.import_module(module)
+
+
+def _timed_prediction(inputs: list, modules: list[Path], cache: Path, workers: object) -> float:
+    from mimir.inference.predict import PredictOptions, run_prediction
+
+    local = isinstance(workers, int)
+    options = PredictOptions(cache=cache, device="cpu", precision="float32", workers=workers if local else None)
+    started = time.perf_counter()
+    result = run_prediction(inputs, modules, options, executor=None if local else workers)
+    seconds = time.perf_counter() - started
+    if result.failed:
+        raise SystemExit(f"{result.failed} exams failed in {cache}: see the failure column")
+    return seconds
 
 
 def _timed(inputs: list, cache: Path, workers: object) -> float:
@@ -51,12 +75,14 @@ def _timed(inputs: list, cache: Path, workers: object) -> float:
     return seconds
 
 
-def _best(inputs: list, caches: Path, workers: object, repeat: int) -> float:
+def _best(inputs: list, caches: Path, workers: object, repeat: int, modules: list[Path] | None = None) -> float:
     """The fastest of `repeat` runs, each into a fresh cache: the least disturbed by other jobs."""
+    if modules is not None:
+        return min(_timed_prediction(inputs, modules, caches / str(attempt), workers) for attempt in range(repeat))
     return min(_timed(inputs, caches / str(attempt), workers) for attempt in range(repeat))
 
 
-def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int) -> float:
+def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int, modules: list[Path] | None = None) -> float:
     from distributed import Client, LocalCluster
 
     from mimir.cluster import DaskExecutor
@@ -66,8 +92,15 @@ def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int) -> floa
         Client(cluster) as client,
     ):
         client.wait_for_workers(workers)
-        client.run(_warm)
-        return _best(inputs, caches, DaskExecutor(client), repeat)
+        client.run(_warm, modules is not None)
+        return _best(inputs, caches, DaskExecutor(client), repeat, modules)
+
+
+def _benchmark_modules(zips: list[Path], folder: Path) -> list[Path]:
+    """The paper's four modules as ResNet50s with random weights (benchmarks/predict_speed.py)."""
+    from predict_speed import calibration_images, synthetic_modules
+
+    return synthetic_modules(folder / "modules", calibration_images(zips, folder / "calibration", 4), "resnet50")
 
 
 def main() -> None:
@@ -76,6 +109,7 @@ def main() -> None:
     parser.add_argument("--zips", type=Path, help="a folder of field-20201 zips instead")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=1, help="time each configuration this many times; the best is kept")
+    parser.add_argument("--predict", action="store_true", help="time mimir predict (zips to table) instead of compression")
     args = parser.parse_args()
 
     from mimir.imaging.compress import discover_inputs
@@ -87,16 +121,17 @@ def main() -> None:
             folder = Path(scratch) / "cohort"
             generate_cohort(CohortConfig(n=args.n, seed=3), folder, workers=max(args.workers))
         inputs = discover_inputs([folder])
-        _warm()
+        modules = _benchmark_modules(sorted(Path(folder).glob("*.zip")), Path(scratch)) if args.predict else None
+        _warm(args.predict)
         rows = []
         for workers in args.workers:
-            local = _best(inputs, Path(scratch) / f"local{workers}", workers, args.repeat)
-            dask = _dask_seconds(inputs, Path(scratch) / f"dask{workers}", workers, args.repeat)
+            local = _best(inputs, Path(scratch) / f"local{workers}", workers, args.repeat, modules)
+            dask = _dask_seconds(inputs, Path(scratch) / f"dask{workers}", workers, args.repeat, modules)
             for where, seconds in (("local pool", local), ("dask", dask)):
                 rows.append((where, workers, seconds, len(inputs) / seconds, seconds * workers / len(inputs)))
             overhead = (dask - local) * workers / len(inputs)
             print(f"{workers} workers: Dask overhead {overhead:+.3f} core-s per exam ({(dask - local) / local:+.1%} of the local pool)")
-    print(f"\n{len(inputs)} exams, best of {args.repeat}")
+    print(f"\n{'predict' if args.predict else 'compress'}: {len(inputs)} exams, best of {args.repeat}")
     print("| where | workers | wall s | exams/s | core-s per exam |")
     print("|---|---|---|---|---|")
     for where, workers, seconds, rate, per_exam in rows:
