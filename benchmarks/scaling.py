@@ -57,7 +57,8 @@ def _timed_prediction(inputs: list, modules: list[Path], cache: Path, workers: o
     local = isinstance(workers, int)
     options = PredictOptions(cache=cache, device="cpu", precision="float32", workers=workers if local else None)
     started = time.perf_counter()
-    result = run_prediction(inputs, modules, options, executor=None if local else workers)
+    paths = [source.path for source in inputs]
+    result = run_prediction(paths, modules, options, executor=None if local else workers)
     seconds = time.perf_counter() - started
     if result.failed:
         raise SystemExit(f"{result.failed} exams failed in {cache}: see the failure column")

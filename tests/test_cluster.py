@@ -461,6 +461,14 @@ def test_local_workers_with_a_cluster_are_refused_not_ignored(tmp_path, capsys):
     assert capsys.readouterr().err.count("--workers counts local processes") == 2
 
 
+def test_gpu_workers_without_a_cluster_are_refused(tmp_path, capsys):
+    image = tmp_path / "1000016_20201_2_0.npy"
+    image.write_bytes(b"")
+    argv = ["-q", "predict", str(image), "--modules", str(tmp_path), "--out", str(tmp_path / "p.csv"), "--gpu-workers"]
+    assert main(argv) == 2
+    assert "--gpu-workers only applies with --scheduler or --cluster" in capsys.readouterr().err
+
+
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path, capsys):
     import dask
 
