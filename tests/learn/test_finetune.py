@@ -75,7 +75,7 @@ def _image_batch():
 
 def test_a_module_folder_or_archive_is_recognised_and_a_weights_file_is_not(source_module, tmp_path):
     assert is_module(str(source_module))
-    archive = shutil.make_archive(str(tmp_path / "module"), "zip", source_module.parent, source_module.name)
+    archive = shutil.make_archive(str(tmp_path / "module"), "tar", source_module.parent, source_module.name)
     assert is_module(archive)
     assert not is_module(str(source_module / "weights.safetensors"))
     assert not is_module("imagenet") and not is_module("scratch") and not is_module(str(tmp_path / "absent"))
