@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--backbone-lr-factor", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--config", default="cpu-small", help="a shipped configuration name or a TOML file")
+    parser.add_argument("--only", nargs="+", metavar="VARIANT",
+                        help="run only these variants (e.g. scratch, which needs no source module, beside the source's training)")
     parser.add_argument("--stage", choices=["cohort1", "source", "cohort2", "all"], default="all",
                         help="stop after this stage (cohort1 + source and cohort2 can run side by side)")
     args = parser.parse_args()
@@ -88,20 +90,20 @@ def main() -> None:
         build_cohort(args.out / "cohort2", args.target_n, 2002, False, args.workers)
         print(f"cohort 2 ready after {time.perf_counter() - started:.0f} s")
         return
-    source_cache, source_truth = build_cohort(args.out / "cohort1", args.source_n, 1001, True, args.workers)
-    print(f"cohort 1 ready after {time.perf_counter() - started:.0f} s")
-    if args.stage == "cohort1":
-        return
-
     from mimir.inference.modules import build_module
     from mimir.learn.train import train
     from mimir.runs.config import TrainConfig
 
     base = TrainConfig.load(args.config)
-    source_targets_csv = args.out / "cohort1" / "targets.csv"
-    source_truth.to_csv(source_targets_csv, index=False)
     source_module = args.out / "source_module"
-    if not (source_module / "module.json").is_file():
+    needs_source = args.only is None or any(name != "scratch" for name in args.only)
+    if needs_source and not (source_module / "module.json").is_file():
+        source_cache, source_truth = build_cohort(args.out / "cohort1", args.source_n, 1001, True, args.workers)
+        print(f"cohort 1 ready after {time.perf_counter() - started:.0f} s")
+        if args.stage == "cohort1":
+            return
+        source_targets_csv = args.out / "cohort1" / "targets.csv"
+        source_truth.to_csv(source_targets_csv, index=False)
         config = base.replace(
             modules={"source": SOURCE_TARGETS}, iterations=args.source_iterations,
             lr_milestones=[int(0.8 * args.source_iterations)], checkpoint_every=args.source_iterations,
@@ -126,7 +128,8 @@ def main() -> None:
         variants[f"finetune, backbone lr x{args.backbone_lr_factor:g}"] = {
             "init": str(source_module), "backbone_lr_factor": args.backbone_lr_factor,
         }
-    rows = []
+    if args.only is not None:
+        variants = {name: changes for name, changes in variants.items() if name in args.only}
     for seed in args.seeds:
         for name, changes in variants.items():
             folder = args.out / "runs" / f"{name.replace(', ', '_').replace(' ', '-')}_seed{seed}"
@@ -143,14 +146,14 @@ def main() -> None:
                 row = {"variant": name, "seed": seed, "seconds": round(time.perf_counter() - began, 1),
                        **scores(result.val_predictions, target_truth, NEW_TARGETS)}
                 result_file.write_text(json.dumps(row) + "\n")
-            row = json.loads(result_file.read_text())
-            rows.append(row)
-            print(json.dumps(row))
-    table = pd.DataFrame(rows)
+            print(result_file.read_text().strip())
+    # every finished run, also those of another invocation (e.g. --only scratch beside the source)
+    rows = [json.loads(path.read_text()) for path in sorted((args.out / "runs").glob("*/benchmark_scores.json"))]
+    table = pd.DataFrame(rows).sort_values(["variant", "seed"], kind="stable")
     table.to_csv(args.out / "results.csv", index=False)
     summary = table.drop(columns=["seed"]).groupby("variant", sort=False).agg(["mean", "std"])
     print(f"{len(train_keys)} training and {len(test_keys)} held-out subjects of cohort 2; "
-          f"{args.iterations} iterations each; seeds {args.seeds}")
+          f"{args.iterations} iterations each; seeds {sorted(set(table['seed']))}")
     print(summary.to_string(float_format=lambda value: f"{value:.3f}"))
     print(f"total {time.perf_counter() - started:.0f} s")
 
