@@ -64,6 +64,20 @@ def scores(predictions: pd.DataFrame, truth: pd.DataFrame, targets: list[str]) -
     return result
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """One row per variant and seed, then the mean over seeds: the table of docs/finetune.md."""
+    metrics = [f"{target}_{metric}" for target in NEW_TARGETS for metric in ("mae", "icc", "r2")]
+    header = "| variant | seed | seconds | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + "---|" * (3 + len(metrics))]
+    for _, row in table.iterrows():
+        lines.append(f"| {row['variant']} | {row['seed']} | {row['seconds']:.0f} | "
+                     + " | ".join(f"{row[m]:.3f}" for m in metrics) + " |")
+    for variant, group in table.groupby("variant", sort=False):
+        lines.append(f"| **{variant}, mean** | {len(group)} seeds | {group['seconds'].mean():.0f} | "
+                     + " | ".join(f"**{group[m].mean():.3f}**" for m in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -78,6 +92,7 @@ def main() -> None:
     parser.add_argument("--backbone-lr-factor", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--config", default="cpu-small", help="a shipped configuration name or a TOML file")
+    parser.add_argument("--autocast", default="float32", help="the configs' precision is replaced by this")
     parser.add_argument("--only", nargs="+", metavar="VARIANT",
                         help="run only these variants (e.g. scratch, which needs no source module, beside the source's training)")
     parser.add_argument("--stage", choices=["cohort1", "source", "cohort2", "all"], default="all",
@@ -94,7 +109,8 @@ def main() -> None:
     from mimir.learn.train import train
     from mimir.runs.config import TrainConfig
 
-    base = TrainConfig.load(args.config)
+    # float32: CPUs without native bfloat16 run cpu-small's bfloat16 slower than float32
+    base = TrainConfig.load(args.config).replace(autocast=args.autocast)
     source_module = args.out / "source_module"
     needs_source = args.only is None or any(name != "scratch" for name in args.only)
     if needs_source and not (source_module / "module.json").is_file():
@@ -155,6 +171,7 @@ def main() -> None:
     print(f"{len(train_keys)} training and {len(test_keys)} held-out subjects of cohort 2; "
           f"{args.iterations} iterations each; seeds {sorted(set(table['seed']))}")
     print(summary.to_string(float_format=lambda value: f"{value:.3f}"))
+    (args.out / "results.md").write_text(markdown_table(table))
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
