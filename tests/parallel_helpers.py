@@ -19,6 +19,13 @@ def square_or_die(item: int, killers: frozenset[int] = frozenset(), seconds: flo
     return item * item
 
 
+def dask_worker_name(item: int) -> str:
+    """The name of the Dask worker that runs the item (set with `dask worker --name`)."""
+    from distributed import get_worker
+
+    return str(get_worker().name)
+
+
 def quick_first_then_slow(item: int, seconds: float = 20.0) -> int:
     """Item 0 at once, every other after `seconds`: workers are busy when the first comes back."""
     if item:

@@ -13,7 +13,20 @@ def _subcommand_names() -> list[str]:
 
 
 def test_every_command_module_registers_a_subcommand():
-    assert len(_subcommand_names()) == len(COMMANDS)
+    from mimir.cli.predict_cmd import MERGE_COMMAND
+
+    assert len(_subcommand_names()) == len(COMMANDS) + 1  # predict_cmd also registers `predict merge`
+    assert MERGE_COMMAND in _subcommand_names()
+
+
+def test_predict_merge_is_two_words_wherever_the_options_stand(capsys):
+    from mimir.cli import _two_word_commands
+
+    assert _two_word_commands(["-q", "predict", "merge", "a.csv"]) == ["-q", "predict-merge", "a.csv"]
+    assert _two_word_commands(["predict", "x", "merge"]) == ["predict", "x", "merge"]  # an input named merge
+    with pytest.raises(SystemExit):
+        main(["predict", "merge", "--help"])
+    assert "usage: mimir predict merge" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", _subcommand_names())
@@ -21,7 +34,7 @@ def test_subcommand_help_works(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([name, "--help"])
     assert exit_info.value.code == 0
-    assert name in capsys.readouterr().out
+    assert name.replace("-", " ") in capsys.readouterr().out
 
 
 def test_help_and_listing_do_not_import_torch():

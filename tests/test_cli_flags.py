@@ -15,6 +15,8 @@ from mimir.cli.common_flags import MEANINGS, subparsers_of
 
 #: Old spelling -> the flag it now is, per the rename of issue 17 (hidden, one release).
 RENAMED = {"--images": "--cache", "--overwrite": "--force", "--workers": "--loader-workers"}
+#: compress's split over machines before it went by exam id: two flags that make one --part.
+RENAMED.update({"--num-parts": "--part", "--part-id": "--part"})
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -72,6 +74,21 @@ def test_the_cache_is_called_cache(command):
 def test_old_spellings_still_work(argv, dest, value):
     args = build_parser().parse_args(argv)
     assert getattr(args, dest) == value
+
+
+def test_compress_old_part_flags_make_one_part_and_do_not_mix_with_part():
+    from mimir.cli.common_flags import PartFlagError, part_of
+    from mimir.parallel import Part
+
+    parse = build_parser().parse_args
+    args = parse(["compress", "x.zip", "--cache", "C", "--num-parts", "4", "--part-id", "3"])
+    assert part_of(args) == Part(3, 4) and ("--num-parts", "--part") in args.renamed_flags
+    assert part_of(parse(["compress", "x.zip", "--cache", "C", "--part", "1/4"])) == Part(1, 4)
+    assert part_of(parse(["compress", "x.zip", "--cache", "C"])) is None
+    with pytest.raises(PartFlagError, match="alone"):
+        part_of(parse(["compress", "x.zip", "--cache", "C", "--part", "1/4", "--num-parts", "4"]))
+    with pytest.raises(PartFlagError, match="does not exist"):
+        part_of(parse(["compress", "x.zip", "--cache", "C", "--num-parts", "4", "--part-id", "4"]))
 
 
 def test_an_old_spelling_is_a_warning_naming_the_new_flag(tmp_path, caplog):

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.skipif(
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
+#: The workers' names: the second one declares a GPU resource.
+WORKER_NAMES = ("cpu-worker", "gpu-worker")
 #: How long the processes get to start (a loaded 2-core CI machine); a wait, never an assertion.
 START_S = 120
 
@@ -69,7 +71,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A `dask scheduler` with two one-thread workers, all on 127.0.0.1. Dask's allowed-failures
-    is 1: an exam gets a second worker after a death, not a third."""
+    is 1: an exam gets a second worker after a death, not a third. The second worker declares
+    a GPU (`--resources GPU=1`; it has none) so that tests can see where such tasks go."""
     import distributed
 
     folder = tmp_path_factory.mktemp("dask")
@@ -101,7 +104,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
                  "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
-                 "--preload", str(TESTS / "cluster_preload.py"), "--local-directory", str(folder / f"worker{number}")],
+                 "--preload", str(TESTS / "cluster_preload.py"), "--local-directory", str(folder / f"worker{number}"),
+                 "--name", WORKER_NAMES[number], *(["--resources", "GPU=1"] if number == 1 else [])],
                 env=env, cwd=folder,
             )
             for number in range(2)
@@ -222,6 +226,65 @@ def test_the_executor_keeps_a_bounded_number_in_flight_and_returns_every_item(sc
     assert all(outcome.ok for outcome in outcomes)
 
 
+def test_tasks_that_ask_for_a_gpu_go_only_to_the_worker_that_declares_one(scheduler, helpers):
+    import distributed
+
+    with distributed.Client(scheduler, timeout=START_S) as client:
+        executor = DaskExecutor(client)
+        anywhere = {outcome.value for outcome in executor.map_outcomes(helpers.dask_worker_name, range(8))}
+        on_gpu = {outcome.value for outcome in executor.map_outcomes(helpers.dask_worker_name, range(8), resources={"GPU": 1})}
+    assert on_gpu == {"gpu-worker"}
+    assert anywhere <= set(WORKER_NAMES)
+
+
+def _crossval_cohort(root: Path) -> tuple[Path, Path]:
+    """Nine subjects whose image brightness sets age and height: a cache and a targets table."""
+    import numpy as np
+    import pandas as pd
+
+    cache = root / "cache"
+    cache.mkdir()
+    rng = np.random.default_rng(3)
+    rows = []
+    for subject in range(9):
+        brightness = rng.uniform(20, 220)
+        eid = 1_000_000 + subject
+        np.save(cache / f"{eid}_20201_2_0.npy", np.clip(rng.normal(brightness, 10, (3, 256, 256)), 0, 255).astype(np.uint8))
+        rows.append({"eid": eid, "instance": 2, "age": 40 + brightness / 8, "height": 150 + brightness / 4})
+    pd.DataFrame(rows).to_csv(root / "targets.csv", index=False)
+    return cache, root / "targets.csv"
+
+
+def test_crossval_through_the_scheduler_trains_each_fold_as_a_task_and_equals_a_local_run(scheduler, tmp_path, capsys, caplog):
+    import json
+    import logging
+
+    import pandas as pd
+
+    from mimir.runs.config import TrainConfig
+
+    cache, targets = _crossval_cohort(tmp_path)
+    config = tmp_path / "tiny.toml"
+    TrainConfig(
+        architecture="resnet18", init="scratch", input_pool=8, autocast="float32", batch_size=3, iterations=3,
+        learning_rate=1e-3, lr_milestones=[2], checkpoint_every=3, log_every=1, eval_batch_size=4,
+        deterministic=True, seed=0, max_shift=4, modules={"cvdask": ["age", "height"]},
+    ).write_toml(config)
+    common = ["--cache", str(cache), "--targets", str(targets), "--module", "cvdask", "--config", str(config),
+              "--folds", "3", "--device", "cpu", "--no-baseline", "--no-report"]
+    assert main(["-q", "crossval", "run", *common, "--out", str(tmp_path / "local")]) == 0
+    with caplog.at_level(logging.INFO, logger="mimir.learn.crossval"):
+        assert main(["-q", "crossval", "run", *common, "--out", str(tmp_path / "dask"), "--scheduler", scheduler]) == 0
+    assert "running on the Dask scheduler at tcp://127.0.0.1:" in capsys.readouterr().out
+    finished = sorted(record.args[0] for record in caplog.records if record.msg == "fold %d finished in %.1f s")
+    assert finished == [0, 1, 2]  # each fold came back as a task's outcome
+    hosts = {json.loads((tmp_path / "dask" / f"fold_{fold}" / "fold.json").read_text())["host"] for fold in range(3)}
+    assert hosts == {socket.gethostname()}  # where each fold trained, for the record
+    local = pd.read_csv(tmp_path / "local" / "oof_predictions.csv")
+    remote = pd.read_csv(tmp_path / "dask" / "oof_predictions.csv")
+    pd.testing.assert_frame_equal(remote, local, check_exact=False, atol=1e-5)
+
+
 def test_a_local_cluster_from_the_command_line(cohort, tmp_path, capsys):
     cache = tmp_path / "cache"
     inputs = [str(path) for path in _zips(cohort)[:2]]
@@ -233,6 +296,13 @@ def test_a_local_cluster_from_the_command_line(cohort, tmp_path, capsys):
 def test_cluster_options_without_a_cluster_are_refused(tmp_path, capsys):
     assert main(["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--jobs", "4", "--memory", "8GB"]) == 2
     assert "--jobs, --memory only apply with --cluster" in capsys.readouterr().err
+
+
+def test_local_workers_with_a_cluster_are_refused_not_ignored(tmp_path, capsys):
+    argv = ["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--workers", "4"]
+    assert main([*argv, "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert main([*argv, "--cluster", "local"]) == 2
+    assert capsys.readouterr().err.count("--workers counts local processes") == 2
 
 
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path, capsys):

@@ -26,15 +26,25 @@ def test_default_workers_is_positive():
     assert default_workers() >= 1
 
 
-def test_shards_cover_every_item_once():
-    from mimir.parallel import ShardError, shard
+def test_parts_by_exam_id_cover_every_exam_once_and_keep_exams_where_they_were():
+    from mimir.parallel import Part
 
-    items = list(range(10))
-    parts = [shard(items, 3, part) for part in range(3)]
-    assert sorted(x for part in parts for x in part) == items
-    assert parts[0] == [0, 3, 6, 9]
-    with pytest.raises(ShardError, match="part 3 of 3"):
-        shard(items, 3, 3)
+    exams = [f"{1000000 + index}_20201_2_0" for index in range(200)]
+    parts = [Part(index, 4).select(exams, str) for index in range(4)]
+    assert sorted(exam for part in parts for exam in part) == sorted(exams)
+    assert all(25 <= len(part) <= 75 for part in parts)  # a hash spreads them, not one part holding all
+    more = exams + [f"{2000000 + index}_20201_3_0" for index in range(50)]
+    for index, part in enumerate(parts):
+        assert set(part) <= set(Part(index, 4).select(more, str))  # adding exams moves none
+
+
+def test_a_part_is_written_k_of_n_and_a_part_outside_the_split_is_refused():
+    from mimir.parallel import Part, ShardError
+
+    assert Part.parse("2/5") == Part(2, 5) and str(Part(2, 5)) == "2/5"
+    for text in ("5/5", "1", "a/3", "-1/3", "1/0", ""):
+        with pytest.raises(ShardError, match="K/N|does not exist"):
+            Part.parse(text)
 
 
 def test_worker_processes_limit_numerical_thread_pools(monkeypatch):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -142,17 +142,20 @@ class DaskExecutor:
     max_pending: int = MAX_PENDING
     dashboard: str | None = field(default=None)
 
-    def map_outcomes(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[Outcome[T, R]]:
+    def map_outcomes(
+        self, func: Callable[[T], R], items: Iterable[T], *, resources: Mapping[str, float] | None = None
+    ) -> Iterator[Outcome[T, R]]:
         """`func` must be picklable (a module-level function or a partial of one), and importable
         on the workers. Tasks are impure (each item runs, however alike two look). Stopping the
-        iteration early cancels the tasks not yet done."""
+        iteration early cancels the tasks not yet done. `resources` (e.g. {"GPU": 1}) sends each
+        task only to workers that declare them (`dask worker --resources GPU=1`)."""
         distributed = _require("distributed")
         remaining = iter(items)
         pending: dict[Any, T] = {}
         completed = distributed.as_completed()
 
         def submit(item: T) -> None:
-            future = self.client.submit(run_one, func, item, pure=False)
+            future = self.client.submit(run_one, func, item, pure=False, resources=dict(resources) if resources else None)
             pending[future] = item
             completed.add(future)
 

@@ -11,6 +11,7 @@ error) terminates them instead of waiting for their items.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import itertools
 import logging
 import multiprocessing
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -56,7 +57,9 @@ class Executor(Protocol):
     """Somewhere other than this machine's process pool that runs items, one Outcome each
     (`mimir.cluster.DaskExecutor`: a Dask cluster)."""
 
-    def map_outcomes(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[Outcome[T, R]]: ...
+    def map_outcomes(
+        self, func: Callable[[T], R], items: Iterable[T], *, resources: Mapping[str, float] | None = None
+    ) -> Iterator[Outcome[T, R]]: ...
 
 
 def default_workers() -> int:
@@ -322,12 +325,45 @@ def _run_each_alone(func: Callable[[T], R], suspects: list[T], workers: int) -> 
                 _close_pool(pool, completed=completed)
 
 
-def shard(items: Sequence[T], num_parts: int, part_id: int) -> list[T]:
-    """Every `num_parts`-th item starting at `part_id`, to split a batch over machines.
+#: How a part is written on the command line and in a predictions table's data dictionary.
+PART_SYNTAX = "K/N (part K of N, 0-based: 0/4 ... 3/4)"
 
-    Items should be in a stable order (e.g. sorted by name) so that the parts, run on
-    different machines, together cover every item exactly once.
+
+@dataclass(frozen=True)
+class Part:
+    """One of `count` parts of a batch split over machines or job-array tasks.
+
+    An exam belongs to the part its id hashes to (`part_index`), not to a position in a list:
+    adding exams to the inputs never moves an exam to another part, so parts written earlier stay
+    valid and a rerun of part K finds its own cached exams again.
     """
-    if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise ShardError(f"part {part_id} of {num_parts}: need num_parts >= 1 and 0 <= part_id < num_parts")
-    return list(items[part_id::num_parts])
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ShardError(f"part {self.index}/{self.count} does not exist: need N >= 1 and 0 <= K < N in {PART_SYNTAX}")
+
+    @classmethod
+    def parse(cls, text: str) -> Part:
+        index, slash, count = text.strip().partition("/")
+        if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ShardError(f"part {text!r}: expected {PART_SYNTAX}")
+        return cls(int(index), int(count))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def holds(self, key: str) -> bool:
+        return part_index(key, self.count) == self.index
+
+    def select(self, items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+        """The items of this part, in their order."""
+        return [item for item in items if self.holds(key(item))]
+
+
+def part_index(key: str, count: int) -> int:
+    """The part (0 ... count-1) an exam id belongs to: a hash, the same on every machine and run."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count

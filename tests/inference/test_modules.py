@@ -154,8 +154,8 @@ def test_missing_weights_file(module_dir):
 
 
 def test_other_format_version_is_refused(module_dir):
-    _rewrite_spec(module_dir, lambda d: d.update(format_version=2))
-    with pytest.raises(ModuleVersionError, match="version 2"):
+    _rewrite_spec(module_dir, lambda d: d.update(format_version=3))
+    with pytest.raises(ModuleVersionError, match="version 3"):
         load_module(module_dir)
     with pytest.raises(ModuleVersionError):
         describe_module(module_dir)

@@ -159,7 +159,7 @@ def float16_runner(overflow_on: set[int]) -> ModuleRunner:
     runner = ModuleRunner(LoadedModule(spec, network, Path("fake")), torch.float16)
     calls = 0
 
-    def forward(network_input: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    def forward(network_input: torch.Tensor, dtype: torch.dtype | None, member: int = 0) -> torch.Tensor:
         nonlocal calls
         with torch.inference_mode():
             output = network(network_input / 100)

@@ -177,7 +177,7 @@ def test_a_failing_network_stops_compression_and_is_raised(inputs, module, tmp_p
     def broken_network(self, network_input):
         raise RuntimeError("network exploded")
 
-    monkeypatch.setattr(ModuleRunner, "raw_output", broken_network)
+    monkeypatch.setattr(ModuleRunner, "raw_outputs", broken_network)
     fake = FakeCompression(hold_until_predicted=False)
     with pytest.raises(RuntimeError, match="network exploded"):
         run(inputs, module, tmp_path / "cache", fake, monkeypatch)

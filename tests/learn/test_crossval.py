@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 import json
 import math
 
@@ -267,3 +268,36 @@ def test_cli_exclude_leaves_listed_exams_out_of_every_fold_and_counts_them(cohor
     assert json.loads(folder.data_summary.read_text())["dropped"]["excluded_by_list"] == 2
     assert main(argv[:-2]) == 2  # the same folder without the list: other exams, refused
     assert "the data differ from those" in capsys.readouterr().err
+
+
+def test_folds_ask_a_cluster_for_a_gpu_only_on_cuda():
+    from mimir.learn.crossval import fold_resources
+
+    assert fold_resources("cuda") == {"GPU": 1} and fold_resources("cuda:1") == {"GPU": 1}
+    assert fold_resources("cpu") is None and fold_resources("auto") is None
+
+
+def test_a_fold_that_fails_on_the_cluster_is_named_after_the_others_ended(cohort, tmp_path):
+    """The executor here is a plain stand-in that runs each fold at once in this process (the
+    real scheduler runs in tests/test_cluster.py); fold 1's images are gone before it trains."""
+    from mimir.learn.crossval import CrossvalError
+    from mimir.parallel import run_one
+
+    class InProcess:
+        def __init__(self) -> None:
+            self.resources: list[object] = []
+
+        def map_outcomes(self, func, items, *, resources=None):
+            self.resources.append(resources)
+            for item in items:
+                if item.fold == 1:
+                    item = dataclasses.replace(item, images=tmp_path / "nowhere")
+                yield run_one(func, item)
+
+    cache, targets = cohort
+    executor = InProcess()
+    out = tmp_path / "cv"
+    with pytest.raises(CrossvalError, match=r"fold 1 \(.*\); the other folds are kept"):
+        run_crossval(tiny_config(iterations=2), cache, targets, "cvtest", out, folds=FOLDS, device="cpu", baseline=None, executor=executor)
+    assert [CrossvalFolder(out).fold(fold).is_complete() for fold in range(FOLDS)] == [True, False, True]
+    assert executor.resources == [None]

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)
+    predict_cmd.register_merge(subparsers)
     add_verbosity_everywhere(parser)
     return parser
 
@@ -121,9 +122,23 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _two_word_commands(argv: Sequence[str]) -> list[str]:
+    """`predict merge ...` -> `predict-merge ...` (the first two words that are not options)."""
+    words = list(argv)
+    positions = [index for index, word in enumerate(words) if not word.startswith("-")][:2]
+    if len(positions) == 2 and positions[1] == positions[0] + 1 and [words[i] for i in positions] == ["predict", "merge"]:
+        words[positions[0]: positions[1] + 1] = [predict_cmd.MERGE_COMMAND]
+    return words
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """The parse `main` does, two-word commands (`predict merge`) included."""
+    return parser.parse_args(_two_word_commands(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2
@@ -133,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _sigterm_interrupts():
             return int(args.handler(args) or 0)
     except MimirError as error:
-        print(f"mimir {args.command}: error: {error}", file=sys.stderr)
+        print(f"mimir {args.command.replace('-', ' ')}: error: {error}", file=sys.stderr)
         return error.exit_code
     except _Terminated:
         print("terminated", file=sys.stderr)

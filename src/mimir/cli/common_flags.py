@@ -35,7 +35,7 @@ from pathlib import Path
 from mimir.cluster import CLUSTER_KINDS, ClusterRequest, DaskExecutor, WhereToRun, open_executor
 from mimir.devices import DEVICE_CHOICES, PRECISIONS
 from mimir.errors import MimirError
-from mimir.parallel import Executor
+from mimir.parallel import Executor, Part
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ MEANINGS = {
     "--queue": "queue (SLURM partition) for the jobs of --cluster",
     "--account": "account charged for the jobs of --cluster",
     "--job-extra": "one more directive in the job script of --cluster, e.g. '--gres=gpu:1' (repeatable)",
+    "--part": "process only part K of N of the inputs (K/N, 0-based: 0/4 ... 3/4), chosen by exam id",
     "--verbose": "log progress details (-vv: debug)",
     "--quiet": "no progress bars; only warnings and errors",
 }
@@ -130,9 +131,11 @@ def add_precision(parser: argparse.ArgumentParser, *, detail: str | None = None)
 
 
 def add_workers(parser: argparse.ArgumentParser, *, default: int | None = None) -> None:
-    """`--workers N`: processes over exams; None as default means every core."""
+    """`--workers N`: processes over exams. The parsed value stays None when the flag is not
+    given (so a cluster can refuse it only when given); the command applies `default` (shown in
+    the help; None: every core)."""
     shown = "all cores" if default is None else str(default)
-    parser.add_argument("--workers", type=int, default=default, metavar="N", help=_help("--workers", f"default: {shown}"))
+    parser.add_argument("--workers", type=int, metavar="N", help=_help("--workers", f"default: {shown}"))
 
 
 #: Where the options of --cluster come from when not given, said once for every command's help.
@@ -172,6 +175,11 @@ def where_to_run(args: argparse.Namespace, workers: int) -> WhereToRun:
     given = [f"--{name.replace('_', '-')}" for name in _CLUSTER_OPTIONS if getattr(args, name) is not None]
     if given and args.cluster is None:
         raise ClusterFlagError(f"{', '.join(given)} only apply with --cluster")
+    if getattr(args, "workers", None) is not None and (args.scheduler or args.cluster):
+        raise ClusterFlagError(
+            "--workers counts local processes; on a Dask cluster its workers run the batch "
+            "(their number: --jobs and --cores of --cluster, or the workers started for --scheduler)"
+        )
     cluster = None
     if args.cluster is not None:
         cluster = ClusterRequest(
@@ -204,6 +212,57 @@ def executor_for(args: argparse.Namespace, where: WhereToRun) -> Iterator[int | 
     finally:
         if quiet_dask:
             os.environ.pop(_DASK_LOG_LEVEL, None)
+
+
+def _part(text: str) -> Part:
+    try:
+        return Part.parse(text)
+    except MimirError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+class _OldPartFlag(argparse.Action):
+    """`--num-parts N` / `--part-id K`, the spelling of `--part K/N` before parts went by exam id:
+    hidden, recorded as renamed, and combined into `--part` by `part_of`."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, target: argparse.Action, **_: object) -> None:
+        super().__init__(option_strings, dest, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS, metavar="N")
+        self.target = target
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option_string: str | None = None
+    ) -> None:
+        setattr(namespace, RENAMED_DEST, [*getattr(namespace, RENAMED_DEST, ()), (option_string, "--part")])
+        setattr(namespace, self.dest, values)
+
+
+def add_part(parser: argparse.ArgumentParser, *, old_spellings: bool = False) -> None:
+    """`--part K/N`: a deterministic split of the inputs by exam id, for job arrays. With
+    `old_spellings`, compress's former `--num-parts N --part-id K` parse into it (hidden)."""
+    part = parser.add_argument(
+        "--part", type=_part, metavar="K/N",
+        help=_help("--part", "an exam keeps its part when inputs are added (a hash of its id)"),
+    )
+    if old_spellings:
+        parser.add_argument("--num-parts", dest="old_num_parts", action=_OldPartFlag, target=part)
+        parser.add_argument("--part-id", dest="old_part_id", action=_OldPartFlag, target=part)
+
+
+def part_of(args: argparse.Namespace) -> Part | None:
+    """The part the flags name: --part, or the old --num-parts/--part-id pair (0-based id)."""
+    count, index = getattr(args, "old_num_parts", None), getattr(args, "old_part_id", None)
+    if count is None and index is None:
+        return args.part
+    if args.part is not None:
+        raise PartFlagError("give --part K/N alone (--num-parts and --part-id are its old spelling)")
+    try:
+        return Part(index or 0, count if count is not None else 1)
+    except MimirError as error:
+        raise PartFlagError(str(error)) from error
+
+
+class PartFlagError(MimirError, ValueError):
+    """--part given twice, in its new and its old spelling, or an old spelling naming no part."""
 
 
 def add_loader_workers(parser: argparse.ArgumentParser) -> None:

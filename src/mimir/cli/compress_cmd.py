@@ -28,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_workers(parser)
     common_flags.add_where_to_run(parser)
     common_flags.add_force(parser, "recompute exams that are already cached")
-    parser.add_argument("--num-parts", type=int, default=1, help="split the inputs into this many parts (several machines)")
-    parser.add_argument("--part-id", type=int, default=0, help="which part (0-based) this run processes")
+    common_flags.add_part(parser, old_spellings=True)
     parser.add_argument("--save-volumes", metavar="DIR", help="also write fused water/fat volumes as NIfTI")
     common_flags.add_series_patterns(parser)
     parser.set_defaults(handler=run)
@@ -42,16 +41,23 @@ def run(args: argparse.Namespace) -> int:
     from mimir.cli.progress import start_progress
     from mimir.imaging.cache import failures_path, qc_table_path
     from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
-    from mimir.parallel import default_workers, shard
+    from mimir.imaging.compress import exam_stem
+    from mimir.parallel import default_workers
 
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     where = common_flags.where_to_run(args, workers)
+    part = common_flags.part_of(args)
     inputs = discover_inputs(args.inputs)
-    inputs = shard(sorted(inputs, key=lambda exam: str(exam.path)), args.num_parts, args.part_id)
     if not inputs:
         raise UsageError("no exams found in the inputs")
+    if part is not None:
+        found = len(inputs)
+        inputs = part.select(inputs, exam_stem)
+        print(f"part {part}: {len(inputs)} of {found} exams")
+        if not inputs:
+            return 0  # a part may be empty when there are fewer exams than parts
     options = CompressOptions(
         cache=Path(args.cache),
         force=args.force,

@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_exclude(
         run_parser, detail="the cached exams it names are left out of every fold and counted; a folder keeps the list it was started with"
     )
+    common_flags.add_where_to_run(run_parser)
     run_parser.set_defaults(handler=run)
 
     merge_parser = actions.add_parser("merge", help="combine the complete folds of a cross-validation folder")
@@ -100,7 +101,8 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} {path} does not exist")
     config = config.replace(**common_flags.config_overrides(args))
     baseline = None if args.no_baseline else BaselineConfig(size=args.baseline_size)
-    with Stages("it", quiet=args.quiet) as stages:
+    where = common_flags.where_to_run(args, workers=1)
+    with common_flags.executor_for(args, where) as executor, Stages("it", quiet=args.quiet) as stages:
 
         def show(fold: int, event: TrainProgress) -> None:
             loss = None if event.train_loss is None else {"loss": f"{event.train_loss:.3f}"}
@@ -110,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
             config, Path(args.cache), Path(args.targets), args.module, out,
             folds=args.folds, fold_ids=_parse_fold_ids(args.fold_ids), device=args.device, progress=show,
             baseline=baseline, exclude=args.exclude,
+            executor=None if where.local else executor,
         )
     if args.exclude is not None:
         print(f"{result.excluded} cached exams left out: on the exclusion list {args.exclude}")

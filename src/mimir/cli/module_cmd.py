@@ -13,18 +13,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="build, import and describe inference modules (module.json + weights.safetensors)",
         description=(
             "A MIMIR module is a folder (or .zip) holding module.json and weights.safetensors: one "
-            "network with its targets, units, standardisation, calibration and cross-validation metrics."
+            "network (or, format 2, an ensemble of member networks) with its targets, units, "
+            "standardisation, calibration and cross-validation metrics."
         ),
     )
     actions = parser.add_subparsers(dest="module_action", metavar="ACTION", required=True)
 
     build = actions.add_parser(
         "build",
-        help="a module from a training run (and its cross-validation folder for calibration)",
+        help="a module from a training run, several (an ensemble), or a cross-validation's folds",
         description="Package a finished training run as a module; calibration factors, metrics and "
-        "the sd percentile for the uncertainty flag come from the cross-validation folder.",
+        "the sd percentile for the uncertainty flag come from the cross-validation folder. Several "
+        "--run (e.g. trained with different seeds) make an ensemble module (format 2), as does "
+        "--from-crossval CV --ensemble, which packs the K fold networks of CV and calibrates with CV.",
     )
-    build.add_argument("--run", required=True, help="training run folder (weights.safetensors, standardization.json, config.toml)")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--run", action="append", metavar="RUN",
+        help="training run folder (weights.safetensors, standardization.json, config.toml); repeat it to "
+        "pack several networks of the same configuration and targets into one ensemble module",
+    )
+    source.add_argument("--from-crossval", metavar="CV", help="a finished cross-validation folder whose fold networks to pack (needs --ensemble)")
+    build.add_argument("--ensemble", action="store_true", help="with --from-crossval: pack every fold network as one member")
     build.add_argument("--crossval", help="cross-validation folder (calibration.csv, metrics.csv, oof_predictions.csv)")
     build.add_argument("--out", required=True, help="module folder to write (or a path ending in .zip)")
     build.add_argument("--name", help="module name (default: the run's module)")
@@ -57,11 +67,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mimir.inference.modules import build_module
+    from mimir.cli import UsageError
+    from mimir.inference.modules import build_ensemble, build_module_from_crossval, member_count_line, read_spec
 
+    if args.from_crossval is not None:
+        if not args.ensemble:
+            raise UsageError(
+                "--from-crossval packs the fold networks as an ensemble: add --ensemble (or build from a "
+                "training run with --run RUN --crossval CV)"
+            )
+        if args.crossval is not None:
+            raise UsageError("--from-crossval calibrates with that folder itself; leave out --crossval")
+    elif args.ensemble:
+        raise UsageError("--ensemble goes with --from-crossval CV; several --run make an ensemble by themselves")
     common_flags.check_replaceable([Path(args.out)], args.force)
-    out = build_module(args.run, args.crossval, args.out, args.name, overwrite=args.force)
+    if args.from_crossval is not None:
+        out = build_module_from_crossval(args.from_crossval, args.out, args.name, ensemble=True, overwrite=args.force)
+    else:
+        out = build_ensemble(args.run, args.crossval, args.out, args.name, overwrite=args.force)
     print(f"module written to {out}")
+    print(member_count_line(read_spec(out)))
     return 0
 
 

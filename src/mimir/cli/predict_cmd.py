@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "probability without sd or interval), plus the QC flag, the failure (stage: reason) of "
             "exams that could not be compressed or loaded (their predictions are empty), and the "
             "targets flagged as uncertain. Values are rounded per unit; a JSON data dictionary "
-            "({out stem}_dictionary.json) describes every column. A rerun reuses the cache."
+            "({out stem}_dictionary.json) describes every column. A rerun reuses the cache. "
+            "`mimir predict merge PART_TABLE... --out TABLE` joins the tables of --part runs."
         ),
     )
     parser.add_argument(
@@ -39,9 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "its first batch and runs in float32 when its means differ by more than 0.02 target sd",
     )
     parser.add_argument("--long", action="store_true", help="one row per exam and target instead of per exam")
+    parser.add_argument(
+        "--members", type=int, metavar="K",
+        help="run only the first K member networks of each ensemble module (faster; modules with fewer "
+        "members run all of theirs). Ensembles add {target}_sd_aleatoric and {target}_sd_epistemic columns; "
+        "their sd is the total",
+    )
     common_flags.add_force(parser, "the table at --out")
     common_flags.add_exclude(parser, detail="the exams it names are neither compressed nor predicted and have no row; the summary counts them")
     common_flags.add_series_patterns(parser)
+    common_flags.add_part(parser)
     parser.add_argument(
         "--column-names", default="mimir", choices=("mimir", "ukb"),
         help="mimir (default): catalog names (AtlasVatVolume, AtlasVatVolume_sd, ...); ukb: as the Research "
@@ -65,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.members is not None and args.members < 1:
+        raise UsageError("--members must be at least 1")
     missing = [path for path in args.inputs if not Path(path).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
@@ -77,14 +87,50 @@ def run(args: argparse.Namespace) -> int:
         **common_flags.series_patterns(args),
         exclude=args.exclude,
         column_names=args.column_names,
+        part=args.part,
+        members=args.members,
     )
     with Stages("exam", quiet=args.quiet, overlap=True) as progress:  # compression and networks overlap
         result = run_prediction(args.inputs, args.modules, options, progress)
     writing = time.perf_counter()
-    write_predictions(result.table, out, long=args.long)
+    write_predictions(result.table, out, long=args.long, part=None if args.part is None else str(args.part))
     result.timings["write"] = time.perf_counter() - writing
 
     print("\n".join(summary_lines(result)))
     print(f"predictions: {out} (columns described in {dictionary_path(out).name})")
     n_exams = len(result.table)
     return 1 if n_exams and result.failed == n_exams else 0
+
+
+#: How `mimir predict merge ...` reaches its parser: `mimir.cli.main` rewrites the two words
+#: into this one (argparse cannot have both `predict INPUT...` and `predict merge ...`).
+MERGE_COMMAND = "predict-merge"
+
+
+def register_merge(subparsers: argparse._SubParsersAction) -> None:
+    """`mimir predict merge`: not listed on its own in `mimir --help` (no help= here); `mimir
+    predict --help` names it."""
+    parser = subparsers.add_parser(
+        MERGE_COMMAND,
+        prog="mimir predict merge",
+        description=(
+            "Join the tables of a prediction split with --part K/N into the table one run would have "
+            "written (rows sorted by exam), with its data dictionary. Refused: a part missing or given "
+            "twice, parts of different splits, tables of different modules or forms, an exam in two parts."
+        ),
+    )
+    parser.add_argument("parts", nargs="+", metavar="PART_TABLE", help="the parts' tables (.csv or .parquet), each with its data dictionary")
+    parser.add_argument("--out", required=True, help="the merged table: .csv or .parquet, as the parts")
+    common_flags.add_force(parser, "the table at --out")
+    parser.set_defaults(handler=run_merge)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from mimir.inference.merge import write_merged
+    from mimir.inference.table import check_output_path, dictionary_path
+
+    out = check_output_path(args.out)
+    common_flags.check_replaceable([out, dictionary_path(out)], args.force)
+    write_merged(args.parts, out)
+    print(f"merged {len(args.parts)} parts: {out}")
+    return 0

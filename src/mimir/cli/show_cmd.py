@@ -54,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, explain=args.explain, method=args.method,
     )
     print(f"figure: {out}")
+    if args.modules:
+        from mimir.inference.modules import member_count_line, read_spec
+
+        for module in args.modules:
+            print(member_count_line(read_spec(module)))
     if args.explain:
         from mimir.show import explain_figure_path
 

@@ -1,11 +1,21 @@
-"""The MIMIR module format: one network with everything needed to turn its output into units.
+"""The MIMIR module format: one network, or an ensemble of them, with everything needed to turn
+their outputs into units.
 
 A module is a folder (or a .zip / .tar archive of that folder) holding
 
     module.json            name, architecture, input representation, targets with their
                            standardisation, calibration factor and cross-validation metrics,
                            provenance, and the sha256 of the weights
-    weights.safetensors    the network's state dict (torchvision ResNet names)
+    weights.safetensors    the (first) network's state dict (torchvision ResNet names)
+    member_{i}.safetensors format 2 only: member i >= 1 of an ensemble
+
+Format 1 holds one network. Format 2 holds M >= 2 member networks of one architecture and
+targets (the K fold networks of a cross-validation, or networks trained with different seeds);
+module.json lists them under `members`, each with its file, size, sha256, source and the
+standardisation it was trained with (folds of a cross-validation each standardise on their own
+training exams). Its `weights` block repeats member 0's file, so the checks of format 1 apply
+unchanged to it. A module with one member is always written in format 1, which older MIMIRs
+read; format 1 modules and imported published ones load as an ensemble of one.
 
 Nothing in it is pickled, so loading a module from a stranger cannot execute code. Loading
 checks, in this order, the format version, the input representation, the weights' size and
@@ -51,13 +61,16 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from mimir.inference.postprocess import MemberMixture
     from mimir.network import MeanVarianceResNet
     from mimir.runs.standardization import Standardization
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "mimir-module"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions this MIMIR reads: 1 (one network) and 2 (one or more member networks).
+READABLE_FORMAT_VERSIONS = (1, 2)
 SPEC_FILE = "module.json"
 WEIGHTS_FILE = "weights.safetensors"
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -106,6 +119,10 @@ class ModuleShapeError(ModuleFormatError):
     """Tensor names or shapes do not fit the architecture and number of targets."""
 
 
+class ModuleMemberCountError(ModuleFormatError):
+    """More (or fewer than one) member networks asked for than the module holds."""
+
+
 class ModuleBuildError(ModuleFormatError):
     """A training run or cross-validation folder that cannot become a module."""
 
@@ -136,6 +153,28 @@ class TargetSpec:
     sd_p99: float | None = None  # 99th percentile of the calibrated cross-validation sd
 
 
+def member_file(index: int) -> str:
+    """The weights file of member `index`: member 0 keeps format 1's name."""
+    return WEIGHTS_FILE if index == 0 else f"member_{index}.safetensors"
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One member network of an ensemble: its weights file and the standardisation it learnt in.
+
+    `mean`, `sd` and `n_train` have one entry per target, in the module's target order;
+    `sha256` and `bytes` are filled in when the module is written.
+    """
+
+    mean: tuple[float, ...]
+    sd: tuple[float, ...]
+    n_train: tuple[int | None, ...]
+    source: str = ""  # where the network came from (a run or fold folder's name)
+    file: str = ""
+    sha256: str = ""
+    bytes: int = 0
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where the weights came from, for a reader of module.json a year later."""
@@ -163,11 +202,40 @@ class ModuleSpec:
     log_var_range: tuple[float, float] | None = None
     weights_sha256: str = ""
     weights_bytes: int = 0
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
+    #: Format 2: every member network (member 0 included); empty for a one-network module,
+    #: whose network is `weights_*` with the targets' standardisation.
+    members: tuple[MemberSpec, ...] = ()
 
     @property
     def target_names(self) -> tuple[str, ...]:
         return tuple(target.name for target in self.targets)
+
+    @property
+    def n_members(self) -> int:
+        """How many member networks the module holds (1 for format 1 and published modules)."""
+        return max(1, len(self.members))
+
+    def member_files(self) -> list[tuple[str, str, int]]:
+        """(file, sha256, bytes) of every member, in order."""
+        if not self.members:
+            return [(WEIGHTS_FILE, self.weights_sha256, self.weights_bytes)]
+        return [(member.file, member.sha256, member.bytes) for member in self.members]
+
+    def member_standardization(self, member: int = 0) -> tuple[Any, Any, Any]:
+        """Member `member`'s standardisation: mean, sd and untrained-target mask, numpy (T,) arrays."""
+        import numpy as np
+
+        if not self.members:
+            if member != 0:
+                raise IndexError(f"module {self.name!r} has one member network, not member {member}")
+            mean = [target.mean for target in self.targets]
+            sd = [target.sd for target in self.targets]
+            n_train = [target.n_train for target in self.targets]
+        else:
+            chosen = self.members[member]
+            mean, sd, n_train = list(chosen.mean), list(chosen.sd), list(chosen.n_train)
+        return np.array(mean, dtype=np.float64), np.array(sd, dtype=np.float64), np.array([n == 0 for n in n_train])
 
     @property
     def n_outputs(self) -> int:
@@ -201,6 +269,8 @@ class ModuleSpec:
             },
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256, "bytes": self.weights_bytes},
         }
+        if self.members:
+            document["members"] = [_member_to_json(member) for member in self.members]
         return json.dumps(_json_safe(document), indent=1, allow_nan=False) + "\n"
 
     @classmethod
@@ -214,12 +284,66 @@ class ModuleSpec:
         if document.get("format") != FORMAT_NAME:
             raise ModuleVersionError(f"{SPEC_FILE} is not a {FORMAT_NAME} (format: {document.get('format')!r})")
         version = document.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool):
             raise ModuleVersionError(
                 f"module format version {version!r} is not supported: this MIMIR ({__version__}) reads "
-                f"version {FORMAT_VERSION}; use the MIMIR version that wrote the module or rebuild it"
+                f"versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}; use the MIMIR version that wrote the module or rebuild it"
             )
         return _spec_from_document(document)
+
+
+def _member_to_json(member: MemberSpec) -> dict[str, Any]:
+    return {
+        "file": member.file,
+        "sha256": member.sha256,
+        "bytes": member.bytes,
+        "source": member.source,
+        "standardization": {"mean": list(member.mean), "sd": list(member.sd), "n_train": list(member.n_train)},
+    }
+
+
+def _checked_sha256(value: str, where: str) -> str:
+    if len(value) != 64 or any(char not in "0123456789abcdef" for char in value):
+        raise ModuleSpecError(f"{SPEC_FILE}: {where}sha256 is not a sha256 hex digest: {value!r}")
+    return value
+
+
+def _members_from_document(document: Mapping[str, Any], n_targets: int) -> tuple[MemberSpec, ...]:
+    """Format 2's `members`: at least two, files member_file(i), one standardisation entry per target."""
+    raw = _get(document, "members", list, "")
+    if len(raw) < 2:
+        raise ModuleSpecError(f"{SPEC_FILE}: a format 2 module lists at least two members, got {len(raw)}")
+    members = []
+    for index, item in enumerate(raw):
+        where = f"members[{index}]."
+        if not isinstance(item, dict):
+            raise ModuleSpecError(f"{SPEC_FILE}: members[{index}] must be an object")
+        file = _get(item, "file", str, where)
+        if file != member_file(index):
+            raise ModuleSpecError(f"{SPEC_FILE}: {where}file must be {member_file(index)!r}, got {file!r}")
+        standardization = _get(item, "standardization", dict, where)
+        values = {}
+        for key in ("mean", "sd", "n_train"):
+            listed = _get(standardization, key, list, where + "standardization.")
+            if len(listed) != n_targets:
+                raise ModuleSpecError(
+                    f"{SPEC_FILE}: {where}standardization.{key} has {len(listed)} entries for {n_targets} targets"
+                )
+            values[key] = listed
+        try:
+            mean = tuple(float(value) for value in values["mean"])
+            sd = tuple(float(value) for value in values["sd"])
+            n_train = tuple(None if value is None else int(value) for value in values["n_train"])
+        except (TypeError, ValueError) as error:
+            raise ModuleSpecError(f"{SPEC_FILE}: {where}standardization holds a non-number: {error}") from error
+        if not all(math.isfinite(value) for value in mean) or not all(math.isfinite(value) and value > 0 for value in sd):
+            raise ModuleSpecError(f"{SPEC_FILE}: {where}standardization needs finite means and positive sds")
+        members.append(MemberSpec(
+            mean=mean, sd=sd, n_train=n_train, source=str(item.get("source") or ""), file=file,
+            sha256=_checked_sha256(_get(item, "sha256", str, where), where),
+            bytes=_get(item, "bytes", int, where),
+        ))
+    return tuple(members)
 
 
 def _target_to_json(target: TargetSpec) -> dict[str, Any]:
@@ -288,9 +412,11 @@ def _spec_from_document(document: Mapping[str, Any]) -> ModuleSpec:
     weights_block = _get(document, "weights", dict, "")
     if _get(weights_block, "file", str, "weights.") != WEIGHTS_FILE:
         raise ModuleSpecError(f"{SPEC_FILE}: weights.file must be {WEIGHTS_FILE!r}")
-    checksum = _get(weights_block, "sha256", str, "weights.")
-    if len(checksum) != 64 or any(char not in "0123456789abcdef" for char in checksum):
-        raise ModuleSpecError(f"{SPEC_FILE}: weights.sha256 is not a sha256 hex digest: {checksum!r}")
+    checksum = _checked_sha256(_get(weights_block, "sha256", str, "weights."), "weights.")
+    version = _get(document, "format_version", int, "")
+    members = _members_from_document(document, len(targets)) if version >= 2 else ()
+    if members and (members[0].sha256, members[0].bytes) != (checksum, _get(weights_block, "bytes", int, "weights.")):
+        raise ModuleSpecError(f"{SPEC_FILE}: members[0] and weights describe different {WEIGHTS_FILE} files")
     input_pool = _get(document, "input_pool", int, "")
     if input_pool < 1:
         raise ModuleSpecError(f"{SPEC_FILE}: input_pool must be >= 1, got {input_pool}")
@@ -312,7 +438,8 @@ def _spec_from_document(document: Mapping[str, Any]) -> ModuleSpec:
         log_var_range=None if clamp is None else (float(clamp[0]), float(clamp[1])),
         weights_sha256=checksum,
         weights_bytes=_get(weights_block, "bytes", int, "weights."),
-        format_version=_get(document, "format_version", int, ""),
+        format_version=version,
+        members=members,
     )
 
 
@@ -417,17 +544,22 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_weights_bytes(spec: ModuleSpec, data: bytes, source: Path) -> None:
-    if len(data) < spec.weights_bytes:
+def _check_weights_bytes(
+    spec: ModuleSpec, data: bytes, source: Path, file: str = WEIGHTS_FILE, sha256: str | None = None, size: int | None = None
+) -> None:
+    """`data` (the module's `file`) has the size and sha256 module.json records (default: weights)."""
+    sha256 = spec.weights_sha256 if sha256 is None else sha256
+    size = spec.weights_bytes if size is None else size
+    if len(data) < size:
         raise ModuleTruncatedError(
-            f"{source}: {WEIGHTS_FILE} has {len(data)} bytes, module.json records {spec.weights_bytes} "
+            f"{source}: {file} has {len(data)} bytes, module.json records {size} "
             "(an interrupted copy or download?)"
         )
     checksum = sha256_hex(data)
-    if len(data) != spec.weights_bytes or checksum != spec.weights_sha256:
+    if len(data) != size or checksum != sha256:
         raise ModuleChecksumError(
-            f"{source}: {WEIGHTS_FILE} does not match module.json (sha256 {checksum[:16]}..., "
-            f"{len(data)} bytes; expected {spec.weights_sha256[:16]}..., {spec.weights_bytes} bytes): "
+            f"{source}: {file} does not match module.json (sha256 {checksum[:16]}..., "
+            f"{len(data)} bytes; expected {sha256[:16]}..., {size} bytes): "
             "the weights were altered or corrupted"
         )
 
@@ -530,37 +662,85 @@ def check_module_output(out: Path | str, *, overwrite: bool) -> Path:
 def save_module(
     spec: ModuleSpec, state_dict: Mapping[str, torch.Tensor], out: Path | str, *, overwrite: bool = False
 ) -> Path:
-    """Write a module folder (or a .zip when `out` ends so) atomically; returns `out`.
+    """Write a one-network module (format 1) folder, or a .zip when `out` ends so, atomically.
 
     The checksum, size and creation date in `spec` are filled in here; the state dict is checked
     against the architecture first, so a module that cannot load is never written.
     """
+    return save_ensemble(dataclasses.replace(spec, members=()), [state_dict], out, overwrite=overwrite)
+
+
+def _weights_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
     from safetensors.torch import save as safetensors_bytes
 
+    tensors = {key: tensor.detach().to("cpu").contiguous() for key, tensor in state_dict.items()}
+    # One metadata key: safetensors writes its metadata map in a per-process order, so two keys
+    # would make the same weights a different file (and checksum) on every build.
+    return safetensors_bytes(tensors, metadata={"format": FORMAT_NAME})
+
+
+def save_ensemble(
+    spec: ModuleSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]], out: Path | str, *, overwrite: bool = False
+) -> Path:
+    """Write a module of one or more member networks (`state_dicts`, in member order) atomically.
+
+    With several, `spec.members` gives each member's standardisation and source (one per state
+    dict) and the module is format 2; one state dict makes a format 1 module (`spec.members`
+    then ignored, the targets' standardisation being that network's). Files, sizes, checksums and
+    the creation date are filled in here; every state dict is checked against the architecture
+    first, so a module that cannot load is never written.
+    """
     out = check_module_output(out, overwrite=overwrite)
     for index, target in enumerate(spec.targets):
         _check_target(target, f"targets[{index}]")
     if not spec.targets:
         raise ModuleSpecError("a module needs at least one target")
-    shapes = {key: tuple(tensor.shape) for key, tensor in state_dict.items()}
-    check_state_against_architecture(spec, shapes, f"weights for module {spec.name!r}")
-    tensors = {key: tensor.detach().to("cpu").contiguous() for key, tensor in state_dict.items()}
-    # One metadata key: safetensors writes its metadata map in a per-process order, so two keys
-    # would make the same weights a different file (and checksum) on every build.
-    weights = safetensors_bytes(tensors, metadata={"format": FORMAT_NAME})
+    if not state_dicts:
+        raise ModuleSpecError("a module needs at least one network")
+    ensemble = len(state_dicts) > 1
+    if ensemble and len(spec.members) != len(state_dicts):
+        raise ModuleSpecError(
+            f"module {spec.name!r}: {len(state_dicts)} networks but {len(spec.members)} member descriptions"
+        )
+    blobs = []
+    for index, state_dict in enumerate(state_dicts):
+        shapes = {key: tuple(tensor.shape) for key, tensor in state_dict.items()}
+        where = f"weights for module {spec.name!r}" + (f", member {index}" if ensemble else "")
+        check_state_against_architecture(spec, shapes, where)
+        blobs.append(_weights_bytes(state_dict))
     provenance = dataclasses.replace(spec.provenance, created=spec.provenance.created or now_iso())
+    members: tuple[MemberSpec, ...] = ()
+    if ensemble:
+        members = tuple(
+            dataclasses.replace(member, file=member_file(index), sha256=sha256_hex(blob), bytes=len(blob))
+            for index, (member, blob) in enumerate(zip(spec.members, blobs, strict=True))
+        )
+        for member in members:
+            _check_member(member, len(spec.targets))
     final = dataclasses.replace(
-        spec, provenance=provenance, weights_sha256=sha256_hex(weights), weights_bytes=len(weights)
+        spec, provenance=provenance, weights_sha256=sha256_hex(blobs[0]), weights_bytes=len(blobs[0]),
+        format_version=2 if ensemble else 1, members=members,
     )
-    files = {SPEC_FILE: final.to_json().encode("utf-8"), WEIGHTS_FILE: weights}
+    files = {SPEC_FILE: final.to_json().encode("utf-8")}
+    files.update({member_file(index): blob for index, blob in enumerate(blobs)})
     kept = "nothing was written" + (" (the module already there is unchanged)" if out.exists() else "")
     with reported_write(out, kept):
         if _is_archive(out):
             _write_zip(out, files)
         else:
             _write_folder(out, files)
-    logger.info("wrote module %s (%d targets, %s) to %s", spec.name, len(spec.targets), spec.architecture, out)
+    logger.info(
+        "wrote module %s (%d targets, %s, %d member network%s) to %s",
+        spec.name, len(spec.targets), spec.architecture, len(blobs), "s" if ensemble else "", out,
+    )
     return out
+
+
+def _check_member(member: MemberSpec, n_targets: int) -> None:
+    if not (len(member.mean) == len(member.sd) == len(member.n_train) == n_targets):
+        raise ModuleSpecError(f"member {member.file}: its standardisation must have one entry per target ({n_targets})")
+    if not all(math.isfinite(value) for value in member.mean) or not all(math.isfinite(value) and value > 0 for value in member.sd):
+        raise ModuleSpecError(f"member {member.file}: standardisation means must be finite and sds positive")
 
 
 def _write_zip(out: Path, files: Mapping[str, bytes]) -> None:
@@ -584,50 +764,94 @@ def _write_folder(out: Path, files: Mapping[str, bytes]) -> None:
 # loading -----------------------------------------------------------------------------------------
 @dataclass
 class LoadedModule:
-    """A module ready to predict: its spec and the network in eval mode."""
+    """A module ready to predict: its spec and its member networks in eval mode (`network` is
+    member 0; a one-network module has just that one)."""
 
     spec: ModuleSpec
     network: MeanVarianceResNet
     source: Path
+    networks: list[MeanVarianceResNet] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.networks:
+            self.networks = [self.network]
 
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    def predict_members(
+        self, images: np.ndarray | torch.Tensor, batch_size: int = 16, members: int | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per member (the first `members`; None: all): calibrated mean and sd (N, T) of that
+        network alone, for stored (N, 3, 256, 256) uint8 images."""
+        from mimir.inference.postprocess import postprocess
+
+        raws = self._raw_outputs(images, batch_size, members)
+        return [postprocess(raw, self.spec, member) for member, raw in enumerate(raws)]
+
+    def predict_mixture(self, images: np.ndarray | torch.Tensor, batch_size: int = 16, members: int | None = None) -> MemberMixture:
+        """The calibrated mixture of the first `members` members (None: all): mean, total,
+        aleatoric and epistemic sd (N, T) for stored (N, 3, 256, 256) uint8 images."""
+        from mimir.inference.postprocess import combine_members
+
+        return combine_members(self._raw_outputs(images, batch_size, members), self.spec)
+
     def predict_arrays(self, images: np.ndarray | torch.Tensor, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated mean and sd (N, T) in target units for stored (N, 3, 256, 256) uint8 images."""
+        """Calibrated mean and (total) sd (N, T) in target units for stored (N, 3, 256, 256) uint8 images."""
+        mixture = self.predict_mixture(images, batch_size)
+        return mixture.mean, mixture.sd
+
+    def _raw_outputs(self, images: np.ndarray | torch.Tensor, batch_size: int, members: int | None) -> list[np.ndarray]:
         import numpy as np
         import torch
 
-        from mimir.inference.postprocess import postprocess
-        from mimir.network import images_to_input
+        from mimir.forward import network_input, run_member
 
         batch_all = torch.as_tensor(images)
         if batch_all.dtype != torch.uint8 or tuple(batch_all.shape[1:]) != tuple(self.spec.image_shape):
             raise ValueError(f"expected (N, {', '.join(map(str, self.spec.image_shape))}) uint8 images, got {tuple(batch_all.shape)} {batch_all.dtype}")
-        outputs = []
-        self.network.eval()
-        with torch.no_grad():
-            for start in range(0, len(batch_all), batch_size):
-                batch = images_to_input(batch_all[start : start + batch_size].to(self.device))
-                outputs.append(self.network(batch).float().cpu().numpy())
-        raw = np.concatenate(outputs) if outputs else np.zeros((0, self.spec.n_outputs), dtype=np.float32)
-        return postprocess(raw, self.spec)
+        networks = self.networks[: check_member_count(self.spec, members)]
+        outputs: list[list[np.ndarray]] = [[] for _ in networks]
+        for network in networks:
+            network.eval()
+        for start in range(0, len(batch_all), batch_size):
+            batch = network_input(batch_all[start : start + batch_size], self.device, channels_last=False)
+            for number, network in enumerate(networks):
+                outputs[number].append(run_member(network, batch).cpu().numpy())
+        empty = np.zeros((0, self.spec.n_outputs), dtype=np.float32)
+        return [np.concatenate(parts) if parts else empty for parts in outputs]
 
 
-def _checked_weights(path: Path, spec: ModuleSpec) -> bytes:
-    """The weights bytes, after their size, checksum and final layer were checked against `spec`."""
-    data = _read_member(path, WEIGHTS_FILE)
-    _check_weights_bytes(spec, data, path)
-    _check_head_shapes(spec, safetensors_shapes(data, f"{path}: {WEIGHTS_FILE}"), str(path))
-    return data
+def check_member_count(spec: ModuleSpec, members: int | None) -> int:
+    """How many members to use: `members` (1..n_members) or all of them when None."""
+    if members is None:
+        return spec.n_members
+    if isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= spec.n_members:
+        raise ModuleMemberCountError(
+            f"module {spec.name!r} has {spec.n_members} member network{'s' if spec.n_members > 1 else ''}: "
+            f"cannot use {members!r} (give 1 to {spec.n_members})"
+        )
+    return members
+
+
+def _checked_member_weights(path: Path, spec: ModuleSpec, members: int | None = None) -> list[bytes]:
+    """The bytes of the first `members` member networks (None: all), each checked for size,
+    sha256 and final layer against module.json, in member order."""
+    blobs = []
+    for file, sha256, size in spec.member_files()[: check_member_count(spec, members)]:
+        data = _read_member(path, file)
+        _check_weights_bytes(spec, data, path, file, sha256, size)
+        _check_head_shapes(spec, safetensors_shapes(data, f"{path}: {file}"), f"{path}: {file}")
+        blobs.append(data)
+    return blobs
 
 
 def verify_module(path: Path | str) -> ModuleSpec:
     """The spec of a module whose weights match it (no torch; the representation is not judged)."""
     path = Path(path)
     spec = read_spec(path)
-    _checked_weights(path, spec)
+    _checked_member_weights(path, spec)
     return spec
 
 
@@ -636,11 +860,13 @@ def load_module(
     device: str = "cpu",
     *,
     expected_representation: str | None = REPRESENTATION_VERSION,
+    members: int | None = None,
 ) -> LoadedModule:
-    """Check a module completely and return its network in eval mode on `device`.
+    """Check a module completely and return its member networks in eval mode on `device`.
 
-    `expected_representation` None accepts a module made for another input representation (for
-    inspection; its predictions on our images would be wrong).
+    `members` loads only the first that many member networks (None: all; checked against the
+    module). `expected_representation` None accepts a module made for another input
+    representation (for inspection; its predictions on our images would be wrong).
     """
     import torch
     from safetensors import SafetensorError
@@ -653,21 +879,34 @@ def load_module(
             f"{path}: the module expects input representation {spec.representation_version!r} but this "
             f"MIMIR produces {expected_representation!r}; recompress the images with a matching MIMIR or retrain"
         )
-    data = _checked_weights(path, spec)
-    try:
-        state = load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as error:
-        raise ModuleWeightsError(f"{path}: {WEIGHTS_FILE} cannot be read: {error}") from error
-    check_state_against_architecture(spec, {key: tuple(value.shape) for key, value in state.items()}, str(path))
-    network = _empty_network(spec, str(path))
-    network.load_state_dict(state, strict=True, assign=True)
-    network.to(device=device, dtype=torch.float32)
-    network.eval()
-    logger.info("loaded module %s (%s, %d targets) from %s", spec.name, spec.architecture, len(spec.targets), path)
-    return LoadedModule(spec, network, path)
+    networks = []
+    for (file, _, _), data in zip(spec.member_files(), _checked_member_weights(path, spec, members), strict=False):
+        try:
+            state = load_safetensors(data)
+        except (SafetensorError, ValueError, RuntimeError) as error:
+            raise ModuleWeightsError(f"{path}: {file} cannot be read: {error}") from error
+        where = str(path) if spec.n_members == 1 else f"{path}: {file}"
+        check_state_against_architecture(spec, {key: tuple(value.shape) for key, value in state.items()}, where)
+        network = _empty_network(spec, str(path))
+        network.load_state_dict(state, strict=True, assign=True)
+        network.to(device=device, dtype=torch.float32)
+        network.eval()
+        networks.append(network)
+    logger.info(
+        "loaded module %s (%s, %d targets, %d of %d member networks) from %s",
+        spec.name, spec.architecture, len(spec.targets), len(networks), spec.n_members, path,
+    )
+    return LoadedModule(spec, networks[0], path, networks)
 
 
 # describing --------------------------------------------------------------------------------------
+def member_count_line(spec: ModuleSpec) -> str:
+    """'module body: 5 member networks (an ensemble)' or '... 1 member network'."""
+    if spec.n_members == 1:
+        return f"module {spec.name}: 1 member network"
+    return f"module {spec.name}: {spec.n_members} member networks (an ensemble; its sd is the total of aleatoric and epistemic)"
+
+
 _SHOWN_METRICS = ("n", "icc", "r2", "mae", "mape_percent", "auc", "auce_scaled")
 
 
@@ -689,8 +928,9 @@ def inspect_module(path: Path | str) -> tuple[str, bool]:
     path = Path(path)
     spec = read_spec(path)
     try:
-        _checked_weights(path, spec)
-        weights_state, weights_ok = "OK (checksum and final layer match module.json)", True
+        _checked_member_weights(path, spec)
+        checked = "checksum and final layer" if spec.n_members == 1 else f"checksums and final layers of all {spec.n_members} members"
+        weights_state, weights_ok = f"OK ({checked} match module.json)", True
     except ModuleFormatError as error:
         weights_state, weights_ok = f"FAILED: {type(error).__name__}: {error}", False
     representation_note = "" if spec.representation_version == REPRESENTATION_VERSION else (
@@ -703,8 +943,16 @@ def inspect_module(path: Path | str) -> tuple[str, bool]:
         f"  architecture: {spec.architecture}, input pool {spec.input_pool}, "
         f"input {spec.representation_version} {tuple(spec.image_shape)} uint8{representation_note}",
         f"  log-variance clamp: {'none' if spec.log_var_range is None else list(spec.log_var_range)}",
-        f"  weights: {WEIGHTS_FILE}, {spec.weights_bytes / 1e6:.1f} MB, sha256 {spec.weights_sha256[:16]}...: {weights_state}",
+        f"  member networks: {spec.n_members}" + ("" if spec.n_members == 1 else " (an ensemble: mixture mean, total, aleatoric and epistemic sd)"),
     ]
+    if spec.n_members == 1:
+        lines.append(f"  weights: {WEIGHTS_FILE}, {spec.weights_bytes / 1e6:.1f} MB, sha256 {spec.weights_sha256[:16]}...: {weights_state}")
+    else:
+        lines += [
+            f"    {member.file}: {member.bytes / 1e6:.1f} MB, sha256 {member.sha256[:16]}..., from {member.source or '-'}"
+            for member in spec.members
+        ]
+        lines.append(f"  weights: {weights_state}")
     lines += [f"  note: {note}" for note in provenance.notes]
     metric_names = [name for name in _SHOWN_METRICS if any(name in t.cv_metrics for t in spec.targets)]
     header = f"  {'target':<34}{'unit':<11}{'field':>7}{'calib.':>9}{'sd p99':>10}" + "".join(
@@ -884,21 +1132,91 @@ def build_module(
     run: Path | str, crossval: Path | str | None, out: Path | str, name: str | None = None, *, overwrite: bool = False
 ) -> Path:
     """A module from a finished training run and, ideally, its cross-validation folder."""
+    return build_ensemble([run], crossval, out, name, overwrite=overwrite)
+
+
+def build_module_from_crossval(
+    crossval: Path | str, out: Path | str, name: str | None = None, *, ensemble: bool = True, overwrite: bool = False
+) -> Path:
+    """A format 2 module packing every fold network of a finished cross-validation (in fold order),
+    calibrated with that cross-validation's factors (docs/ensembles.md says why they apply)."""
+    import json as json_module
+
+    layout = CrossvalFolder(Path(crossval))
+    if not ensemble:
+        raise ModuleBuildError(
+            f"{layout.path}: a cross-validation has no final network; pack its fold networks as an ensemble "
+            "(ensemble=True, `--ensemble`) or build from a training run with this folder for calibration"
+        )
+    try:
+        folds = int(json_module.loads(layout.splits.read_text(encoding="utf-8"))["folds"])
+    except FileNotFoundError as error:
+        raise ModuleMissingFileError(f"{layout.splits} is missing: is {layout.path} a cross-validation folder?") from error
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModuleBuildError(f"{layout.splits}: cannot read the number of folds: {error}") from error
+    incomplete = [fold for fold in range(folds) if not layout.fold(fold).is_complete()]
+    if incomplete:
+        raise ModuleBuildError(f"{layout.path}: folds {incomplete} are not finished; run the cross-validation to the end first")
+    return build_ensemble([layout.fold(fold).path for fold in range(folds)], layout.path, out, name, overwrite=overwrite)
+
+
+def _catalog_facts(target_name: str) -> tuple[int | None, str, str, bool]:
+    from mimir.targets.catalog import get_target
+
+    try:
+        known = get_target(target_name)
+        return known.ukb_field, known.unit, known.kind, True
+    except KeyError:
+        logger.warning("target %s is not in the catalog; its unit is unknown", target_name)
+        return None, "", "continuous", False
+
+
+def build_ensemble(
+    runs: Sequence[Path | str],
+    crossval: Path | str | None,
+    out: Path | str,
+    name: str | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """A module from one finished training run (format 1) or several (format 2, one member each:
+    fold networks or networks trained with different seeds), ideally with a cross-validation
+    folder for calibration factors, metrics and the uncertainty flag's threshold.
+
+    The runs must share architecture, input pooling, log-variance clamp and targets (in order);
+    each member keeps its own standardisation.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from mimir.targets.catalog import get_target
-
     out = check_module_output(out, overwrite=overwrite)
-    run_folder = RunFolder(run)
-    if not run_folder.path.is_dir():
-        raise ModuleMissingFileError(f"training run folder not found: {run_folder.path}")
-    weights_path = run_folder.weights
-    if not weights_path.is_file():
-        raise ModuleMissingFileError(f"{weights_path} is missing: has the training run finished?")
-    config = _run_config(run_folder)
-    standardization = _run_standardization(run_folder)
-    target_names = list(standardization.targets)
+    if not runs:
+        raise ModuleBuildError("no training run given")
+    folders = [RunFolder(run) for run in runs]
+    configs, standardizations, states = [], [], []
+    for run_folder in folders:
+        if not run_folder.path.is_dir():
+            raise ModuleMissingFileError(f"training run folder not found: {run_folder.path}")
+        if not run_folder.weights.is_file():
+            raise ModuleMissingFileError(f"{run_folder.weights} is missing: has the training run finished?")
+        configs.append(_run_config(run_folder))
+        standardizations.append(_run_standardization(run_folder))
+    first_config, first = configs[0], standardizations[0]
+    for run_folder, config, standardization in zip(folders[1:], configs[1:], standardizations[1:], strict=True):
+        mine = (config.architecture, config.input_pool, config.log_var_range, standardization.targets)
+        theirs = (first_config.architecture, first_config.input_pool, first_config.log_var_range, first.targets)
+        if mine != theirs:
+            raise ModuleBuildError(
+                f"{run_folder.path} cannot join {folders[0].path} in one module: architecture, input pool, "
+                f"log-variance clamp and targets must agree ({mine[:3]} and {len(mine[3])} targets vs "
+                f"{theirs[:3]} and {len(theirs[3])} targets)"
+            )
+    for run_folder in folders:
+        try:
+            states.append(load_file(str(run_folder.weights)))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModuleWeightsError(f"{run_folder.weights} cannot be read: {error}") from error
+    target_names = list(first.targets)
     if crossval is None:
         logger.warning("no cross-validation folder given: calibration factors are 1.0 and no metrics are recorded")
         summary = CrossvalSummary({}, {}, {}, "")
@@ -907,45 +1225,55 @@ def build_module(
 
     targets = []
     for index, target_name in enumerate(target_names):
-        try:
-            known = get_target(target_name)
-            field_id, unit, kind, in_catalog = known.ukb_field, known.unit, known.kind, True
-        except KeyError:
-            logger.warning("target %s is not in the catalog; its unit is unknown", target_name)
-            field_id, unit, kind, in_catalog = None, "", "continuous", False
+        field_id, unit, kind, in_catalog = _catalog_facts(target_name)
         targets.append(
             TargetSpec(
                 name=target_name, ukb_field=field_id, unit=unit, kind=kind,
-                mean=float(standardization.mean[index]), sd=float(standardization.sd[index]),
+                mean=float(first.mean[index]), sd=float(first.sd[index]),
                 calibration=summary.calibration.get(target_name, 1.0),
                 in_catalog=in_catalog,
-                n_train=int(standardization.n_train[index]),
+                n_train=min(int(standardization.n_train[index]) for standardization in standardizations),
                 cv_metrics=summary.metrics.get(target_name, {}),
                 sd_p99=summary.sd_p99.get(target_name),
             )
         )
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModuleWeightsError(f"{weights_path} cannot be read: {error}") from error
-    data_summary_path = run_folder.data_summary
-    run_record_path = run_folder.record
+    members = tuple(
+        MemberSpec(
+            mean=tuple(float(value) for value in standardization.mean),
+            sd=tuple(float(value) for value in standardization.sd),
+            n_train=tuple(int(value) for value in standardization.n_train),
+            source=run_folder.path.resolve().name,
+        )
+        for run_folder, standardization in zip(folders, standardizations, strict=True)
+    ) if len(folders) > 1 else ()
+    notes: list[str] = []
+    if crossval is None:
+        notes.append("not calibrated: built without cross-validation (factors 1.0)")
+    if members:
+        notes.append(
+            f"ensemble of {len(members)} networks: the calibration factor (fitted on single networks' out-of-fold "
+            "predictions) scales the mixture's variance (docs/ensembles.md)"
+        )
+    data_summary_path = folders[0].data_summary
+    run_record_path = folders[0].record
     spec = ModuleSpec(
-        name=name or standardization.module,
-        architecture=config.architecture,
+        name=name or first.module,
+        architecture=first_config.architecture,
         targets=tuple(targets),
         provenance=Provenance(
             source="training",
-            config=_config_record(config),
+            config=_config_record(first_config),
             data={
                 "training": _read_json_file(data_summary_path) if data_summary_path.is_file() else {},
                 "run": _read_json_file(run_record_path) if run_record_path.is_file() else {},
-                "run_folder": run_folder.path.resolve().name,
+                "run_folder": folders[0].path.resolve().name,
                 "crossval_folder": Path(summary.source).resolve().name if summary.source else None,
+                **({"member_run_folders": [member.source for member in members]} if members else {}),
             },
-            notes=() if crossval is not None else ("not calibrated: built without cross-validation (factors 1.0)",),
+            notes=tuple(notes),
         ),
-        input_pool=config.input_pool,
-        log_var_range=config.log_var_range,
+        input_pool=first_config.input_pool,
+        log_var_range=first_config.log_var_range,
+        members=members,
     )
-    return save_module(spec, state, out, overwrite=overwrite)
+    return save_ensemble(spec, states, out, overwrite=overwrite)

@@ -1,15 +1,26 @@
 """Raw network output -> calibrated mean and standard deviation in each target's unit.
 
-The single place where standardisation is undone and calibration applied, so prediction,
-evaluation of modules and the legacy import agree to the last bit:
+The single place where a module's raw outputs become values: standardisation is undone by
+`mimir.runs.standardization.to_units` (the one de-standardisation, shared with training), with
+each member network's own standardisation, and the calibration is applied here:
 
     mean = out_mean * sd + mean_std
     var  = exp(out_log_var) * sd^2 * calibration        sd_out = sqrt(var)
 
-(with `sd`, `mean_std` the target's standardisation). A module built from a training run also
+(with `sd`, `mean_std` the member's standardisation). A module built from a training run also
 clamps the log-variance to the range training used, so module predictions equal the run's own;
 imported published modules have no clamp, like the published code. Targets without training
 values (n_train == 0) come out as NaN.
+
+An ensemble (a module with several member networks, format 2) predicts the members' equally
+weighted Gaussian mixture, summarised by its mean and variance:
+
+    mean = mean_m(mean_m)                 aleatoric = mean_m(var_m)     epistemic = var_m(mean_m)
+    var  = calibration * (aleatoric + epistemic)
+
+(`var_m` over members with divisor M). The calibration factor scales both parts, so the
+reported sd_aleatoric^2 + sd_epistemic^2 = sd^2. One member gives exactly the formula above
+with an epistemic sd of 0.
 
 What a reader is shown of that Gaussian (`reported_values`) depends on the target's interval
 kind in the catalog (`mimir.targets.catalog.interval_kind`, docs/intervals.md): the mean and
@@ -20,11 +31,13 @@ holds the true value whenever the unbounded one does); for a binary target, the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mimir.runs.standardization import to_units
 from mimir.targets.catalog import INTERVAL_BOUNDED, INTERVAL_PROBABILITY, interval_kind
 
 if TYPE_CHECKING:
@@ -37,29 +50,63 @@ def _as_float64(raw: Any) -> np.ndarray:
     return np.asarray(raw, dtype=np.float64)
 
 
-def postprocess(raw: Any, spec: ModuleSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2T) interleaved (mean, log_var) output -> mean (N, T) and sd (N, T), float64."""
+def member_units(raw: Any, spec: ModuleSpec, member: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One member's (N, 2T) interleaved (mean, log_var) output -> uncalibrated mean and variance
+    (N, T) in target units, float64, with that member's standardisation."""
     output = _as_float64(raw)
     n_targets = len(spec.targets)
     if output.ndim != 2 or output.shape[1] != 2 * n_targets:
         raise ValueError(
             f"module {spec.name!r} has {n_targets} targets: expected a (N, {2 * n_targets}) output, got {output.shape}"
         )
-    standardised_mean = output[:, 0::2]
-    log_var = output[:, 1::2]
-    if spec.log_var_range is not None:
-        log_var = np.clip(log_var, spec.log_var_range[0], spec.log_var_range[1])
-    offset = np.array([target.mean for target in spec.targets])
-    scale = np.array([target.sd for target in spec.targets])
-    calibration = np.array([target.calibration for target in spec.targets])
-    mean = standardised_mean * scale + offset
-    with np.errstate(over="ignore"):
-        variance = np.exp(log_var) * scale**2 * calibration
-    sd = np.sqrt(variance)
-    untrained = np.array([target.n_train == 0 for target in spec.targets])
-    mean[:, untrained] = np.nan
-    sd[:, untrained] = np.nan
-    return mean, sd
+    offset, scale, untrained = spec.member_standardization(member)
+    return to_units(output[:, 0::2], output[:, 1::2], offset, scale, untrained=untrained, log_var_range=spec.log_var_range)
+
+
+def _calibration(spec: ModuleSpec) -> np.ndarray:
+    return np.array([target.calibration for target in spec.targets])
+
+
+def postprocess(raw: Any, spec: ModuleSpec, member: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One member network's (N, 2T) output -> calibrated mean (N, T) and sd (N, T), float64."""
+    mean, variance = member_units(raw, spec, member)
+    return mean, np.sqrt(variance * _calibration(spec))
+
+
+@dataclass(frozen=True)
+class MemberMixture:
+    """(N, T) arrays: the calibrated mixture of a module's members (one member: that network)."""
+
+    mean: np.ndarray
+    sd: np.ndarray  # total: sqrt(sd_aleatoric^2 + sd_epistemic^2)
+    sd_aleatoric: np.ndarray  # the members' mean predicted variance, calibrated
+    sd_epistemic: np.ndarray  # the spread of the members' means, calibrated (0 for one member)
+
+    @property
+    def n_rows(self) -> int:
+        return self.mean.shape[0]
+
+
+def combine_members(raws: Sequence[Any], spec: ModuleSpec) -> MemberMixture:
+    """The raw outputs of members 0..M-1 (in order) on one batch -> their calibrated mixture."""
+    if not raws:
+        raise ValueError(f"module {spec.name!r}: no member outputs to combine")
+    calibration = _calibration(spec)
+    if len(raws) == 1:
+        mean, variance = member_units(raws[0], spec, 0)
+        sd = np.sqrt(variance * calibration)
+        return MemberMixture(mean, sd, sd.copy(), np.where(np.isnan(sd), np.nan, 0.0))
+    units = [member_units(raw, spec, member) for member, raw in enumerate(raws)]
+    means = np.stack([mean for mean, _ in units])
+    variances = np.stack([variance for _, variance in units])
+    aleatoric = variances.mean(axis=0)
+    epistemic = means.var(axis=0)
+    return MemberMixture(
+        means.mean(axis=0),
+        np.sqrt((aleatoric + epistemic) * calibration),
+        np.sqrt(aleatoric * calibration),
+        np.sqrt(epistemic * calibration),
+    )
 
 
 #: Two-sided 95 % normal quantile: interval = mean +- Z95 * sd.

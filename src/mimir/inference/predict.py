@@ -54,10 +54,11 @@ from mimir.imaging.errors import ExamReadError
 from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
 from mimir.inference.modules import ModuleSpec, load_module, read_spec
-from mimir.inference.postprocess import postprocess
+from mimir.inference.postprocess import combine_members
 from mimir.inference.runner import ModuleRunner, network_input
 from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
 from mimir.network import denormals_flushed
+from mimir.parallel import Part
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -141,6 +142,8 @@ class PredictionResult:
     module_precisions: dict[str, tuple[str, float | None]] = field(default_factory=dict)
     #: Exams (file stems) left out because the exclusion list names them; they have no row.
     excluded: list[str] = field(default_factory=list)
+    #: module name -> (member networks run, member networks the module holds)
+    module_members: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -171,16 +174,24 @@ class PredictOptions:
     #: where UK Biobank descriptions and ImageType do not (as `CompressOptions`).
     water_pattern: str | None = None
     fat_pattern: str | None = None
+    #: Table column names: "mimir" (catalog names) or "ukb" (`p{field}_i{instance}`, as the
+    #: Research Analysis Platform names fields; every exam must be of one instance).
+    column_names: str = "mimir"
+    #: Only the exams of this part (`mimir.parallel.Part`, by exam id), for job arrays; the parts'
+    #: tables are joined by `mimir.inference.merge.merge_parts` (`mimir predict merge`).
+    part: Part | None = None
+    #: Use only the first this many member networks of each ensemble module (faster, a little
+    #: less accurate); None: all. Modules with fewer members run all of theirs.
+    members: int | None = None
 
     def __post_init__(self) -> None:
         SeriesPatterns(self.water_pattern, self.fat_pattern)  # a bad pattern is refused before any module loads
+        if self.members is not None and (isinstance(self.members, bool) or not isinstance(self.members, int) or self.members < 1):
+            raise PredictError(f"members must be a whole number of at least 1, got {self.members!r}")
 
     def compression(self, cache: Path) -> CompressOptions:
         """How raw exams are compressed into `cache` for this prediction."""
         return CompressOptions(cache=cache, water_pattern=self.water_pattern, fat_pattern=self.fat_pattern)
-    #: Table column names: "mimir" (catalog names) or "ukb" (`p{field}_i{instance}`, as the
-    #: Research Analysis Platform names fields; every exam must be of one instance).
-    column_names: str = "mimir"
 
 
 def predict(
@@ -221,6 +232,8 @@ def run_prediction(
     resolved = resolve_inputs(inputs)
     if not resolved.raw and not resolved.cached:
         raise PredictError("no exams found in the inputs")
+    if options.part is not None:
+        resolved = _part_of_inputs(resolved, options.part)
     excluded: list[str] = []
     if options.exclude is not None:
         resolved, excluded = _without_excluded(resolved, read_exclusion_list(options.exclude))
@@ -237,7 +250,10 @@ def run_prediction(
         prepare_cache(Path(options.cache))  # a read-only cache fails now, not after the modules load
     timings: dict[str, float] = {}
     loading = time.perf_counter()
-    runners = [ModuleRunner(load_module(path, device), autocast_dtype) for path in modules]
+    runners = []
+    for path, spec in zip(modules, specs, strict=True):
+        members = None if options.members is None else min(options.members, spec.n_members)
+        runners.append(ModuleRunner(load_module(path, device, members=members), autocast_dtype, members=members))
     timings["load modules"] = time.perf_counter() - loading
 
     n_workers = options.workers if options.workers is not None else default_workers()
@@ -280,7 +296,18 @@ def run_prediction(
         reused=reused,
         module_precisions={runner.spec.name: (runner.precision_used, runner.verified_deviation_sd) for runner in runners},
         excluded=excluded,
+        module_members={runner.spec.name: (runner.n_members, runner.spec.n_members) for runner in runners},
     )
+
+
+def _part_of_inputs(resolved: ResolvedInputs, part: Part) -> ResolvedInputs:
+    """The inputs of one part, by exam stem (the id a cache and the table use)."""
+    selected = ResolvedInputs(part.select(resolved.raw, exam_stem), part.select(resolved.cached, lambda exam: exam.stem))
+    found = len(resolved.raw) + len(resolved.cached)
+    logger.info("part %s: %d of %d exams", part, len(selected.raw) + len(selected.cached), found)
+    if not selected.raw and not selected.cached:
+        raise PredictError(f"part {part} holds none of the {found} exams given (more parts than exams?)")
+    return selected
 
 
 def _without_excluded(resolved: ResolvedInputs, exclusions: ExclusionList) -> tuple[ResolvedInputs, list[str]]:
@@ -375,6 +402,8 @@ class _BatchPredictor:
         self.index = {row.stem: position for position, row in enumerate(rows)}
         self.means = [np.full((len(rows), len(runner.spec.targets)), np.nan) for runner in runners]
         self.sds = [np.full_like(mean, np.nan) for mean in self.means]
+        self.aleatoric = [np.full_like(mean, np.nan) for mean in self.means]
+        self.epistemic = [np.full_like(mean, np.nan) for mean in self.means]
         self.module_seconds = [0.0] * len(runners)
         self.load_seconds = 0.0
         self.settled = 0  # exams predicted or found unloadable
@@ -393,10 +422,12 @@ class _BatchPredictor:
             network_in = network_input(batch.images, self.device)
             for number, runner in enumerate(self.runners):
                 started = time.perf_counter()
-                raw = runner.raw_output(network_in)
+                raws = runner.raw_outputs(network_in)
                 self.module_seconds[number] += time.perf_counter() - started
-                mean, sd = postprocess(raw, runner.spec)
-                self.means[number][positions], self.sds[number][positions] = mean, sd
+                mixture = combine_members(raws, runner.spec)
+                self.means[number][positions], self.sds[number][positions] = mixture.mean, mixture.sd
+                self.aleatoric[number][positions] = mixture.sd_aleatoric
+                self.epistemic[number][positions] = mixture.sd_epistemic
         self.settled += len(batch.stems) + len(batch.failures)
 
     def timings(self) -> dict[str, float]:
@@ -407,7 +438,11 @@ class _BatchPredictor:
 
     def table(self) -> pd.DataFrame:
         specs = [runner.spec for runner in self.runners]
-        return build_table(self.rows, specs, self.means, self.sds, column_names=self.column_names)
+        components = [
+            (aleatoric, epistemic) if runner.spec.n_members > 1 else None
+            for runner, aleatoric, epistemic in zip(self.runners, self.aleatoric, self.epistemic, strict=True)
+        ]
+        return build_table(self.rows, specs, self.means, self.sds, column_names=self.column_names, components=components)
 
 
 def _compress_then_predict(

@@ -1,6 +1,8 @@
-"""One module's network, placed for fast inference at one precision, and checked in it.
+"""One module's member networks, placed for fast inference at one precision, and checked in it.
 
-The runner works on its own copy of the module's network: batch norm folded into the
+The networks run through the one forward path (`mimir.forward.run_member`); an ensemble's
+outputs are combined by `mimir.inference.postprocess.combine_members`. The runner works on its
+own copy of each member network (the first K with `members=K`): batch norm folded into the
 convolutions (the same function to float32 rounding, a fifth less work on a CPU) and weights
 channels-last, under `torch.inference_mode`. The module it was given is left as it was.
 
@@ -24,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mimir.devices import precision_name
-from mimir.inference.postprocess import postprocess
+from mimir.forward import run_member
+from mimir.inference.modules import check_member_count
+from mimir.inference.postprocess import MemberMixture, combine_members, postprocess
 
 if TYPE_CHECKING:
     import torch
@@ -39,10 +43,12 @@ REDUCED_PRECISION_TOLERANCE_SD = 0.02
 
 
 class ModuleRunner:
-    """A loaded module's network, copied and placed for fast inference on its device, at one precision.
+    """A loaded module's member networks (the first `members`; None: all), copied and placed for
+    fast inference on its device, at one precision.
 
-    A reduced `autocast_dtype` is verified against float32 on the first batch (see the module
-    docstring); `precision_used` and `verified_deviation_sd` say how that went.
+    A reduced `autocast_dtype` is verified against float32 on the first batch, every member at
+    once (see the module docstring): one member out of tolerance sends the whole module to
+    float32. `precision_used` and `verified_deviation_sd` say how that went.
     """
 
     def __init__(
@@ -50,17 +56,30 @@ class ModuleRunner:
         module: LoadedModule,
         autocast_dtype: torch.dtype | None = None,
         tolerance_sd: float = REDUCED_PRECISION_TOLERANCE_SD,
+        members: int | None = None,
     ) -> None:
         import torch
 
         self.spec: ModuleSpec = module.spec
         self.autocast_dtype = autocast_dtype
         self.tolerance_sd = tolerance_sd
+        count = check_member_count(module.spec, members)
+        if count > len(module.networks):
+            raise ValueError(f"module {module.spec.name!r} was loaded with {len(module.networks)} members, {count} asked for")
         #: Largest |mean - float32 mean| in target sds on the first batch; None until measured (or in float32).
         self.verified_deviation_sd: float | None = None
-        self.network: torch.nn.Module = copy.deepcopy(module.network).eval()
-        fold_batch_norm(self.network)
-        self.network.to(memory_format=torch.channels_last)
+        self.networks: list[torch.nn.Module] = []
+        for network in module.networks[:count]:
+            prepared = copy.deepcopy(network).eval()
+            fold_batch_norm(prepared)
+            prepared.to(memory_format=torch.channels_last)
+            self.networks.append(prepared)
+        self.network: torch.nn.Module = self.networks[0]
+
+    @property
+    def n_members(self) -> int:
+        """How many member networks run (the module's, or the first ones asked for)."""
+        return len(self.networks)
 
     @property
     def device(self) -> torch.device:
@@ -71,24 +90,36 @@ class ModuleRunner:
         """What the module runs in now: the requested precision, or float32 after a failed check."""
         return precision_name(self.autocast_dtype)
 
-    def raw_output(self, network_input: torch.Tensor) -> torch.Tensor:
-        """Float32 (N, 2T) output on the CPU for a float32 channels-last input on the device."""
+    def raw_outputs(self, network_input: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's float32 (N, 2T) output on the CPU for a float32 channels-last input on the device."""
         import torch
 
+        members = range(self.n_members)
         if self.autocast_dtype is None:
-            return self._forward(network_input, None).float().cpu()
-        output = self._forward(network_input, self.autocast_dtype).float().cpu()
+            return [self._forward(network_input, None, member).cpu() for member in members]
+        outputs = [self._forward(network_input, self.autocast_dtype, member).cpu() for member in members]
         if self.verified_deviation_sd is None and len(network_input):
-            return self._verified(network_input, output)
-        if self.autocast_dtype == torch.float16 and not torch.isfinite(output).all():
-            logger.warning("module %s overflowed float16 on this batch; recomputed in float32", self.spec.name)
-            output = self._forward(network_input, None).float().cpu()
-        return output
+            return self._verified(network_input, outputs)
+        if self.autocast_dtype == torch.float16:
+            for member, output in enumerate(outputs):
+                if not torch.isfinite(output).all():
+                    logger.warning("module %s overflowed float16 on this batch; recomputed in float32", self.spec.name)
+                    outputs[member] = self._forward(network_input, None, member).cpu()
+        return outputs
 
-    def _verified(self, network_input: torch.Tensor, reduced: torch.Tensor) -> torch.Tensor:
+    def raw_output(self, network_input: torch.Tensor) -> torch.Tensor:
+        """The one network's output of a one-member runner (`raw_outputs` for ensembles)."""
+        if self.n_members != 1:
+            raise ValueError(f"module {self.spec.name!r} runs {self.n_members} members: use raw_outputs")
+        return self.raw_outputs(network_input)[0]
+
+    def _verified(self, network_input: torch.Tensor, reduced: list[torch.Tensor]) -> list[torch.Tensor]:
         """Compare the first batch with float32; keep the reduced precision only within tolerance."""
-        reference = self._forward(network_input, None).float().cpu()
-        deviation = mean_deviation_sd(reduced, reference, self.spec)
+        reference = [self._forward(network_input, None, member).cpu() for member in range(self.n_members)]
+        deviation = max(
+            mean_deviation_sd(low, full, self.spec, member)
+            for member, (low, full) in enumerate(zip(reduced, reference, strict=True))
+        )
         self.verified_deviation_sd = deviation
         precision = self.precision_used
         if deviation <= self.tolerance_sd:
@@ -105,28 +136,29 @@ class ModuleRunner:
         self.autocast_dtype = None
         return reference
 
-    def _forward(self, network_input: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-        import torch
+    def _forward(self, network_input: torch.Tensor, dtype: torch.dtype | None, member: int = 0) -> torch.Tensor:
+        return run_member(self.networks[member], network_input, dtype)
 
-        with torch.inference_mode(), torch.autocast(
-            device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-        ):
-            return self.network(network_input)
+    def predict_mixture(self, images: torch.Tensor) -> MemberMixture:
+        """The calibrated mixture of the running members (mean, total, aleatoric and epistemic
+        sd, (N, T) in target units) for (N, 3, 256, 256) uint8 images."""
+        return combine_members(self.raw_outputs(network_input(images, self.device)), self.spec)
 
     def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated mean and sd (N, T) in target units for (N, 3, 256, 256) uint8 images."""
-        return postprocess(self.raw_output(network_input(images, self.device)), self.spec)
+        """Calibrated mean and (total) sd (N, T) in target units for (N, 3, 256, 256) uint8 images."""
+        mixture = self.predict_mixture(images)
+        return mixture.mean, mixture.sd
 
 
-def mean_deviation_sd(raw: Any, reference_raw: Any, spec: ModuleSpec) -> float:
+def mean_deviation_sd(raw: Any, reference_raw: Any, spec: ModuleSpec, member: int = 0) -> float:
     """Largest |calibrated mean - reference mean| over exams and targets, in target sds.
 
     Targets without training values (NaN in both) do not count; a mean that is finite in one
     output only (an overflow) is an infinite deviation.
     """
-    means, _ = postprocess(raw, spec)
-    reference, _ = postprocess(reference_raw, spec)
-    target_sd = np.array([target.sd for target in spec.targets])
+    means, _ = postprocess(raw, spec, member)
+    reference, _ = postprocess(reference_raw, spec, member)
+    target_sd = spec.member_standardization(member)[1]
     with np.errstate(invalid="ignore"):
         deviation = np.abs(means - reference) / target_sd
     agree = (means == reference) | (np.isnan(means) & np.isnan(reference))
@@ -165,13 +197,10 @@ def _batch_norm_partner(conv_name: str) -> str | None:
 
 
 def network_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """uint8 images -> float32 channels-last on `device`; uint8 travels (4x less to copy)."""
-    import torch
+    """uint8 images -> float32 channels-last on `device` (`mimir.forward.network_input`)."""
+    from mimir.forward import network_input as forward_input
 
-    from mimir.network import images_to_input
-
-    on_device = images.to(device, non_blocking=images.is_pinned())
-    return images_to_input(on_device).contiguous(memory_format=torch.channels_last)
+    return forward_input(images, device, channels_last=True)
 
 
 __all__ = ["REDUCED_PRECISION_TOLERANCE_SD", "ModuleRunner", "fold_batch_norm", "mean_deviation_sd", "network_input"]

@@ -23,6 +23,9 @@ def summary_lines(result: PredictionResult) -> list[str]:
     ]
     if result.precision != "float32":
         lines.append(f"  precision: {module_precisions(result.precision, result.module_precisions)}")
+    ensembles = {name: counts for name, counts in result.module_members.items() if counts[1] > 1}
+    if ensembles:
+        lines.append(f"  member networks: {module_members(ensembles)}")
     lines += [f"  {stage:<32}{seconds:9.2f} s" for stage, seconds in result.timings.items() if stage != "total"]
     total = result.timings.get("total", 0.0) + result.timings.get("write", 0.0)
     rate = 60.0 * n_exams / total if total > 0 else float("nan")
@@ -32,6 +35,13 @@ def summary_lines(result: PredictionResult) -> list[str]:
     if result.excluded:
         lines.append(f"{len(result.excluded)} exams on the exclusion list were left out (they have no row)")
     return lines
+
+
+def module_members(members: dict[str, tuple[int, int]]) -> str:
+    """How many member networks each ensemble ran: 'body 5 of 5, organs 2 of 5 (--members)'."""
+    return ", ".join(
+        f"{name} {used} of {held}" + (" (--members)" if used < held else "") for name, (used, held) in members.items()
+    )
 
 
 def module_precisions(requested: str, precisions: dict[str, tuple[str, float | None]]) -> str:

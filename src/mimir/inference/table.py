@@ -2,7 +2,10 @@
 
 One row per exam (subject and visit), whatever happened to it: per target the calibrated mean,
 sd and 95 % interval (as `mimir.inference.postprocess.reported_values` bounds them: at 0 for
-quantities that cannot be negative; a binary target's probability has no sd or interval), then
+quantities that cannot be negative; a binary target's probability has no sd or interval), for
+a target of an ensemble module (several member networks) also the two parts of its sd,
+`{target}_sd_aleatoric` and `{target}_sd_epistemic` (the columns of one-network modules are
+unchanged), then
 the compression QC flag, the failure (stage: reason) of an exam that has no predictions, and the
 targets flagged as uncertain. The targets' module, unit, kind, field and column travel in
 `table.attrs["targets"]` (lost in CSV, recovered from the catalog).
@@ -64,6 +67,8 @@ PARQUET_HINT = "pip install 'mimir-ukb[parquet]'"
 COLUMN_NAMINGS = ("mimir", "ukb")
 #: Per target: suffix of its column -> what the column holds (the mean's column has no suffix).
 STATISTIC_SUFFIXES = {"": "mean", "_sd": "sd", "_low": "low", "_high": "high"}
+#: Per target of an ensemble module only: suffix -> the part of the sd the column holds.
+COMPONENT_SUFFIXES = {"_sd_aleatoric": "aleatoric", "_sd_epistemic": "epistemic"}
 DICTIONARY_SUFFIX = "_dictionary.json"
 _RAP_COLUMN = re.compile(r"^p(?P<field>\d+)_i(?P<instance>\d+)$")
 
@@ -132,9 +137,14 @@ def build_table(
     sds: Sequence[np.ndarray],
     *,
     column_names: str = "mimir",
+    components: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
 ) -> pd.DataFrame:
     """The wide table: per module (spec), its (rows, targets) calibrated means and sds as a reader
-    gets them (`reported_values`), and the targets flagged uncertain (`uncertain_flags`)."""
+    gets them (`reported_values`), and the targets flagged uncertain (`uncertain_flags`).
+
+    `components` gives, per module, None or its (aleatoric, epistemic) sds (an ensemble): those
+    add `{target}_sd_aleatoric` and `{target}_sd_epistemic` after the target's interval (empty
+    where its sd is, e.g. for a probability)."""
     import pandas as pd
 
     check_column_naming(column_names)
@@ -147,16 +157,22 @@ def build_table(
     }
     uncertain: list[list[str]] = [[] for _ in rows]
     targets = []
-    for spec, mean, sd in zip(specs, means, sds, strict=True):
+    parts = list(components) if components is not None else [None] * len(specs)
+    for spec, mean, sd, part in zip(specs, means, sds, parts, strict=True):
         values = reported_values(mean, sd, spec)
         flags = uncertain_flags(mean, sd, spec)
         for position, target in enumerate(spec.targets):
             name = target.name if instance is None else ukb_column(target.name, target.ukb_field, instance)
             for suffix, statistic in STATISTIC_SUFFIXES.items():
                 columns[f"{name}{suffix}"] = getattr(values, statistic)[:, position]
+            if part is not None:
+                shown = np.isfinite(values.sd[:, position])
+                for suffix, component in zip(COMPONENT_SUFFIXES, part, strict=True):
+                    columns[f"{name}{suffix}"] = np.where(shown, component[:, position], np.nan)
             targets.append({
                 "name": target.name, "column": name, "module": spec.name, "unit": target.unit,
                 "kind": target.kind, "ukb_field": target.ukb_field, "interval": interval_kind(target.kind, target.unit),
+                **({"sd_components": True} if part is not None else {}),
             })
             for row in np.flatnonzero(flags[:, position]):
                 uncertain[row].append(name)
@@ -274,8 +290,10 @@ def rounded(table: pd.DataFrame) -> pd.DataFrame:
     copy = table.copy()
     for info in target_info(table):
         decimals = value_decimals(info)
-        for suffix in STATISTIC_SUFFIXES:
+        for suffix in (*STATISTIC_SUFFIXES, *COMPONENT_SUFFIXES):
             column = f"{info['column']}{suffix}"
+            if suffix in COMPONENT_SUFFIXES and column not in table.columns:
+                continue
             copy[column] = _round(table[column].to_numpy(dtype=np.float64), decimals)
     return copy
 
@@ -305,6 +323,12 @@ _LONG_DESCRIPTIONS = {
 }
 
 
+_COMPONENT_DESCRIPTIONS = {
+    "aleatoric": "{name}: the part of the sd the member networks predict themselves (their mean variance), calibrated",
+    "epistemic": "{name}: the part of the sd from the member networks' disagreement (variance of their means), calibrated",
+}
+
+
 def _statistic_description(info: dict[str, Any], statistic: str) -> str:
     name, unit, interval = info["name"], info["unit"], info["interval"]
     if interval == INTERVAL_PROBABILITY:
@@ -328,9 +352,10 @@ def _target_entry(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def data_dictionary(table: pd.DataFrame, *, long: bool = False) -> dict[str, Any]:
+def data_dictionary(table: pd.DataFrame, *, long: bool = False, part: str | None = None) -> dict[str, Any]:
     """What each column of the written table holds: name, unit, UK Biobank field, kind and
-    description, in the table's column order, plus each target's interval kind and rounding."""
+    description, in the table's column order, plus each target's interval kind and rounding;
+    `part` ("K/N") for the table of one part of a split prediction (`mimir.inference.merge`)."""
     from mimir import __version__
 
     targets = target_info(table)
@@ -349,11 +374,17 @@ def data_dictionary(table: pd.DataFrame, *, long: bool = False) -> dict[str, Any
             for suffix, statistic in STATISTIC_SUFFIXES.items():
                 kind = "probability" if info["interval"] == INTERVAL_PROBABILITY and statistic == "mean" else statistic
                 add(f"{info['column']}{suffix}", kind, _statistic_description(info, statistic), info["unit"], info["ukb_field"])
+            for suffix, component in COMPONENT_SUFFIXES.items():
+                if f"{info['column']}{suffix}" in table.columns:
+                    add(f"{info['column']}{suffix}", f"sd_{component}", _COMPONENT_DESCRIPTIONS[component].format(name=info["name"]),
+                        info["unit"], info["ukb_field"])
         add("qc_flag", *_ID_DESCRIPTIONS["qc_flag"])
         add("failure", *_ID_DESCRIPTIONS["failure"])
         add("uncertain", "text", "the target columns whose prediction is flagged as uncertain (';'-separated; docs/intervals.md)")
+    part_entry = {} if part is None else {"part": part}
     return {
         "mimir_version": __version__,
+        **part_entry,
         "form": "long" if long else "wide",
         "interval": "95 % interval of the calibrated normal prediction; see docs/intervals.md",
         "rounding": (
@@ -366,11 +397,11 @@ def data_dictionary(table: pd.DataFrame, *, long: bool = False) -> dict[str, Any
     }
 
 
-def write_predictions(table: pd.DataFrame, out: str | Path, *, long: bool = False) -> Path:
+def write_predictions(table: pd.DataFrame, out: str | Path, *, long: bool = False, part: str | None = None) -> Path:
     """Write the table (rounded) as CSV or Parquet by suffix, and its data dictionary beside it,
-    atomically: both files complete, or neither changed."""
+    atomically: both files complete, or neither changed. `part`: see `data_dictionary`."""
     out = check_output_path(out)
-    dictionary = json.dumps(data_dictionary(table, long=long), indent=1, allow_nan=False) + "\n"
+    dictionary = json.dumps(data_dictionary(table, long=long, part=part), indent=1, allow_nan=False) + "\n"
     written = rounded(table)
     written = to_long(written) if long else written
     with reported_write(out, "nothing was written there; compressed images stay in their cache, so a rerun does not compress again"):

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,7 @@ from mimir.learn.dataset import (
 )
 from mimir.learn.splits import Splits, load_or_create_splits
 from mimir.learn.target_sets import ModuleDefinition, resolve_module
+from mimir.parallel import Executor
 from mimir.runs.config import TrainConfig
 from mimir.runs.layout import CrossvalFolder, FoldFolder
 from mimir.targets.catalog import Target, get_target
@@ -260,6 +262,7 @@ def run_crossval(
     init: str | None = None,
     baseline: BaselineConfig | None = BaselineConfig(),
     exclude: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> CrossvalResult:
     """Train the requested folds (all by default) and, once every fold is done, merge.
 
@@ -271,9 +274,13 @@ def run_crossval(
     (`CrossvalResult.excluded`, `dropped.excluded_by_list` in data_summary.json); the folder
     records the exams it serves, so a rerun must give the same list. Returns the merged result when all folds are
     complete, otherwise the lists of completed and missing folds.
-    """
-    from mimir.learn.train import train
 
+    With an `executor` (`mimir.cluster.DaskExecutor`) each fold is one task on the cluster,
+    asking for `resources={"GPU": 1}` when `device` names CUDA (`fold_resources`); the folder
+    must be on storage every worker sees. `progress` is not called then (the folds train
+    elsewhere); each finished fold is logged. A fold that fails on its worker does not stop the
+    others: once they end, CrossvalError names it and the rerun trains only what is missing.
+    """
     started = time.perf_counter()
     started_at = _now()
     out, images = Path(out), Path(images)
@@ -285,32 +292,15 @@ def run_crossval(
     requested = _requested_folds(fold_ids, count)
     if baseline is not None:
         _run_baseline(folder, prepared, baseline, requested)
-    trained: dict[int, float] = {}
-    for fold in requested:
-        if folder.fold(fold).is_complete():
-            logger.info("fold %d of %d is complete; skipped", fold, count)
-            continue
-        logger.info("training fold %d of %d", fold, count)
-        fold_started = time.perf_counter()
-        in_fold = prepared.fold == fold
-        keys = prepared.reference[["eid", "instance"]]
-        callback = None if progress is None else (lambda event, fold=fold: progress(fold, event))
-        result = train(
-            config, images, prepared.reference, prepared.definition.name, folder.fold(fold).path,
-            train_ids=keys[~in_fold], val_ids=keys[in_fold], device=device, resume=True, progress=callback,
-        )
-        trained[fold] = time.perf_counter() - fold_started
-        _write_json(
-            folder.fold(fold).done,
-            {
-                "fold": fold,
-                "finished": _now(),
-                "seconds": round(trained[fold], 3),
-                "iterations": result.iterations,
-                "n_train_exams": int((~in_fold).sum()),
-                "n_test_exams": int(in_fold.sum()),
-            },
-        )
+    jobs = [
+        FoldJob(config, images, prepared.reference, prepared.fold == fold, prepared.definition.name, folder.path, fold, count, device)
+        for fold in requested
+        if not _skipped_as_complete(folder, fold, count)
+    ]
+    if executor is None:
+        trained = {job.fold: train_fold(job, progress) for job in jobs}
+    else:
+        trained = _train_folds_on(executor, jobs)
     _record_session(folder, prepared, config, images, device, started_at, time.perf_counter() - started, requested, trained)
     completed, missing = _fold_status(folder, count)
     if missing:
@@ -319,6 +309,82 @@ def run_crossval(
     merged = merge_crossval(out)
     merged.fold_seconds, merged.excluded = trained, prepared.excluded
     return merged
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """Everything one fold's training needs, picklable: a task for a local loop or a cluster."""
+
+    config: TrainConfig
+    images: Path
+    reference: pd.DataFrame  # eid, instance and targets of every exam of the cross-validation
+    in_fold: np.ndarray  # which reference rows this fold holds out
+    module: str
+    out: Path  # the cross-validation folder
+    fold: int
+    folds: int
+    device: str
+
+
+def _skipped_as_complete(folder: CrossvalFolder, fold: int, count: int) -> bool:
+    if folder.fold(fold).is_complete():
+        logger.info("fold %d of %d is complete; skipped", fold, count)
+        return True
+    return False
+
+
+def train_fold(job: FoldJob, progress: FoldProgress | None = None) -> float:
+    """Train (or resume) one fold's network into CV/fold_K and mark it done; returns its seconds."""
+    from mimir.learn.train import train
+
+    folder = CrossvalFolder(job.out)
+    logger.info("training fold %d of %d", job.fold, job.folds)
+    started = time.perf_counter()
+    in_fold = job.in_fold
+    keys = job.reference[["eid", "instance"]]
+    callback = None if progress is None else (lambda event: progress(job.fold, event))
+    result = train(
+        job.config, job.images, job.reference, job.module, folder.fold(job.fold).path,
+        train_ids=keys[~in_fold], val_ids=keys[in_fold], device=job.device, resume=True, progress=callback,
+    )
+    seconds = time.perf_counter() - started
+    _write_json(
+        folder.fold(job.fold).done,
+        {
+            "fold": job.fold,
+            "finished": _now(),
+            "seconds": round(seconds, 3),
+            "iterations": result.iterations,
+            "n_train_exams": int((~in_fold).sum()),
+            "n_test_exams": int(in_fold.sum()),
+            "host": socket.gethostname(),
+        },
+    )
+    return seconds
+
+
+def fold_resources(device: str) -> dict[str, float] | None:
+    """What a fold asks of a Dask worker: one GPU when it trains on CUDA (workers declare
+    `--resources GPU=1`); nothing on a CPU. 'auto' resolves on the worker and asks for nothing."""
+    return {"GPU": 1} if device.startswith("cuda") else None
+
+
+def _train_folds_on(executor: Executor, jobs: Sequence[FoldJob]) -> dict[int, float]:
+    """One task per fold; every fold runs to its end before a failed one is reported."""
+    trained: dict[int, float] = {}
+    failed: list[str] = []
+    resources = fold_resources(jobs[0].device) if jobs else None
+    options = {} if resources is None else {"resources": resources}
+    for outcome in executor.map_outcomes(train_fold, jobs, **options):
+        if outcome.ok:
+            trained[outcome.item.fold] = float(outcome.value)
+            logger.info("fold %d finished in %.1f s", outcome.item.fold, outcome.value)
+        else:
+            logger.error("fold %d failed: %s: %s", outcome.item.fold, outcome.error_type, outcome.error)
+            failed.append(f"fold {outcome.item.fold} ({outcome.error_type}: {outcome.error})")
+    if failed:
+        raise CrossvalError(f"{'; '.join(failed)}; the other folds are kept, and a rerun trains only the missing ones")
+    return trained
 
 
 def _requested_folds(fold_ids: Sequence[int] | None, count: int) -> list[int]:
@@ -594,8 +660,11 @@ def _record_merge(folder: CrossvalFolder, completed: Sequence[int], missing: Seq
 __all__ = [
     "CrossvalError",
     "CrossvalResult",
+    "FoldJob",
     "IncompleteCrossvalError",
+    "fold_resources",
     "merge_crossval",
     "run_crossval",
     "summary_table",
+    "train_fold",
 ]

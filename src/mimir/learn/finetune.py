@@ -110,16 +110,9 @@ def first_member(path: Path) -> SourceNetwork:
     """Member 0 of the module at `path`: the one place a multi-member module becomes one network."""
     from mimir.inference.modules import load_module
 
-    loaded = load_module(path, "cpu")
+    loaded = load_module(path, "cpu", members=1)
     spec = loaded.spec
-    member_standardization = getattr(spec, "member_standardization", None)
-    if member_standardization is not None:  # a format that knows members: each has its standardisation
-        mean, sd, untrained = member_standardization(0)
-        trained = ~np.asarray(untrained, dtype=bool)
-    else:
-        mean = np.array([target.mean for target in spec.targets], dtype=np.float64)
-        sd = np.array([target.sd for target in spec.targets], dtype=np.float64)
-        trained = np.array([target.n_train != 0 for target in spec.targets])
+    mean, sd, untrained = spec.member_standardization(0)
     return SourceNetwork(
         name=spec.name,
         path=Path(path),
@@ -129,9 +122,9 @@ def first_member(path: Path) -> SourceNetwork:
         targets=spec.target_names,
         mean=np.asarray(mean, dtype=np.float64),
         sd=np.asarray(sd, dtype=np.float64),
-        trained=trained,
+        trained=~np.asarray(untrained, dtype=bool),
         network=loaded.network,
-        members=int(getattr(spec, "n_members", 1)),
+        members=spec.n_members,
     )
 
 

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from mimir.atomic import atomic_write_text
 from mimir.devices import resolve_device, resolve_precision
 from mimir.errors import MimirError, PathNotFoundError
+from mimir.forward import network_input, run_member
 from mimir.learn.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -254,11 +255,11 @@ def _exam_loader(
 
 
 # prediction ---------------------------------------------------------------------------------------
-@torch.no_grad()
 def _standardised_outputs(
     model: TrainedModel, loader: DataLoader, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised means and clamped log-variances for every exam of a sequential loader."""
+    """Standardised means and clamped log-variances for every exam of a sequential loader, through
+    the one forward path (`mimir.forward`) that modules use too."""
     config = model.config
     dtype = _autocast_dtype(config, device)
     network = model.network
@@ -267,10 +268,8 @@ def _standardised_outputs(
     means, log_vars = [], []
     try:
         for images, _ in loader:
-            batch = _to_device_input(images, device, config.channels_last)
-            with _autocast(device, dtype):
-                output = network(batch)
-            mean, log_var = split_output(output.float(), config.log_var_range)
+            batch = network_input(images, device, channels_last=config.channels_last)
+            mean, log_var = split_output(run_member(network, batch, dtype), config.log_var_range)
             means.append(mean.cpu().numpy())
             log_vars.append(log_var.cpu().numpy())
     finally:
@@ -282,6 +281,7 @@ def _standardised_outputs(
 
 
 def _predictions_table(keys: pd.DataFrame, model: TrainedModel, mean: np.ndarray, log_var: np.ndarray) -> pd.DataFrame:
+    """Means and sds in catalog units (the one de-standardisation, `Standardization.invert`)."""
     value, sd = model.standardization.invert(mean, log_var)
     table = keys[["eid", "instance"]].reset_index(drop=True).copy()
     columns = {}

@@ -76,7 +76,7 @@ def from_module_spec(spec: "ModuleSpec") -> ModuleProvenance:
     return ModuleProvenance(
         name=spec.name,
         source=recorded.source,
-        format=f"{FORMAT_NAME} {spec.format_version}",
+        format=f"{FORMAT_NAME} {spec.format_version}" + (f", {spec.n_members} member networks" if spec.n_members > 1 else ""),
         written_by=f"mimir {recorded.mimir_version}" if recorded.mimir_version else "",
         created=recorded.created,
         training=training_summary(recorded.config, recorded.data),

@@ -3,6 +3,10 @@
 A network trained by MIMIR predicts each target as (value - mean) / sd of the training
 values; `standardization.json` in the run folder records those means and sds so that the
 network's output can be turned back into catalog units wherever the run is used.
+
+`to_units` is the one de-standardisation in MIMIR: training's predictions
+(`Standardization.invert`) and every module's (`mimir.inference.postprocess`) call it, so a run
+and the module built from it agree to the last bit.
 """
 
 from __future__ import annotations
@@ -22,6 +26,35 @@ logger = logging.getLogger(__name__)
 
 class StandardizationError(MimirError, ValueError):
     """A standardization.json that cannot be read back."""
+
+
+def to_units(
+    standardised_mean: np.ndarray,
+    log_var: np.ndarray,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    *,
+    untrained: np.ndarray | None = None,
+    log_var_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised (N, T) means and log-variances -> means and variances (N, T) in target units.
+
+        value = standardised_mean * sd + mean        variance = exp(log_var) * sd^2
+
+    float64 throughout; the log-variance is clamped to `log_var_range` first when given (what
+    training used); columns marked `untrained` (no training values) are NaN. Calibration (a
+    variance scale) is applied by the caller to the variance returned here.
+    """
+    log_var = np.asarray(log_var, dtype=np.float64)
+    if log_var_range is not None:
+        log_var = np.clip(log_var, log_var_range[0], log_var_range[1])
+    value = np.asarray(standardised_mean, dtype=np.float64) * sd + mean
+    with np.errstate(over="ignore"):
+        variance = np.exp(log_var) * sd**2
+    if untrained is not None:
+        value[:, untrained] = np.nan
+        variance[:, untrained] = np.nan
+    return value, variance
 
 
 @dataclass
@@ -55,13 +88,9 @@ class Standardization:
         return ((values - self.mean) / self.sd).astype(np.float32)
 
     def invert(self, mean: np.ndarray, log_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Standardised (mean, log-variance) -> mean and sd in catalog units."""
-        value = mean * self.sd + self.mean
-        sd = np.exp(0.5 * log_var) * self.sd
-        untrained = self.n_train == 0
-        value[:, untrained] = np.nan
-        sd[:, untrained] = np.nan
-        return value, sd
+        """Standardised (mean, log-variance) -> mean and sd in catalog units (`to_units`)."""
+        value, variance = to_units(mean, log_var, self.mean, self.sd, untrained=self.n_train == 0)
+        return value, np.sqrt(variance)
 
     def to_json(self) -> str:
         return json.dumps(
