@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Train one module's network. Every hyperparameter comes from the TOML config "
             "(`mimir config show paper`); the run folder receives config.toml, data_summary.json, "
             "standardization.json, checkpoints/, history.csv, weights.safetensors and run.json. "
-            "An interrupted run continues with --resume."
+            "An interrupted run continues with --resume. --init MODULE fine-tunes a module: its "
+            "backbone, and the final-layer rows of the targets both modules share (docs/finetune.md)."
         ),
     )
     common_flags.add_cache(parser, required=True, images_alias=True)
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--module", required=True, help="bodycomp, organs, experimental, age, or a module of the config")
     common_flags.add_config(parser, detail="optional with --resume: the run's own config.toml")
     parser.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
-    parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
+    common_flags.add_init(parser)
     common_flags.add_device(parser)
     common_flags.add_loader_workers(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -50,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--cache", Path(args.cache)), ("--targets", Path(args.targets))):
         if not path.exists():
             raise UsageError(f"{flag} {path} does not exist")
-    overrides = {"init": args.init} if args.init else {}
-    if args.loader_workers is not None:
-        overrides["workers"] = args.loader_workers
-    config = config.replace(**overrides)
+    config = config.replace(**common_flags.config_overrides(args))
 
     with start_progress(f"train {args.module}", config.iterations, "it", quiet=args.quiet) as progress:
 
