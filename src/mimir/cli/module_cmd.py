@@ -28,6 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--crossval", help="cross-validation folder (calibration.csv, metrics.csv, oof_predictions.csv)")
     build.add_argument("--out", required=True, help="module folder to write (or a path ending in .zip)")
     build.add_argument("--name", help="module name (default: the run's module)")
+    build.add_argument(
+        "--images", metavar="CACHE",
+        help="the image cache the run was trained on: adds the out-of-distribution description "
+        "(ood.safetensors) that gives predictions ood_score and ood_flag (docs/ood.md); the run's "
+        "validation exams set the flag's threshold. A run folder does not record its cache, so it is named here",
+    )
+    build.add_argument(
+        "--ood-features", metavar="KIND",
+        help="feature space of the OOD description: penultimate, stages, stages_full, image, or several "
+        "joined by '+' (default penultimate+image, the choice docs/ood.md measures)",
+    )
     common_flags.add_force(build, "the module at --out", overwrite_alias=True)
     build.set_defaults(handler=run_build)
 
@@ -60,7 +71,9 @@ def run_build(args: argparse.Namespace) -> int:
     from mimir.inference.modules import build_module
 
     common_flags.check_replaceable([Path(args.out)], args.force)
-    out = build_module(args.run, args.crossval, args.out, args.name, overwrite=args.force)
+    out = build_module(
+        args.run, args.crossval, args.out, args.name, overwrite=args.force, images=args.images, ood_features=args.ood_features
+    )
     print(f"module written to {out}")
     return 0
 

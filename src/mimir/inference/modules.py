@@ -6,6 +6,9 @@ A module is a folder (or a .zip / .tar archive of that folder) holding
                            standardisation, calibration factor and cross-validation metrics,
                            provenance, and the sha256 of the weights
     weights.safetensors    the network's state dict (torchvision ResNet names)
+    ood.safetensors        optional: the description of the training images for the
+                           out-of-distribution flag (mimir.inference.ood); module.json's `ood`
+                           block records its summary and sha256 (modules without it load as before)
 
 Nothing in it is pickled, so loading a module from a stranger cannot execute code. Loading
 checks, in this order, the format version, the input representation, the weights' size and
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from mimir.inference.ood import OODDescription
     from mimir.network import MeanVarianceResNet
     from mimir.runs.standardization import Standardization
 
@@ -60,6 +64,7 @@ FORMAT_NAME = "mimir-module"
 FORMAT_VERSION = 1
 SPEC_FILE = "module.json"
 WEIGHTS_FILE = "weights.safetensors"
+OOD_FILE = "ood.safetensors"
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 #: Metrics columns of a cross-validation metrics table that describe the target, not the fit.
 _DESCRIPTIVE_METRIC_COLUMNS = frozenset({"name", "module", "ukb_field", "unit", "kind", "target"})
@@ -100,6 +105,10 @@ class ModuleChecksumError(ModuleFormatError):
 
 class ModuleWeightsError(ModuleFormatError):
     """The weights file is not a readable safetensors file."""
+
+
+class ModuleOODError(ModuleFormatError):
+    """The module's OOD description (ood.safetensors) is missing, altered or unreadable."""
 
 
 class ModuleShapeError(ModuleFormatError):
@@ -164,6 +173,8 @@ class ModuleSpec:
     weights_sha256: str = ""
     weights_bytes: int = 0
     format_version: int = FORMAT_VERSION
+    #: The OOD description's summary plus its file, sha256 and bytes; None: the module has none.
+    ood: dict[str, Any] | None = None
 
     @property
     def target_names(self) -> tuple[str, ...]:
@@ -201,6 +212,8 @@ class ModuleSpec:
             },
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256, "bytes": self.weights_bytes},
         }
+        if self.ood is not None:
+            document["ood"] = self.ood
         return json.dumps(_json_safe(document), indent=1, allow_nan=False) + "\n"
 
     @classmethod
@@ -313,7 +326,22 @@ def _spec_from_document(document: Mapping[str, Any]) -> ModuleSpec:
         weights_sha256=checksum,
         weights_bytes=_get(weights_block, "bytes", int, "weights."),
         format_version=_get(document, "format_version", int, ""),
+        ood=_ood_block(document),
     )
+
+
+def _ood_block(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The optional `ood` block: its file, sha256 and size are checked here, the rest by mimir.inference.ood."""
+    if document.get("ood") is None:
+        return None
+    block = _get(document, "ood", dict, "")
+    if _get(block, "file", str, "ood.") != OOD_FILE:
+        raise ModuleSpecError(f"{SPEC_FILE}: ood.file must be {OOD_FILE!r}")
+    checksum = _get(block, "sha256", str, "ood.")
+    if len(checksum) != 64 or any(char not in "0123456789abcdef" for char in checksum):
+        raise ModuleSpecError(f"{SPEC_FILE}: ood.sha256 is not a sha256 hex digest: {checksum!r}")
+    _get(block, "bytes", int, "ood.")
+    return dict(block)
 
 
 def _target_from_document(item: Any, index: int) -> TargetSpec:
@@ -528,12 +556,18 @@ def check_module_output(out: Path | str, *, overwrite: bool) -> Path:
 
 
 def save_module(
-    spec: ModuleSpec, state_dict: Mapping[str, torch.Tensor], out: Path | str, *, overwrite: bool = False
+    spec: ModuleSpec,
+    state_dict: Mapping[str, torch.Tensor],
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    ood: OODDescription | None = None,
 ) -> Path:
     """Write a module folder (or a .zip when `out` ends so) atomically; returns `out`.
 
     The checksum, size and creation date in `spec` are filled in here; the state dict is checked
-    against the architecture first, so a module that cannot load is never written.
+    against the architecture first, so a module that cannot load is never written. `ood` adds
+    the out-of-distribution description (OOD_FILE, its summary and sha256 in module.json).
     """
     from safetensors.torch import save as safetensors_bytes
 
@@ -549,10 +583,16 @@ def save_module(
     # would make the same weights a different file (and checksum) on every build.
     weights = safetensors_bytes(tensors, metadata={"format": FORMAT_NAME})
     provenance = dataclasses.replace(spec.provenance, created=spec.provenance.created or now_iso())
+    ood_bytes = ood.to_bytes() if ood is not None else None
     final = dataclasses.replace(
-        spec, provenance=provenance, weights_sha256=sha256_hex(weights), weights_bytes=len(weights)
+        spec, provenance=provenance, weights_sha256=sha256_hex(weights), weights_bytes=len(weights),
+        ood=None if ood is None or ood_bytes is None else {
+            "file": OOD_FILE, "sha256": sha256_hex(ood_bytes), "bytes": len(ood_bytes), **ood.summary(),
+        },
     )
     files = {SPEC_FILE: final.to_json().encode("utf-8"), WEIGHTS_FILE: weights}
+    if ood_bytes is not None:
+        files[OOD_FILE] = ood_bytes
     kept = "nothing was written" + (" (the module already there is unchanged)" if out.exists() else "")
     with reported_write(out, kept):
         if _is_archive(out):
@@ -624,11 +664,44 @@ def _checked_weights(path: Path, spec: ModuleSpec) -> bytes:
 
 
 def verify_module(path: Path | str) -> ModuleSpec:
-    """The spec of a module whose weights match it (no torch; the representation is not judged)."""
+    """The spec of a module whose weights (and OOD description) match it (no torch; the
+    representation is not judged)."""
     path = Path(path)
     spec = read_spec(path)
     _checked_weights(path, spec)
+    _checked_ood_bytes(path, spec)
     return spec
+
+
+def _checked_ood_bytes(path: Path, spec: ModuleSpec) -> bytes | None:
+    """The OOD description's bytes after their size and checksum were checked; None without one."""
+    if spec.ood is None:
+        return None
+    try:
+        data = _read_member(path, OOD_FILE)
+    except ModuleMissingFileError as error:
+        raise ModuleOODError(f"{path}: module.json records an OOD description but {OOD_FILE} is missing") from error
+    if len(data) != spec.ood["bytes"] or sha256_hex(data) != spec.ood["sha256"]:
+        raise ModuleOODError(
+            f"{path}: {OOD_FILE} does not match module.json (sha256 {sha256_hex(data)[:16]}..., {len(data)} bytes; "
+            f"expected {str(spec.ood['sha256'])[:16]}..., {spec.ood['bytes']} bytes): altered or corrupted"
+        )
+    return data
+
+
+def read_ood(path: Path | str, spec: ModuleSpec | None = None) -> OODDescription | None:
+    """The module's OOD description, checked against module.json; None for a module without one."""
+    from mimir.inference.ood import OODDescription, OODError
+
+    path = Path(path)
+    spec = spec or read_spec(path)
+    data = _checked_ood_bytes(path, spec)
+    if data is None or spec.ood is None:
+        return None
+    try:
+        return OODDescription.from_parts(spec.ood, data, f"{path}: {OOD_FILE}")
+    except OODError as error:
+        raise ModuleOODError(str(error)) from error
 
 
 def load_module(
@@ -705,6 +778,17 @@ def inspect_module(path: Path | str) -> tuple[str, bool]:
         f"  log-variance clamp: {'none' if spec.log_var_range is None else list(spec.log_var_range)}",
         f"  weights: {WEIGHTS_FILE}, {spec.weights_bytes / 1e6:.1f} MB, sha256 {spec.weights_sha256[:16]}...: {weights_state}",
     ]
+    if spec.ood is not None:
+        from mimir.inference.ood import describe_summary
+
+        try:
+            _checked_ood_bytes(path, spec)
+            ood_state = "OK"
+        except ModuleFormatError as error:
+            ood_state, weights_ok = f"FAILED: {type(error).__name__}: {error}", False
+        lines.append(f"  OOD description: {OOD_FILE}, {describe_summary(spec.ood)}: {ood_state}")
+    else:
+        lines.append("  OOD description: none (no out-of-distribution flag)")
     lines += [f"  note: {note}" for note in provenance.notes]
     metric_names = [name for name in _SHOWN_METRICS if any(name in t.cv_metrics for t in spec.targets)]
     header = f"  {'target':<34}{'unit':<11}{'field':>7}{'calib.':>9}{'sd p99':>10}" + "".join(
@@ -881,9 +965,22 @@ def held_out_flag_rate(sd: np.ndarray, folds: np.ndarray) -> float | None:
 
 
 def build_module(
-    run: Path | str, crossval: Path | str | None, out: Path | str, name: str | None = None, *, overwrite: bool = False
+    run: Path | str,
+    crossval: Path | str | None,
+    out: Path | str,
+    name: str | None = None,
+    *,
+    overwrite: bool = False,
+    images: Path | str | None = None,
+    ood_features: str | None = None,
 ) -> Path:
-    """A module from a finished training run and, ideally, its cross-validation folder."""
+    """A module from a finished training run and, ideally, its cross-validation folder.
+
+    `images`, the image cache the run was trained on (a run folder does not record where its
+    images were), adds the out-of-distribution description (`mimir.inference.ood`, features
+    `ood_features`, default DEFAULT_FEATURES): the run's validation exams (val_predictions.csv)
+    set the flag's threshold, the cache's other images are its training exams.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -948,4 +1045,47 @@ def build_module(
         input_pool=config.input_pool,
         log_var_range=config.log_var_range,
     )
-    return save_module(spec, state, out, overwrite=overwrite)
+    ood = None
+    if images is not None:
+        ood = describe_run_images(run_folder, spec, state, Path(images), ood_features)
+        spec = dataclasses.replace(spec, provenance=dataclasses.replace(spec.provenance, data={
+            **spec.provenance.data, "ood_images": Path(images).resolve().name,
+        }))
+    return save_module(spec, state, out, overwrite=overwrite, ood=ood)
+
+
+def describe_run_images(
+    run_folder: RunFolder, spec: ModuleSpec, state: Mapping[str, torch.Tensor], images: Path, features: str | None
+) -> OODDescription:
+    """The OOD description of the cache a run was trained on, its validation exams held out."""
+    import pandas as pd
+
+    from mimir.imaging.cache import ExamId, cached_exams
+    from mimir.inference.ood import DEFAULT_FEATURES, OODError, describe_cache, feature_parts
+    from mimir.network import MeanVarianceResNet
+
+    features = features or DEFAULT_FEATURES
+    try:
+        feature_parts(features)
+    except OODError as error:
+        raise ModuleBuildError(str(error)) from error
+    if not images.is_dir():
+        raise ModuleMissingFileError(f"image cache not found: {images}")
+    exams = [(exam.stem, exam.image) for exam in cached_exams(images)]
+    held_out: set[str] = set()
+    if run_folder.val_predictions.is_file():
+        validation = pd.read_csv(run_folder.val_predictions, usecols=["eid", "instance"])
+        keys = set(zip(validation["eid"].astype(int), validation["instance"].astype(int), strict=True))
+        for stem, _ in exams:
+            exam_id = ExamId.from_stem(stem)
+            if (exam_id.eid, exam_id.instance) in keys:
+                held_out.add(stem)
+    else:
+        logger.warning("%s has no validation exams: the OOD threshold comes from cross-fitted training distances",
+                       run_folder.path)
+    network = MeanVarianceResNet(spec.architecture, len(spec.targets), spec.input_pool)
+    network.load_state_dict(dict(state), strict=True)
+    try:
+        return describe_cache(network.eval(), exams, held_out, features)
+    except OODError as error:
+        raise ModuleBuildError(f"{images}: {error}") from error

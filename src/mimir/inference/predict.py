@@ -53,7 +53,7 @@ from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
-from mimir.inference.modules import ModuleSpec, load_module, read_spec
+from mimir.inference.modules import ModuleSpec, load_module, read_ood, read_spec
 from mimir.inference.postprocess import postprocess
 from mimir.inference.runner import ModuleRunner, network_input
 from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     from mimir.imaging.read import ExamInput
     from mimir.inference.batching import CachedExam, ImageBatch
+    from mimir.inference.ood import OODDescription
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ def run_prediction(
     timings: dict[str, float] = {}
     loading = time.perf_counter()
     runners = [ModuleRunner(load_module(path, device), autocast_dtype) for path in modules]
+    ood = [read_ood(path, runner.spec) for path, runner in zip(modules, runners, strict=True)]
     timings["load modules"] = time.perf_counter() - loading
 
     n_workers = options.workers if options.workers is not None else default_workers()
@@ -247,7 +249,7 @@ def run_prediction(
         denormals_flushed(),
     ):
         rows = _initial_rows(resolved, cache_path)
-        predictor = _BatchPredictor(rows, runners, options.column_names)
+        predictor = _BatchPredictor(rows, runners, options.column_names, ood)
         overlap = device.startswith("cuda") if options.overlap is None else options.overlap
         if resolved.raw and overlap:
             assert cache_path is not None
@@ -368,10 +370,19 @@ def _record_outcome(row: ExamRow, outcome: ExamOutcome, cache: Path) -> Path | N
 class _BatchPredictor:
     """Every module on batches of images, in whatever order they come, into arrays by table row."""
 
-    def __init__(self, rows: Sequence[ExamRow], runners: Sequence[ModuleRunner], column_names: str) -> None:
+    def __init__(
+        self,
+        rows: Sequence[ExamRow],
+        runners: Sequence[ModuleRunner],
+        column_names: str,
+        ood: Sequence[OODDescription | None] | None = None,
+    ) -> None:
         self.rows = rows
         self.runners = runners
         self.column_names = column_names
+        #: Per module, its OOD description (None: the module has none) and each row's distance.
+        self.ood = list(ood) if ood is not None else [None] * len(runners)
+        self.ood_distances = [None if description is None else np.full(len(rows), np.nan) for description in self.ood]
         self.index = {row.stem: position for position, row in enumerate(rows)}
         self.means = [np.full((len(rows), len(runner.spec.targets)), np.nan) for runner in runners]
         self.sds = [np.full_like(mean, np.nan) for mean in self.means]
@@ -397,7 +408,29 @@ class _BatchPredictor:
                 self.module_seconds[number] += time.perf_counter() - started
                 mean, sd = postprocess(raw, runner.spec)
                 self.means[number][positions], self.sds[number][positions] = mean, sd
+                self._score_ood(number, network_in, positions)
         self.settled += len(batch.stems) + len(batch.failures)
+
+    def _score_ood(self, number: int, network_in: torch.Tensor, positions: np.ndarray) -> None:
+        """The distance of each exam from module `number`'s training images (a float32 pass of
+        its network to the features its OOD description is made of)."""
+        from mimir.inference.ood import extract_features
+
+        description, distances = self.ood[number], self.ood_distances[number]
+        if description is None or distances is None:
+            return
+        started = time.perf_counter()
+        features = extract_features(self.runners[number].network, network_in, description.features)
+        distances[positions] = description.distances(features)
+        self.module_seconds[number] += time.perf_counter() - started
+
+    def ood_columns(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(module, ood score, flagged) of each module that has an OOD description."""
+        return [
+            (runner.spec.name, description.score(distances), description.flagged(distances))
+            for runner, description, distances in zip(self.runners, self.ood, self.ood_distances, strict=True)
+            if description is not None and distances is not None
+        ]
 
     def timings(self) -> dict[str, float]:
         return {
@@ -407,7 +440,7 @@ class _BatchPredictor:
 
     def table(self) -> pd.DataFrame:
         specs = [runner.spec for runner in self.runners]
-        return build_table(self.rows, specs, self.means, self.sds, column_names=self.column_names)
+        return build_table(self.rows, specs, self.means, self.sds, column_names=self.column_names, ood=self.ood_columns())
 
 
 def _compress_then_predict(
