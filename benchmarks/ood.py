@@ -187,6 +187,152 @@ def _append_truth(out: Path, cohort: str, row: dict) -> None:
     frame.to_csv(path, mode="a", header=not path.is_file(), index=False)
 
 
+# training and the module -------------------------------------------------------------------------
+def _split(out: Path, held_out: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The train cohort's targets, its training and its held-out (validation) exams."""
+    truth = pd.read_csv(_truth_path(out, "train")).drop_duplicates("eid").sort_values("eid").reset_index(drop=True)
+    truth = truth[[(out / "caches" / "train" / f"{eid}_20201_{INSTANCE}_0.npy").is_file() for eid in truth["eid"]]]
+    n_held = max(1, round(held_out * len(truth)))
+    order = np.random.default_rng(0).permutation(len(truth))
+    held = truth.iloc[np.sort(order[:n_held])]
+    train = truth.iloc[np.sort(order[n_held:])]
+    return truth[["eid", "instance", *TARGETS]], train[["eid", "instance"]], held[["eid", "instance"]]
+
+
+def train_module(args: argparse.Namespace) -> None:
+    from mimir.learn.train import train
+    from mimir.runs.config import TrainConfig
+
+    run = args.out / "run"
+    if (run / "weights.safetensors").is_file():
+        logger.info("train: %s is finished", run)
+        return
+    targets, train_ids, val_ids = _split(args.out, args.held_out)
+    config = TrainConfig.load(args.config).replace(
+        modules={MODULE: TARGETS}, iterations=args.iterations, lr_milestones=[int(0.8 * args.iterations)],
+        checkpoint_every=max(1, args.iterations // 3), input_pool=args.input_pool,
+    )
+    logger.info("train: %d training, %d held-out exams, %d iterations", len(train_ids), len(val_ids), args.iterations)
+    started = time.perf_counter()
+    train(config, args.out / "caches" / "train", targets, MODULE, run, train_ids=train_ids, val_ids=val_ids,
+          device="cpu", resume=run.is_dir())
+    logger.info("train: %.0f s", time.perf_counter() - started)
+
+
+def build_ood_module(args: argparse.Namespace) -> None:
+    from mimir.inference.modules import build_module
+
+    module = args.out / "module"
+    if module.is_dir():
+        logger.info("module: %s exists", module)
+        return
+    started = time.perf_counter()
+    build_module(args.out / "run", None, module, images=args.out / "caches" / "train", ood_features=args.features)
+    logger.info("module: built with its OOD description in %.0f s", time.perf_counter() - started)
+
+
+# scoring ------------------------------------------------------------------------------------------
+SCORED = ("test", "test_swap", "test_station", "test_flip", "protocol", "phantom")
+LABELS = {
+    "test": "same generator, another seed (in distribution)",
+    "test_swap": "water and fat swapped",
+    "test_station": "one station zero-filled",
+    "test_flip": "flipped head to foot",
+    "protocol": "other protocol (noise x4, coil field x3, 3 mm slices)",
+    "phantom": "other phantom (tissue signals)",
+}
+#: The feature spaces compared (each a description fitted on the same training and held-out exams).
+COMPARED = ("penultimate", "stages", "stages_full", "image", "penultimate+image", "stages+image", "stages_full+image")
+
+
+def score(args: argparse.Namespace) -> None:
+    from mimir.inference.predict import PredictOptions, run_prediction
+
+    caches = args.out / "caches"
+    module = args.out / "module"
+    results: dict[str, dict] = {}
+    for name in SCORED:
+        started = time.perf_counter()
+        table = run_prediction([caches / name], [module], PredictOptions(device="cpu", workers=1)).table
+        flagged = table["ood_flag"].astype(str) != ""
+        results[name] = {
+            "n": int(len(table)), "flagged": int(flagged.sum()), "rate": float(flagged.mean()),
+            "median_score": float(table["ood_score"].median()), "seconds": time.perf_counter() - started,
+        }
+        if name == "test_station":
+            truth = pd.read_csv(_truth_path(args.out, "test")).drop_duplicates("eid")
+            station = dict(zip(truth["eid"].astype(int), truth["station"].astype(int), strict=True))
+            by_station = pd.DataFrame({"station": [station[int(eid)] for eid in table["eid"]], "flagged": flagged})
+            results[name]["by_station"] = {
+                int(key): [int(group["flagged"].sum()), int(len(group))] for key, group in by_station.groupby("station")
+            }
+    comparison = compare_features(args)
+    record = {"module": str(module), "features": args.features, "prediction": results, "comparison": comparison}
+    (args.out / "results.json").write_text(json.dumps(record, indent=1))
+    print(markdown(record))
+
+
+def _features_of(network, folder: Path, stems: list[str] | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Every compared base feature kind of the images in `folder` (or of `stems` there)."""
+    import torch
+
+    from mimir.imaging.cache import load_image
+    from mimir.inference.ood import FEATURE_KINDS, extract_features
+    from mimir.network import images_to_input
+
+    paths = sorted(folder.glob("*.npy"))
+    if stems is not None:
+        wanted = set(stems)
+        paths = [path for path in paths if path.stem in wanted]
+    kinds: dict[str, list[np.ndarray]] = {kind: [] for kind in FEATURE_KINDS}
+    for start in range(0, len(paths), 16):
+        images = torch.from_numpy(np.stack([load_image(path) for path in paths[start : start + 16]]))
+        network_in = images_to_input(images)
+        for kind in FEATURE_KINDS:
+            kinds[kind].append(extract_features(network, network_in, kind))
+    return [path.stem for path in paths], {kind: np.concatenate(parts) for kind, parts in kinds.items()}
+
+
+def _combined(parts: dict[str, np.ndarray], features: str) -> np.ndarray:
+    return np.concatenate([parts[kind] for kind in features.split("+")], axis=1)
+
+
+def compare_features(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Per compared feature space: the flag rate of each scored cohort, description fitted here."""
+    from mimir.inference.modules import load_module
+    from mimir.inference.ood import fit_description
+
+    network = load_module(args.out / "module", "cpu").network
+    _, train_ids, val_ids = _split(args.out, args.held_out)
+    stem = "{}_20201_%d_0" % INSTANCE
+    _, train = _features_of(network, args.out / "caches" / "train", [stem.format(eid) for eid in train_ids["eid"]])
+    _, held = _features_of(network, args.out / "caches" / "train", [stem.format(eid) for eid in val_ids["eid"]])
+    scored = {name: _features_of(network, args.out / "caches" / name)[1] for name in SCORED}
+    comparison: dict[str, dict[str, float]] = {}
+    for features in COMPARED:
+        described = fit_description(_combined(train, features), _combined(held, features), features)
+        comparison[features] = {
+            name: float(np.mean(described.flagged(described.distances(_combined(parts, features)))))
+            for name, parts in scored.items()
+        }
+        comparison[features]["dimension"] = float(_combined(train, features).shape[1])
+        logger.info("features %s: %s", features, comparison[features])
+    return comparison
+
+
+def markdown(record: dict) -> str:
+    lines = ["| input | exams | flagged | rate | median ood_score |", "|---|---|---|---|---|"]
+    for name, result in record["prediction"].items():
+        lines.append(f"| {LABELS[name]} | {result['n']} | {result['flagged']} | {100 * result['rate']:.1f} % | {result['median_score']:.1f} |")
+    by_station = record["prediction"].get("test_station", {}).get("by_station", {})
+    if by_station:
+        lines += ["", "zero-filled station: " + ", ".join(f"station {k}: {v[0]}/{v[1]}" for k, v in sorted(by_station.items()))]
+    lines += ["", "| features | dims | " + " | ".join(LABELS[name] for name in SCORED) + " |", "|---|---|" + "---|" * len(SCORED)]
+    for features, rates in record["comparison"].items():
+        lines.append(f"| {features} | {int(rates['dimension'])} | " + " | ".join(f"{100 * rates[name]:.1f} %" for name in SCORED) + " |")
+    return "\n".join(lines)
+
+
 # main ---------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,6 +344,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=float, default=0.25, help="share of the train cohort held out (validation)")
     parser.add_argument("--config", default="cpu-small")
     parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--input-pool", type=int, default=2, help="input pooling of the trained network (cpu-small: 2)")
+    parser.add_argument("--features", default=None, help="OOD features of the module (default: mimir's default)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
