@@ -213,3 +213,36 @@ def test_perturbed_images_score_higher_than_unseen_ones(ood_module, tmp_path):
             assert (table["ood_flag"] == "organs").all(), name
     for name in ("swapped", "flipped", "zeroed"):
         assert scores[name].min() > np.median(scores["fresh"]), name
+
+
+def test_build_describes_the_run_cache_with_its_validation_exams_held_out(tmp_path):
+    from safetensors.torch import save_file
+
+    from mimir.inference.modules import ModuleMissingFileError, build_module
+    from mimir.runs.config import TrainConfig
+    from mimir.runs.standardization import Standardization
+
+    run = tmp_path / "run"
+    run.mkdir()
+    state = helpers.realistic_state(2, _training_images(4), 0)
+    save_file({key: value.contiguous() for key, value in state.items()}, str(run / "weights.safetensors"))
+    standardization = Standardization("organs", ("liverFat", "liverVolume"), np.array([5.0, 1.6]), np.array([4.0, 0.3]), np.array([40, 38]))
+    (run / "standardization.json").write_text(standardization.to_json())
+    TrainConfig(architecture="resnet18", input_pool=4).write_toml(run / "config.toml")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    eids = [4000000 + index for index in range(30)]
+    for index, eid in enumerate(eids):
+        np.save(cache / f"{eid}_20201_2_0.npy", helpers.realistic_image(400 + index))
+
+    without_validation = build_module(run, None, tmp_path / "cross_fitted", images=cache, ood_features="image")
+    assert read_spec(without_validation).ood["threshold_source"] == "cross-fitted training"
+
+    (run / "val_predictions.csv").write_text("eid,instance,liverFat,liverFat_sd\n" + "".join(f"{eid},2,1,1\n" for eid in eids[:8]))
+    module = build_module(run, None, tmp_path / "held_out", images=cache)
+    spec = verify_module(module)
+    assert spec.ood["n_train"] == 22 and spec.ood["n_held_out"] == 8
+    assert spec.ood["threshold_source"] == "held-out" and spec.ood["features"] == "penultimate+image"
+    assert spec.provenance.data["ood_images"] == "cache"
+    with pytest.raises(ModuleMissingFileError, match="image cache not found"):
+        build_module(run, None, tmp_path / "none", images=tmp_path / "absent")

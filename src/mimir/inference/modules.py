@@ -1071,7 +1071,7 @@ def describe_run_images(
         raise ModuleBuildError(str(error)) from error
     if not images.is_dir():
         raise ModuleMissingFileError(f"image cache not found: {images}")
-    exams = [(exam.stem, exam.image) for exam in cached_exams(images)]
+    exams = [(exam.path.stem, exam.path) for exam in cached_exams(images)]
     held_out: set[str] = set()
     if run_folder.val_predictions.is_file():
         validation = pd.read_csv(run_folder.val_predictions, usecols=["eid", "instance"])
