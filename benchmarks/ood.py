@@ -210,7 +210,7 @@ def train_module(args: argparse.Namespace) -> None:
     targets, train_ids, val_ids = _split(args.out, args.held_out)
     config = TrainConfig.load(args.config).replace(
         modules={MODULE: TARGETS}, iterations=args.iterations, lr_milestones=[int(0.8 * args.iterations)],
-        checkpoint_every=max(1, args.iterations // 3), input_pool=args.input_pool,
+        checkpoint_every=max(1, args.iterations // 3), input_pool=args.input_pool, autocast="float32",
     )
     logger.info("train: %d training, %d held-out exams, %d iterations", len(train_ids), len(val_ids), args.iterations)
     started = time.perf_counter()
