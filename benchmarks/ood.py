@@ -211,6 +211,7 @@ def train_module(args: argparse.Namespace) -> None:
     config = TrainConfig.load(args.config).replace(
         modules={MODULE: TARGETS}, iterations=args.iterations, lr_milestones=[int(0.8 * args.iterations)],
         checkpoint_every=max(1, args.iterations // 3), input_pool=args.input_pool, autocast="float32",
+        batch_size=args.batch_size, channels_last=False, workers=0,
     )
     logger.info("train: %d training, %d held-out exams, %d iterations", len(train_ids), len(val_ids), args.iterations)
     started = time.perf_counter()
@@ -297,17 +298,32 @@ def _combined(parts: dict[str, np.ndarray], features: str) -> np.ndarray:
     return np.concatenate([parts[kind] for kind in features.split("+")], axis=1)
 
 
-def compare_features(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Per compared feature space: the flag rate of each scored cohort, description fitted here."""
+def all_features(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Every base feature kind of the training, held-out and scored exams (kept in features.npz)."""
     from mimir.inference.modules import load_module
-    from mimir.inference.ood import fit_description
 
+    saved = args.out / "features.npz"
+    if saved.is_file():
+        arrays = dict(np.load(saved))
+        unpack = lambda prefix: {key.split("/", 1)[1]: value for key, value in arrays.items() if key.split("/", 1)[0] == prefix}  # noqa: E731
+        return unpack("train"), unpack("held"), {name: unpack(name) for name in SCORED}
     network = load_module(args.out / "module", "cpu").network
     _, train_ids, val_ids = _split(args.out, args.held_out)
     stem = "{}_20201_%d_0" % INSTANCE
     _, train = _features_of(network, args.out / "caches" / "train", [stem.format(eid) for eid in train_ids["eid"]])
     _, held = _features_of(network, args.out / "caches" / "train", [stem.format(eid) for eid in val_ids["eid"]])
     scored = {name: _features_of(network, args.out / "caches" / name)[1] for name in SCORED}
+    groups = {"train": train, "held": held, **scored}
+    np.savez(saved, **{f"{group}/{kind}": value for group, parts in groups.items() for kind, value in parts.items()})
+    return train, held, scored
+
+
+def compare_features(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Per compared feature space: the flag rate of each scored cohort, description fitted here."""
+    from mimir.inference.modules import load_module
+    from mimir.inference.ood import fit_description
+
+    train, held, scored = all_features(args)
     comparison: dict[str, dict[str, float]] = {}
     for features in COMPARED:
         described = fit_description(_combined(train, features), _combined(held, features), features)
@@ -343,11 +359,16 @@ def main() -> None:
     parser.add_argument("--n-shift", type=int, default=80, help="subjects of the protocol and phantom cohorts")
     parser.add_argument("--held-out", type=float, default=0.25, help="share of the train cohort held out (validation)")
     parser.add_argument("--config", default="cpu-small")
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--input-pool", type=int, default=2, help="input pooling of the trained network (cpu-small: 2)")
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--input-pool", type=int, default=4, help="input pooling of the trained network (64 x 64 input)")
     parser.add_argument("--features", default=None, help="OOD features of the module (default: mimir's default)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)  # on a shared, busy CPU one thread wastes no time waiting on others
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     args.out.mkdir(parents=True, exist_ok=True)
     sizes = {"train": args.n_train, "test": args.n_test, "protocol": args.n_shift, "phantom": args.n_shift}

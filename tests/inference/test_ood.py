@@ -242,7 +242,7 @@ def test_build_describes_the_run_cache_with_its_validation_exams_held_out(tmp_pa
     module = build_module(run, None, tmp_path / "held_out", images=cache)
     spec = verify_module(module)
     assert spec.ood["n_train"] == 22 and spec.ood["n_held_out"] == 8
-    assert spec.ood["threshold_source"] == "held-out" and spec.ood["features"] == "penultimate+image"
+    assert spec.ood["threshold_source"] == "held-out" and spec.ood["features"] == "stages+image"
     assert spec.provenance.data["ood_images"] == "cache"
     with pytest.raises(ModuleMissingFileError, match="image cache not found"):
         build_module(run, None, tmp_path / "none", images=tmp_path / "absent")

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--ood-features", metavar="KIND",
         help="feature space of the OOD description: penultimate, stages, stages_full, image, or several "
-        "joined by '+' (default penultimate+image, the choice docs/ood.md measures)",
+        "joined by '+' (default stages+image, the choice docs/ood.md measures)",
     )
     common_flags.add_force(build, "the module at --out", overwrite_alias=True)
     build.set_defaults(handler=run_build)

@@ -41,7 +41,8 @@ OOD_FILE = "ood.safetensors"
 OOD_FORMAT = "mimir-ood"
 #: The flag's default threshold: this percentile of held-out in-distribution exams' distances.
 DEFAULT_PERCENTILE = 99.0
-DEFAULT_COMPONENTS = 16
+#: None: every principal axis of the training exams (the exact Ledoit-Wolf distance).
+DEFAULT_COMPONENTS: int | None = None
 CROSS_FIT_FOLDS = 5
 #: Side of the average-pooled image the `image` features are made of (3 x 16 x 16 values).
 IMAGE_FEATURE_SIDE = 16
@@ -68,7 +69,7 @@ FEATURE_KINDS: dict[str, FeatureKind] = {
     # The image itself, average-pooled to 3 x 16 x 16: needs no network.
     "image": FeatureKind(image=True),
 }
-DEFAULT_FEATURES = "penultimate+image"
+DEFAULT_FEATURES = "stages+image"
 
 
 class OODError(MimirError, ValueError):
@@ -134,28 +135,49 @@ class _Reduction:
         return np.sqrt(np.maximum(mahalanobis, 0.0) + residual_term)
 
 
-def _fit_reduction(features: np.ndarray, n_components: int) -> _Reduction:
-    from sklearn.covariance import LedoitWolf
+def ledoit_wolf_shrinkage(values: np.ndarray) -> tuple[float, float]:
+    """scikit-learn's Ledoit-Wolf shrinkage (and the mean eigenvalue it shrinks towards) from the
+    N x N Gram matrix: the same number as `sklearn.covariance.ledoit_wolf_shrinkage`, without its
+    D x D work (seconds instead of minutes for thousands of features)."""
+    centred = values - values.mean(axis=0)
+    n, dimension = centred.shape
+    gram = centred @ centred.T
+    frobenius_sq = float(np.sum(gram**2))
+    eigen_mean = float(np.trace(gram)) / (n * dimension)
+    delta = frobenius_sq / n**2 / dimension - eigen_mean**2
+    beta = (float(np.sum(np.diag(gram) ** 2)) - frobenius_sq / n) / (n**2 * dimension)
+    shrinkage = 0.0 if delta <= 0 else min(beta, delta) / delta
+    return shrinkage, eigen_mean
+
+
+def _fit_reduction(features: np.ndarray, n_components: int | None = None) -> _Reduction:
+    """Ledoit-Wolf shrinkage covariance of the standardised features, held compactly.
+
+    The shrunk covariance (1 - a) S + a m I (S the sample covariance, m its mean eigenvalue)
+    is written through the principal axes of the training exams (at most N - 1 of them):
+    on those axes its inverse is 1 / ((1 - a) l + a m) per eigenvalue l, and off them 1 / (a m),
+    which the residual term carries. So the Mahalanobis distance is exact while the file holds
+    N x D numbers, not D x D. `n_components` keeps only that many axes (the rest is residual).
+    """
     from sklearn.decomposition import PCA
 
     features = np.asarray(features, dtype=np.float64)
+    n, dimension = features.shape
     mean = features.mean(axis=0)
     sd = features.std(axis=0)
-    # A feature that never varies in training (a channel that never fires) gets a floor, so that
-    # it firing on a new exam counts strongly but finitely.
-    floor = 0.01 * float(np.median(sd[sd > 0])) if np.any(sd > 0) else 1.0
-    scale = np.maximum(sd, floor)
+    # Features whose training sd is below the median get the median: a background pixel or a
+    # channel that never fires would otherwise weigh a thousand times more than the rest.
+    scale = np.maximum(sd, float(np.median(sd)) if np.any(sd > 0) else 1.0)
     standardised = (features - mean) / scale
-    k = max(1, min(n_components, features.shape[0] - 2, features.shape[1]))
+    shrinkage, eigen_mean = ledoit_wolf_shrinkage(standardised)
+    k = min(n - 1, dimension) if n_components is None else max(1, min(n_components, n - 1, dimension))
     pca = PCA(n_components=k, svd_solver="full").fit(standardised)
-    components = pca.components_
-    scores = standardised @ components.T
-    shrunk = LedoitWolf().fit(scores)
-    residual = standardised - scores @ components
-    residual_rms = float(np.sqrt(np.mean(np.sum(residual**2, axis=1))))
+    eigenvalues = pca.explained_variance_ * (n - 1) / n  # the 1/N covariance Ledoit-Wolf shrinks
+    off_axis = max(shrinkage * eigen_mean, 1e-12)
+    precision = np.diag(1.0 / ((1.0 - shrinkage) * eigenvalues + off_axis))
     return _Reduction(
-        feature_mean=mean, feature_scale=scale, components=components, location=shrunk.location_,
-        precision=shrunk.precision_, residual_rms=max(residual_rms, 1e-12),
+        feature_mean=mean, feature_scale=scale, components=pca.components_, location=np.zeros(k),
+        precision=precision, residual_rms=float(np.sqrt(off_axis)),
     )
 
 
@@ -260,7 +282,7 @@ def fit_description(
     held_out_features: np.ndarray | None,
     features: str,
     *,
-    n_components: int = DEFAULT_COMPONENTS,
+    n_components: int | None = DEFAULT_COMPONENTS,
     percentile: float = DEFAULT_PERCENTILE,
     folds: int = CROSS_FIT_FOLDS,
     seed: int = 0,
@@ -335,7 +357,7 @@ def describe_cache(
     features: str = DEFAULT_FEATURES,
     *,
     batch_size: int = 16,
-    n_components: int = DEFAULT_COMPONENTS,
+    n_components: int | None = DEFAULT_COMPONENTS,
     percentile: float = DEFAULT_PERCENTILE,
 ) -> OODDescription:
     """The description of cached images (stem, path): `held_out` stems set the threshold, the
