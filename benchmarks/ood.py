@@ -320,7 +320,6 @@ def all_features(args: argparse.Namespace) -> tuple[dict, dict, dict]:
 
 def compare_features(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Per compared feature space: the flag rate of each scored cohort, description fitted here."""
-    from mimir.inference.modules import load_module
     from mimir.inference.ood import fit_description
 
     train, held, scored = all_features(args)
