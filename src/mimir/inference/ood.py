@@ -1,15 +1,13 @@
 """Out-of-distribution flag: how far an exam lies from a module's training images.
 
 When a module is built with its training images, it stores a compact description of them in a
-feature space (`FEATURE_KINDS`): the features standardised, reduced by PCA, and a shrinkage
-(Ledoit-Wolf) covariance of the reduced scores. An exam's distance is its Mahalanobis distance
-in the reduced space combined with the size of what the reduction leaves out (the PCA residual,
-relative to the training exams' residuals), so a change in directions the training images never
-varied in counts too. The module also stores the training exams' distances, each computed by a
-description fitted without that exam (5-fold cross-fitting, so they are distances of unseen
-in-distribution exams), and a threshold: the 99th percentile of the distances of held-out
-in-distribution exams (the training run's validation exams), or, with none, of the cross-fitted
-training distances.
+feature space (`FEATURE_KINDS`): the features standardised and a Ledoit-Wolf shrinkage
+covariance of them, held through the training exams' principal axes (exact, N x D numbers). An
+exam's distance is its Mahalanobis distance under that covariance. The module also stores the
+training exams' distances, each computed by a description fitted without that exam (5-fold
+cross-fitting, so they are distances of unseen in-distribution exams), and a threshold: the 99th
+percentile of the distances of held-out in-distribution exams (the training run's validation
+exams), or, with none, of the cross-fitted training distances.
 
 Prediction reports `ood_score`, the percentage of training exams at or below the exam's distance
 (0-100, monotone in the distance), and flags the exam when the distance exceeds the threshold.
