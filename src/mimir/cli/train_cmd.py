@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_loader_workers(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     common_flags.add_exclude(parser, detail="the cached exams it names are left out of training and counted")
+    parser.add_argument(
+        "--validation", metavar="FILE",
+        help="a CSV of exams held out of training and validated on (eid, optional instance, default 2): "
+        "val_predictions.csv holds their predictions, and `mimir module build --images` sets the "
+        "out-of-distribution flag's threshold on them (docs/ood.md)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -63,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
                 postfix["val"] = f"{event.val_loss:.3f}"
             progress.show(event.iteration, postfix)
 
+        train_ids, val_ids = _validation_split(Path(args.targets), args.validation)
         result = train(
-            config, Path(args.cache), Path(args.targets), args.module, out,
+            config, Path(args.cache), Path(args.targets), args.module, out, train_ids=train_ids, val_ids=val_ids,
             device=args.device, resume=args.resume, progress=show, exclude=args.exclude,
         )
     final = result.history.iloc[-1] if len(result.history) else None
@@ -73,3 +80,22 @@ def run(args: argparse.Namespace) -> int:
     if args.exclude is not None:
         print(f"{result.excluded} cached exams left out: on the exclusion list {args.exclude}")
     return 0
+
+
+def _validation_split(targets: object, validation: str | None) -> tuple[object, object]:
+    """(training exams, validation exams) as tables of eid and instance: the targets table's exams
+    less those of `validation`; (None, None) without a validation file (every exam trains)."""
+    from pathlib import Path
+
+    from mimir.cli import UsageError
+    from mimir.learn.dataset import read_targets
+
+    if validation is None:
+        return None, None
+    if not Path(validation).is_file():
+        raise UsageError(f"--validation {validation} does not exist")
+    held = read_targets(Path(validation))[["eid", "instance"]].drop_duplicates()
+    every = read_targets(targets)[["eid", "instance"]]  # type: ignore[arg-type]
+    keys = set(zip(held["eid"], held["instance"], strict=True))
+    kept = [key not in keys for key in zip(every["eid"], every["instance"], strict=True)]
+    return every[kept], held

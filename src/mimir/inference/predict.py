@@ -53,7 +53,7 @@ from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
-from mimir.inference.modules import ModuleSpec, load_module, read_spec
+from mimir.inference.modules import ModuleSpec, load_module, read_ood, read_spec
 from mimir.inference.postprocess import combine_members
 from mimir.inference.runner import ModuleRunner, network_input
 from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
     from mimir.imaging.read import ExamInput
     from mimir.inference.batching import CachedExam, ImageBatch
+    from mimir.inference.ood import OODDescription
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +255,7 @@ def run_prediction(
     for path, spec in zip(modules, specs, strict=True):
         members = None if options.members is None else min(options.members, spec.n_members)
         runners.append(ModuleRunner(load_module(path, device, members=members), autocast_dtype, members=members))
+    ood = [read_ood(path, runner.spec) for path, runner in zip(modules, runners, strict=True)]
     timings["load modules"] = time.perf_counter() - loading
 
     n_workers = options.workers if options.workers is not None else default_workers()
@@ -263,7 +265,7 @@ def run_prediction(
         denormals_flushed(),
     ):
         rows = _initial_rows(resolved, cache_path)
-        predictor = _BatchPredictor(rows, runners, options.column_names)
+        predictor = _BatchPredictor(rows, runners, options.column_names, ood)
         overlap = device.startswith("cuda") if options.overlap is None else options.overlap
         if resolved.raw and overlap:
             assert cache_path is not None
@@ -395,10 +397,19 @@ def _record_outcome(row: ExamRow, outcome: ExamOutcome, cache: Path) -> Path | N
 class _BatchPredictor:
     """Every module on batches of images, in whatever order they come, into arrays by table row."""
 
-    def __init__(self, rows: Sequence[ExamRow], runners: Sequence[ModuleRunner], column_names: str) -> None:
+    def __init__(
+        self,
+        rows: Sequence[ExamRow],
+        runners: Sequence[ModuleRunner],
+        column_names: str,
+        ood: Sequence[OODDescription | None] | None = None,
+    ) -> None:
         self.rows = rows
         self.runners = runners
         self.column_names = column_names
+        #: Per module, its OOD description (None: the module has none) and each row's distance.
+        self.ood = list(ood) if ood is not None else [None] * len(runners)
+        self.ood_distances = [None if description is None else np.full(len(rows), np.nan) for description in self.ood]
         self.index = {row.stem: position for position, row in enumerate(rows)}
         self.means = [np.full((len(rows), len(runner.spec.targets)), np.nan) for runner in runners]
         self.sds = [np.full_like(mean, np.nan) for mean in self.means]
@@ -428,7 +439,30 @@ class _BatchPredictor:
                 self.means[number][positions], self.sds[number][positions] = mixture.mean, mixture.sd
                 self.aleatoric[number][positions] = mixture.sd_aleatoric
                 self.epistemic[number][positions] = mixture.sd_epistemic
+                self._score_ood(number, network_in, positions)
         self.settled += len(batch.stems) + len(batch.failures)
+
+    def _score_ood(self, number: int, network_in: torch.Tensor, positions: np.ndarray) -> None:
+        """The distance of each exam from module `number`'s training images (a float32 pass of
+        its network to the features its OOD description is made of)."""
+        from mimir.inference.ood import extract_features
+
+        description, distances = self.ood[number], self.ood_distances[number]
+        if description is None or distances is None:
+            return
+        started = time.perf_counter()
+        # member 0: the network the module's OOD description was made with
+        features = extract_features(self.runners[number].networks[0], network_in, description.features)
+        distances[positions] = description.distances(features)
+        self.module_seconds[number] += time.perf_counter() - started
+
+    def ood_columns(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(module, ood score, flagged) of each module that has an OOD description."""
+        return [
+            (runner.spec.name, description.score(distances), description.flagged(distances))
+            for runner, description, distances in zip(self.runners, self.ood, self.ood_distances, strict=True)
+            if description is not None and distances is not None
+        ]
 
     def timings(self) -> dict[str, float]:
         return {
@@ -442,7 +476,8 @@ class _BatchPredictor:
             (aleatoric, epistemic) if runner.spec.n_members > 1 else None
             for runner, aleatoric, epistemic in zip(self.runners, self.aleatoric, self.epistemic, strict=True)
         ]
-        return build_table(self.rows, specs, self.means, self.sds, column_names=self.column_names, components=components)
+        return build_table(self.rows, specs, self.means, self.sds, column_names=self.column_names, components=components,
+                           ood=self.ood_columns())
 
 
 def _compress_then_predict(
