@@ -295,12 +295,25 @@ def _load_synthetic_modules():
 
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two tiny modules (resnet18, pooled input) with realistic outputs: body (2 targets), organs (1)."""
+    """Two tiny modules (resnet18, pooled input) with realistic outputs: body (2 targets), and
+    organs (1), which carries an OOD description (so tables have ood_score and ood_flag)."""
+    import numpy as np
+    import torch
+
+    from mimir.inference.modules import load_module, read_spec, save_module
+    from mimir.inference.ood import extract_features, fit_description
+    from mimir.network import images_to_input
+
     helpers = _load_synthetic_modules()
     folder = tmp_path_factory.mktemp("cluster_modules")
+    organs = helpers.make_module(folder / "organs_plain", "organs", helpers.ORGAN_TARGETS, seed=2)
+    network = load_module(organs).network
+    images = torch.from_numpy(np.stack([helpers.realistic_image(100 + index) for index in range(24)]))
+    features = extract_features(network, images_to_input(images), "penultimate+image")
+    described = fit_description(features[:16], features[16:], "penultimate+image", n_components=4)
     return [
         helpers.make_module(folder / "body", "body", helpers.BODY_TARGETS, seed=1),
-        helpers.make_module(folder / "organs", "organs", helpers.ORGAN_TARGETS, seed=2),
+        save_module(read_spec(organs), network.state_dict(), folder / "organs", ood=described),
     ]
 
 
@@ -391,7 +404,7 @@ def test_gpu_shaped_prediction_runs_every_batch_on_the_gpu_worker_equals_a_local
 
     shutil.copytree(tmp_path / "cache", tmp_path / "local_cache")
     local = run_prediction(inputs, modules, PredictOptions(cache=tmp_path / "local_cache", device="cpu", batch_size=2, workers=1))
-    assert local.table["height"].notna().all()
+    assert local.table["height"].notna().all() and local.table["ood_score"].between(0, 100).all()
     pd.testing.assert_frame_equal(first.table, local.table, check_exact=False, rtol=1e-6, atol=1e-6)
     pd.testing.assert_frame_equal(again.table, local.table, check_exact=False, rtol=1e-6, atol=1e-6)
 

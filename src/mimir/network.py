@@ -85,6 +85,30 @@ class MeanVarianceResNet(nn.Module):
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
 
+    def features(
+        self, images: torch.Tensor, layers: tuple[str, ...] = ("layer4",), *, with_sd: bool = False, pool_input: bool = True
+    ) -> torch.Tensor:
+        """Per image, the spatial mean (and with `with_sd` the spatial sd) of each channel of the
+        named residual stages, concatenated: ("layer4",) alone is the penultimate layer, what the
+        final layer reads. `pool_input` False skips `input_pool`, so a network trained on pooled
+        input sees the full-resolution image (descriptions for the OOD flag, mimir.inference.ood)."""
+        x = images
+        if pool_input and self.input_pool > 1:
+            x = F.avg_pool2d(x, self.input_pool)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        stages = ("layer1", "layer2", "layer3", "layer4")
+        unknown = sorted(set(layers) - set(stages))
+        if not layers or unknown:
+            raise ValueError(f"features come from the stages {', '.join(stages)}; got {list(layers)}")
+        parts = []
+        for name in stages[: max(stages.index(layer) for layer in layers) + 1]:
+            x = getattr(self, name)(x)
+            if name in layers:
+                parts.append(x.mean(dim=(2, 3)))
+                if with_sd:
+                    parts.append(x.std(dim=(2, 3)))
+        return torch.cat(parts, dim=1)
+
 
 def split_output(
     output: torch.Tensor, log_var_range: tuple[float, float] = LOG_VAR_RANGE

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-#: What one exam contributes to its figure: exam name, prediction rows, cached image.
-ShownExam = tuple[str, "pd.DataFrame", "np.ndarray"]
+#: What one exam contributes to its figure: exam name, prediction rows, cached image, and the
+#: out-of-distribution note for its title ('' when no module has an OOD description).
+ShownExam = tuple[str, "pd.DataFrame", "np.ndarray", str]
 
 
 class ShowError(MimirError, ValueError):
@@ -68,14 +69,15 @@ def show_exam(
     else:
         with tempfile.TemporaryDirectory(prefix="mimir-show-") as temporary:
             shown = _predicted(exam, modules, Path(temporary), device, precision)
-    stem, rows, image = shown
+    stem, rows, image, note = shown
     saliency, caption = None, ""
     if explain is not None and modules:
         from mimir.explain.pipeline import image_saliency
 
         saliency = image_saliency(image, modules, explain, method=method, device=device)
         caption = f"where {explain}'s predicted mean comes from ({method})"
-    subject_figure(image, rows, title=_exam_title(stem), path=out, saliency=saliency, saliency_caption=caption)
+    title = _exam_title(stem) if not note else f"{_exam_title(stem)} - {note}"
+    subject_figure(image, rows, title=title, path=out, saliency=saliency, saliency_caption=caption)
     return out
 
 
@@ -112,7 +114,7 @@ def _predicted(exam: str | Path, modules: Sequence[str | Path], cache: Path, dev
     """Predict the one exam `exam` names, through `cache`."""
     from mimir.imaging.cache import image_path, load_image
     from mimir.inference.predict import PredictOptions, run_prediction
-    from mimir.inference.table import subject_predictions
+    from mimir.inference.table import ood_note, subject_predictions
 
     source = Path(exam) if Path(exam).exists() else image_path(cache, str(exam))
     if not source.exists():
@@ -125,13 +127,13 @@ def _predicted(exam: str | Path, modules: Sequence[str | Path], cache: Path, dev
     failure = str(table["failure"].iloc[0])
     if failure:
         raise ShowError(f"{stem} has no predictions: {failure}")
-    return stem, subject_predictions(table, stem), load_image(result.images[stem])
+    return stem, subject_predictions(table, stem), load_image(result.images[stem]), ood_note(table, stem)
 
 
 def _from_table(exam: Path, predictions: Path, cache: Path | None) -> ShownExam:
     """The exam's row of a predictions table, and its image from `cache` (default: beside the table)."""
     from mimir.imaging.cache import image_path, load_image
-    from mimir.inference.table import default_cache_for, read_predictions, subject_predictions
+    from mimir.inference.table import default_cache_for, ood_note, read_predictions, subject_predictions
 
     if not predictions.is_file():
         raise PathNotFoundError(f"{predictions}: no such predictions table")
@@ -142,4 +144,4 @@ def _from_table(exam: Path, predictions: Path, cache: Path | None) -> ShownExam:
     else:
         image_file = image_path(cache if cache is not None else default_cache_for(predictions), stem)
     rows = subject_predictions(table, stem)
-    return stem, rows, load_image(image_file)
+    return stem, rows, load_image(image_file), ood_note(table, stem)

@@ -60,6 +60,8 @@ MEANINGS = {
         "image: attributions that add up to the prediction but follow the image more than the module; "
         "docs/explain.md)"
     ),
+    "--init": "initial weights, overriding the config's init: imagenet, scratch, a weights file, or a MIMIR module to fine-tune from",
+    "--freeze": "parts of the initial network kept fixed, overriding the config's freeze",
     "--scheduler": "run on the Dask scheduler at this address (e.g. tcp://10.0.0.5:8786) instead of local processes",
     "--cluster": "start a Dask cluster on this batch system (dask-jobqueue) or on this machine (local), and run there",
     "--jobs": "batch jobs (workers for local) of --cluster",
@@ -299,6 +301,32 @@ def add_method(parser: argparse.ArgumentParser, *, detail: str | None = None) ->
 
 def add_exclude(parser: argparse.ArgumentParser, *, detail: str) -> None:
     parser.add_argument("--exclude", metavar="FILE", help=_help("--exclude", f"{EXCLUDE_FORMATS}; {detail}"))
+
+
+def add_init(parser: argparse.ArgumentParser) -> None:
+    """`--init` and `--freeze` of train and crossval (docs/finetune.md)."""
+    from mimir.runs.config import FREEZE_MODES
+
+    parser.add_argument(
+        "--init", metavar="INIT",
+        help=_help("--init", "a module (folder or archive) gives its backbone and the final-layer rows of the targets both share"),
+    )
+    parser.add_argument(
+        "--freeze", choices=FREEZE_MODES,
+        help=_help("--freeze", "none: nothing; stem: conv1 and bn1; backbone: all but the final layer (batch norms keep their statistics)"),
+    )
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The TrainConfig fields that --init, --freeze and --loader-workers set, when given."""
+    overrides: dict[str, object] = {}
+    if getattr(args, "init", None):
+        overrides["init"] = args.init
+    if getattr(args, "freeze", None):
+        overrides["freeze"] = args.freeze
+    if getattr(args, "loader_workers", None) is not None:
+        overrides["workers"] = args.loader_workers
+    return overrides
 
 
 def add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:

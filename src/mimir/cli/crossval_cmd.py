@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser.add_argument("--fold-ids", help="comma-separated folds to train here, e.g. 0,1,2 (default: all)")
     common_flags.add_device(run_parser)
     common_flags.add_loader_workers(run_parser)
-    run_parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
+    common_flags.add_init(run_parser)
     run_parser.add_argument("--baseline-size", type=int, default=16, help="ridge baseline: pooled image side, 3*size^2 features (default 16)")
     run_parser.add_argument("--no-baseline", action="store_true", help="skip the ridge-regression baseline")
     run_parser.add_argument("--no-report", action="store_true", help="merge without writing report.html")
@@ -126,8 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     for flag, path in (("--cache", Path(args.cache)), ("--targets", Path(args.targets))):
         if not path.exists():
             raise UsageError(f"{flag} {path} does not exist")
-    if args.loader_workers is not None:
-        config = config.replace(workers=args.loader_workers)
+    config = config.replace(**common_flags.config_overrides(args))
     baseline = None if args.no_baseline else BaselineConfig(size=args.baseline_size)
     where = common_flags.where_to_run(args, workers=1)
     with common_flags.executor_for(args, where) as executor, Stages("it", quiet=args.quiet) as stages:
@@ -139,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         result = run_crossval(
             config, Path(args.cache), Path(args.targets), args.module, out,
             folds=args.folds, fold_ids=_parse_fold_ids(args.fold_ids), device=args.device, progress=show,
-            init=args.init, baseline=baseline, exclude=args.exclude,
+            baseline=baseline, exclude=args.exclude,
             executor=None if where.local else executor,
         )
     if args.exclude is not None:

@@ -38,6 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--crossval", help="cross-validation folder (calibration.csv, metrics.csv, oof_predictions.csv)")
     build.add_argument("--out", required=True, help="module folder to write (or a path ending in .zip)")
     build.add_argument("--name", help="module name (default: the run's module)")
+    build.add_argument(
+        "--training-cache", metavar="CACHE",
+        help="the image cache the run was trained on: adds the out-of-distribution description "
+        "(ood.safetensors) that gives predictions ood_score and ood_flag (docs/ood.md); the run's "
+        "validation exams set the flag's threshold. A run folder does not record its cache, so it is named here",
+    )
+    build.add_argument(
+        "--ood-features", metavar="KIND",
+        help="feature space of the OOD description: penultimate, stages, stages_full, image, or several "
+        "joined by '+' (default stages+image, the choice docs/ood.md measures)",
+    )
     common_flags.add_force(build, "the module at --out", overwrite_alias=True)
     build.set_defaults(handler=run_build)
 
@@ -80,11 +91,19 @@ def run_build(args: argparse.Namespace) -> int:
             raise UsageError("--from-crossval calibrates with that folder itself; leave out --crossval")
     elif args.ensemble:
         raise UsageError("--ensemble goes with --from-crossval CV; several --run make an ensemble by themselves")
+    if args.from_crossval is not None and args.training_cache is not None:
+        raise UsageError(
+            "--training-cache describes one run's training images; the folds of --from-crossval were each "
+            "trained on other exams: build the OOD description from a training run (--run RUN)"
+        )
     common_flags.check_replaceable([Path(args.out)], args.force)
     if args.from_crossval is not None:
         out = build_module_from_crossval(args.from_crossval, args.out, args.name, ensemble=True, overwrite=args.force)
     else:
-        out = build_ensemble(args.run, args.crossval, args.out, args.name, overwrite=args.force)
+        out = build_ensemble(
+            args.run, args.crossval, args.out, args.name, overwrite=args.force,
+            images=args.training_cache, ood_features=args.ood_features,
+        )
     print(f"module written to {out}")
     print(member_count_line(read_spec(out)))
     return 0

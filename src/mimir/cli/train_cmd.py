@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Train one module's network. Every hyperparameter comes from the TOML config "
             "(`mimir config show paper`); the run folder receives config.toml, data_summary.json, "
             "standardization.json, checkpoints/, history.csv, weights.safetensors and run.json. "
-            "An interrupted run continues with --resume."
+            "An interrupted run continues with --resume. --init MODULE fine-tunes a module: its "
+            "backbone, and the final-layer rows of the targets both modules share (docs/finetune.md)."
         ),
     )
     common_flags.add_cache(parser, required=True, images_alias=True)
@@ -23,11 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--module", required=True, help="bodycomp, organs, experimental, age, or a module of the config")
     common_flags.add_config(parser, detail="optional with --resume: the run's own config.toml")
     parser.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
-    parser.add_argument("--init", help="override the config's init: imagenet, scratch, or a weights file")
+    common_flags.add_init(parser)
     common_flags.add_device(parser)
     common_flags.add_loader_workers(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     common_flags.add_exclude(parser, detail="the cached exams it names are left out of training and counted")
+    parser.add_argument(
+        "--validation", metavar="FILE",
+        help="a CSV of exams held out of training and validated on (eid, optional instance, default 2): "
+        "val_predictions.csv holds their predictions, and `mimir module build --images` sets the "
+        "out-of-distribution flag's threshold on them (docs/ood.md)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -50,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--cache", Path(args.cache)), ("--targets", Path(args.targets))):
         if not path.exists():
             raise UsageError(f"{flag} {path} does not exist")
-    overrides = {"init": args.init} if args.init else {}
-    if args.loader_workers is not None:
-        overrides["workers"] = args.loader_workers
-    config = config.replace(**overrides)
+    config = config.replace(**common_flags.config_overrides(args))
 
     with start_progress(f"train {args.module}", config.iterations, "it", quiet=args.quiet) as progress:
 
@@ -65,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
                 postfix["val"] = f"{event.val_loss:.3f}"
             progress.show(event.iteration, postfix)
 
+        train_ids, val_ids = _validation_split(Path(args.targets), args.validation)
         result = train(
-            config, Path(args.cache), Path(args.targets), args.module, out,
+            config, Path(args.cache), Path(args.targets), args.module, out, train_ids=train_ids, val_ids=val_ids,
             device=args.device, resume=args.resume, progress=show, exclude=args.exclude,
         )
     final = result.history.iloc[-1] if len(result.history) else None
@@ -75,3 +80,22 @@ def run(args: argparse.Namespace) -> int:
     if args.exclude is not None:
         print(f"{result.excluded} cached exams left out: on the exclusion list {args.exclude}")
     return 0
+
+
+def _validation_split(targets: object, validation: str | None) -> tuple[object, object]:
+    """(training exams, validation exams) as tables of eid and instance: the targets table's exams
+    less those of `validation`; (None, None) without a validation file (every exam trains)."""
+    from pathlib import Path
+
+    from mimir.cli import UsageError
+    from mimir.learn.dataset import read_targets
+
+    if validation is None:
+        return None, None
+    if not Path(validation).is_file():
+        raise UsageError(f"--validation {validation} does not exist")
+    held = read_targets(Path(validation))[["eid", "instance"]].drop_duplicates()
+    every = read_targets(targets)[["eid", "instance"]]  # type: ignore[arg-type]
+    keys = set(zip(held["eid"], held["instance"], strict=True))
+    kept = [key not in keys for key in zip(every["eid"], every["instance"], strict=True)]
+    return every[kept], held

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from mimir.devices import PRECISIONS, cudnn_autotune, is_device_name, precision_name, resolve_device, resolve_precision
 from mimir.imaging.cache import prepare_cache
 from mimir.imaging.compress import ExamOutcome, compress_exams
-from mimir.inference.modules import check_representation, module_digest, verify_module
+from mimir.inference.modules import check_representation, module_digest, read_ood, verify_module
 from mimir.inference.predict import (
     BatchPrediction,
     PredictError,
@@ -66,6 +66,7 @@ from mimir.parallel import WORKER_DIED, Outcome
 if TYPE_CHECKING:
     from mimir.cluster import DaskExecutor
     from mimir.inference.batching import CachedExam
+    from mimir.inference.ood import OODDescription
     from mimir.inference.runner import ModuleRunner
     from mimir.inference.table import ExamRow
 
@@ -112,29 +113,33 @@ class WorkerBatch:
     modules_loaded: int = 0
 
 
-_kept: OrderedDict[tuple[str, str, str, str, int | None], ModuleRunner] = OrderedDict()
+_kept: OrderedDict[tuple[str, str, str, str, int | None], tuple[ModuleRunner, OODDescription | None]] = OrderedDict()
 _kept_lock = threading.Lock()
 
 
-def _runner(module: ModuleOnDisk, device: str, precision: str, members: int | None) -> tuple[ModuleRunner, bool]:
-    """The worker process's runner of `module` (loaded now when it holds none); True if loaded."""
-    from mimir.inference.modules import load_module, read_spec
+def _runner(
+    module: ModuleOnDisk, device: str, precision: str, members: int | None
+) -> tuple[ModuleRunner, OODDescription | None, bool]:
+    """The worker process's runner of `module` and its OOD description (loaded now when it holds
+    none); True if loaded."""
+    from mimir.inference.modules import load_module, read_ood, read_spec
     from mimir.inference.runner import ModuleRunner
 
     key = (str(module.path), module.digest, device, precision, members)
     with _kept_lock:  # a worker with several threads loads each module once
-        runner = _kept.get(key)
-        if runner is not None:
+        kept = _kept.get(key)
+        if kept is not None:
             _kept.move_to_end(key)
-            return runner, False
+            return *kept, False
         if module_digest(module.path) != module.digest:
             raise PredictError(f"{module.path} changed since the prediction started (its module.json differs); run it again")
         count = None if members is None else min(members, read_spec(module.path).n_members)
         runner = ModuleRunner(load_module(module.path, device, members=count), resolve_precision(precision, device), members=count)
-        _kept[key] = runner
+        description = read_ood(module.path, runner.spec)
+        _kept[key] = (runner, description)
         while len(_kept) > MAX_KEPT_MODULES:
             _kept.popitem(last=False)
-        return runner, True
+        return runner, description, True
 
 
 def predict_batch(exams: tuple[CachedExam, ...], job: InferenceJob) -> WorkerBatch:
@@ -146,12 +151,14 @@ def predict_batch(exams: tuple[CachedExam, ...], job: InferenceJob) -> WorkerBat
     device = resolve_device(job.device)
     loaded = 0
     runners = []
+    descriptions = []
     for module in job.modules:
-        runner, was_loaded = _runner(module, device, job.precision, job.members)
+        runner, description, was_loaded = _runner(module, device, job.precision, job.members)
         runners.append(runner)
+        descriptions.append(description)
         loaded += was_loaded
     with cudnn_autotune(device), denormals_flushed():
-        prediction = predict_images(load_batch(exams, pin_memory=False), runners)
+        prediction = predict_images(load_batch(exams, pin_memory=False), runners, descriptions)
     return WorkerBatch(
         prediction=prediction,
         worker=current_worker_name(),
@@ -271,7 +278,8 @@ def predict_on_cluster(
     size = batch_size_for(options, "cuda" if resources else "cpu")
 
     rows = _initial_rows(resolved, cache)
-    predictor = _BatchPredictor(rows, prepared.specs, options.column_names)
+    ood = [read_ood(path, spec) for path, spec in zip(prepared.modules, prepared.specs, strict=True)]
+    predictor = _BatchPredictor(rows, prepared.specs, options.column_names, ood=ood)
     batches = _Batches(rows, size)
     tasks = executor.tasks()
     tally = _Tally(module_precisions=[{} for _ in modules])

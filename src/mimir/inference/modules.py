@@ -8,6 +8,10 @@ A module is a folder (or a .zip / .tar archive of that folder) holding
                            provenance, and the sha256 of the weights
     weights.safetensors    the (first) network's state dict (torchvision ResNet names)
     member_{i}.safetensors format 2 only: member i >= 1 of an ensemble
+    ood.safetensors        optional: the description of the training images for the
+                           out-of-distribution flag (mimir.inference.ood), made with member 0's
+                           network; module.json's `ood` block records its summary and sha256
+                           (modules without it load as before)
 
 Format 1 holds one network. Format 2 holds M >= 2 member networks of one architecture and
 targets (the K fold networks of a cross-validation, or networks trained with different seeds);
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
     import torch
 
     from mimir.inference.postprocess import MemberMixture
+    from mimir.inference.ood import OODDescription
     from mimir.network import MeanVarianceResNet
     from mimir.runs.standardization import Standardization
 
@@ -73,6 +78,7 @@ FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 SPEC_FILE = "module.json"
 WEIGHTS_FILE = "weights.safetensors"
+OOD_FILE = "ood.safetensors"
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 #: Metrics columns of a cross-validation metrics table that describe the target, not the fit.
 _DESCRIPTIVE_METRIC_COLUMNS = frozenset({"name", "module", "ukb_field", "unit", "kind", "target"})
@@ -113,6 +119,10 @@ class ModuleChecksumError(ModuleFormatError):
 
 class ModuleWeightsError(ModuleFormatError):
     """The weights file is not a readable safetensors file."""
+
+
+class ModuleOODError(ModuleFormatError):
+    """The module's OOD description (ood.safetensors) is missing, altered or unreadable."""
 
 
 class ModuleShapeError(ModuleFormatError):
@@ -206,6 +216,8 @@ class ModuleSpec:
     #: Format 2: every member network (member 0 included); empty for a one-network module,
     #: whose network is `weights_*` with the targets' standardisation.
     members: tuple[MemberSpec, ...] = ()
+    #: The OOD description's summary plus its file, sha256 and bytes; None: the module has none.
+    ood: dict[str, Any] | None = None
 
     @property
     def target_names(self) -> tuple[str, ...]:
@@ -271,6 +283,8 @@ class ModuleSpec:
         }
         if self.members:
             document["members"] = [_member_to_json(member) for member in self.members]
+        if self.ood is not None:
+            document["ood"] = self.ood
         return json.dumps(_json_safe(document), indent=1, allow_nan=False) + "\n"
 
     @classmethod
@@ -440,7 +454,22 @@ def _spec_from_document(document: Mapping[str, Any]) -> ModuleSpec:
         weights_bytes=_get(weights_block, "bytes", int, "weights."),
         format_version=version,
         members=members,
+        ood=_ood_block(document),
     )
+
+
+def _ood_block(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The optional `ood` block: its file, sha256 and size are checked here, the rest by mimir.inference.ood."""
+    if document.get("ood") is None:
+        return None
+    block = _get(document, "ood", dict, "")
+    if _get(block, "file", str, "ood.") != OOD_FILE:
+        raise ModuleSpecError(f"{SPEC_FILE}: ood.file must be {OOD_FILE!r}")
+    checksum = _get(block, "sha256", str, "ood.")
+    if len(checksum) != 64 or any(char not in "0123456789abcdef" for char in checksum):
+        raise ModuleSpecError(f"{SPEC_FILE}: ood.sha256 is not a sha256 hex digest: {checksum!r}")
+    _get(block, "bytes", int, "ood.")
+    return dict(block)
 
 
 def _target_from_document(item: Any, index: int) -> TargetSpec:
@@ -676,14 +705,20 @@ def check_module_output(out: Path | str, *, overwrite: bool) -> Path:
 
 
 def save_module(
-    spec: ModuleSpec, state_dict: Mapping[str, torch.Tensor], out: Path | str, *, overwrite: bool = False
+    spec: ModuleSpec,
+    state_dict: Mapping[str, torch.Tensor],
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    ood: OODDescription | None = None,
 ) -> Path:
     """Write a one-network module (format 1) folder, or a .zip when `out` ends so, atomically.
 
     The checksum, size and creation date in `spec` are filled in here; the state dict is checked
-    against the architecture first, so a module that cannot load is never written.
+    against the architecture first, so a module that cannot load is never written. `ood` adds
+    the out-of-distribution description (OOD_FILE, its summary and sha256 in module.json).
     """
-    return save_ensemble(dataclasses.replace(spec, members=()), [state_dict], out, overwrite=overwrite)
+    return save_ensemble(dataclasses.replace(spec, members=()), [state_dict], out, overwrite=overwrite, ood=ood)
 
 
 def _weights_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
@@ -696,7 +731,12 @@ def _weights_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
 
 
 def save_ensemble(
-    spec: ModuleSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]], out: Path | str, *, overwrite: bool = False
+    spec: ModuleSpec,
+    state_dicts: Sequence[Mapping[str, torch.Tensor]],
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    ood: OODDescription | None = None,
 ) -> Path:
     """Write a module of one or more member networks (`state_dicts`, in member order) atomically.
 
@@ -704,7 +744,8 @@ def save_ensemble(
     dict) and the module is format 2; one state dict makes a format 1 module (`spec.members`
     then ignored, the targets' standardisation being that network's). Files, sizes, checksums and
     the creation date are filled in here; every state dict is checked against the architecture
-    first, so a module that cannot load is never written.
+    first, so a module that cannot load is never written. `ood` adds the out-of-distribution
+    description (OOD_FILE, its summary and sha256 in module.json).
     """
     out = check_module_output(out, overwrite=overwrite)
     for index, target in enumerate(spec.targets):
@@ -733,12 +774,18 @@ def save_ensemble(
         )
         for member in members:
             _check_member(member, len(spec.targets))
+    ood_bytes = ood.to_bytes() if ood is not None else None
     final = dataclasses.replace(
         spec, provenance=provenance, weights_sha256=sha256_hex(blobs[0]), weights_bytes=len(blobs[0]),
         format_version=2 if ensemble else 1, members=members,
+        ood=None if ood is None or ood_bytes is None else {
+            "file": OOD_FILE, "sha256": sha256_hex(ood_bytes), "bytes": len(ood_bytes), **ood.summary(),
+        },
     )
     files = {SPEC_FILE: final.to_json().encode("utf-8")}
     files.update({member_file(index): blob for index, blob in enumerate(blobs)})
+    if ood_bytes is not None:
+        files[OOD_FILE] = ood_bytes
     kept = "nothing was written" + (" (the module already there is unchanged)" if out.exists() else "")
     with reported_write(out, kept):
         if _is_archive(out):
@@ -864,11 +911,44 @@ def _checked_member_weights(path: Path, spec: ModuleSpec, members: int | None = 
 
 
 def verify_module(path: Path | str) -> ModuleSpec:
-    """The spec of a module whose weights match it (no torch; the representation is not judged)."""
+    """The spec of a module whose weights (and OOD description) match it (no torch; the
+    representation is not judged)."""
     path = Path(path)
     spec = read_spec(path)
     _checked_member_weights(path, spec)
+    _checked_ood_bytes(path, spec)
     return spec
+
+
+def _checked_ood_bytes(path: Path, spec: ModuleSpec) -> bytes | None:
+    """The OOD description's bytes after their size and checksum were checked; None without one."""
+    if spec.ood is None:
+        return None
+    try:
+        data = _read_member(path, OOD_FILE)
+    except ModuleMissingFileError as error:
+        raise ModuleOODError(f"{path}: module.json records an OOD description but {OOD_FILE} is missing") from error
+    if len(data) != spec.ood["bytes"] or sha256_hex(data) != spec.ood["sha256"]:
+        raise ModuleOODError(
+            f"{path}: {OOD_FILE} does not match module.json (sha256 {sha256_hex(data)[:16]}..., {len(data)} bytes; "
+            f"expected {str(spec.ood['sha256'])[:16]}..., {spec.ood['bytes']} bytes): altered or corrupted"
+        )
+    return data
+
+
+def read_ood(path: Path | str, spec: ModuleSpec | None = None) -> OODDescription | None:
+    """The module's OOD description, checked against module.json; None for a module without one."""
+    from mimir.inference.ood import OODDescription, OODError
+
+    path = Path(path)
+    spec = spec or read_spec(path)
+    data = _checked_ood_bytes(path, spec)
+    if data is None or spec.ood is None:
+        return None
+    try:
+        return OODDescription.from_parts(spec.ood, data, f"{path}: {OOD_FILE}")
+    except OODError as error:
+        raise ModuleOODError(str(error)) from error
 
 
 def load_module(
@@ -966,6 +1046,17 @@ def inspect_module(path: Path | str) -> tuple[str, bool]:
             for member in spec.members
         ]
         lines.append(f"  weights: {weights_state}")
+    if spec.ood is not None:
+        from mimir.inference.ood import describe_summary
+
+        try:
+            _checked_ood_bytes(path, spec)
+            ood_state = "OK"
+        except ModuleFormatError as error:
+            ood_state, weights_ok = f"FAILED: {type(error).__name__}: {error}", False
+        lines.append(f"  OOD description: {OOD_FILE}, {describe_summary(spec.ood)}: {ood_state}")
+    else:
+        lines.append("  OOD description: none (no out-of-distribution flag)")
     lines += [f"  note: {note}" for note in provenance.notes]
     metric_names = [name for name in _SHOWN_METRICS if any(name in t.cv_metrics for t in spec.targets)]
     header = f"  {'target':<34}{'unit':<11}{'field':>7}{'calib.':>9}{'sd p99':>10}" + "".join(
@@ -1142,10 +1233,18 @@ def held_out_flag_rate(sd: np.ndarray, folds: np.ndarray) -> float | None:
 
 
 def build_module(
-    run: Path | str, crossval: Path | str | None, out: Path | str, name: str | None = None, *, overwrite: bool = False
+    run: Path | str,
+    crossval: Path | str | None,
+    out: Path | str,
+    name: str | None = None,
+    *,
+    overwrite: bool = False,
+    images: Path | str | None = None,
+    ood_features: str | None = None,
 ) -> Path:
-    """A module from a finished training run and, ideally, its cross-validation folder."""
-    return build_ensemble([run], crossval, out, name, overwrite=overwrite)
+    """A module from a finished training run and, ideally, its cross-validation folder
+    (`images`: see `build_ensemble`)."""
+    return build_ensemble([run], crossval, out, name, overwrite=overwrite, images=images, ood_features=ood_features)
 
 
 def build_module_from_crossval(
@@ -1191,6 +1290,8 @@ def build_ensemble(
     name: str | None = None,
     *,
     overwrite: bool = False,
+    images: Path | str | None = None,
+    ood_features: str | None = None,
 ) -> Path:
     """A module from one finished training run (format 1) or several (format 2, one member each:
     fold networks or networks trained with different seeds), ideally with a cross-validation
@@ -1198,6 +1299,12 @@ def build_ensemble(
 
     The runs must share architecture, input pooling, log-variance clamp and targets (in order);
     each member keeps its own standardisation.
+
+    `images`, the image cache the runs were trained on (a run folder does not record where its
+    images were), adds the out-of-distribution description (`mimir.inference.ood`, features
+    `ood_features`, default DEFAULT_FEATURES), computed with the first run's network: that run's
+    validation exams (val_predictions.csv) set the flag's threshold, the cache's other images are
+    its training exams.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -1289,4 +1396,47 @@ def build_ensemble(
         log_var_range=first_config.log_var_range,
         members=members,
     )
-    return save_ensemble(spec, states, out, overwrite=overwrite)
+    ood = None
+    if images is not None:
+        ood = describe_run_images(folders[0], spec, states[0], Path(images), ood_features)
+        spec = dataclasses.replace(spec, provenance=dataclasses.replace(spec.provenance, data={
+            **spec.provenance.data, "ood_images": Path(images).resolve().name,
+        }))
+    return save_ensemble(spec, states, out, overwrite=overwrite, ood=ood)
+
+
+def describe_run_images(
+    run_folder: RunFolder, spec: ModuleSpec, state: Mapping[str, torch.Tensor], images: Path, features: str | None
+) -> OODDescription:
+    """The OOD description of the cache a run was trained on, its validation exams held out."""
+    import pandas as pd
+
+    from mimir.imaging.cache import ExamId, cached_exams
+    from mimir.inference.ood import DEFAULT_FEATURES, OODError, describe_cache, feature_parts
+    from mimir.network import MeanVarianceResNet
+
+    features = features or DEFAULT_FEATURES
+    try:
+        feature_parts(features)
+    except OODError as error:
+        raise ModuleBuildError(str(error)) from error
+    if not images.is_dir():
+        raise ModuleMissingFileError(f"image cache not found: {images}")
+    exams = [(exam.path.stem, exam.path) for exam in cached_exams(images)]
+    held_out: set[str] = set()
+    if run_folder.val_predictions.is_file():
+        validation = pd.read_csv(run_folder.val_predictions, usecols=["eid", "instance"])
+        keys = set(zip(validation["eid"].astype(int), validation["instance"].astype(int), strict=True))
+        for stem, _ in exams:
+            exam_id = ExamId.from_stem(stem)
+            if (exam_id.eid, exam_id.instance) in keys:
+                held_out.add(stem)
+    else:
+        logger.warning("%s has no validation exams: the OOD threshold comes from cross-fitted training distances",
+                       run_folder.path)
+    network = MeanVarianceResNet(spec.architecture, len(spec.targets), spec.input_pool)
+    network.load_state_dict(dict(state), strict=True)
+    try:
+        return describe_cache(network.eval(), exams, held_out, features)
+    except OODError as error:
+        raise ModuleBuildError(f"{images}: {error}") from error

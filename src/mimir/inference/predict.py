@@ -53,7 +53,7 @@ from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
-from mimir.inference.modules import ModuleSpec, load_module, read_spec
+from mimir.inference.modules import ModuleSpec, load_module, read_ood, read_spec
 from mimir.inference.postprocess import MemberMixture, combine_members
 from mimir.inference.runner import ModuleRunner, network_input
 from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from mimir.cluster import DaskExecutor
     from mimir.imaging.read import ExamInput
     from mimir.inference.batching import CachedExam, ImageBatch
+    from mimir.inference.ood import OODDescription
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +304,7 @@ def _predict_here(
     for path, spec in zip(modules, specs, strict=True):
         members = None if options.members is None else min(options.members, spec.n_members)
         runners.append(ModuleRunner(load_module(path, device, members=members), autocast_dtype, members=members))
+    ood = [read_ood(path, runner.spec) for path, runner in zip(modules, runners, strict=True)]
     timings["load modules"] = time.perf_counter() - loading
 
     n_workers = options.workers if options.workers is not None else default_workers()
@@ -312,7 +314,7 @@ def _predict_here(
         denormals_flushed(),
     ):
         rows = _initial_rows(resolved, cache_path)
-        predictor = _BatchPredictor(rows, [runner.spec for runner in runners], options.column_names, runners)
+        predictor = _BatchPredictor(rows, [runner.spec for runner in runners], options.column_names, runners, ood)
         overlap = device.startswith("cuda") if options.overlap is None else options.overlap
         if resolved.raw and overlap:
             assert cache_path is not None
@@ -451,27 +453,50 @@ class BatchPrediction:
     mixtures: list[MemberMixture]  # per module, rows in the order of `stems`
     load_seconds: float = 0.0
     module_seconds: list[float] = field(default_factory=list)
+    #: per module: each exam's distance from its training images (None: no OOD description)
+    ood_distances: list[np.ndarray | None] = field(default_factory=list)
 
 
-def predict_images(batch: ImageBatch, runners: Sequence[ModuleRunner]) -> BatchPrediction:
-    """Run every module on a loaded batch: the one computation of a local and a cluster run."""
+def predict_images(
+    batch: ImageBatch, runners: Sequence[ModuleRunner], ood: Sequence[OODDescription | None] | None = None
+) -> BatchPrediction:
+    """Run every module on a loaded batch, and score the exams against the modules' OOD
+    descriptions (`ood`, per module): the one computation of a local and a cluster run."""
     mixtures: list[MemberMixture] = []
     seconds: list[float] = []
+    distances: list[np.ndarray | None] = []
     if batch.stems:
         network_in = network_input(batch.images, runners[0].device)
-        for runner in runners:
+        for number, runner in enumerate(runners):
             started = time.perf_counter()
             raws = runner.raw_outputs(network_in)
-            seconds.append(time.perf_counter() - started)
             mixtures.append(combine_members(raws, runner.spec))
-    return BatchPrediction(batch.stems, batch.failures, mixtures, batch.load_seconds, seconds)
+            distances.append(_ood_distances(runner, ood[number] if ood else None, network_in))
+            seconds.append(time.perf_counter() - started)
+    return BatchPrediction(batch.stems, batch.failures, mixtures, batch.load_seconds, seconds, distances)
+
+
+def _ood_distances(runner: ModuleRunner, description: OODDescription | None, network_in: torch.Tensor) -> np.ndarray | None:
+    """The distance of each exam from the module's training images (a float32 pass of its
+    network to the features its OOD description is made of); None without a description."""
+    from mimir.inference.ood import extract_features
+
+    if description is None:
+        return None
+    # member 0: the network the module's OOD description was made with
+    return description.distances(extract_features(runner.networks[0], network_in, description.features))
 
 
 class _BatchPredictor:
     """Every module on batches of images, in whatever order they come, into arrays by table row."""
 
     def __init__(
-        self, rows: Sequence[ExamRow], specs: Sequence[ModuleSpec], column_names: str, runners: Sequence[ModuleRunner] = ()
+        self,
+        rows: Sequence[ExamRow],
+        specs: Sequence[ModuleSpec],
+        column_names: str,
+        runners: Sequence[ModuleRunner] = (),
+        ood: Sequence[OODDescription | None] | None = None,
     ) -> None:
         """`runners` run batches here (`run`); without them the batches are predicted elsewhere
         (on a Dask cluster) and only `record`ed."""
@@ -479,6 +504,9 @@ class _BatchPredictor:
         self.specs = list(specs)
         self.runners = runners
         self.column_names = column_names
+        #: Per module, its OOD description (None: the module has none) and each row's distance.
+        self.ood = list(ood) if ood is not None else [None] * len(self.specs)
+        self.ood_distances = [None if description is None else np.full(len(rows), np.nan) for description in self.ood]
         self.index = {row.stem: position for position, row in enumerate(rows)}
         self.means = [np.full((len(rows), len(spec.targets)), np.nan) for spec in self.specs]
         self.sds = [np.full_like(mean, np.nan) for mean in self.means]
@@ -493,7 +521,7 @@ class _BatchPredictor:
         return self.runners[0].device
 
     def run(self, batch: ImageBatch) -> None:
-        self.record(predict_images(batch, self.runners))
+        self.record(predict_images(batch, self.runners, self.ood))
 
     def record(self, prediction: BatchPrediction) -> None:
         """A batch's predictions (computed here or on a Dask worker) into the rows' arrays."""
@@ -508,7 +536,18 @@ class _BatchPredictor:
                 self.means[number][positions], self.sds[number][positions] = mixture.mean, mixture.sd
                 self.aleatoric[number][positions] = mixture.sd_aleatoric
                 self.epistemic[number][positions] = mixture.sd_epistemic
+                distances = prediction.ood_distances[number] if prediction.ood_distances else None
+                if distances is not None and self.ood_distances[number] is not None:
+                    self.ood_distances[number][positions] = distances
         self.settled += len(prediction.stems) + len(prediction.failures)
+
+    def ood_columns(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(module, ood score, flagged) of each module that has an OOD description."""
+        return [
+            (spec.name, description.score(distances), description.flagged(distances))
+            for spec, description, distances in zip(self.specs, self.ood, self.ood_distances, strict=True)
+            if description is not None and distances is not None
+        ]
 
     def timings(self) -> dict[str, float]:
         return {
@@ -521,7 +560,8 @@ class _BatchPredictor:
             (aleatoric, epistemic) if spec.n_members > 1 else None
             for spec, aleatoric, epistemic in zip(self.specs, self.aleatoric, self.epistemic, strict=True)
         ]
-        return build_table(self.rows, self.specs, self.means, self.sds, column_names=self.column_names, components=components)
+        return build_table(self.rows, self.specs, self.means, self.sds, column_names=self.column_names, components=components,
+                           ood=self.ood_columns())
 
 
 def _compress_then_predict(

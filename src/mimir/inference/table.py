@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 ID_COLUMNS = ("eid", "instance", "exam")
 STATUS_COLUMNS = ("qc_flag", "failure", "uncertain")
+#: Columns only tables predicted with a module that has an OOD description carry (docs/ood.md).
+OOD_COLUMNS = ("ood_score", "ood_flag")
+OOD_SCORE_DECIMALS = 1
 LONG_COLUMNS = (
     "eid", "instance", "exam", "module", "target", "unit", "mean", "sd", "low", "high", "uncertain", "qc_flag", "failure",
 )
@@ -138,13 +141,18 @@ def build_table(
     *,
     column_names: str = "mimir",
     components: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
+    ood: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
 ) -> pd.DataFrame:
     """The wide table: per module (spec), its (rows, targets) calibrated means and sds as a reader
     gets them (`reported_values`), and the targets flagged uncertain (`uncertain_flags`).
 
     `components` gives, per module, None or its (aleatoric, epistemic) sds (an ensemble): those
     add `{target}_sd_aleatoric` and `{target}_sd_epistemic` after the target's interval (empty
-    where its sd is, e.g. for a probability)."""
+    where its sd is, e.g. for a probability).
+
+    `ood` holds (module, score, flagged) per module with an OOD description; when there is any,
+    the table ends with `ood_score` (the highest module score, 0-100) and `ood_flag` (the modules
+    that flag the exam as out of distribution, ';'-separated). Without, the columns are absent."""
     import pandas as pd
 
     check_column_naming(column_names)
@@ -179,9 +187,21 @@ def build_table(
     columns["qc_flag"] = [row.qc_flag for row in rows]
     columns["failure"] = [row.failure for row in rows]
     columns["uncertain"] = [";".join(names) for names in uncertain]
+    if ood:
+        columns.update(ood_columns(ood, len(rows)))
     table = pd.DataFrame(columns)
     table.attrs["targets"] = targets
     return table
+
+
+def ood_columns(ood: Sequence[tuple[str, np.ndarray, np.ndarray]], n_rows: int) -> dict[str, Any]:
+    """`ood_score`: the highest score of the modules (NaN where none scored the exam); `ood_flag`:
+    the modules whose threshold the exam exceeds."""
+    scores = np.column_stack([np.asarray(score, dtype=np.float64) for _, score, _ in ood])
+    highest = np.where(np.isnan(scores), -np.inf, scores).max(axis=1)
+    best = np.where(np.isinf(highest), np.nan, highest)
+    flags = [";".join(name for name, _, flagged in ood if bool(flagged[row])) for row in range(n_rows)]
+    return {"ood_score": best, "ood_flag": flags}
 
 
 def check_output_path(out: str | Path) -> Path:
@@ -252,6 +272,7 @@ def to_long(table: pd.DataFrame) -> pd.DataFrame:
             return np.zeros(0)
         return np.column_stack([table[f"{t['column']}{suffix}"].to_numpy(dtype=np.float64) for t in targets]).ravel()
 
+    extra = {column: repeated(column) for column in OOD_COLUMNS if column in table.columns}
     long = pd.DataFrame({
         "eid": pd.array(repeated("eid"), dtype="Int64"),
         "instance": pd.array(repeated("instance"), dtype="Int64"),
@@ -266,8 +287,9 @@ def to_long(table: pd.DataFrame) -> pd.DataFrame:
         "uncertain": [t["column"] in flagged for flagged in uncertain for t in targets],
         "qc_flag": repeated("qc_flag"),
         "failure": repeated("failure"),
+        **extra,
     })
-    return long[list(LONG_COLUMNS)]
+    return long[[*LONG_COLUMNS, *extra]]
 
 
 def value_decimals(info: dict[str, Any]) -> int | None:
@@ -295,6 +317,8 @@ def rounded(table: pd.DataFrame) -> pd.DataFrame:
             if suffix in COMPONENT_SUFFIXES and column not in table.columns:
                 continue
             copy[column] = _round(table[column].to_numpy(dtype=np.float64), decimals)
+    if "ood_score" in copy.columns:
+        copy["ood_score"] = np.round(table["ood_score"].to_numpy(dtype=np.float64), OOD_SCORE_DECIMALS)
     return copy
 
 
@@ -310,6 +334,11 @@ _ID_DESCRIPTIONS = {
     "exam": ("identifier", "the exam's name: {eid}_20201_{instance}_{array} for UK Biobank zips, else the input's name"),
     "qc_flag": ("text", "compression quality flags of the exam (';'-separated; empty: none); see `mimir compress`"),
     "failure": ("text", "why the exam has no predictions ('stage: reason'); empty when it was predicted"),
+    "ood_score": ("number", "how unusual the image is for the modules' training images: the percentage of "
+                  "training exams at or closer to them in feature space (0-100; the highest over the modules "
+                  "with an OOD description); docs/ood.md"),
+    "ood_flag": ("text", "the modules that flag the exam as out of distribution (beyond the threshold their "
+                 "module records; ';'-separated; empty: none); docs/ood.md"),
 }
 _LONG_DESCRIPTIONS = {
     "module": ("text", "the module (network) that predicted the target"),
@@ -381,6 +410,9 @@ def data_dictionary(table: pd.DataFrame, *, long: bool = False, part: str | None
         add("qc_flag", *_ID_DESCRIPTIONS["qc_flag"])
         add("failure", *_ID_DESCRIPTIONS["failure"])
         add("uncertain", "text", "the target columns whose prediction is flagged as uncertain (';'-separated; docs/intervals.md)")
+    for column in OOD_COLUMNS:
+        if column in table.columns:
+            add(column, *_ID_DESCRIPTIONS[column])
     part_entry = {} if part is None else {"part": part}
     return {
         "mimir_version": __version__,
@@ -423,7 +455,7 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     if path.suffix.lower() == ".parquet":
         require_parquet()
         return pd.read_parquet(path)
-    text_columns = {"exam": str, "qc_flag": str, "failure": str, "uncertain": str}
+    text_columns = {"exam": str, "qc_flag": str, "failure": str, "uncertain": str, "ood_flag": str}
     table = pd.read_csv(path, dtype=text_columns)
     for column in text_columns:
         if column in table:
@@ -448,6 +480,19 @@ def subject_predictions(table: pd.DataFrame, exam: str) -> pd.DataFrame:
     ], columns=["name", "module", "unit", "mean", "low", "high"])
 
 
+def ood_note(table: pd.DataFrame, exam: str) -> str:
+    """What a figure says of an exam's OOD columns: '' when the table has none."""
+    if "ood_flag" not in table.columns:
+        return ""
+    row = table[table["exam"].astype(str) == exam].iloc[0]
+    flag = row["ood_flag"] if isinstance(row["ood_flag"], str) else ""
+    score = float(row["ood_score"])
+    score_text = "n/a" if np.isnan(score) else f"{score:.1f}"
+    if flag:
+        return f"OUT OF DISTRIBUTION for {flag.replace(';', ', ')} (OOD score {score_text})"
+    return f"OOD score {score_text}"
+
+
 def default_cache_for(out: str | Path) -> Path:
     """The cache used when none is named: `{output stem}_cache` beside the output."""
     out = Path(out)
@@ -457,6 +502,7 @@ def default_cache_for(out: str | Path) -> Path:
 __all__ = [
     "COLUMN_NAMINGS",
     "LONG_COLUMNS",
+    "OOD_COLUMNS",
     "Z95",
     "ColumnNamingError",
     "ExamRow",
@@ -469,6 +515,8 @@ __all__ = [
     "data_dictionary",
     "default_cache_for",
     "dictionary_path",
+    "ood_columns",
+    "ood_note",
     "read_predictions",
     "require_parquet",
     "rounded",

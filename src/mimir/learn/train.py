@@ -10,7 +10,8 @@
     history.csv            iteration, train_loss, learning_rate, val_loss, val_mae_sd
     weights.safetensors    final weights (their moving average when ema_decay > 0)
     val_predictions.csv    predictions for the validation exams (when given)
-    run.json               software versions, device, timings of each session
+    run.json               software versions, device, timings of each session; `init`: the
+                           module the run started from (name, path, sha256 of its weights)
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ from mimir.learn.dataset import (
     index_image_cache,
     read_targets,
     without_excluded,
+)
+from mimir.learn.finetune import (
+    InitRecord,
+    backbone_and_head,
+    freeze,
+    is_module,
+    network_from_module,
+    parts_in_eval_mode,
 )
 from mimir.learn.loss import gaussian_nll
 from mimir.learn.target_sets import ModuleDefinition, resolve_module
@@ -381,6 +390,20 @@ def _read_history(path: Path, up_to: int) -> list[dict[str, float]]:
     return table[table["iteration"] <= up_to].to_dict("records")
 
 
+# initial weights ----------------------------------------------------------------------------------
+def _initial_network(
+    config: TrainConfig, standardization: Standardization, resuming: bool
+) -> tuple[MeanVarianceResNet, InitRecord | None]:
+    """The network a run starts from: scratch when a checkpoint will overwrite it anyway, a
+    module's backbone and shared head rows, or `build_network`'s ImageNet / weights-file init."""
+    n_targets = len(standardization.targets)
+    if resuming:
+        return build_network(config.architecture, n_targets, input_pool=config.input_pool), None
+    if is_module(config.init):
+        return network_from_module(Path(config.init), config, standardization)
+    return build_network(config.architecture, n_targets, input_pool=config.input_pool, init=config.init), None
+
+
 # training -----------------------------------------------------------------------------------------
 def train(
     config: TrainConfig,
@@ -395,6 +418,7 @@ def train(
     resume: bool = False,
     progress: Callable[[TrainProgress], None] | None = None,
     exclude: str | Path | None = None,
+    trainer_class: type[Trainer] | None = None,
 ) -> TrainResult:
     """Train one module's network on cached images; write the run folder described above.
 
@@ -404,7 +428,12 @@ def train(
     (`TrainResult.excluded`, `n_excluded_by_list` in data_summary.json). With
     `resume`, training continues from the newest complete checkpoint in `out` (same iteration,
     schedule and batches); a folder without checkpoints starts from the beginning.
+
+    `config.init` may name a MIMIR module to fine-tune from (`mimir.learn.finetune`); that applies
+    only at the start, and run.json records the module (name, path, sha256 of its weights).
+    `trainer_class` (a `Trainer` subclass) replaces the optimizer, the train mode or the step.
     """
+    trainer_class = trainer_class or Trainer
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = Path(out)
@@ -421,30 +450,27 @@ def train(
             raise RunFolderError(f"cannot resume {out}: the training data differ from those of the interrupted run")
 
     with _determinism(config, resolved):
-        network = build_network(
-            config.architecture,
-            len(definition.targets),
-            input_pool=config.input_pool,
-            init="scratch" if checkpoint is not None else config.init,
-        )
+        network, init_record = _initial_network(config, data.standardization, checkpoint is not None)
         # Written only once the inputs and initial weights are known to be usable, so a failed
         # start leaves no run behind that would demand --resume.
         atomic_write_text(run.config, config.to_toml())
         _write_json(run.data_summary, data.summary)
         atomic_write_text(run.standardization, data.standardization.to_json() + "\n")
+        if init_record is not None:
+            _record_init(run, init_record)
         _place(network, resolved, config.channels_last)
         model = TrainedModel(network, data.standardization, config)
-        stepper = _Stepper(config, network, resolved, autocast_dtype)
+        trainer = trainer_class(config, network, resolved, autocast_dtype)
         start = 0
         if checkpoint is not None:
-            start = stepper.restore(checkpoint, network)
+            start = trainer.restore(checkpoint, network)
             logger.info("resuming %s from iteration %d", out, start)
         history = _read_history(run.history, start)
         loop_started = time.perf_counter()
-        _run_iterations(config, data, model, stepper, resolved, autocast_dtype, run, start, history, progress)
+        _run_iterations(config, data, model, trainer, resolved, run, start, history, progress)
         loop_seconds = time.perf_counter() - loop_started
-        if stepper.average is not None:
-            network.load_state_dict(stepper.average.shadow)
+        if trainer.average is not None:
+            network.load_state_dict(trainer.average.shadow)
 
     save_weights(network, run.weights, {"architecture": config.architecture, "module": definition.name})
     val_predictions = None
@@ -462,19 +488,67 @@ def train(
     )
 
 
-class _Stepper:
-    """Optimizer, gradient scaler and optional weight average: one training step, one saved state."""
+class Trainer:
+    """One run's optimisation: frozen parts, optimizer, gradient scaler, weight average, one step.
+
+    The named extension points of training: `parameter_groups` and `build_optimizer` decide what
+    learns at which rate, `set_train_mode` what normalises with batch statistics, `train_step`
+    is one forward, loss, backward and update. A subclass passed to `train(trainer_class=...)`
+    replaces any of them; `state` and `restore` make a run resumable whatever they do.
+    """
 
     def __init__(
         self, config: TrainConfig, network: torch.nn.Module, device: torch.device, autocast_dtype: torch.dtype | None
     ) -> None:
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.config = config
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.frozen = freeze(network, config.freeze)
+        self.optimizer = self.build_optimizer(network)
         self.scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype is torch.float16 and device.type == "cuda")
         self.average = WeightAverage(network, config.ema_decay) if config.ema_decay > 0 else None
 
-    def step(self, loss: torch.Tensor, network: torch.nn.Module, learning_rate: float) -> None:
+    def parameter_groups(self, network: torch.nn.Module) -> list[dict[str, object]]:
+        """The trainable parameters by learning rate: the backbone at `backbone_lr_factor` times the
+        rate, the final layer at the rate itself; frozen parameters are in no group."""
+        backbone, head = backbone_and_head(network)
+        groups = [
+            {"name": "backbone", "params": backbone, "lr_factor": self.config.backbone_lr_factor},
+            {"name": "head", "params": head, "lr_factor": 1.0},
+        ]
+        return [group for group in groups if group["params"]]
+
+    def build_optimizer(self, network: torch.nn.Module) -> torch.optim.Optimizer:
+        config = self.config
+        groups = self.parameter_groups(network)
+        for group in groups:
+            group["lr"] = config.learning_rate * float(group["lr_factor"])  # type: ignore[arg-type]
+        return torch.optim.Adam(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """The schedule's rate for this iteration, times each group's factor."""
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
+            group["lr"] = learning_rate * group.get("lr_factor", 1.0)
+
+    def set_train_mode(self, network: torch.nn.Module) -> None:
+        """Training mode, except frozen parts: their batch norms keep the initial network's statistics."""
+        network.train()
+        parts_in_eval_mode(self.frozen)
+
+    def train_step(
+        self, network: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, learning_rate: float
+    ) -> torch.Tensor:
+        """Forward, Gaussian NLL, backward and update on one batch already on the device; the loss."""
+        self.set_train_mode(network)
+        with _autocast(self.device, self.autocast_dtype):
+            output = network(batch)
+        mean, log_var = split_output(output.float(), self.config.log_var_range)
+        loss = gaussian_nll(mean, log_var, targets, self.config.nll_beta)
+        self.step(loss, network, learning_rate)
+        return loss.detach()
+
+    def step(self, loss: torch.Tensor, network: torch.nn.Module, learning_rate: float) -> None:
+        self.set_learning_rate(learning_rate)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -564,9 +638,8 @@ def _run_iterations(
     config: TrainConfig,
     data: _Data,
     model: TrainedModel,
-    stepper: _Stepper,
+    trainer: Trainer,
     device: torch.device,
-    autocast_dtype: torch.dtype | None,
     run: RunFolder,
     start: int,
     history: list[dict[str, float]],
@@ -578,17 +651,11 @@ def _run_iterations(
         val_targets = data.standardization.apply(data.val.values())
         val_loader = _exam_loader(list(data.val.table["path"]), val_targets, config.eval_batch_size, config.workers, device)
     meter = _LossMeter(device)
-    network.train()
     iteration = start
     for images, targets in _training_loader(config, data, start, device):
         learning_rate = config.learning_rate_at(iteration)
         batch = _to_device_input(images, device, config.channels_last)
-        targets = targets.to(device, non_blocking=True)
-        with _autocast(device, autocast_dtype):
-            output = network(batch)
-        mean, log_var = split_output(output.float(), config.log_var_range)
-        loss = gaussian_nll(mean, log_var, targets, config.nll_beta)
-        stepper.step(loss, network, learning_rate)
+        loss = trainer.train_step(network, batch, targets.to(device, non_blocking=True), learning_rate)
         meter.add(loss)
         iteration += 1
         at_checkpoint = iteration % config.checkpoint_every == 0 or iteration == config.iterations
@@ -596,12 +663,12 @@ def _run_iterations(
             meter.flush(iteration)
         val_loss = None
         if at_checkpoint:
-            with stepper.evaluation_weights(network):
+            with trainer.evaluation_weights(network):
                 row = _history_row(model, val_loader, device, iteration, meter.take_interval_mean(), learning_rate)
             val_loss = row["val_loss"] if val_loader is not None else None
             history.append(row)
             atomic_write_text(run.history, pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
-            save_checkpoint(run.checkpoints, iteration, network, stepper.state(), config.keep_checkpoints)
+            save_checkpoint(run.checkpoints, iteration, network, trainer.state(), config.keep_checkpoints)
         if progress is not None:
             progress(TrainProgress(iteration, config.iterations, meter.last, learning_rate, val_loss))
 
@@ -635,8 +702,10 @@ def _record_session(
     iterations_run: int,
     batch_size: int,
 ) -> None:
+    """Append this session to run.json (keeping its `init`)."""
     path = run.record
-    sessions = json.loads(path.read_text()).get("sessions", []) if path.exists() else []
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    sessions = previous.get("sessions", [])
     sessions.append(
         {
             "started": started_at,
@@ -651,4 +720,14 @@ def _record_session(
             "device_name": _device_description(device),
         }
     )
-    _write_json(path, {"software": software_versions(), "sessions": sessions})
+    record: dict[str, object] = {"software": software_versions(), "sessions": sessions}
+    if "init" in previous:
+        record["init"] = previous["init"]
+    _write_json(path, record)
+
+
+def _record_init(run: RunFolder, init: InitRecord) -> None:
+    """Write the module a run starts from into run.json at once: an interrupted first session
+    resumes from a checkpoint without reading the module again, and the record must survive."""
+    previous = json.loads(run.record.read_text()) if run.record.exists() else {}
+    _write_json(run.record, {"software": software_versions(), "sessions": previous.get("sessions", []), "init": init.to_json()})

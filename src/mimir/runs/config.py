@@ -24,6 +24,9 @@ from mimir.errors import MimirError
 #: `autocast` values of configs written before precisions had one vocabulary, read as today's names.
 LEGACY_PRECISIONS = {"none": "float32"}
 LR_SCHEDULES = ("step", "cosine")
+#: What `freeze` keeps fixed while fine-tuning: nothing, the stem (first convolution and its batch
+#: norm), or the whole backbone (only the final layer learns).
+FREEZE_MODES = ("none", "stem", "backbone")
 #: The folder of the package holding the shipped configurations, one `{name}.toml` each.
 SHIPPED_FOLDER = "configs"
 
@@ -38,7 +41,10 @@ class TrainConfig:
 
     # network
     architecture: str = "resnet50"
-    init: str = "imagenet"  # "imagenet", "scratch", or a path to a .safetensors / torch state dict
+    # "imagenet", "scratch", a path to a .safetensors / torch state dict, or a MIMIR module (folder
+    # or archive) to fine-tune from: its backbone, and the head rows of the targets both share
+    init: str = "imagenet"
+    freeze: str = "none"  # "none", "stem" or "backbone": parts of the initial network kept fixed
     input_pool: int = 1  # average-pool the input by this factor before the ResNet (CPU speed)
     channels_last: bool = False
     autocast: str = "auto"  # "auto" (bfloat16, else float16 on CUDA; float32 on CPU), "float32", "bfloat16", "float16"
@@ -55,6 +61,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_iterations: int = 0  # linear ramp of the learning rate over the first iterations
     weight_decay: float = 0.0
+    # the backbone's learning rate is learning_rate * backbone_lr_factor (the final layer's is learning_rate)
+    backbone_lr_factor: float = 1.0
     # > 0: validate, predict and save an exponential moving average of the weights (0 = the paper)
     ema_decay: float = 0.0
     # augmentation
@@ -90,6 +98,14 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.lr_gamma <= 0:
             raise ConfigError("learning_rate and lr_gamma must be positive")
+        if not (math.isfinite(self.backbone_lr_factor) and self.backbone_lr_factor > 0):
+            raise ConfigError(
+                f"backbone_lr_factor must be positive, got {self.backbone_lr_factor} (freeze = \"backbone\" keeps it fixed)"
+            )
+        if self.freeze not in FREEZE_MODES:
+            raise ConfigError(f"freeze {self.freeze!r} unknown; choose from {', '.join(FREEZE_MODES)}")
+        if self.freeze != "none" and self.init == "scratch":
+            raise ConfigError(f"freeze = {self.freeze!r} would keep random weights fixed; it needs init other than scratch")
         if list(self.lr_milestones) != sorted(self.lr_milestones):
             raise ConfigError(f"lr_milestones must be increasing, got {self.lr_milestones}")
         if not 0.0 <= self.nll_beta <= 1.0:
