@@ -238,7 +238,7 @@ def _check_options(options: PredictOptions) -> None:
 
 
 def _warn_without_gpu_workers(executor: DaskExecutor) -> None:
-    workers = executor.client.scheduler_info().get("workers", {})
+    workers = executor.client.scheduler_info(n_workers=-1).get("workers", {})  # every worker, not the first few
     if not any(info.get("resources", {}).get("GPU") for info in workers.values()):
         logger.warning(
             "no Dask worker declares a GPU yet: inference batches wait for one "
