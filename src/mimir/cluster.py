@@ -144,13 +144,16 @@ def task_key(func: Callable[..., Any]) -> str:
 
 
 def current_worker_name() -> str | None:
-    """The name of the Dask worker running this code (`dask worker --name`); None outside one."""
-    try:
-        from distributed import get_worker
-    except ImportError:
+    """The name of the Dask worker running this code (`dask worker --name`); None outside one.
+    Never imports distributed: a process that has not imported it is no Dask worker (and
+    importing it changes how every exception pickles, through tblib)."""
+    import sys
+
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
         return None
     try:
-        return str(get_worker().name)
+        return str(distributed.get_worker().name)
     except ValueError:  # not running in a Dask worker
         return None
 
