@@ -47,7 +47,9 @@ import pandas as pd
 
 TARGETS = ["AtlasVatVolume", "AtlasAsatVolume", "liverVolume", "AtlasTotalThighMuscleVolume", "weight", "height"]
 MODULE = "oodbench"
-COHORTS = {"train": 11, "test": 12, "protocol": 13, "phantom": 14}
+COHORTS = {"train": 11, "held": 11, "test": 12, "protocol": 13, "phantom": 14}
+#: The `held` cohort draws its ids from this stream (its subjects are seed 11's, like `train`).
+HELD_EID_STREAM = 111
 PERTURBATIONS = ("swap", "station", "flip")
 INSTANCE = 2
 
@@ -130,16 +132,31 @@ def _cache_name(cohort: str, variant: str) -> str:
     return cohort if not variant else f"{cohort}_{variant}"
 
 
+def _cohort_eids(out: Path, cohort: str, size: int) -> list[int]:
+    """The ids a cohort of `size` subjects should hold.
+
+    The train cohort is frozen once a run was trained on it (its split would change otherwise):
+    then it is what truth_train.csv lists. The held cohort is seed 11's like train, its ids drawn
+    from another stream and never any of train's."""
+    from mimir.synth.cohort import draw_eids
+
+    if cohort == "train" and (out / "run" / "weights.safetensors").is_file():
+        return sorted(_truth_rows(out, "train"))
+    if cohort == "held":
+        train = set(_truth_rows(out, "train")) | set(draw_eids(max(size, 1), COHORTS["train"]))
+        return [eid for eid in draw_eids(size + len(train), HELD_EID_STREAM) if eid not in train][:size]
+    return draw_eids(size, COHORTS[cohort])
+
+
 def build_data(out: Path, sizes: dict[str, int], workers: int) -> None:
     """Every cohort's cache under out/caches, truth.csv per cohort; subjects already cached are skipped."""
     from mimir.imaging.cache import image_path, write_image
-    from mimir.synth.cohort import draw_eids
 
     caches = out / "caches"
     queues = []
     for cohort, seed in COHORTS.items():
         done = _truth_rows(out, cohort)
-        queues.append([(cohort, seed, eid) for eid in draw_eids(sizes[cohort], seed) if eid not in done])
+        queues.append([(cohort, seed, eid) for eid in _cohort_eids(out, cohort, sizes[cohort]) if eid not in done])
     # Round-robin over the cohorts (the training cohort twice as often), so that every cohort
     # grows together and a benchmark stopped early still has some of each.
     jobs = []
@@ -356,6 +373,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=120)
     parser.add_argument("--n-shift", type=int, default=80, help="subjects of the protocol and phantom cohorts")
+    parser.add_argument("--n-held", type=int, default=100, help="extra held-out exams of the training cohort's generator (threshold)")
     parser.add_argument("--held-out", type=float, default=0.25, help="share of the train cohort held out (validation)")
     parser.add_argument("--config", default="cpu-small")
     parser.add_argument("--iterations", type=int, default=150)
@@ -370,7 +388,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # on a shared, busy CPU one thread wastes no time waiting on others
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     args.out.mkdir(parents=True, exist_ok=True)
-    sizes = {"train": args.n_train, "test": args.n_test, "protocol": args.n_shift, "phantom": args.n_shift}
+    sizes = {"train": args.n_train, "held": args.n_held, "test": args.n_test, "protocol": args.n_shift, "phantom": args.n_shift}
     if args.stage in ("data", "all"):
         build_data(args.out, sizes, args.workers)
     if args.stage in ("train", "all"):
