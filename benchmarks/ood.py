@@ -245,7 +245,9 @@ def build_ood_module(args: argparse.Namespace) -> None:
         logger.info("module: %s exists", module)
         return
     started = time.perf_counter()
-    build_module(args.out / "run", None, module, images=args.out / "caches" / "train", ood_features=args.features)
+    held = args.out / "caches" / "held"
+    build_module(args.out / "run", None, module, images=args.out / "caches" / "train", ood_features=args.features,
+                 held_out_images=held if held.is_dir() else None)
     logger.info("module: built with its OOD description in %.0f s", time.perf_counter() - started)
 
 
@@ -260,7 +262,14 @@ LABELS = {
     "phantom": "other phantom (tissue signals)",
 }
 #: The feature spaces compared (each a description fitted on the same training and held-out exams).
-COMPARED = ("penultimate", "stages", "stages_full", "image", "penultimate+image", "stages+image", "stages_full+image")
+COMPARED = (
+    "penultimate", "stages", "stages_full", "image", "penultimate+image", "stages+image", "stages_full+image",
+    "intensity", "noise", "background", "profile",
+    "image,intensity,noise,background", "stages+image,intensity,noise,background",
+    "stages+image,noise,background", "stages,image,intensity,noise,background",
+    "image+intensity+noise+background", "profile,intensity,noise,background",
+)
+BASE_KINDS = ("penultimate", "stages", "stages_full", "image", "intensity", "noise", "background", "profile")
 
 
 def score(args: argparse.Namespace) -> None:
@@ -284,72 +293,130 @@ def score(args: argparse.Namespace) -> None:
             results[name]["by_station"] = {
                 int(key): [int(group["flagged"].sum()), int(len(group))] for key, group in by_station.groupby("station")
             }
+    from mimir.inference.modules import read_spec
+
     comparison = compare_features(args)
-    record = {"module": str(module), "features": args.features, "prediction": results, "comparison": comparison}
+    ood = read_spec(module).ood or {}
+    record = {
+        "module": str(module), "features": ood.get("features"), "threshold": ood.get("threshold"),
+        "threshold_source": ood.get("threshold_source"), "n_held_out": ood.get("n_held_out"), "n_train": ood.get("n_train"),
+        "prediction": results, "comparison": comparison,
+        "threshold_sources": threshold_sources(args, str(ood.get("features"))),
+    }
     (args.out / "results.json").write_text(json.dumps(record, indent=1))
     print(markdown(record))
 
 
-def _features_of(network, folder: Path, stems: list[str] | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Every compared base feature kind of the images in `folder` (or of `stems` there)."""
+def _features_of(network, folder: Path, kinds: list[str], stems: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The base feature kinds `kinds` of the images in `folder` (or of `stems` there), in stem order."""
     import torch
 
     from mimir.imaging.cache import load_image
-    from mimir.inference.ood import FEATURE_KINDS, extract_features
+    from mimir.inference.ood import extract_features
     from mimir.network import images_to_input
 
     paths = sorted(folder.glob("*.npy"))
     if stems is not None:
         wanted = set(stems)
         paths = [path for path in paths if path.stem in wanted]
-    kinds: dict[str, list[np.ndarray]] = {kind: [] for kind in FEATURE_KINDS}
+    parts: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
     for start in range(0, len(paths), 16):
         images = torch.from_numpy(np.stack([load_image(path) for path in paths[start : start + 16]]))
         network_in = images_to_input(images)
-        for kind in FEATURE_KINDS:
-            kinds[kind].append(extract_features(network, network_in, kind))
-    return [path.stem for path in paths], {kind: np.concatenate(parts) for kind, parts in kinds.items()}
+        for kind in kinds:
+            parts[kind].append(extract_features(network, network_in, kind))
+    return {kind: np.concatenate(values) for kind, values in parts.items()}
 
 
 def _combined(parts: dict[str, np.ndarray], features: str) -> np.ndarray:
-    return np.concatenate([parts[kind] for kind in features.split("+")], axis=1)
+    return np.concatenate([parts[kind] for block in features.split(",") for kind in block.split("+")], axis=1)
 
 
-def all_features(args: argparse.Namespace) -> tuple[dict, dict, dict]:
-    """Every base feature kind of the training, held-out and scored exams (kept in features.npz)."""
+def _block_sizes(parts: dict[str, np.ndarray], features: str) -> list[int]:
+    return [sum(parts[kind].shape[1] for kind in block.split("+")) for block in features.split(",")]
+
+
+#: Exam groups whose features are kept: the run's training and validation exams, the extra
+#: held-out cohort, and every scored cohort.
+GROUPS = ("train", "val", "held", *SCORED)
+
+
+def all_features(args: argparse.Namespace) -> dict[str, dict[str, np.ndarray]]:
+    """Every base feature kind of every group (kept in features.npz; kinds missing there are computed)."""
     from mimir.inference.modules import load_module
 
     saved = args.out / "features.npz"
-    if saved.is_file():
-        arrays = dict(np.load(saved))
-        unpack = lambda prefix: {key.split("/", 1)[1]: value for key, value in arrays.items() if key.split("/", 1)[0] == prefix}  # noqa: E731
-        return unpack("train"), unpack("held"), {name: unpack(name) for name in SCORED}
-    network = load_module(args.out / "module", "cpu").network
-    _, train_ids, val_ids = _split(args.out, args.held_out)
-    stem = "{}_20201_%d_0" % INSTANCE
-    _, train = _features_of(network, args.out / "caches" / "train", [stem.format(eid) for eid in train_ids["eid"]])
-    _, held = _features_of(network, args.out / "caches" / "train", [stem.format(eid) for eid in val_ids["eid"]])
-    scored = {name: _features_of(network, args.out / "caches" / name)[1] for name in SCORED}
-    groups = {"train": train, "held": held, **scored}
-    np.savez(saved, **{f"{group}/{kind}": value for group, parts in groups.items() for kind, value in parts.items()})
-    return train, held, scored
+    arrays = dict(np.load(saved)) if saved.is_file() else {}
+    have = {key.split("/", 1)[1] for key in arrays}
+    missing = [kind for kind in BASE_KINDS if kind not in have]
+    if missing:
+        logger.info("features: computing %s", ", ".join(missing))
+        network = load_module(args.out / "module", "cpu").network
+        _, train_ids, val_ids = _split(args.out, args.held_out)
+        stem = "{}_20201_%d_0" % INSTANCE
+        folders = {
+            "train": (args.out / "caches" / "train", [stem.format(eid) for eid in train_ids["eid"]]),
+            "val": (args.out / "caches" / "train", [stem.format(eid) for eid in val_ids["eid"]]),
+            "held": (args.out / "caches" / "held", None),
+            **{name: (args.out / "caches" / name, None) for name in SCORED},
+        }
+        for group, (folder, stems) in folders.items():
+            if folder.is_dir():
+                for kind, values in _features_of(network, folder, missing, stems).items():
+                    arrays[f"{group}/{kind}"] = values
+        np.savez(saved, **arrays)
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        group, kind = key.split("/", 1)
+        groups.setdefault(group, {})[kind] = value
+    return groups
+
+
+def _rates(described, groups: dict[str, dict[str, np.ndarray]], features: str) -> dict[str, float]:
+    return {
+        name: float(np.mean(described.flagged(described.distances(_combined(groups[name], features)))))
+        for name in SCORED
+    }
 
 
 def compare_features(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Per compared feature space: the flag rate of each scored cohort, description fitted here."""
+    """Per compared feature space: the flag rate of each scored cohort, description fitted here on
+    the run's training exams, the threshold from the held-out exams (validation and held cohort)."""
     from mimir.inference.ood import fit_description
 
-    train, held, scored = all_features(args)
+    groups = all_features(args)
     comparison: dict[str, dict[str, float]] = {}
     for features in COMPARED:
-        described = fit_description(_combined(train, features), _combined(held, features), features)
-        comparison[features] = {
-            name: float(np.mean(described.flagged(described.distances(_combined(parts, features)))))
-            for name, parts in scored.items()
-        }
-        comparison[features]["dimension"] = float(_combined(train, features).shape[1])
+        train = groups["train"]
+        held = _combined(groups["val"], features)
+        if "held" in groups:
+            held = np.concatenate([held, _combined(groups["held"], features)])
+        described = fit_description(
+            _combined(train, features), held, features, block_sizes=_block_sizes(train, features)
+        )
+        comparison[features] = {**_rates(described, groups, features), "dimension": float(_combined(train, features).shape[1])}
         logger.info("features %s: %s", features, comparison[features])
     return comparison
+
+
+def threshold_sources(args: argparse.Namespace, features: str) -> dict[str, dict[str, float]]:
+    """The flag rates of `features` with the threshold from: the run's validation exams only, the
+    held cohort only, both (the module's choice), the cross-fitted training distances."""
+    from mimir.inference.ood import fit_description
+
+    groups = all_features(args)
+    train = _combined(groups["train"], features)
+    sizes = _block_sizes(groups["train"], features)
+    val = _combined(groups["val"], features)
+    held = _combined(groups["held"], features) if "held" in groups else val[:0]
+    sources = {"validation": val, "held cohort": held, "validation and held cohort": np.concatenate([val, held]), "cross-fitted training": None}
+    out: dict[str, dict[str, float]] = {}
+    for name, held_out in sources.items():
+        if held_out is not None and not len(held_out):
+            continue
+        described = fit_description(train, held_out, features, block_sizes=sizes)
+        out[name] = {**_rates(described, groups, features), "n": float(described.n_held_out or described.n_train)}
+    return out
 
 
 def markdown(record: dict) -> str:
@@ -362,6 +429,10 @@ def markdown(record: dict) -> str:
     lines += ["", "| features | dims | " + " | ".join(LABELS[name] for name in SCORED) + " |", "|---|---|" + "---|" * len(SCORED)]
     for features, rates in record["comparison"].items():
         lines.append(f"| {features} | {int(rates['dimension'])} | " + " | ".join(f"{100 * rates[name]:.1f} %" for name in SCORED) + " |")
+    lines += ["", f"threshold of {record['features']} from:", "", "| exams | n | " + " | ".join(LABELS[name] for name in SCORED) + " |",
+              "|---|---|" + "---|" * len(SCORED)]
+    for source, rates in record.get("threshold_sources", {}).items():
+        lines.append(f"| {source} | {int(rates['n'])} | " + " | ".join(f"{100 * rates[name]:.1f} %" for name in SCORED) + " |")
     return "\n".join(lines)
 
 
