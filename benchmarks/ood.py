@@ -263,13 +263,14 @@ LABELS = {
 }
 #: The feature spaces compared (each a description fitted on the same training and held-out exams).
 COMPARED = (
-    "penultimate", "stages", "stages_full", "image", "penultimate+image", "stages+image", "stages_full+image",
-    "intensity", "noise", "background", "profile",
-    "image,intensity,noise,background", "stages+image,intensity,noise,background",
-    "stages+image,noise,background", "stages,image,intensity,noise,background",
-    "image+intensity+noise+background", "profile,intensity,noise,background",
+    "penultimate", "stages", "stages_full", "image", "stages+image", "stages_full+image",
+    "intensity", "noise", "background", "contrast", "profile",
+    "image+intensity+noise+contrast", "image,intensity,noise,background",
+    "image,intensity,noise,contrast", "image,intensity,noise,background,contrast",
+    "stages+image,noise,contrast", "stages+image,intensity,noise,contrast",
+    "stages,image,intensity,noise,background,contrast",
 )
-BASE_KINDS = ("penultimate", "stages", "stages_full", "image", "intensity", "noise", "background", "profile")
+BASE_KINDS = ("penultimate", "stages", "stages_full", "image", "intensity", "noise", "background", "contrast", "profile")
 
 
 def score(args: argparse.Namespace) -> None:

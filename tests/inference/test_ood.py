@@ -22,6 +22,7 @@ from mimir.inference.modules import (
     verify_module,
 )
 from mimir.inference.ood import (
+    DEFAULT_FEATURES,
     OODDescription,
     OODError,
     extract_features,
@@ -242,7 +243,7 @@ def test_build_describes_the_run_cache_with_its_validation_exams_held_out(tmp_pa
     module = build_module(run, None, tmp_path / "held_out", images=cache)
     spec = verify_module(module)
     assert spec.ood["n_train"] == 22 and spec.ood["n_held_out"] == 8
-    assert spec.ood["threshold_source"] == "held-out" and spec.ood["features"] == "stages+image"
+    assert spec.ood["threshold_source"] == "held-out" and spec.ood["features"] == DEFAULT_FEATURES
     assert spec.provenance.data["ood_images"] == "cache"
     with pytest.raises(ModuleMissingFileError, match="image cache not found"):
         build_module(run, None, tmp_path / "none", images=tmp_path / "absent")
@@ -305,7 +306,7 @@ def _body(seed: int, *, noise: float = 1.0, fat_signal: float = 1.0, water_signa
     return image.astype(np.uint8)
 
 
-STATISTICS_SIZES = {"intensity": 48, "noise": 25, "background": 4, "profile": 99}
+STATISTICS_SIZES = {"intensity": 48, "noise": 25, "background": 4, "contrast": 1, "profile": 99}
 
 
 @pytest.mark.parametrize("kind", sorted(STATISTICS_SIZES))
@@ -334,7 +335,7 @@ def _perturbed(kind: str, seeds: range) -> np.ndarray:
 @pytest.mark.parametrize(
     ("kind", "perturbation"),
     [("intensity", "contrast"), ("noise", "noisy"), ("noise", "flipped"), ("background", "contrast"),
-     ("background", "noisy"), ("profile", "flipped")],
+     ("background", "noisy"), ("contrast", "contrast"), ("profile", "flipped")],
 )
 def test_each_statistic_puts_its_perturbation_farther_than_fresh_images(kind, perturbation):
     from mimir.inference.ood import IMAGE_STATISTICS
@@ -351,7 +352,7 @@ def test_each_statistic_puts_its_perturbation_farther_than_fresh_images(kind, pe
 def blocks() -> OODDescription:
     from mimir.inference.ood import IMAGE_STATISTICS
 
-    kinds = ("image", "intensity", "noise", "background", "profile")
+    kinds = ("image", "intensity", "noise", "background", "contrast", "profile")
     images = np.stack([_body(seed) for seed in range(60)])
     parts = [IMAGE_STATISTICS[kind](images) for kind in kinds]
     values = np.concatenate(parts, axis=1)
@@ -363,7 +364,7 @@ def _block_features(images: np.ndarray, features: str) -> np.ndarray:
 
 
 def test_blocks_combine_as_the_largest_distance_in_units_of_each_blocks_spread(blocks):
-    assert blocks.block_sizes == [768, 48, 25, 4, 99] and len(blocks.units) == 5
+    assert blocks.block_sizes == [768, 48, 25, 4, 1, 99] and len(blocks.units) == 6
     probe = _block_features(np.stack([_body(seed) for seed in range(200, 204)]), blocks.features)
     separate = blocks.block_distances(probe)
     expected = np.max([distance / unit for distance, unit in zip(separate, blocks.units, strict=True)], axis=0)
@@ -420,3 +421,50 @@ def test_block_sizes_must_split_the_features_and_kinds_appear_once():
     with pytest.raises(OODError, match="twice"):
         feature_parts("image,image")
     assert len(feature_parts("stages+image,noise,background")) == 4
+
+
+def test_held_out_images_join_the_validation_exams_and_must_be_unseen(tmp_path):
+    from safetensors.torch import save_file
+
+    from mimir.cli import main
+    from mimir.inference.modules import ModuleBuildError, build_module
+    from mimir.runs.config import TrainConfig
+    from mimir.runs.standardization import Standardization
+
+    run = tmp_path / "run"
+    run.mkdir()
+    state = helpers.realistic_state(2, _training_images(4), 0)
+    save_file({key: value.contiguous() for key, value in state.items()}, str(run / "weights.safetensors"))
+    standardization = Standardization("organs", ("liverFat", "liverVolume"), np.array([5.0, 1.6]), np.array([4.0, 0.3]), np.array([40, 38]))
+    (run / "standardization.json").write_text(standardization.to_json())
+    TrainConfig(architecture="resnet18", input_pool=4).write_toml(run / "config.toml")
+    cache, held = tmp_path / "cache", tmp_path / "held"
+    cache.mkdir()
+    held.mkdir()
+    for index in range(24):
+        np.save(cache / f"{4000000 + index}_20201_2_0.npy", _body(500 + index))
+    (run / "val_predictions.csv").write_text("eid,instance,liverFat,liverFat_sd\n" + "".join(f"{4000000 + i},2,1,1\n" for i in range(4)))
+    for index in range(6):
+        np.save(held / f"{4100000 + index}_20201_2_0.npy", _body(600 + index))
+    module = build_module(run, None, tmp_path / "m", images=cache, held_out_images=held, ood_features="image,noise,background")
+    spec = verify_module(module)
+    assert spec.ood["n_train"] == 20 and spec.ood["n_held_out"] == 10 and spec.ood["threshold_source"] == "held-out"
+    assert [block["features"] for block in spec.ood["blocks"]] == ["image", "noise", "background"]
+    assert spec.provenance.data["ood_held_out_images"] == "held"
+    described = read_ood(module)
+    assert described is not None and described.block_sizes == [768, 25, 4]
+    # an exam the network trained on is not held out
+    np.save(held / "4000010_20201_2_0.npy", _body(510))
+    with pytest.raises(ModuleBuildError, match="also training exams"):
+        build_module(run, None, tmp_path / "m2", images=cache, held_out_images=held, ood_features="image")
+    assert main(["-q", "module", "build", "--run", str(run), "--held-out-cache", str(held), "--out", str(tmp_path / "m3")]) == 2
+
+
+def test_the_module_build_help_names_the_default_features():
+    from mimir.cli import build_parser
+
+    parser = build_parser()
+    module_parser = parser._subparsers._group_actions[0].choices["module"]
+    build = module_parser._subparsers._group_actions[0].choices["build"]
+    help_text = " ".join(build.format_help().split())
+    assert f"default {DEFAULT_FEATURES}," in help_text

@@ -51,10 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument(
         "--ood-features", metavar="KIND",
-        help="feature space of the OOD description: penultimate, stages, stages_full, image (network "
-        "features and pooled pixels), intensity, noise, background, profile (image statistics); '+' "
+        help="feature space of the OOD description: penultimate, stages, stages_full (network features), "
+        "image (pooled pixels), intensity, noise, background, contrast, profile (image statistics); '+' "
         "joins kinds into one feature space, ',' makes separate blocks combined by their largest "
-        "standardised distance (default stages+image, the choice docs/ood.md measures)",
+        "standardised distance (default stages,image,intensity,noise,background,contrast, the choice "
+        "docs/ood.md measures)",
     )
     common_flags.add_force(build, "the module at --out", overwrite_alias=True)
     build.set_defaults(handler=run_build)

@@ -74,9 +74,11 @@ FEATURE_KINDS: dict[str, FeatureKind] = {
     "intensity": FeatureKind(image=True),
     "noise": FeatureKind(image=True),
     "background": FeatureKind(image=True),
+    "contrast": FeatureKind(image=True),
     "profile": FeatureKind(image=True),
 }
-DEFAULT_FEATURES = "stages+image"
+#: Network stages and image statistics as separate blocks: docs/ood.md measures the choice.
+DEFAULT_FEATURES = "stages,image,intensity,noise,background,contrast"
 BLOCK_SEPARATOR = ","
 PART_SEPARATOR = "+"
 
@@ -204,6 +206,18 @@ def background_features(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def contrast_features(images: np.ndarray) -> np.ndarray:
+    """(N, 1): log of the fat projection's noise floor over the water projection's.
+
+    Each projection is scaled to its own brightest pixel, so the ratio of the two noise floors
+    is the ratio of the brightest water signal (liver, muscle) to the brightest fat signal
+    (adipose tissue): the tissues' relative brightness, which another phantom, coil or sequence
+    changes and anatomy changes little. One number, so that a shift along it is not diluted
+    among other statistics."""
+    floors = background_features(images)
+    return (floors[:, 1] - floors[:, 0])[:, None]
+
+
 def profile_features(images: np.ndarray) -> np.ndarray:
     """(N, 99): head-to-foot profiles: each channel's mean per horizontal band (32 bands, 0-1),
     and the body's share of the pixels in the top, middle and bottom thirds. A scan flipped head
@@ -223,6 +237,7 @@ IMAGE_STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "intensity": intensity_features,
     "noise": noise_features,
     "background": background_features,
+    "contrast": contrast_features,
     "profile": profile_features,
 }
 
