@@ -2,6 +2,7 @@
 
     python benchmarks/ood.py --out /tmp/ood_bench            # everything (resumes)
     python benchmarks/ood.py --out /tmp/ood_bench --stage data
+    python benchmarks/ood.py --out OUT --n-train 200 --n-held 100 --n-test 120 --n-shift 40   # docs/ood.md
 
 Stages, each resumable (finished work is found in --out and skipped):
 
@@ -9,7 +10,11 @@ Stages, each resumable (finished work is found in --out and skipped):
    zip with gain, coil field, noise and off-grid stations -> read -> fuse -> project), into one
    image cache per cohort:
    - `train` (seed 11): the module's training exams; a share of them (`--held-out`) is the
-     training run's validation set, never trained on, which sets the flag's threshold;
+     training run's validation set, never trained on, which sets the flag's threshold. Once
+     a run exists this cohort is frozen (its split would change otherwise);
+   - `held` (seed 11, `--n-held`, ids drawn apart from train's): more exams of the training
+     cohort's generator that no network trains on; with the validation set they set the
+     module's threshold (`build_module(..., held_out_images=...)`);
    - `test` (seed 12): in-distribution exams from another seed (how often are they flagged?),
      and from the same fused volumes, before projection:
        `test_swap`     water and fat volumes exchanged (a water-fat swap of the whole exam),
@@ -24,10 +29,12 @@ Stages, each resumable (finished work is found in --out and skipped):
      contrasts differ while anatomy and protocol are the cohort's.
 2. train: a ResNet18 (`--config`, default the shipped cpu-small with `--iterations`) on the
    train cohort's six reference targets, its validation set held out.
-3. module: `build_module` with the OOD description computed from the training cache.
+3. module: `build_module` with the OOD description computed from the training cache, the
+   held cohort joining the validation exams (features `--features`, default mimir's).
 4. score: `run_prediction` on every cohort; the share of exams flagged per cohort (and per
-   zero-filled station); then the feature comparison: each feature kind's description fitted
-   on the same exams, its flag rates per cohort.
+   zero-filled station); then the feature comparison: each feature space of COMPARED fitted
+   on the same exams (features of every kind kept in OUT/features.npz), its flag rates per
+   cohort; and the module's features with the threshold from each set of held-out exams.
 """
 
 from __future__ import annotations
