@@ -213,9 +213,17 @@ def _append_truth(out: Path, cohort: str, row: dict) -> None:
 
 # training and the module -------------------------------------------------------------------------
 def _split(out: Path, held_out: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The train cohort's targets, its training and its held-out (validation) exams."""
+    """The train cohort's targets, its training and its held-out (validation) exams.
+
+    Once a run exists its validation exams (val_predictions.csv) are the held-out ones, whatever
+    `held_out` says now, so that a rerun never scores the run against exams it trained on."""
     truth = pd.read_csv(_truth_path(out, "train")).drop_duplicates("eid").sort_values("eid").reset_index(drop=True)
     truth = truth[[(out / "caches" / "train" / f"{eid}_20201_{INSTANCE}_0.npy").is_file() for eid in truth["eid"]]]
+    validation = out / "run" / "val_predictions.csv"
+    if validation.is_file():
+        held_eids = set(pd.read_csv(validation, usecols=["eid"])["eid"].astype(int))
+        is_held = truth["eid"].astype(int).isin(held_eids)
+        return truth[["eid", "instance", *TARGETS]], truth[~is_held][["eid", "instance"]], truth[is_held][["eid", "instance"]]
     n_held = max(1, round(held_out * len(truth)))
     order = np.random.default_rng(0).permutation(len(truth))
     held = truth.iloc[np.sort(order[:n_held])]
