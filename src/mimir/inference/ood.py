@@ -1,20 +1,23 @@
 """Out-of-distribution flag: how far an exam lies from a module's training images.
 
-When a module is built with its training images, it stores a compact description of them in a
-feature space (`FEATURE_KINDS`): the features standardised and a Ledoit-Wolf shrinkage
-covariance of them, held through the training exams' principal axes (exact, N x D numbers). An
-exam's distance is its Mahalanobis distance under that covariance. The module also stores the
-training exams' distances, each computed by a description fitted without that exam (5-fold
-cross-fitting, so they are distances of unseen in-distribution exams), and a threshold: the 99th
-percentile of the distances of held-out in-distribution exams (the training run's validation
-exams), or, with none, of the cross-fitted training distances.
+When a module is built with its training images, it stores a compact description of them in
+feature blocks (`FEATURE_KINDS`: network stages, pooled pixels, image statistics): per block the
+features standardised and a Ledoit-Wolf shrinkage covariance of them, held through the training
+exams' principal axes (exact, N x D numbers). A block's distance is its Mahalanobis distance under
+that covariance; with several blocks an exam's distance is the largest block distance, each in
+units of its block's spread (90th percentile of its cross-fitted training distances). The module
+also stores the training exams' distances, each computed by a description fitted without that
+exam (5-fold cross-fitting, so they are distances of unseen in-distribution exams), and a
+threshold: the 99th percentile of the distances of held-out in-distribution exams (the training
+run's validation exams and any further held-out images), or, with none, of the cross-fitted
+training distances.
 
 Prediction reports `ood_score`, the percentage of training exams at or below the exam's distance
 (0-100, monotone in the distance), and flags the exam when the distance exceeds the threshold.
 Measured rates: docs/ood.md (benchmarks/ood.py).
 
-Fitting and scoring use numpy and scikit-learn; only `extract_features` runs the network (torch
-imported there).
+Fitting and scoring use numpy, scipy and scikit-learn; only `extract_features` runs the network
+(torch imported there).
 """
 
 from __future__ import annotations
