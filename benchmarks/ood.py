@@ -2,6 +2,7 @@
 
     python benchmarks/ood.py --out /tmp/ood_bench            # everything (resumes)
     python benchmarks/ood.py --out /tmp/ood_bench --stage data
+    python benchmarks/ood.py --out OUT --n-train 200 --n-held 100 --n-test 120 --n-shift 40   # docs/ood.md
 
 Stages, each resumable (finished work is found in --out and skipped):
 
@@ -9,7 +10,11 @@ Stages, each resumable (finished work is found in --out and skipped):
    zip with gain, coil field, noise and off-grid stations -> read -> fuse -> project), into one
    image cache per cohort:
    - `train` (seed 11): the module's training exams; a share of them (`--held-out`) is the
-     training run's validation set, never trained on, which sets the flag's threshold;
+     training run's validation set, never trained on, which sets the flag's threshold. Once
+     a run exists this cohort is frozen (its split would change otherwise);
+   - `held` (seed 11, `--n-held`, ids drawn apart from train's): more exams of the training
+     cohort's generator that no network trains on; with the validation set they set the
+     module's threshold (`build_module(..., held_out_images=...)`);
    - `test` (seed 12): in-distribution exams from another seed (how often are they flagged?),
      and from the same fused volumes, before projection:
        `test_swap`     water and fat volumes exchanged (a water-fat swap of the whole exam),
@@ -24,10 +29,12 @@ Stages, each resumable (finished work is found in --out and skipped):
      contrasts differ while anatomy and protocol are the cohort's.
 2. train: a ResNet18 (`--config`, default the shipped cpu-small with `--iterations`) on the
    train cohort's six reference targets, its validation set held out.
-3. module: `build_module` with the OOD description computed from the training cache.
+3. module: `build_module` with the OOD description computed from the training cache, the
+   held cohort joining the validation exams (features `--features`, default mimir's).
 4. score: `run_prediction` on every cohort; the share of exams flagged per cohort (and per
-   zero-filled station); then the feature comparison: each feature kind's description fitted
-   on the same exams, its flag rates per cohort.
+   zero-filled station); then the feature comparison: each feature space of COMPARED fitted
+   on the same exams (features of every kind kept in OUT/features.npz), its flag rates per
+   cohort; and the module's features with the threshold from each set of held-out exams.
 """
 
 from __future__ import annotations
@@ -47,7 +54,9 @@ import pandas as pd
 
 TARGETS = ["AtlasVatVolume", "AtlasAsatVolume", "liverVolume", "AtlasTotalThighMuscleVolume", "weight", "height"]
 MODULE = "oodbench"
-COHORTS = {"train": 11, "test": 12, "protocol": 13, "phantom": 14}
+COHORTS = {"train": 11, "held": 11, "test": 12, "protocol": 13, "phantom": 14}
+#: The `held` cohort draws its ids from this stream (its subjects are seed 11's, like `train`).
+HELD_EID_STREAM = 111
 PERTURBATIONS = ("swap", "station", "flip")
 INSTANCE = 2
 
@@ -130,16 +139,31 @@ def _cache_name(cohort: str, variant: str) -> str:
     return cohort if not variant else f"{cohort}_{variant}"
 
 
+def _cohort_eids(out: Path, cohort: str, size: int) -> list[int]:
+    """The ids a cohort of `size` subjects should hold.
+
+    The train cohort is frozen once a run was trained on it (its split would change otherwise):
+    then it is what truth_train.csv lists. The held cohort is seed 11's like train, its ids drawn
+    from another stream and never any of train's."""
+    from mimir.synth.cohort import draw_eids
+
+    if cohort == "train" and (out / "run" / "weights.safetensors").is_file():
+        return sorted(_truth_rows(out, "train"))
+    if cohort == "held":
+        train = set(_truth_rows(out, "train")) | set(draw_eids(max(size, 1), COHORTS["train"]))
+        return [eid for eid in draw_eids(size + len(train), HELD_EID_STREAM) if eid not in train][:size]
+    return draw_eids(size, COHORTS[cohort])
+
+
 def build_data(out: Path, sizes: dict[str, int], workers: int) -> None:
     """Every cohort's cache under out/caches, truth.csv per cohort; subjects already cached are skipped."""
     from mimir.imaging.cache import image_path, write_image
-    from mimir.synth.cohort import draw_eids
 
     caches = out / "caches"
     queues = []
     for cohort, seed in COHORTS.items():
         done = _truth_rows(out, cohort)
-        queues.append([(cohort, seed, eid) for eid in draw_eids(sizes[cohort], seed) if eid not in done])
+        queues.append([(cohort, seed, eid) for eid in _cohort_eids(out, cohort, sizes[cohort]) if eid not in done])
     # Round-robin over the cohorts (the training cohort twice as often), so that every cohort
     # grows together and a benchmark stopped early still has some of each.
     jobs = []
@@ -189,9 +213,17 @@ def _append_truth(out: Path, cohort: str, row: dict) -> None:
 
 # training and the module -------------------------------------------------------------------------
 def _split(out: Path, held_out: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The train cohort's targets, its training and its held-out (validation) exams."""
+    """The train cohort's targets, its training and its held-out (validation) exams.
+
+    Once a run exists its validation exams (val_predictions.csv) are the held-out ones, whatever
+    `held_out` says now, so that a rerun never scores the run against exams it trained on."""
     truth = pd.read_csv(_truth_path(out, "train")).drop_duplicates("eid").sort_values("eid").reset_index(drop=True)
     truth = truth[[(out / "caches" / "train" / f"{eid}_20201_{INSTANCE}_0.npy").is_file() for eid in truth["eid"]]]
+    validation = out / "run" / "val_predictions.csv"
+    if validation.is_file():
+        held_eids = set(pd.read_csv(validation, usecols=["eid"])["eid"].astype(int))
+        is_held = truth["eid"].astype(int).isin(held_eids)
+        return truth[["eid", "instance", *TARGETS]], truth[~is_held][["eid", "instance"]], truth[is_held][["eid", "instance"]]
     n_held = max(1, round(held_out * len(truth)))
     order = np.random.default_rng(0).permutation(len(truth))
     held = truth.iloc[np.sort(order[:n_held])]
@@ -228,7 +260,9 @@ def build_ood_module(args: argparse.Namespace) -> None:
         logger.info("module: %s exists", module)
         return
     started = time.perf_counter()
-    build_module(args.out / "run", None, module, images=args.out / "caches" / "train", ood_features=args.features)
+    held = args.out / "caches" / "held"
+    build_module(args.out / "run", None, module, images=args.out / "caches" / "train", ood_features=args.features,
+                 held_out_images=held if held.is_dir() else None)
     logger.info("module: built with its OOD description in %.0f s", time.perf_counter() - started)
 
 
@@ -243,7 +277,15 @@ LABELS = {
     "phantom": "other phantom (tissue signals)",
 }
 #: The feature spaces compared (each a description fitted on the same training and held-out exams).
-COMPARED = ("penultimate", "stages", "stages_full", "image", "penultimate+image", "stages+image", "stages_full+image")
+COMPARED = (
+    "penultimate", "stages", "stages_full", "image", "stages+image", "stages_full+image",
+    "intensity", "noise", "background", "contrast", "profile",
+    "image+intensity+noise+contrast", "image,intensity,noise,background",
+    "image,intensity,noise,contrast", "image,intensity,noise,background,contrast",
+    "stages+image,noise,contrast", "stages+image,intensity,noise,contrast",
+    "stages,image,intensity,noise,background,contrast",
+)
+BASE_KINDS = ("penultimate", "stages", "stages_full", "image", "intensity", "noise", "background", "contrast", "profile")
 
 
 def score(args: argparse.Namespace) -> None:
@@ -267,72 +309,130 @@ def score(args: argparse.Namespace) -> None:
             results[name]["by_station"] = {
                 int(key): [int(group["flagged"].sum()), int(len(group))] for key, group in by_station.groupby("station")
             }
+    from mimir.inference.modules import read_spec
+
     comparison = compare_features(args)
-    record = {"module": str(module), "features": args.features, "prediction": results, "comparison": comparison}
+    ood = read_spec(module).ood or {}
+    record = {
+        "module": str(module), "features": ood.get("features"), "threshold": ood.get("threshold"),
+        "threshold_source": ood.get("threshold_source"), "n_held_out": ood.get("n_held_out"), "n_train": ood.get("n_train"),
+        "prediction": results, "comparison": comparison,
+        "threshold_sources": threshold_sources(args, str(ood.get("features"))),
+    }
     (args.out / "results.json").write_text(json.dumps(record, indent=1))
     print(markdown(record))
 
 
-def _features_of(network, folder: Path, stems: list[str] | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Every compared base feature kind of the images in `folder` (or of `stems` there)."""
+def _features_of(network, folder: Path, kinds: list[str], stems: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The base feature kinds `kinds` of the images in `folder` (or of `stems` there), in stem order."""
     import torch
 
     from mimir.imaging.cache import load_image
-    from mimir.inference.ood import FEATURE_KINDS, extract_features
+    from mimir.inference.ood import extract_features
     from mimir.network import images_to_input
 
     paths = sorted(folder.glob("*.npy"))
     if stems is not None:
         wanted = set(stems)
         paths = [path for path in paths if path.stem in wanted]
-    kinds: dict[str, list[np.ndarray]] = {kind: [] for kind in FEATURE_KINDS}
+    parts: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
     for start in range(0, len(paths), 16):
         images = torch.from_numpy(np.stack([load_image(path) for path in paths[start : start + 16]]))
         network_in = images_to_input(images)
-        for kind in FEATURE_KINDS:
-            kinds[kind].append(extract_features(network, network_in, kind))
-    return [path.stem for path in paths], {kind: np.concatenate(parts) for kind, parts in kinds.items()}
+        for kind in kinds:
+            parts[kind].append(extract_features(network, network_in, kind))
+    return {kind: np.concatenate(values) for kind, values in parts.items()}
 
 
 def _combined(parts: dict[str, np.ndarray], features: str) -> np.ndarray:
-    return np.concatenate([parts[kind] for kind in features.split("+")], axis=1)
+    return np.concatenate([parts[kind] for block in features.split(",") for kind in block.split("+")], axis=1)
 
 
-def all_features(args: argparse.Namespace) -> tuple[dict, dict, dict]:
-    """Every base feature kind of the training, held-out and scored exams (kept in features.npz)."""
+def _block_sizes(parts: dict[str, np.ndarray], features: str) -> list[int]:
+    return [sum(parts[kind].shape[1] for kind in block.split("+")) for block in features.split(",")]
+
+
+#: Exam groups whose features are kept: the run's training and validation exams, the extra
+#: held-out cohort, and every scored cohort.
+GROUPS = ("train", "val", "held", *SCORED)
+
+
+def all_features(args: argparse.Namespace) -> dict[str, dict[str, np.ndarray]]:
+    """Every base feature kind of every group (kept in features.npz; kinds missing there are computed)."""
     from mimir.inference.modules import load_module
 
     saved = args.out / "features.npz"
-    if saved.is_file():
-        arrays = dict(np.load(saved))
-        unpack = lambda prefix: {key.split("/", 1)[1]: value for key, value in arrays.items() if key.split("/", 1)[0] == prefix}  # noqa: E731
-        return unpack("train"), unpack("held"), {name: unpack(name) for name in SCORED}
-    network = load_module(args.out / "module", "cpu").network
-    _, train_ids, val_ids = _split(args.out, args.held_out)
-    stem = "{}_20201_%d_0" % INSTANCE
-    _, train = _features_of(network, args.out / "caches" / "train", [stem.format(eid) for eid in train_ids["eid"]])
-    _, held = _features_of(network, args.out / "caches" / "train", [stem.format(eid) for eid in val_ids["eid"]])
-    scored = {name: _features_of(network, args.out / "caches" / name)[1] for name in SCORED}
-    groups = {"train": train, "held": held, **scored}
-    np.savez(saved, **{f"{group}/{kind}": value for group, parts in groups.items() for kind, value in parts.items()})
-    return train, held, scored
+    arrays = dict(np.load(saved)) if saved.is_file() else {}
+    have = {key.split("/", 1)[1] for key in arrays}
+    missing = [kind for kind in BASE_KINDS if kind not in have]
+    if missing:
+        logger.info("features: computing %s", ", ".join(missing))
+        network = load_module(args.out / "module", "cpu").network
+        _, train_ids, val_ids = _split(args.out, args.held_out)
+        stem = "{}_20201_%d_0" % INSTANCE
+        folders = {
+            "train": (args.out / "caches" / "train", [stem.format(eid) for eid in train_ids["eid"]]),
+            "val": (args.out / "caches" / "train", [stem.format(eid) for eid in val_ids["eid"]]),
+            "held": (args.out / "caches" / "held", None),
+            **{name: (args.out / "caches" / name, None) for name in SCORED},
+        }
+        for group, (folder, stems) in folders.items():
+            if folder.is_dir():
+                for kind, values in _features_of(network, folder, missing, stems).items():
+                    arrays[f"{group}/{kind}"] = values
+        np.savez(saved, **arrays)
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        group, kind = key.split("/", 1)
+        groups.setdefault(group, {})[kind] = value
+    return groups
+
+
+def _rates(described, groups: dict[str, dict[str, np.ndarray]], features: str) -> dict[str, float]:
+    return {
+        name: float(np.mean(described.flagged(described.distances(_combined(groups[name], features)))))
+        for name in SCORED
+    }
 
 
 def compare_features(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Per compared feature space: the flag rate of each scored cohort, description fitted here."""
+    """Per compared feature space: the flag rate of each scored cohort, description fitted here on
+    the run's training exams, the threshold from the held-out exams (validation and held cohort)."""
     from mimir.inference.ood import fit_description
 
-    train, held, scored = all_features(args)
+    groups = all_features(args)
     comparison: dict[str, dict[str, float]] = {}
     for features in COMPARED:
-        described = fit_description(_combined(train, features), _combined(held, features), features)
-        comparison[features] = {
-            name: float(np.mean(described.flagged(described.distances(_combined(parts, features)))))
-            for name, parts in scored.items()
-        }
-        comparison[features]["dimension"] = float(_combined(train, features).shape[1])
+        train = groups["train"]
+        held = _combined(groups["val"], features)
+        if "held" in groups:
+            held = np.concatenate([held, _combined(groups["held"], features)])
+        described = fit_description(
+            _combined(train, features), held, features, block_sizes=_block_sizes(train, features)
+        )
+        comparison[features] = {**_rates(described, groups, features), "dimension": float(_combined(train, features).shape[1])}
         logger.info("features %s: %s", features, comparison[features])
     return comparison
+
+
+def threshold_sources(args: argparse.Namespace, features: str) -> dict[str, dict[str, float]]:
+    """The flag rates of `features` with the threshold from: the run's validation exams only, the
+    held cohort only, both (the module's choice), the cross-fitted training distances."""
+    from mimir.inference.ood import fit_description
+
+    groups = all_features(args)
+    train = _combined(groups["train"], features)
+    sizes = _block_sizes(groups["train"], features)
+    val = _combined(groups["val"], features)
+    held = _combined(groups["held"], features) if "held" in groups else val[:0]
+    sources = {"validation": val, "held cohort": held, "validation and held cohort": np.concatenate([val, held]), "cross-fitted training": None}
+    out: dict[str, dict[str, float]] = {}
+    for name, held_out in sources.items():
+        if held_out is not None and not len(held_out):
+            continue
+        described = fit_description(train, held_out, features, block_sizes=sizes)
+        out[name] = {**_rates(described, groups, features), "n": float(described.n_held_out or described.n_train)}
+    return out
 
 
 def markdown(record: dict) -> str:
@@ -345,6 +445,10 @@ def markdown(record: dict) -> str:
     lines += ["", "| features | dims | " + " | ".join(LABELS[name] for name in SCORED) + " |", "|---|---|" + "---|" * len(SCORED)]
     for features, rates in record["comparison"].items():
         lines.append(f"| {features} | {int(rates['dimension'])} | " + " | ".join(f"{100 * rates[name]:.1f} %" for name in SCORED) + " |")
+    lines += ["", f"threshold of {record['features']} from:", "", "| exams | n | " + " | ".join(LABELS[name] for name in SCORED) + " |",
+              "|---|---|" + "---|" * len(SCORED)]
+    for source, rates in record.get("threshold_sources", {}).items():
+        lines.append(f"| {source} | {int(rates['n'])} | " + " | ".join(f"{100 * rates[name]:.1f} %" for name in SCORED) + " |")
     return "\n".join(lines)
 
 
@@ -356,6 +460,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=120)
     parser.add_argument("--n-shift", type=int, default=80, help="subjects of the protocol and phantom cohorts")
+    parser.add_argument("--n-held", type=int, default=100, help="extra held-out exams of the training cohort's generator (threshold)")
     parser.add_argument("--held-out", type=float, default=0.25, help="share of the train cohort held out (validation)")
     parser.add_argument("--config", default="cpu-small")
     parser.add_argument("--iterations", type=int, default=150)
@@ -370,7 +475,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # on a shared, busy CPU one thread wastes no time waiting on others
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     args.out.mkdir(parents=True, exist_ok=True)
-    sizes = {"train": args.n_train, "test": args.n_test, "protocol": args.n_shift, "phantom": args.n_shift}
+    sizes = {"train": args.n_train, "held": args.n_held, "test": args.n_test, "protocol": args.n_shift, "phantom": args.n_shift}
     if args.stage in ("data", "all"):
         build_data(args.out, sizes, args.workers)
     if args.stage in ("train", "all"):

@@ -22,6 +22,7 @@ from mimir.inference.modules import (
     verify_module,
 )
 from mimir.inference.ood import (
+    DEFAULT_FEATURES,
     OODDescription,
     OODError,
     extract_features,
@@ -242,7 +243,7 @@ def test_build_describes_the_run_cache_with_its_validation_exams_held_out(tmp_pa
     module = build_module(run, None, tmp_path / "held_out", images=cache)
     spec = verify_module(module)
     assert spec.ood["n_train"] == 22 and spec.ood["n_held_out"] == 8
-    assert spec.ood["threshold_source"] == "held-out" and spec.ood["features"] == "stages+image"
+    assert spec.ood["threshold_source"] == "held-out" and spec.ood["features"] == DEFAULT_FEATURES
     assert spec.provenance.data["ood_images"] == "cache"
     with pytest.raises(ModuleMissingFileError, match="image cache not found"):
         build_module(run, None, tmp_path / "none", images=tmp_path / "absent")
@@ -283,3 +284,187 @@ def test_an_ensemble_carries_member_zeros_description_and_predicts_both_kinds_of
     assert main(["-q", "module", "build", "--from-crossval", str(tmp_path), "--ensemble", "--training-cache", str(cache),
                  "--out", str(tmp_path / "refused")]) == 2
     assert not (tmp_path / "refused").exists()
+
+
+# image statistics and blocks -------------------------------------------------------------------------
+def _body(seed: int, *, noise: float = 1.0, fat_signal: float = 1.0, water_signal: float = 1.0) -> np.ndarray:
+    """A body-like (3, 256, 256) image made as the cache's are: water and fat projections (each
+    scaled to its own maximum, noise floor outside the body), fat fraction in the body and noise
+    outside; wider at the head than at the feet, a liver on one side, so it is not symmetric."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[:256, :256].astype(np.float64)
+    centre, half_width = 75 + rng.uniform(-4, 4), (40 + rng.uniform(-5, 5)) * (1 - 0.35 * rows / 255)
+    body = (np.abs(columns - centre) < half_width) & (rows > 10) & (rows < 245)
+    inner = body & (np.abs(columns - centre) < half_width - 8)
+    liver = inner & (rows > 60) & (rows < 110) & (columns > centre)
+    sigma = 3.0 * noise * rng.uniform(0.8, 1.2)
+    water = water_signal * rng.uniform(0.9, 1.1) * (30.0 * body + 70.0 * inner + 60.0 * liver)
+    fat = fat_signal * rng.uniform(0.95, 1.05) * (100.0 * (body & ~inner) + 8.0 * inner)
+    water, fat = (np.abs(values + rng.normal(0, sigma, values.shape)) for values in (water, fat))
+    fraction = np.where(body, fat / np.maximum(water + fat, 1e-6), rng.uniform(0, 1, body.shape))
+    image = np.stack([255 * water / water.max(), 255 * fat / fat.max(), 255 * np.clip(fraction / 0.5, 0, 1)])
+    return image.astype(np.uint8)
+
+
+STATISTICS_SIZES = {"intensity": 48, "noise": 25, "background": 4, "contrast": 1, "profile": 99}
+
+
+@pytest.mark.parametrize("kind", sorted(STATISTICS_SIZES))
+def test_image_statistics_have_their_size_are_deterministic_and_see_the_image(kind):
+    from mimir.inference.ood import IMAGE_STATISTICS
+
+    images = np.stack([_body(seed) for seed in range(3)])
+    values = IMAGE_STATISTICS[kind](images)
+    assert values.shape == (3, STATISTICS_SIZES[kind]) and np.all(np.isfinite(values))
+    assert np.array_equal(values, IMAGE_STATISTICS[kind](images.copy()))
+    assert not np.array_equal(values[0], values[1])
+    network_free = extract_features(torch.nn.Identity(), images_to_input(torch.from_numpy(images)), kind)
+    assert np.allclose(network_free, values)
+    with pytest.raises(OODError, match="need"):
+        IMAGE_STATISTICS[kind](images[:, :2])
+
+
+def _perturbed(kind: str, seeds: range) -> np.ndarray:
+    if kind == "flipped":
+        return np.stack([_body(seed)[:, ::-1] for seed in seeds])
+    if kind == "noisy":
+        return np.stack([_body(seed, noise=4.0) for seed in seeds])
+    return np.stack([_body(seed, fat_signal=0.6, water_signal=1.6) for seed in seeds])  # contrast
+
+
+@pytest.mark.parametrize(
+    ("kind", "perturbation"),
+    [("intensity", "contrast"), ("noise", "noisy"), ("noise", "flipped"), ("background", "contrast"),
+     ("background", "noisy"), ("contrast", "contrast"), ("profile", "flipped")],
+)
+def test_each_statistic_puts_its_perturbation_farther_than_fresh_images(kind, perturbation):
+    from mimir.inference.ood import IMAGE_STATISTICS
+
+    statistic = IMAGE_STATISTICS[kind]
+    described = fit_description(statistic(np.stack([_body(seed) for seed in range(40)])), None, kind)
+    fresh = described.distances(statistic(np.stack([_body(seed) for seed in range(100, 110)])))
+    shifted = described.distances(statistic(_perturbed(perturbation, range(100, 110))))
+    assert shifted.min() > np.median(fresh), (kind, perturbation)
+    assert np.mean(described.flagged(shifted)) > np.mean(described.flagged(fresh))
+
+
+@pytest.fixture(scope="module")
+def blocks() -> OODDescription:
+    from mimir.inference.ood import IMAGE_STATISTICS
+
+    kinds = ("image", "intensity", "noise", "background", "contrast", "profile")
+    images = np.stack([_body(seed) for seed in range(60)])
+    parts = [IMAGE_STATISTICS[kind](images) for kind in kinds]
+    values = np.concatenate(parts, axis=1)
+    return fit_description(values[:45], values[45:], ",".join(kinds), block_sizes=[part.shape[1] for part in parts])
+
+
+def _block_features(images: np.ndarray, features: str) -> np.ndarray:
+    return extract_features(torch.nn.Identity(), images_to_input(torch.from_numpy(np.ascontiguousarray(images))), features)
+
+
+def test_blocks_combine_as_the_largest_distance_in_units_of_each_blocks_spread(blocks):
+    assert blocks.block_sizes == [768, 48, 25, 4, 1, 99] and len(blocks.units) == 6
+    probe = _block_features(np.stack([_body(seed) for seed in range(200, 204)]), blocks.features)
+    separate = blocks.block_distances(probe)
+    expected = np.max([distance / unit for distance, unit in zip(separate, blocks.units, strict=True)], axis=0)
+    assert np.array_equal(blocks.distances(probe), expected)
+    # the cross-fitted training distances are on the same scale: about one unit at the 90th percentile
+    assert float(np.percentile(blocks.reference, 90)) >= 1.0
+    for perturbation in ("flipped", "noisy", "contrast"):
+        shifted = blocks.distances(_block_features(_perturbed(perturbation, range(200, 210)), blocks.features))
+        assert blocks.flagged(shifted).all(), perturbation
+    fresh = blocks.distances(_block_features(np.stack([_body(seed) for seed in range(300, 340)]), blocks.features))
+    assert np.mean(blocks.flagged(fresh)) <= 0.1
+
+
+def test_a_block_description_round_trips_and_records_its_blocks(blocks):
+    summary = blocks.summary()
+    assert [block["features"] for block in summary["blocks"]] == blocks.features.split(",")
+    assert summary["n_features"] == sum(blocks.block_sizes) and "residual_rms" not in summary
+    json.dumps(summary)
+    copy = OODDescription.from_parts(summary, blocks.to_bytes())
+    probe = _block_features(np.stack([_body(seed) for seed in range(400, 403)]), blocks.features)
+    assert np.array_equal(copy.distances(probe), blocks.distances(probe)) and copy.units == blocks.units
+    with pytest.raises(OODError, match="not a readable"):
+        OODDescription.from_parts({**summary, "blocks": summary["blocks"][:2]}, blocks.to_bytes())
+
+
+def test_a_description_in_the_original_layout_loads_and_scores_as_before(description):
+    """One block keeps the file layout and summary keys of the first modules with descriptions."""
+    from safetensors.numpy import load
+
+    from mimir.inference.ood import _Reduction
+
+    data = description.to_bytes()
+    assert set(load(data)) == {"feature_mean", "feature_scale", "components", "location", "precision", "reference"}
+    assert set(description.summary()) == {
+        "features", "n_components", "n_features", "n_train", "n_held_out", "percentile", "threshold",
+        "threshold_source", "residual_rms",
+    }
+    arrays = load(data)
+    original = _Reduction(
+        arrays["feature_mean"], arrays["feature_scale"], arrays["components"], arrays["location"], arrays["precision"],
+        description.summary()["residual_rms"],
+    )
+    probe = _gaussian(30, 8)
+    loaded = OODDescription.from_parts(description.summary(), data)
+    assert np.array_equal(loaded.distances(probe), original.distances(probe))
+
+
+def test_block_sizes_must_split_the_features_and_kinds_appear_once():
+    values = _gaussian(40, 1)
+    with pytest.raises(OODError, match="block sizes"):
+        fit_description(values, None, "image,noise")
+    with pytest.raises(OODError, match="block sizes"):
+        fit_description(values, None, "image,noise", block_sizes=[30, 5])
+    with pytest.raises(OODError, match="twice"):
+        feature_parts("image,image")
+    assert len(feature_parts("stages+image,noise,background")) == 4
+
+
+def test_held_out_images_join_the_validation_exams_and_must_be_unseen(tmp_path):
+    from safetensors.torch import save_file
+
+    from mimir.cli import main
+    from mimir.inference.modules import ModuleBuildError, build_module
+    from mimir.runs.config import TrainConfig
+    from mimir.runs.standardization import Standardization
+
+    run = tmp_path / "run"
+    run.mkdir()
+    state = helpers.realistic_state(2, _training_images(4), 0)
+    save_file({key: value.contiguous() for key, value in state.items()}, str(run / "weights.safetensors"))
+    standardization = Standardization("organs", ("liverFat", "liverVolume"), np.array([5.0, 1.6]), np.array([4.0, 0.3]), np.array([40, 38]))
+    (run / "standardization.json").write_text(standardization.to_json())
+    TrainConfig(architecture="resnet18", input_pool=4).write_toml(run / "config.toml")
+    cache, held = tmp_path / "cache", tmp_path / "held"
+    cache.mkdir()
+    held.mkdir()
+    for index in range(24):
+        np.save(cache / f"{4000000 + index}_20201_2_0.npy", _body(500 + index))
+    (run / "val_predictions.csv").write_text("eid,instance,liverFat,liverFat_sd\n" + "".join(f"{4000000 + i},2,1,1\n" for i in range(4)))
+    for index in range(6):
+        np.save(held / f"{4100000 + index}_20201_2_0.npy", _body(600 + index))
+    module = build_module(run, None, tmp_path / "m", images=cache, held_out_images=held, ood_features="image,noise,background")
+    spec = verify_module(module)
+    assert spec.ood["n_train"] == 20 and spec.ood["n_held_out"] == 10 and spec.ood["threshold_source"] == "held-out"
+    assert [block["features"] for block in spec.ood["blocks"]] == ["image", "noise", "background"]
+    assert spec.provenance.data["ood_held_out_images"] == "held"
+    described = read_ood(module)
+    assert described is not None and described.block_sizes == [768, 25, 4]
+    # an exam the network trained on is not held out
+    np.save(held / "4000010_20201_2_0.npy", _body(510))
+    with pytest.raises(ModuleBuildError, match="also training exams"):
+        build_module(run, None, tmp_path / "m2", images=cache, held_out_images=held, ood_features="image")
+    assert main(["-q", "module", "build", "--run", str(run), "--held-out-cache", str(held), "--out", str(tmp_path / "m3")]) == 2
+
+
+def test_the_module_build_help_names_the_default_features():
+    from mimir.cli import build_parser
+
+    parser = build_parser()
+    module_parser = parser._subparsers._group_actions[0].choices["module"]
+    build = module_parser._subparsers._group_actions[0].choices["build"]
+    help_text = " ".join(build.format_help().split())
+    assert f"default {DEFAULT_FEATURES}," in help_text

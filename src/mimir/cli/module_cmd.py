@@ -45,9 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validation exams set the flag's threshold. A run folder does not record its cache, so it is named here",
     )
     build.add_argument(
+        "--held-out-cache", metavar="CACHE",
+        help="with --training-cache: a cache of more exams of the same population that the run never "
+        "trained on; they join the validation exams in setting the OOD flag's threshold (docs/ood.md)",
+    )
+    build.add_argument(
         "--ood-features", metavar="KIND",
-        help="feature space of the OOD description: penultimate, stages, stages_full, image, or several "
-        "joined by '+' (default stages+image, the choice docs/ood.md measures)",
+        help="feature space of the OOD description: penultimate, stages, stages_full (network features), "
+        "image (pooled pixels), intensity, noise, background, contrast, profile (image statistics); '+' "
+        "joins kinds into one feature space, ',' makes separate blocks combined by their largest "
+        "standardised distance (default stages,image,intensity,noise,background,contrast, the choice "
+        "docs/ood.md measures)",
     )
     common_flags.add_force(build, "the module at --out", overwrite_alias=True)
     build.set_defaults(handler=run_build)
@@ -91,6 +99,8 @@ def run_build(args: argparse.Namespace) -> int:
             raise UsageError("--from-crossval calibrates with that folder itself; leave out --crossval")
     elif args.ensemble:
         raise UsageError("--ensemble goes with --from-crossval CV; several --run make an ensemble by themselves")
+    if args.held_out_cache is not None and args.training_cache is None:
+        raise UsageError("--held-out-cache sets the OOD threshold of a description: add --training-cache CACHE")
     if args.from_crossval is not None and args.training_cache is not None:
         raise UsageError(
             "--training-cache describes one run's training images; the folds of --from-crossval were each "
@@ -102,7 +112,7 @@ def run_build(args: argparse.Namespace) -> int:
     else:
         out = build_ensemble(
             args.run, args.crossval, args.out, args.name, overwrite=args.force,
-            images=args.training_cache, ood_features=args.ood_features,
+            images=args.training_cache, ood_features=args.ood_features, held_out_images=args.held_out_cache,
         )
     print(f"module written to {out}")
     print(member_count_line(read_spec(out)))

@@ -1241,10 +1241,14 @@ def build_module(
     overwrite: bool = False,
     images: Path | str | None = None,
     ood_features: str | None = None,
+    held_out_images: Path | str | None = None,
 ) -> Path:
     """A module from a finished training run and, ideally, its cross-validation folder
-    (`images`: see `build_ensemble`)."""
-    return build_ensemble([run], crossval, out, name, overwrite=overwrite, images=images, ood_features=ood_features)
+    (`images`, `held_out_images`: see `build_ensemble`)."""
+    return build_ensemble(
+        [run], crossval, out, name, overwrite=overwrite, images=images, ood_features=ood_features,
+        held_out_images=held_out_images,
+    )
 
 
 def build_module_from_crossval(
@@ -1292,6 +1296,7 @@ def build_ensemble(
     overwrite: bool = False,
     images: Path | str | None = None,
     ood_features: str | None = None,
+    held_out_images: Path | str | None = None,
 ) -> Path:
     """A module from one finished training run (format 1) or several (format 2, one member each:
     fold networks or networks trained with different seeds), ideally with a cross-validation
@@ -1304,7 +1309,8 @@ def build_ensemble(
     images were), adds the out-of-distribution description (`mimir.inference.ood`, features
     `ood_features`, default DEFAULT_FEATURES), computed with the first run's network: that run's
     validation exams (val_predictions.csv) set the flag's threshold, the cache's other images are
-    its training exams.
+    its training exams. `held_out_images`, a cache of more exams of the same population that no
+    run trained on, joins the validation exams in setting the threshold.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -1397,18 +1403,24 @@ def build_ensemble(
         members=members,
     )
     ood = None
+    if held_out_images is not None and images is None:
+        raise ModuleBuildError("held-out images only set the OOD threshold: name the training cache as well")
     if images is not None:
-        ood = describe_run_images(folders[0], spec, states[0], Path(images), ood_features)
+        held_path = Path(held_out_images) if held_out_images is not None else None
+        ood = describe_run_images(folders[0], spec, states[0], Path(images), ood_features, held_path)
         spec = dataclasses.replace(spec, provenance=dataclasses.replace(spec.provenance, data={
             **spec.provenance.data, "ood_images": Path(images).resolve().name,
+            **({"ood_held_out_images": held_path.resolve().name} if held_path is not None else {}),
         }))
     return save_ensemble(spec, states, out, overwrite=overwrite, ood=ood)
 
 
 def describe_run_images(
-    run_folder: RunFolder, spec: ModuleSpec, state: Mapping[str, torch.Tensor], images: Path, features: str | None
+    run_folder: RunFolder, spec: ModuleSpec, state: Mapping[str, torch.Tensor], images: Path, features: str | None,
+    held_out_images: Path | None = None,
 ) -> OODDescription:
-    """The OOD description of the cache a run was trained on, its validation exams held out."""
+    """The OOD description of the cache a run was trained on, its validation exams (and the
+    images of `held_out_images`, which no run trained on) held out."""
     import pandas as pd
 
     from mimir.imaging.cache import ExamId, cached_exams
@@ -1434,9 +1446,21 @@ def describe_run_images(
     else:
         logger.warning("%s has no validation exams: the OOD threshold comes from cross-fitted training distances",
                        run_folder.path)
+    extra: list[tuple[str, Path]] = []
+    if held_out_images is not None:
+        if not held_out_images.is_dir():
+            raise ModuleMissingFileError(f"held-out image cache not found: {held_out_images}")
+        extra = [(exam.path.stem, exam.path) for exam in cached_exams(held_out_images)]
+        trained_on = {stem for stem, _ in exams} - held_out
+        shared = sorted(trained_on & {stem for stem, _ in extra})
+        if shared:
+            raise ModuleBuildError(
+                f"{held_out_images}: {len(shared)} exams (e.g. {shared[0]}) are also training exams in {images}; "
+                "held-out exams must be exams the network never trained on"
+            )
     network = MeanVarianceResNet(spec.architecture, len(spec.targets), spec.input_pool)
     network.load_state_dict(dict(state), strict=True)
     try:
-        return describe_cache(network.eval(), exams, held_out, features)
+        return describe_cache(network.eval(), exams, held_out, features, held_out_exams=extra)
     except OODError as error:
         raise ModuleBuildError(f"{images}: {error}") from error
