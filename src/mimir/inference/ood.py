@@ -331,8 +331,10 @@ def _fit_reduction(features: np.ndarray, n_components: int | None = None) -> _Re
     eigenvalues = pca.explained_variance_ * (n - 1) / n  # the 1/N covariance Ledoit-Wolf shrinks
     off_axis = max(shrinkage * eigen_mean, 1e-12)
     precision = np.diag(1.0 / ((1.0 - shrinkage) * eigenvalues + off_axis))
+    # C order, as a stored description loads: the same BLAS path, so a module scores an exam to
+    # the same bit before and after it is saved
     return _Reduction(
-        feature_mean=mean, feature_scale=scale, components=pca.components_, location=np.zeros(k),
+        feature_mean=mean, feature_scale=scale, components=np.ascontiguousarray(pca.components_), location=np.zeros(k),
         precision=precision, residual_rms=float(np.sqrt(off_axis)),
     )
 
