@@ -3,7 +3,8 @@
 
 Each configuration compresses every exam into a fresh cache and reports wall seconds, exams per
 second and core-seconds per exam (wall x workers / exams), and the Dask overhead per exam
-against the local pool with the same number of workers. The Dask workers are started (and have
+against the local pool with the same number of workers, split by Dask's task stream into the
+time its tasks computed and the rest (scheduling, transfer, workers waiting). The Dask workers are started (and have
 imported MIMIR) before the clock starts, as on a cluster that serves many batches; the local
 pool's start is inside its time, as in every `mimir compress` (with 1 worker the local run is
 in-process, no pool). Needs the dask extra.
@@ -83,8 +84,10 @@ def _best(inputs: list, caches: Path, workers: object, repeat: int, modules: lis
     return min(_timed(inputs, caches / str(attempt), workers) for attempt in range(repeat))
 
 
-def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int, modules: list[Path] | None = None) -> float:
-    from distributed import Client, LocalCluster
+def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int, modules: list[Path] | None = None) -> tuple[float, float]:
+    """The best wall seconds, and the seconds its tasks computed on the workers (Dask's task
+    stream): wall x workers minus that is what scheduling, transfer and idle workers cost."""
+    from distributed import Client, LocalCluster, get_task_stream
 
     from mimir.cluster import DaskExecutor
 
@@ -94,7 +97,15 @@ def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int, modules
     ):
         client.wait_for_workers(workers)
         client.run(_warm, modules is not None)
-        return _best(inputs, caches, DaskExecutor(client), repeat, modules)
+        runs = []
+        for attempt in range(repeat):
+            with get_task_stream(client) as stream:
+                seconds = _best(inputs, caches / str(attempt), DaskExecutor(client), 1, modules)
+            computing = sum(
+                part["stop"] - part["start"] for task in stream.data for part in task["startstops"] if part["action"] == "compute"
+            )
+            runs.append((seconds, computing))
+        return min(runs)
 
 
 def _benchmark_modules(zips: list[Path], folder: Path) -> list[Path]:
@@ -127,11 +138,14 @@ def main() -> None:
         rows = []
         for workers in args.workers:
             local = _best(inputs, Path(scratch) / f"local{workers}", workers, args.repeat, modules)
-            dask = _dask_seconds(inputs, Path(scratch) / f"dask{workers}", workers, args.repeat, modules)
+            dask, computing = _dask_seconds(inputs, Path(scratch) / f"dask{workers}", workers, args.repeat, modules)
             for where, seconds in (("local pool", local), ("dask", dask)):
                 rows.append((where, workers, seconds, len(inputs) / seconds, seconds * workers / len(inputs)))
             overhead = (dask - local) * workers / len(inputs)
-            print(f"{workers} workers: Dask overhead {overhead:+.3f} core-s per exam ({(dask - local) / local:+.1%} of the local pool)")
+            machinery = (dask * workers - computing) / len(inputs)
+            print(f"{workers} workers: Dask overhead {overhead:+.3f} core-s per exam ({(dask - local) / local:+.1%} of the local pool); "
+                  f"of the Dask run, {computing / len(inputs):.3f} core-s per exam computing in tasks and "
+                  f"{machinery:.3f} outside them ({machinery * len(inputs) / (dask * workers):.1%}: scheduling, transfer, idle workers)")
     print(f"\n{'predict' if args.predict else 'compress'}: {len(inputs)} exams, best of {args.repeat}")
     print("| where | workers | wall s | exams/s | core-s per exam |")
     print("|---|---|---|---|---|")
