@@ -4,10 +4,10 @@
 Each configuration compresses every exam into a fresh cache and reports wall seconds, exams per
 second and core-seconds per exam (wall x workers / exams), and the Dask overhead per exam
 against the local pool with the same number of workers, split by Dask's task stream into the
-time its tasks computed and the rest (scheduling, transfer, workers waiting). The Dask workers are started (and have
-imported MIMIR) before the clock starts, as on a cluster that serves many batches; the local
-pool's start is inside its time, as in every `mimir compress` (with 1 worker the local run is
-in-process, no pool). Needs the dask extra.
+time its tasks computed and the rest (scheduling, transfer, workers waiting). The Dask workers
+are started (and have imported MIMIR) before the clock starts, as on a cluster that serves many
+batches; the local pool's start is inside its time, as in every `mimir compress` (with 1 worker
+the local run is in-process, no pool). Needs the dask extra.
 
 With --predict it times `mimir predict` instead, zips to table (compression and the paper's four
 modules, ResNet50s with random weights as in benchmarks/predict_speed.py, float32 on the CPU):
@@ -77,11 +77,16 @@ def _timed(inputs: list, cache: Path, workers: object) -> float:
     return seconds
 
 
+def _one_run(inputs: list, cache: Path, workers: object, modules: list[Path] | None) -> float:
+    """Seconds of one prediction (with modules) or compression into `cache`."""
+    if modules is not None:
+        return _timed_prediction(inputs, modules, cache, workers)
+    return _timed(inputs, cache, workers)
+
+
 def _best(inputs: list, caches: Path, workers: object, repeat: int, modules: list[Path] | None = None) -> float:
     """The fastest of `repeat` runs, each into a fresh cache: the least disturbed by other jobs."""
-    if modules is not None:
-        return min(_timed_prediction(inputs, modules, caches / str(attempt), workers) for attempt in range(repeat))
-    return min(_timed(inputs, caches / str(attempt), workers) for attempt in range(repeat))
+    return min(_one_run(inputs, caches / str(attempt), workers, modules) for attempt in range(repeat))
 
 
 def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int, modules: list[Path] | None = None) -> tuple[float, float]:
@@ -100,7 +105,7 @@ def _dask_seconds(inputs: list, caches: Path, workers: int, repeat: int, modules
         runs = []
         for attempt in range(repeat):
             with get_task_stream(client) as stream:
-                seconds = _best(inputs, caches / str(attempt), DaskExecutor(client), 1, modules)
+                seconds = _one_run(inputs, caches / str(attempt), DaskExecutor(client), modules)
             computing = sum(
                 part["stop"] - part["start"] for task in stream.data for part in task["startstops"] if part["action"] == "compute"
             )
