@@ -165,3 +165,26 @@ def test_the_knee_is_a_band_of_bone_that_marks_the_leg_length(subject) -> None:
     thigh_bone, thigh_muscle = at(thigh)
     assert knee_bone > 0.2 and knee_bone > 6 * thigh_bone
     assert knee_muscle < 0.65 * thigh_muscle
+
+
+def test_thigh_muscle_factor_scales_the_thighs_and_nothing_else(subject) -> None:
+    from mimir.synth.labels import THIGH_MUSCLES
+
+    params, standard = subject
+    bigger = build_anatomy(replace(params, thigh_muscle=1.2), 400, np.random.default_rng([5, 1, 9]))
+    again = build_anatomy(params, 400, np.random.default_rng([5, 1, 9]))
+
+    def thigh_voxels(anatomy) -> int:
+        return int(np.isin(anatomy.labels, THIGH_MUSCLES).sum())
+
+    def arm_muscle_voxels(anatomy) -> int:
+        arms = np.isin(anatomy.region, (Region.ARM_LEFT, Region.ARM_RIGHT))
+        return int((arms & (anatomy.labels == Tissue.MUSCLE)).sum())
+
+    assert thigh_voxels(again) == thigh_voxels(standard)
+    # radius x 1.2: cross-sections x 1.44, a little more where the trunk no longer covers the thigh top
+    assert 1.35 < thigh_voxels(bigger) / thigh_voxels(again) < 1.6
+    # the hands rest beside the thighs and move out with them: the arms change only at the edges
+    assert arm_muscle_voxels(bigger) == pytest.approx(arm_muscle_voxels(again), rel=0.03)
+    for organ in (Tissue.LIVER, Tissue.KIDNEY, Tissue.SPLEEN):
+        assert int((bigger.labels == organ).sum()) == int((again.labels == organ).sum())

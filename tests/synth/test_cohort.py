@@ -99,3 +99,25 @@ def test_subject_anatomy_is_the_anatomy_of_the_generated_subject(tiny_cohort):
     liver = float((anatomy.labels == Tissue.LIVER).sum()) * anatomy.voxel_volume_l
     assert liver == pytest.approx(float(first["liverVolume"]), rel=1e-5)  # truth.csv keeps 6 digits
     assert anatomy.labels.shape[0] == plan.grid_slices
+
+
+def test_thigh_muscle_factor_has_its_own_stream_and_a_standard_cohort_records_no_sd():
+    from dataclasses import asdict
+
+    from mimir.synth.cohort import _config_record, subject_anatomy, thigh_muscle_factor
+
+    assert thigh_muscle_factor(3, 1234567, 0.0) == 1.0
+    factors = np.array([thigh_muscle_factor(3, eid, 0.15) for eid in draw_eids(400, seed=3)])
+    assert np.log(factors).std() == pytest.approx(0.15, rel=0.15)
+    assert thigh_muscle_factor(3, 1234567, 0.15) == thigh_muscle_factor(3, 1234567, 0.15)
+    # the subject's other draws are the standard subject's: the factor never touches its stream
+    standard, standard_plan, _ = subject_anatomy(3, 1234567)
+    varied, varied_plan, _ = subject_anatomy(3, 1234567, thigh_muscle_sd=0.15)
+    assert standard.thigh_muscle == 1.0 and varied.thigh_muscle == thigh_muscle_factor(3, 1234567, 0.15) != 1.0
+    assert {**asdict(varied), "thigh_muscle": 1.0} == asdict(standard)
+    assert varied_plan == standard_plan
+
+    assert "thigh_muscle_sd" not in _config_record(CohortConfig(n=2))
+    assert _config_record(CohortConfig(n=2, thigh_muscle_sd=0.15))["thigh_muscle_sd"] == 0.15
+    with pytest.raises(CohortConfigError, match="thigh_muscle_sd"):
+        CohortConfig(n=2, thigh_muscle_sd=-0.1)

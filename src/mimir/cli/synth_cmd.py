@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--list-quirks", action="store_true", help="list the quirks and exit")
     parser.add_argument("--preview", action="store_true", help="write a coronal/sagittal PNG per subject")
     parser.add_argument("--on-grid", action="store_true", help="write every station on the common 3 mm grid")
+    parser.add_argument(
+        "--thigh-muscle-sd",
+        type=float,
+        default=0.0,
+        help="vary thigh muscle independently of body size and build: sd of the log radius factor (e.g. 0.15; default 0)",
+    )
     common_flags.add_workers(parser, default=1)
     common_flags.add_where_to_run(parser)
     parser.set_defaults(handler=run)
@@ -61,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         quirks=quirks,
         preview=args.preview,
         on_grid=args.on_grid,
+        thigh_muscle_sd=args.thigh_muscle_sd,
     )
     with common_flags.executor_for(args, where) as executor, start_progress(
         "synth", config.n, "subject", quiet=args.quiet

@@ -399,7 +399,9 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
 
     # Legs: thighs to feet, resting on the bed, knees on a cushion.
     leg_present = u > 0.445
-    leg_r = np.where(leg_present, _interp(u, _LEG_U, _LEG_R) * 1.15 * body.limb_scale, 0.0)
+    thigh_u = (LANDMARKS_U["femoral_head_top"] - 0.01, LANDMARKS_U["femoral_head_top"], LANDMARKS_U["knee"], LANDMARKS_U["knee"] + 0.01)
+    thigh_factor = 1.0 + (p.thigh_muscle - 1.0) * _interp(u, thigh_u, (0.0, 1.0, 1.0, 0.0))
+    leg_r = np.where(leg_present, _interp(u, _LEG_U, _LEG_R) * 1.15 * body.limb_scale * thigh_factor, 0.0)
     leg_area = _area_profile(body, _LEG_FAT_U, _LEG_FAT_W, body.fat_leg_l, u, _interp(u, _LEG_FAT_U, _LEG_FAT_W) * np.exp(0.25 * p.gynoid * _interp(u, (0.47, 0.6, 0.7), (1, 1, 0))))
     leg_t = np.where(leg_present, _ring_thickness(leg_r, leg_r, leg_area, 1.0, 1.0), 0.0)
     foot = u > 0.962

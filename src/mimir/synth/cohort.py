@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +62,15 @@ class CohortConfig:
     quirks: tuple[str, ...] = ()
     preview: bool = False
     on_grid: bool = False
+    #: sd of the log of a thigh muscle radius factor drawn independently of everything else
+    #: (0: the standard cohort, whose thigh muscle follows body size and build).
+    thigh_muscle_sd: float = 0.0
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise CohortConfigError(f"a cohort needs at least one subject, got n={self.n}")
+        if not 0.0 <= self.thigh_muscle_sd <= 0.5:
+            raise CohortConfigError(f"thigh_muscle_sd is the sd of a log factor, 0 to 0.5, got {self.thigh_muscle_sd}")
         if self.instance not in (2, 3):
             raise CohortConfigError(f"imaging visits are instances 2 and 3, got {self.instance}")
         validate_quirks(self.quirks)
@@ -87,6 +92,7 @@ class SubjectJob:
     quirks: tuple[str, ...]
     preview: bool
     on_grid: bool
+    thigh_muscle_sd: float = 0.0
 
     @property
     def zip_name(self) -> str:
@@ -143,28 +149,40 @@ def subject_rng(seed: int, eid: int) -> np.random.Generator:
     return np.random.default_rng([seed, eid])
 
 
-def _draw_anatomy(rng: np.random.Generator, eid: int, on_grid: bool) -> tuple[SubjectParams, ExamPlan, Anatomy]:
+def thigh_muscle_factor(seed: int, eid: int, sd: float) -> float:
+    """The subject's independent thigh muscle factor, from a stream of its own: with it, the
+    rest of the subject (every other draw) is the standard cohort's subject of the same seed."""
+    if sd == 0.0:
+        return 1.0
+    return float(np.exp(np.random.default_rng([seed, eid, 1]).normal(0.0, sd)))
+
+
+def _draw_anatomy(
+    rng: np.random.Generator, eid: int, on_grid: bool, thigh_muscle: float = 1.0
+) -> tuple[SubjectParams, ExamPlan, Anatomy]:
     """The first draws of a subject from its generator: body parameters, exam plan, anatomy."""
-    params = sample_subject(rng, eid)
+    params = replace(sample_subject(rng, eid), thigh_muscle=thigh_muscle)
     plan = plan_exam(rng, on_grid=on_grid)
     return params, plan, build_anatomy(params, plan.grid_slices, rng)
 
 
-def subject_anatomy(seed: int, eid: int, *, on_grid: bool = False) -> tuple[SubjectParams, ExamPlan, Anatomy]:
+def subject_anatomy(
+    seed: int, eid: int, *, on_grid: bool = False, thigh_muscle_sd: float = 0.0
+) -> tuple[SubjectParams, ExamPlan, Anatomy]:
     """The parameters, exam plan and label volume of subject `eid` of a cohort made with `seed`.
 
     The same draws `generate_subject` makes (the cohort stores no label volumes), so the labels
     lie exactly where that subject's zip shows them: slice j of `anatomy.labels` is at
     z = plan.grid_z_top_mm - 3 j mm. Used to score saliency maps against the true anatomy.
     """
-    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid)
+    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid, thigh_muscle_factor(seed, eid, thigh_muscle_sd))
 
 
 def generate_subject(job: SubjectJob) -> SubjectResult:
     """Anatomy -> signal -> zip (+ ground truth and preview) for one participant."""
     started = time.perf_counter()
     rng = subject_rng(job.seed, job.eid)
-    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid)
+    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid, thigh_muscle_factor(job.seed, job.eid, job.thigh_muscle_sd))
     water, fat = render_signal(anatomy, params, rng)
     truth = measure(anatomy, params, rng)
     records = write_exam_zip(
@@ -270,8 +288,14 @@ def _write_tables(out: Path, results: list[SubjectResult], config: CohortConfig)
 
 
 def _config_record(config: CohortConfig) -> dict[str, object]:
-    """The settings as cohort.json records them (and as a rerun compares them)."""
-    return {**asdict(config), "quirks": list(config.quirks)}
+    """The settings as cohort.json records them (and as a rerun compares them).
+
+    A standard cohort records no thigh_muscle_sd, as cohorts written before it existed did, so
+    that they still rerun."""
+    record = {**asdict(config), "quirks": list(config.quirks)}
+    if config.thigh_muscle_sd == 0.0:
+        del record["thigh_muscle_sd"]
+    return record
 
 
 def _recorded_config(record_path: Path) -> dict[str, object] | None:
@@ -338,6 +362,7 @@ def generate_cohort(
             quirks=quirks_of.get(eid, ()),
             preview=config.preview,
             on_grid=config.on_grid,
+            thigh_muscle_sd=config.thigh_muscle_sd,
         )
         for eid in eids
     ]

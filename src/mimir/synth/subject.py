@@ -121,6 +121,9 @@ class SubjectParams:
     signal_kidney: float
     signal_adipose: float
     signal_marrow: float
+    #: Thigh muscle radius factor independent of every other latent: 1 in the standard cohort,
+    #: drawn by `CohortConfig.thigh_muscle_sd` for a cohort whose thigh muscle only the thighs show.
+    thigh_muscle: float = 1.0
 
     @property
     def weight_kg(self) -> float:
