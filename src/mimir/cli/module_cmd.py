@@ -1,4 +1,4 @@
-"""`mimir module`: build a module from a training run, import a published one, describe one."""
+"""`mimir module`: build a module from a training run, import a published one, recalibrate or describe one."""
 
 from __future__ import annotations
 
@@ -73,6 +73,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_force(legacy, "the module at --out", overwrite_alias=True)
     legacy.set_defaults(handler=run_import_legacy)
 
+    calibrate = actions.add_parser(
+        "calibrate",
+        help="refit a module's calibration factors on labelled exams it never trained on",
+        description="Predict labelled exams that none of the module's networks trained on and refit each "
+        "target's variance scale (the NLL optimum, as cross-validation does) so that its 95 % intervals "
+        "fit them; weights are copied unchanged. For an ensemble built from a cross-validation (whose "
+        "single-network factors make the mixture's intervals too wide) or a module used on another "
+        "study. Keep these exams out of any later evaluation (docs/ensembles.md).",
+    )
+    calibrate.add_argument("module", help="module folder or archive")
+    calibrate.add_argument("inputs", nargs="+", metavar="INPUT", help="exams, as mimir predict takes them: zips, list files or a cache folder")
+    calibrate.add_argument("--reference", required=True, help="their reference values: targets table or UK Biobank export")
+    calibrate.add_argument("--out", required=True, help="module folder to write (or a path ending in .zip)")
+    calibrate.add_argument(
+        "--min-exams", type=int, default=None, metavar="N",
+        help="targets with fewer reference values keep their factor (default: 20)",
+    )
+    common_flags.add_cache(calibrate, detail="exams not cached yet are compressed into it (default: a temporary cache)")
+    common_flags.add_device(calibrate)
+    calibrate.add_argument("--batch-size", type=int, help="images per network batch (default: 16 on CPU, 128 on GPU)")
+    common_flags.add_precision(calibrate)
+    common_flags.add_force(calibrate, "the module at --out", overwrite_alias=True)
+    calibrate.set_defaults(handler=run_calibrate)
+
     info = actions.add_parser(
         "info",
         help="describe a module: targets, units, calibration, metrics, checksum",
@@ -127,6 +151,39 @@ def run_import_legacy(args: argparse.Namespace) -> int:
     common_flags.check_replaceable([Path(args.out)], args.force)
     out = import_legacy(args.folder, args.out, args.name, overwrite=args.force)
     print(f"module written to {out}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mimir.cli import UsageError
+    from mimir.inference.predict import PredictOptions
+    from mimir.inference.recalibration import MIN_EXAMS, recalibrate_module
+
+    min_exams = MIN_EXAMS if args.min_exams is None else args.min_exams
+    if min_exams < 2:
+        raise UsageError("--min-exams must be at least 2")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    missing = [path for path in [args.module, args.reference, *args.inputs] if not Path(path).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    common_flags.check_replaceable([Path(args.out)], args.force)
+    options = PredictOptions(cache=args.cache, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    result = recalibrate_module(
+        args.module, args.inputs, args.reference, args.out, options=options, min_exams=min_exams, overwrite=args.force
+    )
+    for target in result.targets:
+        if target.skipped:
+            print(f"{target.name}: unchanged ({target.skipped})")
+        else:
+            print(
+                f"{target.name}: {target.exams} exams, calibration {target.calibration_before:.3f} -> "
+                f"{target.calibration_after:.3f}; 95 % coverage on them {100 * target.coverage_before:.1f} % -> "
+                f"{100 * target.coverage_after:.1f} %"
+            )
+    print(f"module written to {result.out}")
     return 0
 
 

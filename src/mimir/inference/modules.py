@@ -799,6 +799,29 @@ def save_ensemble(
     return out
 
 
+def save_with_spec(source: Path | str, spec: ModuleSpec, out: Path | str, *, overwrite: bool = False) -> Path:
+    """Write module `source` again at `out` with `spec` as its module.json (new calibration,
+    provenance): the weights and the OOD description are copied byte for byte, each checked
+    first against the checksums `spec` records, so the copy is as sound as a fresh build."""
+    source, out = Path(source), check_module_output(out, overwrite=overwrite)
+    if out.resolve() == source.resolve():
+        raise ModuleOutputError(f"{out} is the module being read: write the new module to another path")
+    files = {SPEC_FILE: spec.to_json().encode("utf-8")}
+    for (file, _, _), data in zip(spec.member_files(), _checked_member_weights(source, spec), strict=True):
+        files[file] = data
+    ood_bytes = _checked_ood_bytes(source, spec)
+    if ood_bytes is not None:
+        files[OOD_FILE] = ood_bytes
+    kept = "nothing was written" + (" (the module already there is unchanged)" if out.exists() else "")
+    with reported_write(out, kept):
+        if _is_archive(out):
+            _write_zip(out, files)
+        else:
+            _write_folder(out, files)
+    logger.info("wrote module %s (from %s) to %s", spec.name, source, out)
+    return out
+
+
 def _check_member(member: MemberSpec, n_targets: int) -> None:
     if not (len(member.mean) == len(member.sd) == len(member.n_train) == n_targets):
         raise ModuleSpecError(f"member {member.file}: its standardisation must have one entry per target ({n_targets})")
