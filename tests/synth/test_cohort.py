@@ -121,3 +121,21 @@ def test_thigh_muscle_factor_has_its_own_stream_and_a_standard_cohort_records_no
     assert _config_record(CohortConfig(n=2, thigh_muscle_sd=0.15))["thigh_muscle_sd"] == 0.15
     with pytest.raises(CohortConfigError, match="thigh_muscle_sd"):
         CohortConfig(n=2, thigh_muscle_sd=-0.1)
+
+
+def test_mimir_synth_thigh_muscle_sd_reaches_the_subjects_and_is_recorded(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from mimir.cli import main
+    from mimir.synth.cohort import thigh_muscle_factor
+
+    out = tmp_path / "cohort"
+    assert main(["synth", "--n", "1", "--seed", "5", "--thigh-muscle-sd", "0.2", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "cohort.json").read_text())["config"]["thigh_muscle_sd"] == 0.2
+    parameters = pd.read_csv(out / "parameters.csv")
+    eid = int(parameters["eid"].iloc[0])
+    assert parameters["thigh_muscle"].iloc[0] == pytest.approx(thigh_muscle_factor(5, eid, 0.2))
+    assert main(["synth", "--n", "1", "--thigh-muscle-sd", "0.9", "--out", str(tmp_path / "bad")]) == 2
+    assert "thigh_muscle_sd" in capsys.readouterr().err
