@@ -86,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("inputs", nargs="+", metavar="INPUT", help="exams, as mimir predict takes them: zips, list files or a cache folder")
     calibrate.add_argument("--reference", required=True, help="their reference values: targets table or UK Biobank export")
     calibrate.add_argument("--out", required=True, help="module folder to write (or a path ending in .zip)")
+    calibrate.add_argument("--instance", type=int, default=2, help="imaging visit read from a raw export (default 2)")
     calibrate.add_argument(
         "--min-exams", type=int, default=None, metavar="N",
         help="targets with fewer reference values keep their factor (default: 20)",
@@ -172,7 +173,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     common_flags.check_replaceable([Path(args.out)], args.force)
     options = PredictOptions(cache=args.cache, device=args.device, batch_size=args.batch_size, precision=args.precision)
     result = recalibrate_module(
-        args.module, args.inputs, args.reference, args.out, options=options, min_exams=min_exams, overwrite=args.force
+        args.module, args.inputs, args.reference, args.out, options=options, min_exams=min_exams,
+        instance=args.instance, overwrite=args.force
     )
     for target in result.targets:
         if target.skipped:

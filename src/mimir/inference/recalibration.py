@@ -154,11 +154,12 @@ def recalibrate_module(
     *,
     options: PredictOptions | None = None,
     min_exams: int = MIN_EXAMS,
+    instance: int = 2,
     overwrite: bool = False,
 ) -> Recalibration:
     """Predict `inputs` (zips, list files or a cache folder, as `mimir predict` takes them) with
-    `module`, refit its calibration against `reference` (a targets table or a UK Biobank export)
-    and write the recalibrated module to `out`; weights are copied unchanged."""
+    `module`, refit its calibration against `reference` (a targets table, or a UK Biobank export
+    read for imaging visit `instance`) and write the recalibrated module to `out`; weights are copied unchanged."""
     from mimir.inference.modules import check_module_output
     from mimir.inference.predict import PredictOptions, run_prediction
     from mimir.targets.exports import read_reference
@@ -167,7 +168,7 @@ def recalibrate_module(
     spec = read_spec(module)
     known = {entry.name: entry for entry in catalog()}
     wanted = [known[name] for name in spec.target_names if name in known]
-    table = read_reference(reference, targets=wanted or None)
+    table = read_reference(reference, instance=instance, targets=wanted or None)
     options = dataclasses.replace(options or PredictOptions(), column_names="mimir")
     predictions = run_prediction(inputs, [module], options).table
     new_spec, refits = recalibrated_spec(spec, predictions, table, min_exams=min_exams, source=str(reference))
