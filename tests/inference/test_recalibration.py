@@ -69,7 +69,7 @@ def test_too_few_reference_values_change_nothing_and_nothing_at_all_is_refused()
     reference.loc[10:, "height"] = np.nan
     with pytest.raises(RecalibrationError, match="height: 10 exams with a reference value, fewer than 20"):
         recalibrated_spec(SPEC, predictions, reference)
-    spec, refits = recalibrated_spec(SPEC, predictions, reference, min_exams=10)
+    _, refits = recalibrated_spec(SPEC, predictions, reference, min_exams=10)
     assert refits[0].exams == 10 and not refits[0].skipped
 
 
