@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SD_SUFFIX = "_sd"
-_REFERENCE_SUFFIX = "__reference"
+REFERENCE_SUFFIX = "__reference"
 PUBLISHED_COLUMNS = ("cv_n", "cv_icc", "cv_r2", "cv_mae", "cv_mape_percent")
 METRIC_COLUMNS = (
     "name", "module", "ukb_field", "unit", "kind", "n", "icc", "r2", "mae", "mape_percent",
@@ -131,12 +131,12 @@ def _select_targets(
 def paired_table(
     predictions: "pd.DataFrame", reference: "pd.DataFrame", targets: Sequence[Target]
 ) -> "pd.DataFrame":
-    """Predictions with each target's reference as `{name}__reference`, joined on the keys."""
+    """Predictions with each target's reference as `{name}{REFERENCE_SUFFIX}`, joined on the keys."""
     keys = join_keys(predictions, reference)
     _require_unique(reference, keys, "reference")
     _require_unique(predictions, keys, "predictions")
     reference_part = reference[keys + [t.name for t in targets]].rename(
-        columns={t.name: t.name + _REFERENCE_SUFFIX for t in targets}
+        columns={t.name: t.name + REFERENCE_SUFFIX for t in targets}
     )
     joined = predictions.merge(reference_part, on=keys, how="inner", validate="one_to_one")
     if joined.empty:
@@ -166,7 +166,7 @@ def _uncertainty_metrics(mean: np.ndarray, sd: np.ndarray, reference: np.ndarray
 def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]:
     """One metrics row for a target of a joined table (see `paired_table`)."""
     mean = column_values(joined, target.name)
-    reference = column_values(joined, target.name + _REFERENCE_SUFFIX)
+    reference = column_values(joined, target.name + REFERENCE_SUFFIX)
     try:
         metrics = agreement_metrics(mean, reference, binary=target.is_binary)
     except MetricInputError as error:
@@ -235,7 +235,7 @@ def fit_calibration_factors(
     joined = paired_table(predictions, reference, chosen)
     return {
         t.name: fit_variance_scale(
-            column_values(joined, t.name), column_values(joined, t.name + SD_SUFFIX), column_values(joined, t.name + _REFERENCE_SUFFIX)
+            column_values(joined, t.name), column_values(joined, t.name + SD_SUFFIX), column_values(joined, t.name + REFERENCE_SUFFIX)
         )
         for t in chosen
     }

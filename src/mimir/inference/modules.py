@@ -786,12 +786,7 @@ def save_ensemble(
     files.update({member_file(index): blob for index, blob in enumerate(blobs)})
     if ood_bytes is not None:
         files[OOD_FILE] = ood_bytes
-    kept = "nothing was written" + (" (the module already there is unchanged)" if out.exists() else "")
-    with reported_write(out, kept):
-        if _is_archive(out):
-            _write_zip(out, files)
-        else:
-            _write_folder(out, files)
+    _write_module_files(out, files)
     logger.info(
         "wrote module %s (%d targets, %s, %d member network%s) to %s",
         spec.name, len(spec.targets), spec.architecture, len(blobs), "s" if ensemble else "", out,
@@ -812,12 +807,7 @@ def save_with_spec(source: Path | str, spec: ModuleSpec, out: Path | str, *, ove
     ood_bytes = _checked_ood_bytes(source, spec)
     if ood_bytes is not None:
         files[OOD_FILE] = ood_bytes
-    kept = "nothing was written" + (" (the module already there is unchanged)" if out.exists() else "")
-    with reported_write(out, kept):
-        if _is_archive(out):
-            _write_zip(out, files)
-        else:
-            _write_folder(out, files)
+    _write_module_files(out, files)
     logger.info("wrote module %s (from %s) to %s", spec.name, source, out)
     return out
 
@@ -827,6 +817,17 @@ def _check_member(member: MemberSpec, n_targets: int) -> None:
         raise ModuleSpecError(f"member {member.file}: its standardisation must have one entry per target ({n_targets})")
     if not all(math.isfinite(value) for value in member.mean) or not all(math.isfinite(value) and value > 0 for value in member.sd):
         raise ModuleSpecError(f"member {member.file}: standardisation means must be finite and sds positive")
+
+
+def _write_module_files(out: Path, files: Mapping[str, bytes]) -> None:
+    """A module's files as a folder or a .zip at `out`, atomically: all of them or, on failure,
+    nothing (an existing module there is left as it was)."""
+    kept = "nothing was written" + (" (the module already there is unchanged)" if out.exists() else "")
+    with reported_write(out, kept):
+        if _is_archive(out):
+            _write_zip(out, files)
+        else:
+            _write_folder(out, files)
 
 
 def _write_zip(out: Path, files: Mapping[str, bytes]) -> None:

@@ -31,7 +31,7 @@ from mimir.errors import MimirError
 from mimir.evaluation.calibration import fit_variance_scale
 from mimir.inference.modules import ModuleSpec, TargetSpec, now_iso, read_spec, save_with_spec
 from mimir.inference.postprocess import Z95
-from mimir.targets.catalog import INTERVAL_PROBABILITY, catalog, interval_kind
+from mimir.targets.catalog import INTERVAL_PROBABILITY, Target, catalog, interval_kind
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,24 +80,31 @@ def _coverage(mean: np.ndarray, sd: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(np.abs(reference - mean) <= Z95 * sd))
 
 
-def _refit_target(target: TargetSpec, predictions: pd.DataFrame, reference: pd.DataFrame, min_exams: int) -> TargetRecalibration:
-    from mimir.evaluation.evaluate import SD_SUFFIX, column_values, paired_table
+def _catalog_targets(spec: ModuleSpec) -> dict[str, Target]:
+    """The module's targets that the catalog knows (only those can be read from a reference)."""
+    known = {entry.name: entry for entry in catalog()}
+    return {name: known[name] for name in spec.target_names if name in known}
+
+
+def _refit_target(
+    target: TargetSpec, entry: Target | None, predictions: pd.DataFrame, reference: pd.DataFrame, min_exams: int
+) -> TargetRecalibration:
+    from mimir.evaluation.evaluate import REFERENCE_SUFFIX, SD_SUFFIX, column_values, paired_table
 
     def unchanged(exams: int, why: str) -> TargetRecalibration:
         return TargetRecalibration(target.name, exams, 1.0, target.calibration, target.calibration, math.nan, math.nan, why)
 
     if interval_kind(target.kind, target.unit) == INTERVAL_PROBABILITY:
         return unchanged(0, "a probability has no variance to calibrate")
-    known = {entry.name: entry for entry in catalog()}
-    if target.name not in known:
+    if entry is None:
         return unchanged(0, "not a catalog target: the reference cannot be read for it")
     if target.name not in reference.columns:
         return unchanged(0, "no column in the reference")
     if target.name + SD_SUFFIX not in predictions.columns:
         return unchanged(0, "the module gave it no sd")
-    joined = paired_table(predictions, reference, [known[target.name]])
+    joined = paired_table(predictions, reference, [entry])
     mean, sd = column_values(joined, target.name), column_values(joined, target.name + SD_SUFFIX)
-    truth = column_values(joined, target.name + "__reference")
+    truth = column_values(joined, target.name + REFERENCE_SUFFIX)
     usable = np.isfinite(mean) & np.isfinite(sd) & (sd > 0) & np.isfinite(truth)
     mean, sd, truth = mean[usable], sd[usable], truth[usable]
     if len(truth) < min_exams:
@@ -116,7 +123,8 @@ def recalibrated_spec(
 ) -> tuple[ModuleSpec, list[TargetRecalibration]]:
     """`spec` with each target's calibration refitted on `predictions` (this module's, of exams
     it never trained on) against `reference`, and the refit recorded in its provenance."""
-    refits = [_refit_target(target, predictions, reference, min_exams) for target in spec.targets]
+    entries = _catalog_targets(spec)
+    refits = [_refit_target(target, entries.get(target.name), predictions, reference, min_exams) for target in spec.targets]
     if not any(not refit.skipped for refit in refits):
         reasons = "; ".join(f"{refit.name}: {refit.skipped}" for refit in refits)
         raise RecalibrationError(f"module {spec.name!r}: no target could be recalibrated ({reasons})")
@@ -166,8 +174,7 @@ def recalibrate_module(
 
     module, out = Path(module), check_module_output(out, overwrite=overwrite)
     spec = read_spec(module)
-    known = {entry.name: entry for entry in catalog()}
-    wanted = [known[name] for name in spec.target_names if name in known]
+    wanted = list(_catalog_targets(spec).values())
     table = read_reference(reference, instance=instance, targets=wanted or None)
     options = dataclasses.replace(options or PredictOptions(), column_names="mimir")
     predictions = run_prediction(inputs, [module], options).table

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mimir.evaluation.evaluate import column_values
+from mimir.evaluation.evaluate import REFERENCE_SUFFIX, column_values
 from mimir.report.html import ReportSection, cell_number, write_report
 from mimir.report.provenance import ModuleProvenance
 from mimir.report.target_figures import target_figures
@@ -53,7 +53,7 @@ def write_evaluation_report(
         paths = target_figures(
             target.name,
             target.unit,
-            _optional_column(joined, f"{target.name}__reference"),
+            _optional_column(joined, target.name + REFERENCE_SUFFIX),
             _optional_column(joined, target.name),
             _optional_column(joined, f"{target.name}_sd"),
             figures,
