@@ -6,7 +6,9 @@ method through `mimir.explain.explain`, and scores each map against the true ana
 
 - inside share: the share of the map's saliency inside the organ's projected mask;
 - area share: the organ's share of the projected body area;
-- ratio = inside share / area share (1: no better than saliency spread evenly over the body).
+- ratio = inside share / area share (1: no better than saliency spread evenly over the body);
+- for thigh muscle also the region ratio: the same with the whole leg segments in the field of
+  view (muscle, fat and bone of the thighs) in place of the muscle labels.
 
 The organ masks come from the subject's label volume, drawn again from its seed
 (`mimir.synth.cohort.subject_anatomy`), sampled onto the fused grid of its zip (the fused
@@ -37,6 +39,9 @@ import pandas as pd
 #: target -> the labels whose projection is its anatomy.
 TARGETS = {"liverVolume": ("LIVER",), "AtlasTotalThighMuscleVolume": (
     "THIGH_ANTERIOR_RIGHT", "THIGH_ANTERIOR_LEFT", "THIGH_POSTERIOR_RIGHT", "THIGH_POSTERIOR_LEFT")}
+#: target -> the body segment it lies in, scored as well: the thigh muscle's outer boundary lies in
+#: the thighs' subcutaneous fat, outside the muscle labels but inside the thighs.
+REGIONS = {"AtlasTotalThighMuscleVolume": ("LEG_RIGHT", "LEG_LEFT")}
 METHODS = ("gradcam", "guided-gradcam", "integrated-gradients")
 
 
@@ -52,7 +57,7 @@ def build_cohort(out: Path, n: int, seed: int, workers: int, thigh_muscle_sd: fl
 
 
 def train_module(out: Path, cache: Path, truth: pd.DataFrame, target: str, train_eids: list[int], config_path: str | Path,
-                 iterations: int, device: str) -> Path:
+                 iterations: int, device: str, **overrides: int) -> Path:
     from mimir.inference.modules import build_module
     from mimir.learn.train import train
     from mimir.runs.config import TrainConfig
@@ -62,15 +67,15 @@ def train_module(out: Path, cache: Path, truth: pd.DataFrame, target: str, train
         return module
     config = TrainConfig.load(config_path).replace(
         modules={target: [target]}, iterations=iterations, lr_milestones=[int(iterations * 0.8)],
-        checkpoint_every=iterations,
+        checkpoint_every=iterations, **overrides,
     )
     rows = truth[truth["eid"].isin(train_eids)][["eid", "instance", target]]
     train(config, cache, rows, target, out / "runs" / target, device=device)
     return build_module(out / "runs" / target, None, module, overwrite=True)
 
 
-def labels_on_fused_grid(zip_path: Path, seed: int, eid: int, thigh_muscle_sd: float = 0.0) -> np.ndarray:
-    """The subject's label volume sampled (nearest) onto the fused grid its zip gives."""
+def anatomy_on_fused_grid(zip_path: Path, seed: int, eid: int, thigh_muscle_sd: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The subject's tissue labels and body regions sampled (nearest) onto the fused grid its zip gives."""
     from mimir.imaging.fusion import fuse_stations
     from mimir.imaging.read import read_exam
     from mimir.protocol import COLUMNS, GRID_ROWS, GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
@@ -83,19 +88,26 @@ def labels_on_fused_grid(zip_path: Path, seed: int, eid: int, thigh_muscle_sd: f
     j = np.rint((plan.grid_z_top_mm - (z0 - np.arange(slices) * slice_step)) / GRID_SLICE_SPACING_MM).astype(int)
     r = np.rint((y0 + np.arange(rows) * row_step) / PIXEL_SPACING_MM + (GRID_ROWS - 1) / 2).astype(int)
     c = np.rint((x0 + np.arange(columns) * column_step) / PIXEL_SPACING_MM + (COLUMNS - 1) / 2).astype(int)
-    labels = np.zeros(volume.shape, dtype=np.uint8)
     keep_j, keep_r, keep_c = (j >= 0) & (j < anatomy.labels.shape[0]), (r >= 0) & (r < GRID_ROWS), (c >= 0) & (c < COLUMNS)
-    labels[np.ix_(keep_j, keep_r, keep_c)] = anatomy.labels[np.ix_(j[keep_j], r[keep_r], c[keep_c])]
-    return labels
+    sampled = []
+    for source in (anatomy.labels, anatomy.region):
+        target = np.zeros(volume.shape, dtype=np.uint8)
+        target[np.ix_(keep_j, keep_r, keep_c)] = source[np.ix_(j[keep_j], r[keep_r], c[keep_c])]
+        sampled.append(target)
+    return sampled[0], sampled[1]
 
 
-def projected_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
+def projected_masks(labels: np.ndarray, region: np.ndarray) -> dict[str, np.ndarray]:
+    """The body, each target's organ and each target's body segment (REGIONS), projected."""
     from mimir.imaging.projection import project_mask
-    from mimir.synth.labels import Tissue
+    from mimir.synth.labels import Region, Tissue
 
-    masks = {"body": project_mask((labels != Tissue.BACKGROUND) & (labels != Tissue.BED))}
+    body = (labels != Tissue.BACKGROUND) & (labels != Tissue.BED)
+    masks = {"body": project_mask(body)}
     for target, names in TARGETS.items():
         masks[target] = project_mask(np.isin(labels, [Tissue[name] for name in names]))
+    for target, names in REGIONS.items():
+        masks[f"{target} region"] = project_mask(body & np.isin(region, [Region[name] for name in names]))
     return masks
 
 
@@ -157,8 +169,11 @@ def main() -> None:
     parser.add_argument("--thigh-muscle-sd", type=float, default=0.0,
                         help="generate the cohort with thigh muscle varying independently of body size (mimir synth --thigh-muscle-sd)")
     parser.add_argument("--config", default="cpu-small", help="a shipped configuration name or a TOML file")
+    parser.add_argument("--input-pool", type=int, help="the configuration's input_pool replaced (1: full 256 x 256 input, 8 x 8 last stage)")
+    parser.add_argument("--batch-size", type=int, help="the configuration's batch_size replaced")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    overrides = {name: value for name, value in (("input_pool", args.input_pool), ("batch_size", args.batch_size)) if value is not None}
 
     from mimir.devices import resolve_device
     from mimir.explain import ExplainOptions, explain
@@ -176,7 +191,7 @@ def main() -> None:
     stems = [f"{eid}_20201_2_0" for eid in held_out]
 
     started = time.perf_counter()
-    masks = {stem: projected_masks(labels_on_fused_grid(args.out / "cohort" / f"{stem}.zip", args.seed, eid, args.thigh_muscle_sd))
+    masks = {stem: projected_masks(*anatomy_on_fused_grid(args.out / "cohort" / f"{stem}.zip", args.seed, eid, args.thigh_muscle_sd))
              for stem, eid in zip(stems, held_out)}
     images = {stem: load_image(image_path(cache, stem)) for stem in stems}
     geometry_dice = [dice(masks[stem]["body"], image_body_mask(images[stem])) for stem in stems]
@@ -188,7 +203,7 @@ def main() -> None:
     cascade: dict[str, list[dict]] = {}
     for target in args.targets:
         started = time.perf_counter()
-        module = train_module(args.out, cache, truth, target, train_eids, args.config, args.iterations, device)
+        module = train_module(args.out, cache, truth, target, train_eids, args.config, args.iterations, device, **overrides)
         timings[f"train {target}"] = time.perf_counter() - started
         print(f"trained {target} in {timings[f'train {target}']:.0f} s", flush=True)
         for method in METHODS:
@@ -197,13 +212,17 @@ def main() -> None:
                              ExplainOptions(method=method, device=device, aggregate=True))
             timings[f"explain {target} {method}"] = time.perf_counter() - started
             accuracy[target] = held_out_accuracy(result.index, truth, target)
-            inside, area, body_share = [], [], []
+            inside, area, body_share, region_inside, region_area = [], [], [], [], []
             for row in result.index.itertuples():
                 saliency_map = np.load(result.folder / row.map)
                 organ, body = masks[row.exam][target], masks[row.exam]["body"]
                 inside.append(mask_share(saliency_map, organ))
                 body_share.append(mask_share(saliency_map, body))
                 area.append(organ.sum() / body.sum())
+                if target in REGIONS:
+                    region = masks[row.exam][f"{target} region"]
+                    region_inside.append(mask_share(saliency_map, region))
+                    region_area.append(region.sum() / body.sum())
             results.append({
                 "target": target, "method": method, "exams": len(inside),
                 "inside_share": float(np.nanmean(inside)), "area_share": float(np.mean(area)),
@@ -211,13 +230,18 @@ def main() -> None:
                 "ratio_per_exam_median": float(np.nanmedian(np.array(inside) / np.array(area))),
                 "body_share": float(np.nanmean(body_share)),
             })
+            if region_inside:
+                results[-1].update({
+                    "region_inside_share": float(np.nanmean(region_inside)), "region_area_share": float(np.mean(region_area)),
+                    "region_ratio": float(np.nanmean(region_inside) / np.mean(region_area)),
+                })
         chosen = stems[: args.cascade_exams]
         started = time.perf_counter()
         cascade[target] = randomisation_cascade(
             module, np.stack([images[stem] for stem in chosen]), [image_body_mask(images[stem]) for stem in chosen], device)
         timings[f"cascade {target}"] = time.perf_counter() - started
         summary = {
-            "n": args.n, "held_out": args.held_out, "seed": args.seed, "thigh_muscle_sd": args.thigh_muscle_sd, "iterations": args.iterations, "device": device,
+            "n": args.n, "held_out": args.held_out, "seed": args.seed, "config_overrides": overrides, "thigh_muscle_sd": args.thigh_muscle_sd, "iterations": args.iterations, "device": device,
             "geometry_dice_min": min(geometry_dice), "geometry_dice_mean": float(np.mean(geometry_dice)),
             "results": results, "accuracy": accuracy, "cascade": cascade, "timings_s": {key: round(value, 1) for key, value in timings.items()},
         }
