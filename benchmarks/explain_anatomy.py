@@ -189,6 +189,8 @@ def main() -> None:
     eids = sorted(int(eid) for eid in truth["eid"])
     held_out, train_eids = eids[: args.held_out], eids[args.held_out:]
     stems = [f"{eid}_20201_2_0" for eid in held_out]
+    for eid in train_eids:  # compressed already; only the held-out exams' zips are read again (~125 MB each)
+        (args.out / "cohort" / f"{eid}_20201_2_0.zip").unlink(missing_ok=True)
 
     started = time.perf_counter()
     masks = {stem: projected_masks(*anatomy_on_fused_grid(args.out / "cohort" / f"{stem}.zip", args.seed, eid, args.thigh_muscle_sd))
