@@ -7,8 +7,9 @@ method through `mimir.explain.explain`, and scores each map against the true ana
 - inside share: the share of the map's saliency inside the organ's projected mask;
 - area share: the organ's share of the projected body area;
 - ratio = inside share / area share (1: no better than saliency spread evenly over the body);
-- for thigh muscle also the region ratio: the same with the whole leg segments in the field of
-  view (muscle, fat and bone of the thighs) in place of the muscle labels.
+- for thigh muscle also the region ratio: the same with the thighs as a whole (the leg segments
+  in the field of view, muscle, fat and bone, plus the thigh muscles' own labels, whose top lies
+  in the trunk segment) in place of the muscle labels.
 
 The organ masks come from the subject's label volume, drawn again from its seed
 (`mimir.synth.cohort.subject_anatomy`), sampled onto the fused grid of its zip (the fused
@@ -106,8 +107,9 @@ def projected_masks(labels: np.ndarray, region: np.ndarray) -> dict[str, np.ndar
     masks = {"body": project_mask(body)}
     for target, names in TARGETS.items():
         masks[target] = project_mask(np.isin(labels, [Tissue[name] for name in names]))
-    for target, names in REGIONS.items():
-        masks[f"{target} region"] = project_mask(body & np.isin(region, [Region[name] for name in names]))
+    for target, names in REGIONS.items():  # the organ's own labels too: the top of the thigh muscles lies in the trunk segment
+        organ = np.isin(labels, [Tissue[name] for name in TARGETS[target]])
+        masks[f"{target} region"] = project_mask(organ | (body & np.isin(region, [Region[name] for name in names])))
     return masks
 
 
