@@ -142,8 +142,13 @@ def main() -> None:
     compare(args.out, crossval, test_truth, args.folds)
 
 
+def exam_rows(result_table: pd.DataFrame, stems: pd.Series) -> pd.DataFrame:
+    """A predictions table's rows in the order of the held-out images (`stems`)."""
+    return result_table.set_index("exam").loc[stems] if "exam" in result_table.columns else result_table
+
+
 def table_scores(result_table: pd.DataFrame, stems: pd.Series, reference: pd.DataFrame) -> pd.DataFrame:
-    table = result_table.set_index("exam").loc[stems] if "exam" in result_table.columns else result_table
+    table = exam_rows(result_table, stems)
     mean = np.column_stack([table[name].to_numpy(dtype=np.float64) for name in TARGETS])
     sd = np.column_stack([table[f"{name}_sd"].to_numpy(dtype=np.float64) for name in TARGETS])
     return scores(reference, mean, sd)
@@ -168,8 +173,9 @@ def paired_bootstrap(reference: pd.DataFrame, ensemble: pd.DataFrame, member_mea
         ensemble_error, member_errors = ensemble_error[known], member_errors[:, known]
         best = int(np.argmin(member_errors.mean(axis=1)))
         draws = rng.integers(0, len(ensemble_error), size=(resamples, len(ensemble_error)))
-        gap_to_best = ensemble_error[draws].mean(axis=1) - member_errors[best][draws].mean(axis=1)
-        gap_to_reselected = ensemble_error[draws].mean(axis=1) - member_errors[:, draws].mean(axis=2).min(axis=0)
+        resampled_ensemble = ensemble_error[draws].mean(axis=1)
+        gap_to_best = resampled_ensemble - member_errors[best][draws].mean(axis=1)
+        gap_to_reselected = resampled_ensemble - member_errors[:, draws].mean(axis=2).min(axis=0)
         low, high = np.percentile(gap_to_best, [2.5, 97.5])
         rows.append({"target": name, "gap_to_best_low": low, "gap_to_best_high": high,
                      "share_no_worse": float(np.mean(gap_to_reselected <= 0))})
@@ -210,7 +216,7 @@ def compare(out: Path, crossval: Path, test_truth: pd.DataFrame, folds: int) -> 
         run_prediction([cache], [module], options)  # warm-up: first-call costs out of the timing
         result = run_prediction([cache], [module], options)
         if k == loaded.spec.n_members:
-            ensemble_table = result.table.set_index("exam").loc[keyed["stem"]]
+            ensemble_table = exam_rows(result.table, keyed["stem"])
         per_subject = result.timings["inference"] / len(images)
         rows.append(table_scores(result.table, keyed["stem"], reference).assign(
             model=f"first {k} member(s) (--members {k})", seconds_per_subject=per_subject))

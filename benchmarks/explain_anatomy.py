@@ -105,11 +105,11 @@ def projected_masks(labels: np.ndarray, region: np.ndarray) -> dict[str, np.ndar
 
     body = (labels != Tissue.BACKGROUND) & (labels != Tissue.BED)
     masks = {"body": project_mask(body)}
-    for target, names in TARGETS.items():
-        masks[target] = project_mask(np.isin(labels, [Tissue[name] for name in names]))
+    organs = {target: np.isin(labels, [Tissue[name] for name in names]) for target, names in TARGETS.items()}
+    for target, organ in organs.items():
+        masks[target] = project_mask(organ)
     for target, names in REGIONS.items():  # the organ's own labels too: the top of the thigh muscles lies in the trunk segment
-        organ = np.isin(labels, [Tissue[name] for name in TARGETS[target]])
-        masks[f"{target} region"] = project_mask(organ | (body & np.isin(region, [Region[name] for name in names])))
+        masks[f"{target} region"] = project_mask(organs[target] | (body & np.isin(region, [Region[name] for name in names])))
     return masks
 
 
