@@ -14,6 +14,11 @@ On a busy machine the folds can train as parallel processes first (`--fold K`, o
 per fold, the first started alone until it has written splits.json); the run without --fold
 then finds them finished, merges and compares.
 
+With --members-from seeds the members are instead K networks trained on every training subject
+with seeds 0..K-1 (what `mimir module build --run R1 --run R2 ...` packs); `--seed S` trains one
+of them and stops, so they too can run as parallel processes. Seed members carry no
+cross-validation calibration (factors 1.0): give --n-calibration to recalibrate them.
+
 The held-out cohort is never seen by any fold network, by the calibration factors or by the
 flag thresholds: its coverage is an honest out-of-sample figure. With --n-calibration N, a third
 cohort (seed 700) recalibrates the ensemble (`recalibrate_module`, what `mimir module calibrate`
@@ -96,7 +101,12 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--n-calibration", type=int, default=0, help="subjects of a calibration cohort for the ensemble (0: none)")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=5, help="members: cross-validation folds, or seed networks")
+    parser.add_argument(
+        "--members-from", choices=["folds", "seeds"], default="folds",
+        help="folds: the fold networks of a cross-validation; seeds: networks trained on every training subject",
+    )
+    parser.add_argument("--seed", type=int, action="append", help="with --members-from seeds: train only this seed (repeatable) and stop")
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--input-pool", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -127,19 +137,49 @@ def main() -> None:
     if args.stop_after == "data":
         return
 
-    from mimir.learn.crossval import run_crossval
+    from mimir.inference.modules import build_ensemble, build_module_from_crossval
 
-    crossval = args.out / "crossval"
     config = benchmark_config(args.iterations, args.input_pool, args.batch_size).replace(modules={MODULE: TARGETS})
-    cv_started = time.perf_counter()
-    run_crossval(
-        config, args.out / "train" / "cache", args.out / "train_targets.csv", MODULE, crossval,
-        folds=args.folds, fold_ids=args.fold, baseline=None,
-    )
-    print(f"cross-validation: {time.perf_counter() - cv_started:.0f} s", flush=True)
-    if args.stop_after == "crossval" or args.fold:
-        return
-    compare(args.out, crossval, test_truth, args.folds)
+    training_started = time.perf_counter()
+    module = args.out / "ensemble_module"
+    if args.members_from == "seeds":
+        runs = train_seed_members(args.out, config, args.seed or range(args.folds))
+        print(f"seed members: {time.perf_counter() - training_started:.0f} s", flush=True)
+        if args.stop_after == "crossval" or args.seed:
+            return
+        if not module.exists():
+            build_ensemble(runs, None, module)
+    else:
+        from mimir.learn.crossval import run_crossval
+
+        crossval = args.out / "crossval"
+        run_crossval(
+            config, args.out / "train" / "cache", args.out / "train_targets.csv", MODULE, crossval,
+            folds=args.folds, fold_ids=args.fold, baseline=None,
+        )
+        print(f"cross-validation: {time.perf_counter() - training_started:.0f} s", flush=True)
+        if args.stop_after == "crossval" or args.fold:
+            return
+        if not module.exists():
+            build_module_from_crossval(crossval, module, ensemble=True)
+    compare(args.out, module, test_truth)
+
+
+def train_seed_members(out: Path, config, seeds) -> list[Path]:
+    """Networks trained on every training subject, one per seed (run folders out/seeds/seed_S); finished ones are kept."""
+    from mimir.learn.train import train
+    from mimir.runs.layout import RunFolder
+
+    runs = []
+    for seed in seeds:
+        run = out / "seeds" / f"seed_{seed}"
+        if not RunFolder(run).weights.is_file():
+            started = time.perf_counter()
+            train(config.replace(seed=seed), out / "train" / "cache", out / "train_targets.csv", MODULE, run,
+                  device="cpu", resume=True)
+            print(f"seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+        runs.append(run)
+    return runs
 
 
 def exam_rows(result_table: pd.DataFrame, stems: pd.Series) -> pd.DataFrame:
@@ -182,15 +222,12 @@ def paired_bootstrap(reference: pd.DataFrame, ensemble: pd.DataFrame, member_mea
     return pd.DataFrame(rows).set_index("target")
 
 
-def compare(out: Path, crossval: Path, test_truth: pd.DataFrame, folds: int) -> None:
+def compare(out: Path, module: Path, test_truth: pd.DataFrame) -> None:
     """The ensemble module against each of its members, and the first k members, on the held-out cohort."""
-    from mimir.inference.modules import build_module_from_crossval, load_module
+    from mimir.inference.modules import load_module
     from mimir.inference.predict import PredictOptions, run_prediction
     from mimir.inference.recalibration import recalibrate_module
 
-    module = out / "ensemble_module"
-    if not module.exists():
-        build_module_from_crossval(crossval, module, ensemble=True)
     recalibrated = out / "ensemble_module_recalibrated"
     if (out / "calibration_targets.csv").is_file() and not recalibrated.exists():
         outcome = recalibrate_module(
