@@ -30,10 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from mimir.runs.config import TrainConfig
 
 TARGETS = ["AtlasVatVolume", "AtlasAsatVolume", "liverVolume", "AtlasTotalThighMuscleVolume", "weight", "height"]
 MODULE = "ensbench"
@@ -165,7 +170,7 @@ def main() -> None:
     compare(args.out, module, test_truth)
 
 
-def train_seed_members(out: Path, config, seeds) -> list[Path]:
+def train_seed_members(out: Path, config: TrainConfig, seeds: Iterable[int]) -> list[Path]:
     """Networks trained on every training subject, one per seed (run folders out/seeds/seed_S); finished ones are kept."""
     from mimir.learn.train import train
     from mimir.runs.layout import RunFolder
