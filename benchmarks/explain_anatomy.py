@@ -44,6 +44,9 @@ TARGETS = {"liverVolume": ("LIVER",), "AtlasTotalThighMuscleVolume": (
 #: the thighs' subcutaneous fat, outside the muscle labels but inside the thighs.
 REGIONS = {"AtlasTotalThighMuscleVolume": ("LEG_RIGHT", "LEG_LEFT")}
 METHODS = ("gradcam", "guided-gradcam", "integrated-gradients")
+#: Body segments that divide up the rest of the image, each pixel counted once, in this order after
+#: the organ itself: where the saliency outside the organ goes.
+SEGMENTS = {"legs": ("LEG_RIGHT", "LEG_LEFT"), "trunk": ("TRUNK",), "arms": ("ARM_RIGHT", "ARM_LEFT"), "head": ("HEAD",)}
 
 
 def build_cohort(out: Path, n: int, seed: int, workers: int, thigh_muscle_sd: float = 0.0) -> tuple[Path, pd.DataFrame]:
@@ -110,7 +113,24 @@ def projected_masks(labels: np.ndarray, region: np.ndarray) -> dict[str, np.ndar
         masks[target] = project_mask(organ)
     for target, names in REGIONS.items():  # the organ's own labels too: the top of the thigh muscles lies in the trunk segment
         masks[f"{target} region"] = project_mask(organs[target] | (body & np.isin(region, [Region[name] for name in names])))
+    for name, names in SEGMENTS.items():
+        masks[f"segment {name}"] = project_mask(body & np.isin(region, [Region[segment] for segment in names]))
     return masks
+
+
+def saliency_by_segment(saliency_map: np.ndarray, masks: dict[str, np.ndarray], target: str) -> dict[str, float]:
+    """Shares of the map's saliency on the organ, then on each body segment (SEGMENTS, pixels not
+    counted before), the rest of the body and outside it: they add up to 1."""
+    from mimir.explain.sanity import mask_share
+
+    taken = masks[target].copy()
+    shares = {"organ": mask_share(saliency_map, taken)}
+    for name in [*(f"segment {segment}" for segment in SEGMENTS), "body"]:
+        own = masks[name] & ~taken
+        shares[name.removeprefix("segment ") if name != "body" else "rest of body"] = mask_share(saliency_map, own)
+        taken |= own
+    shares["outside body"] = mask_share(saliency_map, ~taken)
+    return shares
 
 
 def held_out_accuracy(index: pd.DataFrame, truth: pd.DataFrame, target: str) -> dict:
@@ -216,13 +236,14 @@ def main() -> None:
                              ExplainOptions(method=method, device=device, aggregate=True))
             timings[f"explain {target} {method}"] = time.perf_counter() - started
             accuracy[target] = held_out_accuracy(result.index, truth, target)
-            inside, area, body_share, region_inside, region_area = [], [], [], [], []
+            inside, area, body_share, region_inside, region_area, by_segment = [], [], [], [], [], []
             for row in result.index.itertuples():
                 saliency_map = np.load(result.folder / row.map)
                 organ, body = masks[row.exam][target], masks[row.exam]["body"]
                 inside.append(mask_share(saliency_map, organ))
                 body_share.append(mask_share(saliency_map, body))
                 area.append(organ.sum() / body.sum())
+                by_segment.append(saliency_by_segment(saliency_map, masks[row.exam], target))
                 if target in REGIONS:
                     region = masks[row.exam][f"{target} region"]
                     region_inside.append(mask_share(saliency_map, region))
@@ -233,6 +254,7 @@ def main() -> None:
                 "ratio": float(np.nanmean(inside) / np.mean(area)),
                 "ratio_per_exam_median": float(np.nanmedian(np.array(inside) / np.array(area))),
                 "body_share": float(np.nanmean(body_share)),
+                **{f"on {name}": value for name, value in pd.DataFrame(by_segment).mean().items() if name != "organ"},
             })
             if region_inside:
                 results[-1].update({
