@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from mimir.inference.modules import LoadedModule
     from mimir.runs.config import TrainConfig
 
 TARGETS = ["AtlasVatVolume", "AtlasAsatVolume", "liverVolume", "AtlasTotalThighMuscleVolume", "weight", "height"]
@@ -227,6 +228,29 @@ def paired_bootstrap(reference: pd.DataFrame, ensemble: pd.DataFrame, member_mea
     return pd.DataFrame(rows).set_index("target")
 
 
+def cached_cohort(cache: Path, truth: pd.DataFrame) -> tuple[list[Path], pd.DataFrame, pd.DataFrame]:
+    """A cohort's cached images, their stems with (eid, instance), and the truth in their order."""
+    images = sorted(cache.glob("*.npy"))
+    keyed = pd.DataFrame({"stem": [image.stem for image in images]})
+    keyed["eid"] = keyed["stem"].str.split("_").str[0].astype(int)
+    keyed["instance"] = keyed["stem"].str.split("_").str[2].astype(int)
+    return images, keyed, keyed.merge(truth, on=["eid", "instance"], how="left")
+
+
+def member_picked_on_calibration(out: Path, loaded: LoadedModule, order: list[int], member_rows: pd.DataFrame) -> pd.DataFrame:
+    """Per target the member with the lowest MAE on the calibration cohort (a choice made without
+    the test set) and that member's MAE on the held-out cohort."""
+    images, _, reference = cached_cohort(out / "calibration" / "cache", pd.read_csv(out / "calibration_targets.csv"))
+    per_member = loaded.predict_members(np.stack([np.load(image) for image in images]))
+    calibration_mae = np.array([scores(reference, mean[:, order], sd[:, order])["mae"].to_numpy() for mean, sd in per_member])
+    picked = calibration_mae.argmin(axis=0)
+    test_mae = member_rows.pivot(index="target", columns="model", values="mae")
+    return pd.DataFrame({
+        "member_picked_on_calibration": picked,
+        "picked_member_mae": [test_mae.loc[name, f"member {number} alone"] for name, number in zip(TARGETS, picked)],
+    }, index=pd.Index(TARGETS, name="target"))
+
+
 def compare(out: Path, module: Path, test_truth: pd.DataFrame) -> None:
     """The ensemble module against each of its members, and the first k members, on the held-out cohort."""
     from mimir.inference.modules import load_module
@@ -241,11 +265,7 @@ def compare(out: Path, module: Path, test_truth: pd.DataFrame) -> None:
         )
         (out / "recalibration.json").write_text(json.dumps([vars(target) for target in outcome.targets], indent=1))
     cache = out / "test" / "cache"
-    images = sorted(cache.glob("*.npy"))
-    keyed = pd.DataFrame({"stem": [image.stem for image in images]})
-    keyed["eid"] = keyed["stem"].str.split("_").str[0].astype(int)
-    keyed["instance"] = keyed["stem"].str.split("_").str[2].astype(int)
-    reference = keyed.merge(test_truth, on=["eid", "instance"], how="left")
+    images, keyed, reference = cached_cohort(cache, test_truth)
 
     rows = []
     loaded = load_module(module)
@@ -280,6 +300,8 @@ def compare(out: Path, module: Path, test_truth: pd.DataFrame) -> None:
     recalibrated_rows = results[results["model"].str.endswith("recalibrated (mimir module calibrate)")]
     if not recalibrated_rows.empty:
         check = check.join(recalibrated_rows.set_index("target")["coverage"].rename("coverage_recalibrated"))
+    if (out / "calibration_targets.csv").is_file():
+        check = check.join(member_picked_on_calibration(out, loaded, order, members))
     print(check.to_string(float_format=lambda value: f"{value:.4f}"))
     check.to_csv(out / "ensemble_check.csv")
 
