@@ -120,7 +120,8 @@ def projected_masks(labels: np.ndarray, region: np.ndarray) -> dict[str, np.ndar
 
 def saliency_by_segment(saliency_map: np.ndarray, masks: dict[str, np.ndarray], target: str) -> dict[str, float]:
     """Shares of the map's saliency on the organ, then on each body segment (SEGMENTS, pixels not
-    counted before), the rest of the body and outside it: they add up to 1."""
+    counted before), the rest of the body and outside it: they add up to 1. The body mask as the
+    map gives each segment's share of the body's area."""
     from mimir.explain.sanity import mask_share
 
     taken = masks[target].copy()
@@ -236,7 +237,7 @@ def main() -> None:
                              ExplainOptions(method=method, device=device, aggregate=True))
             timings[f"explain {target} {method}"] = time.perf_counter() - started
             accuracy[target] = held_out_accuracy(result.index, truth, target)
-            inside, area, body_share, region_inside, region_area, by_segment = [], [], [], [], [], []
+            inside, area, body_share, region_inside, region_area, by_segment, segment_area = [], [], [], [], [], [], []
             for row in result.index.itertuples():
                 saliency_map = np.load(result.folder / row.map)
                 organ, body = masks[row.exam][target], masks[row.exam]["body"]
@@ -244,6 +245,7 @@ def main() -> None:
                 body_share.append(mask_share(saliency_map, body))
                 area.append(organ.sum() / body.sum())
                 by_segment.append(saliency_by_segment(saliency_map, masks[row.exam], target))
+                segment_area.append(saliency_by_segment(body.astype(np.float64), masks[row.exam], target))
                 if target in REGIONS:
                     region = masks[row.exam][f"{target} region"]
                     region_inside.append(mask_share(saliency_map, region))
@@ -255,6 +257,8 @@ def main() -> None:
                 "ratio_per_exam_median": float(np.nanmedian(np.array(inside) / np.array(area))),
                 "body_share": float(np.nanmean(body_share)),
                 **{f"on {name}": value for name, value in pd.DataFrame(by_segment).mean().items() if name != "organ"},
+                **{f"area {name}": value for name, value in pd.DataFrame(segment_area).mean().items()
+                   if name not in ("organ", "outside body")},
             })
             if region_inside:
                 results[-1].update({
