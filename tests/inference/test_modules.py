@@ -237,7 +237,7 @@ def test_build_without_crossval_reproduces_the_training_run_predictions(tmp_path
     run = _fake_run(tmp_path, state)
     with caplog.at_level("WARNING"):
         out = build_module(run, None, tmp_path / "organs")
-    assert "no cross-validation" in caplog.text
+    assert "no cross-validation" in caplog.text and "mimir module calibrate" in caplog.text
     loaded = load_module(out)
     spec = loaded.spec
     assert spec.name == "organs" and spec.architecture == "resnet18" and spec.input_pool == 4

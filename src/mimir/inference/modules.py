@@ -1368,7 +1368,11 @@ def build_ensemble(
             raise ModuleWeightsError(f"{run_folder.weights} cannot be read: {error}") from error
     target_names = list(first.targets)
     if crossval is None:
-        logger.warning("no cross-validation folder given: calibration factors are 1.0 and no metrics are recorded")
+        logger.warning(
+            "no cross-validation folder given: calibration factors are 1.0 and no metrics are recorded; "
+            "refit the factors on labelled exams no network saw with `mimir module calibrate` (networks "
+            "trained on all their subjects can be far overconfident: docs/ensembles.md)"
+        )
         summary = CrossvalSummary({}, {}, {}, "")
     else:
         summary = read_crossval(Path(crossval), target_names)
