@@ -134,6 +134,27 @@ def saliency_by_segment(saliency_map: np.ndarray, masks: dict[str, np.ndarray], 
     return shares
 
 
+#: Rows of the 256-row image above the organ's top that count as "just above it": one Grad-CAM cell
+#: of a module on input pooled 2x (its last stage is 4 x 4).
+NEAR_ROWS = 64
+
+
+def trunk_just_above(saliency_map: np.ndarray, masks: dict[str, np.ndarray], target: str) -> tuple[float, float]:
+    """Saliency share and body-area share of the trunk pixels (not organ, not legs) in the NEAR_ROWS
+    rows above the organ's topmost row: is the trunk's saliency the hip next to the thighs?"""
+    from mimir.explain.sanity import mask_share
+
+    organ = masks[target]
+    trunk = masks["segment trunk"] & ~organ & ~masks["segment legs"]
+    rows = np.flatnonzero(organ.any(axis=1))
+    if rows.size == 0:
+        return float("nan"), float("nan")
+    band = np.zeros_like(organ)
+    band[max(0, rows[0] - NEAR_ROWS): rows[0]] = True
+    near = trunk & band
+    return mask_share(saliency_map, near), float(near.sum() / masks["body"].sum())
+
+
 def held_out_accuracy(index: pd.DataFrame, truth: pd.DataFrame, target: str) -> dict:
     """How good the explained module is: a map of a module that learnt nothing says nothing."""
     rows = index.dropna(subset=["mean"])
@@ -237,7 +258,7 @@ def main() -> None:
                              ExplainOptions(method=method, device=device, aggregate=True))
             timings[f"explain {target} {method}"] = time.perf_counter() - started
             accuracy[target] = held_out_accuracy(result.index, truth, target)
-            inside, area, body_share, region_inside, region_area, by_segment, segment_area = [], [], [], [], [], [], []
+            inside, area, body_share, region_inside, region_area, by_segment, segment_area, near_trunk = ([] for _ in range(8))
             for row in result.index.itertuples():
                 saliency_map = np.load(result.folder / row.map)
                 organ, body = masks[row.exam][target], masks[row.exam]["body"]
@@ -246,6 +267,7 @@ def main() -> None:
                 area.append(organ.sum() / body.sum())
                 by_segment.append(saliency_by_segment(saliency_map, masks[row.exam], target))
                 segment_area.append(saliency_by_segment(body.astype(np.float64), masks[row.exam], target))
+                near_trunk.append(trunk_just_above(saliency_map, masks[row.exam], target))
                 if target in REGIONS:
                     region = masks[row.exam][f"{target} region"]
                     region_inside.append(mask_share(saliency_map, region))
@@ -259,6 +281,8 @@ def main() -> None:
                 **{f"on {name}": value for name, value in pd.DataFrame(by_segment).mean().items() if name != "organ"},
                 **{f"area {name}": value for name, value in pd.DataFrame(segment_area).mean().items()
                    if name not in ("organ", "outside body")},
+                f"on trunk {NEAR_ROWS} rows above": float(np.nanmean([share for share, _ in near_trunk])),
+                f"area trunk {NEAR_ROWS} rows above": float(np.nanmean([area for _, area in near_trunk])),
             })
             if region_inside:
                 results[-1].update({
