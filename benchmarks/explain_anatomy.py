@@ -82,7 +82,12 @@ def anatomy_on_fused_grid(zip_path: Path, seed: int, eid: int, thigh_muscle_sd: 
     """The subject's tissue labels and body regions sampled (nearest) onto the fused grid its zip gives."""
     from mimir.imaging.fusion import fuse_stations
     from mimir.imaging.read import read_exam
-    from mimir.protocol import COLUMNS, GRID_ROWS, GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
+    from mimir.protocol import (
+        COLUMNS,
+        GRID_ROWS,
+        GRID_SLICE_SPACING_MM,
+        PIXEL_SPACING_MM,
+    )
     from mimir.synth.cohort import subject_anatomy
 
     _, plan, anatomy = subject_anatomy(seed, eid, thigh_muscle_sd=thigh_muscle_sd)
@@ -178,22 +183,32 @@ def dice(first: np.ndarray, second: np.ndarray) -> float:
     return float(2 * (first & second).sum() / max(first.sum() + second.sum(), 1))
 
 
-def randomisation_cascade(module: Path, images: np.ndarray, bodies: list[np.ndarray], device: str) -> list[dict]:
+def method_layers(layers: list[str]) -> list[tuple[str, str]]:
+    """(method, layer) pairs to measure: each Grad-CAM method at every layer asked for."""
+    from mimir.explain import DEFAULT_LAYER
+    from mimir.explain.maps import LAYER_METHODS
+
+    return [(method, layer) for method in METHODS for layer in (layers if method in LAYER_METHODS else [DEFAULT_LAYER])]
+
+
+def randomisation_cascade(module: Path, images: np.ndarray, bodies: list[np.ndarray], device: str,
+                          pairs: list[tuple[str, str]]) -> list[dict]:
     import torch
 
     from mimir.explain.maps import saliency
+    from mimir.explain.pipeline import method_label
     from mimir.explain.sanity import CASCADE, randomised, rank_correlation
     from mimir.inference.modules import load_module
 
     network = load_module(module, device).network
     network_input = torch.from_numpy(images).float().to(device)
     rows = []
-    for method in METHODS:
-        trained = saliency(network, 0, network_input, method).numpy()
+    for method, layer in pairs:
+        trained = saliency(network, 0, network_input, method, layer=layer).numpy()
         for depth in range(1, len(CASCADE) + 1):
-            random_maps = saliency(randomised(network, depth), 0, network_input, method).numpy()
+            random_maps = saliency(randomised(network, depth), 0, network_input, method, layer=layer).numpy()
             rows.append({
-                "method": method, "randomised": "+".join(CASCADE[:depth]),
+                "method": method_label(method, layer), "randomised": "+".join(CASCADE[:depth]),
                 "rho_body": float(np.mean([rank_correlation(a[m], b[m]) for a, b, m in zip(trained, random_maps, bodies)])),
                 "rho_image": float(np.mean([rank_correlation(a, b) for a, b in zip(trained, random_maps)])),
             })
@@ -215,6 +230,8 @@ def main() -> None:
     parser.add_argument("--config", default="cpu-small", help="a shipped configuration name or a TOML file")
     parser.add_argument("--input-pool", type=int, help="the configuration's input_pool replaced (1: full 256 x 256 input, 8 x 8 last stage)")
     parser.add_argument("--batch-size", type=int, help="the configuration's batch_size replaced")
+    parser.add_argument("--layers", nargs="+", default=["layer4"], choices=["layer4", "layer3", "layer2", "layer1"],
+                        help="residual stages of the Grad-CAM methods to measure (mimir explain --layer)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     overrides = {name: value for name, value in (("input_pool", args.input_pool), ("batch_size", args.batch_size)) if value is not None}
@@ -222,6 +239,7 @@ def main() -> None:
     from mimir.devices import resolve_device
     from mimir.explain import ExplainOptions, explain
     from mimir.explain.aggregate import image_body_mask
+    from mimir.explain.pipeline import method_label
     from mimir.explain.sanity import mask_share
     from mimir.imaging.cache import image_path, load_image
 
@@ -252,11 +270,12 @@ def main() -> None:
         module = train_module(args.out, cache, truth, target, train_eids, args.config, args.iterations, device, **overrides)
         timings[f"train {target}"] = time.perf_counter() - started
         print(f"trained {target} in {timings[f'train {target}']:.0f} s", flush=True)
-        for method in METHODS:
+        for method, layer in method_layers(args.layers):
+            label = method_label(method, layer)
             started = time.perf_counter()
             result = explain([image_path(cache, stem) for stem in stems], [module], args.out / "explain" / target,
-                             ExplainOptions(method=method, device=device, aggregate=True))
-            timings[f"explain {target} {method}"] = time.perf_counter() - started
+                             ExplainOptions(method=method, layer=layer, device=device, aggregate=True))
+            timings[f"explain {target} {label}"] = time.perf_counter() - started
             accuracy[target] = held_out_accuracy(result.index, truth, target)
             inside, area, body_share, region_inside, region_area, by_segment, segment_area, near_trunk = ([] for _ in range(8))
             for row in result.index.itertuples():
@@ -273,7 +292,7 @@ def main() -> None:
                     region_inside.append(mask_share(saliency_map, region))
                     region_area.append(region.sum() / body.sum())
             results.append({
-                "target": target, "method": method, "exams": len(inside),
+                "target": target, "method": label, "exams": len(inside),
                 "inside_share": float(np.nanmean(inside)), "area_share": float(np.mean(area)),
                 "ratio": float(np.nanmean(inside) / np.mean(area)),
                 "ratio_per_exam_median": float(np.nanmedian(np.array(inside) / np.array(area))),
@@ -292,7 +311,8 @@ def main() -> None:
         chosen = stems[: args.cascade_exams]
         started = time.perf_counter()
         cascade[target] = randomisation_cascade(
-            module, np.stack([images[stem] for stem in chosen]), [image_body_mask(images[stem]) for stem in chosen], device)
+            module, np.stack([images[stem] for stem in chosen]), [image_body_mask(images[stem]) for stem in chosen], device,
+            method_layers(args.layers))
         timings[f"cascade {target}"] = time.perf_counter() - started
         summary = {
             "n": args.n, "held_out": args.held_out, "seed": args.seed, "config_overrides": overrides, "thigh_muscle_sd": args.thigh_muscle_sd, "iterations": args.iterations, "device": device,

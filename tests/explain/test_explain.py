@@ -11,9 +11,15 @@ import pytest
 
 from mimir.cli import main
 from mimir.explain import ExplainError, ExplainOptions, explain
-from mimir.explain.aggregate import SAGITTAL_START, align, cohort_map, image_body_mask, view_boxes
-from mimir.report.saliency import normalise
+from mimir.explain.aggregate import (
+    SAGITTAL_START,
+    align,
+    cohort_map,
+    image_body_mask,
+    view_boxes,
+)
 from mimir.inference.predict import PredictOptions, predict
+from mimir.report.saliency import normalise
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TARGET = "liverVolume"
@@ -57,7 +63,7 @@ def test_a_rerun_skips_what_is_there_and_a_broken_image_fails_alone(trained, cac
 def test_mistakes_are_refused_before_any_work(trained, cache, tmp_path):
     with pytest.raises(ExplainError, match="do not predict height; they predict liverVolume"):
         explain([cache], [trained.module], tmp_path / "out", ExplainOptions(targets=("height",)))
-    with pytest.raises(ExplainError, match="unknown method"):
+    with pytest.raises(ExplainError, match="unknown saliency method"):
         explain([cache], [trained.module], tmp_path / "out", ExplainOptions(method="occlusion"))
     assert not (tmp_path / "out").exists()
 
@@ -87,6 +93,33 @@ def test_no_figures_writes_the_maps_only_and_a_later_run_with_figures_adds_them(
     assert result.computed == len(index) and result.reused == 0  # the figures were missing: drawn now
     assert (result.index["figure"] != "").all() and len(list((folder / TARGET).glob("*.png"))) == len(index)
     assert all(path.stat().st_mtime_ns != stamp for path, stamp in stamps.items())
+
+
+def test_an_earlier_grad_cam_layer_gives_another_map_in_a_folder_of_its_own(trained, cache, tmp_path):
+    from mimir.explain.maps import residual_stage
+    from mimir.inference.modules import load_module
+
+    network = load_module(trained.module).network
+    assert residual_stage(network, "layer3") is network.layer3 and residual_stage(network) is network.layer4
+    last = explain([cache], [trained.module], tmp_path / "out", ExplainOptions(device="cpu", figures=False))
+    finer = explain([cache], [trained.module], tmp_path / "out", ExplainOptions(device="cpu", figures=False, layer="layer3"))
+    assert finer.folder == tmp_path / "out" / "gradcam-layer3" and finer.computed == 2 and finer.reused == 0
+    assert set(finer.index["method"]) == {"gradcam-layer3"} and set(last.index["method"]) == {"gradcam"}
+    for row in finer.index.itertuples():
+        finer_map, last_map = np.load(finer.folder / row.map), np.load(last.folder / row.map)
+        assert finer_map.shape == (256, 256) and np.isfinite(finer_map).all() and finer_map.max() > 0
+        assert not np.allclose(finer_map, last_map)
+
+
+def test_a_layer_is_refused_where_it_means_nothing(trained, cache, tmp_path, capsys):
+    with pytest.raises(ExplainError, match="integrated-gradients has no layer"):
+        explain([cache], [trained.module], tmp_path / "out", ExplainOptions(method="integrated-gradients", layer="layer3"))
+    with pytest.raises(ExplainError, match="unknown Grad-CAM layer 'fc'"):
+        explain([cache], [trained.module], tmp_path / "out", ExplainOptions(layer="fc"))
+    assert not (tmp_path / "out").exists()
+    assert main(["explain", str(cache), "--modules", str(trained.module), "--out", str(tmp_path / "o"),
+                 "--method", "integrated-gradients", "--layer", "layer3"]) == 2
+    assert capsys.readouterr().err.strip().startswith("mimir explain: error: integrated-gradients has no layer")
 
 
 def test_the_command_reports_an_unknown_target_in_one_line(trained, cache, tmp_path, capsys):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from mimir.explain import METHOD_NAMES
+from mimir.explain import DEFAULT_LAYER, METHOD_NAMES
 from mimir.explain.aggregate import image_body_mask
-from mimir.explain.maps import METHODS, saliency
+from mimir.explain.maps import LAYER_METHODS, METHODS, saliency
 from mimir.explain.sanity import CASCADE, mask_share, randomised, rank_correlation
 from mimir.imaging.cache import load_image
 from mimir.inference.modules import load_module
@@ -33,12 +33,14 @@ def test_the_cli_lists_exactly_the_methods_there_are():
     assert METHOD_NAMES == tuple(METHODS)
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
-def test_maps_of_a_randomised_module_rank_pixels_differently(trained, images, method):
+@pytest.mark.parametrize(("method", "layer"), [
+    *((method, DEFAULT_LAYER) for method in METHOD_NAMES), *((method, "layer3") for method in LAYER_METHODS),
+])
+def test_maps_of_a_randomised_module_rank_pixels_differently(trained, images, method, layer):
     network = load_module(trained.module).network
     network_input = torch.from_numpy(images).float()
-    maps = saliency(network, 0, network_input, method).numpy()
-    random_maps = saliency(randomised(network, len(CASCADE)), 0, network_input, method).numpy()
+    maps = saliency(network, 0, network_input, method, layer=layer).numpy()
+    random_maps = saliency(randomised(network, len(CASCADE)), 0, network_input, method, layer=layer).numpy()
     assert maps.shape == random_maps.shape == (N_EXAMS, 256, 256)
     assert np.isfinite(maps).all() and (maps >= 0).all() and maps.max() > 0
     body = [image_body_mask(image) for image in images]

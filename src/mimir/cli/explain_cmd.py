@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mimir.cli import common_flags
+from mimir.explain import DEFAULT_LAYER, GRADCAM_LAYERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--modules", nargs="+", required=True, metavar="MODULE", help="module folders or archives")
     parser.add_argument("--targets", nargs="+", metavar="TARGET", help="targets to explain (default: every target)")
     common_flags.add_method(parser)
+    parser.add_argument(
+        "--layer", default=DEFAULT_LAYER, choices=GRADCAM_LAYERS,
+        help="the residual stage of gradcam and guided-gradcam (default: %(default)s, the last and coarsest; "
+        "layer3 doubles the map's resolution; docs/explain.md measures both); another layer's files go to OUT/METHOD-LAYER/",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--aggregate", action="store_true",
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     options = ExplainOptions(
-        method=args.method, targets=tuple(args.targets) if args.targets else None, cache=args.cache,
+        method=args.method, layer=args.layer, targets=tuple(args.targets) if args.targets else None, cache=args.cache,
         device=args.device, batch_size=args.batch_size, workers=args.workers,
         aggregate=args.aggregate, align=args.align, figures=args.figures,
     )

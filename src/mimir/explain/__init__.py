@@ -15,6 +15,10 @@ from typing import Any
 #: The method names `mimir explain --method` takes: the keys of `mimir.explain.maps.METHODS`,
 #: repeated here so that listing them imports no torch (a test keeps the two equal).
 METHOD_NAMES = ("gradcam", "guided-gradcam", "integrated-gradients")
+#: The residual stages Grad-CAM (and guided Grad-CAM) can take, as `mimir explain --layer` lists
+#: them: the last (coarsest, most specific to the target) first.
+GRADCAM_LAYERS = ("layer4", "layer3", "layer2", "layer1")
+DEFAULT_LAYER = GRADCAM_LAYERS[0]
 
 _OWNERS = {
     "ExplainError": "mimir.explain.pipeline",
@@ -30,4 +34,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(_OWNERS[name]), name)
 
 
-__all__ = ["METHOD_NAMES", "ExplainError", "ExplainOptions", "ExplainResult", "explain"]
+__all__ = ["DEFAULT_LAYER", "GRADCAM_LAYERS", "METHOD_NAMES", "ExplainError", "ExplainOptions", "ExplainResult", "explain"]

@@ -143,9 +143,9 @@ def write_cohort_maps(index: pd.DataFrame, images: Mapping[str, Path], folder: P
 
 def _cohort_figure(panels: list[tuple[str, np.ndarray, np.ndarray, int]], path: Path, *, aligned: bool) -> Path:
     from mimir.explain.overlay import PANEL_HEIGHT_INCHES
-    from mimir.report.saliency import draw_saliency, normalise
     from mimir.report.figure import DISPLAY_ASPECT
     from mimir.report.plots import new_figure, save_png
+    from mimir.report.saliency import draw_saliency, normalise
 
     panel_width = PANEL_HEIGHT_INCHES / DISPLAY_ASPECT
     figure = new_figure(len(panels) * (panel_width + 0.3) + 0.4, PANEL_HEIGHT_INCHES + 1.0)
@@ -160,4 +160,4 @@ def _cohort_figure(panels: list[tuple[str, np.ndarray, np.ndarray, int]], path: 
     return save_png(figure, path)
 
 
-__all__ = ["COHORT_FIGURE", "COHORT_FOLDER", "CohortMap", "SAGITTAL_START", "align", "cohort_map", "image_body_mask", "view_boxes", "write_cohort_maps"]
+__all__ = ["COHORT_FIGURE", "COHORT_FOLDER", "SAGITTAL_START", "CohortMap", "align", "cohort_map", "image_body_mask", "view_boxes", "write_cohort_maps"]

@@ -10,9 +10,11 @@ Every function returns one non-negative (N, H, W) map at the input image's size:
 - gradcam: Captum's `LayerGradCam` on the last residual stage (`layer4`), ReLU of the
   gradient-weighted channel sum (Selvaraju et al. 2017), upsampled bilinearly to the image. It
   is coarse (a 256 x 256 input gives an 8 x 8 map, 2 x 2 with input pooling 4) but class-
-  discriminative: it shows regions, which is what the cohort maps of Langner et al. show.
-- guided-gradcam: Captum's `GuidedGradCam` (guided backpropagation times the upsampled Grad-CAM),
-  pixel-sharp; the absolute values are summed over the three channels.
+  discriminative: it shows regions, which is what the cohort maps of Langner et al. show. An
+  earlier stage (`layer="layer3"`: twice the resolution) localises finer with features that
+  are less specific to the target (docs/explain.md measures both).
+- guided-gradcam: Captum's `GuidedGradCam` (guided backpropagation times the upsampled Grad-CAM
+  of the same stage), pixel-sharp; the absolute values are summed over the three channels.
 - integrated-gradients: Captum's `IntegratedGradients` from a black image (zero signal: air),
   the completeness-satisfying path method (Sundararajan et al. 2017); absolute values summed over
   the channels.
@@ -26,6 +28,8 @@ import warnings
 from collections.abc import Callable
 
 import torch
+
+from mimir.explain import DEFAULT_LAYER, GRADCAM_LAYERS
 
 #: Integration steps of integrated gradients (the Riemann sum converges well before 32 for ResNets
 #: whose input is a smooth projection image; Captum's default is 50).
@@ -51,30 +55,34 @@ class TargetMean(torch.nn.Module):
         return self.network(network_input)[:, 2 * self.target_index]
 
 
-def last_conv_block(network: torch.nn.Module) -> torch.nn.Module:
-    """The last residual stage of a torchvision-style ResNet (`layer4`), Grad-CAM's layer."""
-    block = getattr(network, "layer4", None)
+def residual_stage(network: torch.nn.Module, layer: str = DEFAULT_LAYER) -> torch.nn.Module:
+    """A residual stage of a torchvision-style ResNet (`layer1` ... `layer4`), Grad-CAM's layer."""
+    if layer not in GRADCAM_LAYERS:
+        raise ValueError(f"unknown Grad-CAM layer {layer!r}; choose from {', '.join(GRADCAM_LAYERS)}")
+    block = getattr(network, layer, None)
     if block is None:
-        raise ValueError(f"{type(network).__name__} has no layer4: Grad-CAM needs a ResNet")
+        raise ValueError(f"{type(network).__name__} has no {layer}: Grad-CAM needs a ResNet")
     return block
 
 
-def gradcam(network: torch.nn.Module, target_index: int, network_input: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM on `layer4`, upsampled to the input's size."""
+def gradcam(network: torch.nn.Module, target_index: int, network_input: torch.Tensor, layer: str = DEFAULT_LAYER) -> torch.Tensor:
+    """Grad-CAM on one residual stage, upsampled to the input's size."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    coarse = LayerGradCam(TargetMean(network, target_index), last_conv_block(network)).attribute(
+    coarse = LayerGradCam(TargetMean(network, target_index), residual_stage(network, layer)).attribute(
         network_input, relu_attributions=True
     )
     upsampled = LayerAttribution.interpolate(coarse, tuple(network_input.shape[-2:]), interpolate_mode="bilinear")
     return upsampled[:, 0].clamp_min(0.0)
 
 
-def guided_gradcam(network: torch.nn.Module, target_index: int, network_input: torch.Tensor) -> torch.Tensor:
-    """Guided backpropagation times Grad-CAM, |.| summed over the channels."""
+def guided_gradcam(
+    network: torch.nn.Module, target_index: int, network_input: torch.Tensor, layer: str = DEFAULT_LAYER
+) -> torch.Tensor:
+    """Guided backpropagation times Grad-CAM on one residual stage, |.| summed over the channels."""
     from captum.attr import GuidedGradCam
 
-    explainer = GuidedGradCam(TargetMean(network, target_index), last_conv_block(network))
+    explainer = GuidedGradCam(TargetMean(network, target_index), residual_stage(network, layer))
     with warnings.catch_warnings():  # Captum announces its temporary ReLU hooks on every call
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
         attributions = explainer.attribute(network_input, interpolate_mode="bilinear")
@@ -101,23 +109,43 @@ METHODS: dict[str, MapFunction] = {
     "guided-gradcam": guided_gradcam,
     "integrated-gradients": integrated_gradients,
 }
+#: The methods that take a residual stage (`layer`); integrated gradients attributes to the input.
+LAYER_METHODS: dict[str, Callable[..., torch.Tensor]] = {"gradcam": gradcam, "guided-gradcam": guided_gradcam}
 
 
-def saliency(network: torch.nn.Module, target_index: int, network_input: torch.Tensor, method: str) -> torch.Tensor:
-    """Maps (N, H, W), float32 on the CPU, detached; gradients are computed even under no_grad.
-
-    A method not in METHODS is a ValueError (the command checks names before any work).
-    """
+def check_method(method: str, layer: str = DEFAULT_LAYER) -> None:
+    """ValueError for an unknown method or layer, or a layer other than the default for a method
+    that has none (the command checks before any work)."""
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}; choose from {', '.join(METHODS)}")
+    if layer not in GRADCAM_LAYERS:
+        raise ValueError(f"unknown Grad-CAM layer {layer!r}; choose from {', '.join(GRADCAM_LAYERS)}")
+    if layer != DEFAULT_LAYER and method not in LAYER_METHODS:
+        raise ValueError(f"{method} has no layer: a layer applies to {' and '.join(LAYER_METHODS)} only")
+
+
+def saliency(
+    network: torch.nn.Module, target_index: int, network_input: torch.Tensor, method: str, *, layer: str = DEFAULT_LAYER
+) -> torch.Tensor:
+    """Maps (N, H, W), float32 on the CPU, detached; gradients are computed even under no_grad.
+
+    `layer` is the residual stage of the Grad-CAM methods. Names are checked by `check_method`.
+    """
+    check_method(method, layer)
     was_training = network.training
     network.eval()
     try:
         with torch.enable_grad():
-            maps = METHODS[method](network, target_index, network_input.detach().requires_grad_())
+            network_input = network_input.detach().requires_grad_()
+            if method in LAYER_METHODS:
+                maps = LAYER_METHODS[method](network, target_index, network_input, layer)
+            else:
+                maps = METHODS[method](network, target_index, network_input)
     finally:
         network.train(was_training)
     return maps.detach().float().cpu()
 
 
-__all__ = ["INTEGRATION_STEPS", "METHODS", "MapFunction", "TargetMean", "last_conv_block", "saliency"]
+__all__ = [
+    "INTEGRATION_STEPS", "LAYER_METHODS", "METHODS", "MapFunction", "TargetMean", "check_method", "residual_stage", "saliency",
+]

@@ -7,7 +7,8 @@ mean and 95 % interval `mimir predict` gives. The maps are then computed on each
 `ModuleRunner` network (batch norm folded, as predictions run it) with gradients on, in batches
 read by `mimir.inference.batching` from the cache.
 
-Outputs, under `out/{method}/` (`layout`): `{target}/{exam}.npy`, the float32 (256, 256) map at
+Outputs, under `out/{method}/` (`out/{method}-{layer}/` for a Grad-CAM stage other than the
+last, `method_label`): `{target}/{exam}.npy`, the float32 (256, 256) map at
 the image's resolution, and `{target}/{exam}.png`, the overlay; `explanations.csv` lists every
 exam and target with its prediction, files or failure. Every file is written atomically; a rerun
 skips the exams whose maps and figures are all there, so an interrupted run resumes.
@@ -33,6 +34,7 @@ import numpy as np
 
 from mimir.atomic import atomic_path, atomic_write_text, check_can_create_folder
 from mimir.errors import MimirError
+from mimir.explain import DEFAULT_LAYER
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,10 +63,13 @@ class ExplainError(MimirError, ValueError):
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """How `explain` runs; the maps depend on `method` only (and the float rounding of the device)."""
+    """How `explain` runs; the maps depend on `method` and `layer` only (and the float rounding of the device)."""
 
     #: A name of `mimir.explain.maps.METHODS`.
     method: str = "gradcam"
+    #: The residual stage of the Grad-CAM methods (`mimir.explain.GRADCAM_LAYERS`); earlier stages
+    #: are finer (docs/explain.md). Integrated gradients takes only the default.
+    layer: str = DEFAULT_LAYER
     #: Targets to explain; None: every target of every module.
     targets: tuple[str, ...] | None = None
     #: Image cache (raw exams are compressed into it; kept); None: a temporary one, removed afterwards.
@@ -110,6 +115,21 @@ class ExplainedTarget:
     @property
     def name(self) -> str:
         return self.spec.targets[self.index].name
+
+
+def method_label(method: str, layer: str = DEFAULT_LAYER) -> str:
+    """The method as folders, index rows and figure titles name it: 'gradcam', 'gradcam-layer3'."""
+    return method if layer == DEFAULT_LAYER else f"{method}-{layer}"
+
+
+def check_method(method: str, layer: str = DEFAULT_LAYER) -> None:
+    """`mimir.explain.maps.check_method` as an ExplainError, before any exam is touched."""
+    from mimir.explain.maps import check_method as check
+
+    try:
+        check(method, layer)
+    except ValueError as error:
+        raise ExplainError(str(error)) from None
 
 
 def map_path(folder: Path, target: str, exam: str) -> Path:
@@ -159,14 +179,13 @@ def explain(
     that cannot be compressed or loaded gets its failure in the index and no files.
     """
     from mimir.devices import resolve_device
-    from mimir.explain.maps import METHODS
     from mimir.inference.predict import PredictOptions, run_prediction
 
     options = options or ExplainOptions()
-    if options.method not in METHODS:
-        raise ExplainError(f"unknown method {options.method!r}; choose from {', '.join(METHODS)}")
+    check_method(options.method, options.layer)
+    label = method_label(options.method, options.layer)
     explained = select_targets(modules, options.targets)
-    folder = check_can_create_folder(Path(out)) / options.method
+    folder = check_can_create_folder(Path(out)) / label
     device = resolve_device(options.device)
     size = options.batch_size or DEFAULT_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
     if size < 1:
@@ -182,9 +201,10 @@ def explain(
         usable = [exam for exam, failure in zip(table["exam"], table["failure"], strict=True) if not failure and exam in predicted.images]
         todo = [exam for exam in usable if not _all_written(folder, explained, exam, options.figures)]
         failures = _write_maps(
-            todo, predicted.images, table, explained, folder, options.method, device, size, progress, figures=options.figures,
+            todo, predicted.images, table, explained, folder, options.method, device, size, progress,
+            figures=options.figures, layer=options.layer,
         )
-        index = _index(table, explained, folder, options.method, failures)
+        index = _index(table, explained, folder, label, failures)
         atomic_write_text(folder / INDEX_FILE, index.to_csv(index=False))
         result = ExplainResult(
             folder, index, device, computed=len(todo) - len(failures),
@@ -194,7 +214,7 @@ def explain(
             from mimir.explain.aggregate import write_cohort_maps
 
             result.cohort_maps = write_cohort_maps(index, predicted.images, folder, align=options.align)
-    logger.info("explained %d exams (%d reused) with %s on %s", result.computed, result.reused, options.method, device)
+    logger.info("explained %d exams (%d reused) with %s on %s", result.computed, result.reused, label, device)
     return result
 
 
@@ -227,6 +247,7 @@ def _write_maps(
     progress: ProgressCallback | None,
     *,
     figures: bool,
+    layer: str = DEFAULT_LAYER,
 ) -> dict[str, str]:
     """Maps and figures of `exams`, module by module and batch by batch; returns exam -> load failure."""
     from mimir.inference.batching import CachedExam, iter_batches
@@ -247,10 +268,10 @@ def _write_maps(
                 continue
             network_in = network_input(batch.images, device)
             for target in targets:
-                maps = members_saliency(runners, target.index, network_in, method)
+                maps = members_saliency(runners, target.index, network_in, method, layer=layer)
                 for position, exam in enumerate(batch.stems):
-                    _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam], method,
-                                figure=figures)
+                    _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam],
+                                method_label(method, layer), figure=figures)
             done += len(batch.stems) + len(batch.failures)
             if progress is not None:
                 progress("explain", done, total)
@@ -272,17 +293,20 @@ def member_runners(module: Path, device: str) -> list[ModuleRunner]:
     return [ModuleRunner(load_module(module, device))]
 
 
-def members_saliency(runners: Sequence[ModuleRunner], target_index: int, network_in: torch.Tensor, method: str) -> np.ndarray:
+def members_saliency(
+    runners: Sequence[ModuleRunner], target_index: int, network_in: torch.Tensor, method: str, *, layer: str = DEFAULT_LAYER
+) -> np.ndarray:
     """The mean map over every member network of the runners, (N, H, W) float32."""
     from mimir.explain.maps import saliency
 
     networks = [network for runner in runners for network in runner.networks]
-    total = sum(saliency(network, target_index, network_in, method) for network in networks)
+    total = sum(saliency(network, target_index, network_in, method, layer=layer) for network in networks)
     return (total / len(networks)).numpy().astype(np.float32)
 
 
 def image_saliency(
-    image: np.ndarray, modules: Sequence[str | Path], target: str, *, method: str = "gradcam", device: str = "auto"
+    image: np.ndarray, modules: Sequence[str | Path], target: str, *, method: str = "gradcam", device: str = "auto",
+    layer: str = DEFAULT_LAYER,
 ) -> np.ndarray:
     """One image's (256, 256) map of `target`'s predicted mean, as `explain` computes it, no files.
 
@@ -292,17 +316,15 @@ def image_saliency(
     import torch
 
     from mimir.devices import resolve_device
-    from mimir.explain.maps import METHODS
     from mimir.imaging.cache import validate_image
     from mimir.inference.runner import network_input
 
-    if method not in METHODS:
-        raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    check_method(method, layer)
     (explained,) = select_targets(modules, [target])
     device = resolve_device(device)
     images = torch.from_numpy(np.ascontiguousarray(validate_image(np.asarray(image))))[None]
     runners = member_runners(explained.module, device)
-    return members_saliency(runners, explained.index, network_input(images, device), method)[0]
+    return members_saliency(runners, explained.index, network_input(images, device), method, layer=layer)[0]
 
 
 def _write_exam(
@@ -369,11 +391,13 @@ __all__ = [
     "ExplainOptions",
     "ExplainResult",
     "ExplainedTarget",
+    "check_method",
     "explain",
     "figure_path",
     "image_saliency",
     "map_path",
     "member_runners",
     "members_saliency",
+    "method_label",
     "select_targets",
 ]
