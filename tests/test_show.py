@@ -138,4 +138,22 @@ def test_show_explain_refuses_a_target_or_source_it_cannot_explain(module, cache
         show_exam(STEM, out, modules=[module], cache=cache, explain="liverFat")
     with pytest.raises(ShowError, match="needs --modules"):
         show_exam(STEM, out, predictions=tmp_path / "table.csv", cache=cache, explain="weight")
+    with pytest.raises(ShowError, match="integrated-gradients has no layer"):
+        show_exam(STEM, out, modules=[module], cache=cache, explain="weight", method="integrated-gradients", layer="layer3")
     assert not out.exists()
+
+
+def test_show_explain_at_an_earlier_layer_draws_another_map(module, cache, tmp_path, monkeypatch):
+    """--layer reaches the map: the figure's saliency is the layer3 map of `image_saliency`."""
+    import mimir.report.figure as figure_module
+
+    drawn = {}
+    original = figure_module.subject_figure
+    monkeypatch.setattr(figure_module, "subject_figure",
+                        lambda *args, **kwargs: drawn.setdefault(len(drawn), kwargs) and original(*args, **kwargs))
+    for layer in ("layer4", "layer3"):
+        assert show([STEM, "--cache", str(cache), "--modules", str(module), "--out", str(tmp_path / f"{layer}.png"),
+                     "--device", "cpu", "--explain", "weight", "--layer", layer]) == 0
+    last, finer = drawn[0], drawn[1]
+    assert last["saliency_caption"].endswith("(gradcam)") and finer["saliency_caption"].endswith("(gradcam-layer3)")
+    assert finer["saliency"].shape == (256, 256) and not np.allclose(finer["saliency"], last["saliency"])

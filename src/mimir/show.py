@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from mimir.atomic import check_can_create
 from mimir.errors import MimirError, PathNotFoundError
+from mimir.explain import DEFAULT_LAYER
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,6 +40,7 @@ def show_exam(
     precision: str = "auto",
     explain: str | None = None,
     method: str = "gradcam",
+    layer: str = DEFAULT_LAYER,
 ) -> Path:
     """Draw one exam's figure to `out` (.png): predicted with `modules`, or its row of `predictions`.
 
@@ -48,7 +50,7 @@ def show_exam(
     temporary cache, removed afterwards. Returns `out`.
 
     `explain` (a target of the modules) also draws the saliency map of that target's mean with
-    `method` over each channel of the figure (`mimir.explain.pipeline.image_saliency` on the
+    `method` (at `layer`, for the Grad-CAM methods) over each channel of the figure (`mimir.explain.pipeline.image_saliency` on the
     exam's cached image, through the module's networks as `mimir explain` runs them); it needs
     `modules`, since a table holds no network.
     """
@@ -58,7 +60,7 @@ def show_exam(
     if bool(modules) == (predictions is not None):
         raise ShowError("give modules to predict the exam with, or a predictions table: one of the two")
     if explain is not None:
-        _check_explain(explain, method, modules)
+        _check_explain(explain, method, layer, modules)
     if not exam_path.exists() and cache is None and predictions is None:
         raise PathNotFoundError(f"{exam}: no such file or folder (an exam name needs a cache, --cache)")
     _check_figure_path(out)
@@ -72,24 +74,25 @@ def show_exam(
     stem, rows, image, note = shown
     saliency, caption = None, ""
     if explain is not None and modules:
-        from mimir.explain.pipeline import image_saliency
+        from mimir.explain.pipeline import image_saliency, method_label
 
-        saliency = image_saliency(image, modules, explain, method=method, device=device)
-        caption = f"where {explain}'s predicted mean comes from ({method})"
+        saliency = image_saliency(image, modules, explain, method=method, device=device, layer=layer)
+        caption = f"where {explain}'s predicted mean comes from ({method_label(method, layer)})"
     title = _exam_title(stem) if not note else f"{_exam_title(stem)} - {note}"
     subject_figure(image, rows, title=title, path=out, saliency=saliency, saliency_caption=caption)
     return out
 
 
-def _check_explain(target: str, method: str, modules: Sequence[str | Path] | None) -> None:
+def _check_explain(target: str, method: str, layer: str, modules: Sequence[str | Path] | None) -> None:
     """Refuse a map that cannot be drawn before any prediction work starts."""
-    from mimir.explain import METHOD_NAMES
-    from mimir.explain.pipeline import select_targets
+    from mimir.explain.pipeline import ExplainError, check_method, select_targets
 
     if not modules:
         raise ShowError("--explain needs --modules: a predictions table holds no network to explain")
-    if method not in METHOD_NAMES:
-        raise ShowError(f"unknown saliency method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+    try:
+        check_method(method, layer)
+    except ExplainError as error:
+        raise ShowError(str(error)) from None
     select_targets(modules, [target])
 
 

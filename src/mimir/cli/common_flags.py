@@ -17,6 +17,7 @@ Every command adds a shared flag through the function here, never with its own
 | `--config` | a training configuration: a shipped name (`mimir config list`) or a TOML file |
 | `--exclude FILE` | eids to leave out (the list of known imaging artefacts) |
 | `--method` | the saliency method of a map (`mimir.explain.METHOD_NAMES`) |
+| `--layer` | the residual stage of a Grad-CAM map (`mimir.explain.GRADCAM_LAYERS`) |
 | `-q`, `-v` | quiet, verbose: before or after the subcommand |
 
 Renamed flags keep their old spelling for one release as hidden aliases (not in `--help`);
@@ -36,7 +37,7 @@ from pathlib import Path
 from mimir.cluster import CLUSTER_KINDS, ClusterRequest, DaskExecutor, WhereToRun, open_executor
 from mimir.devices import DEVICE_CHOICES, PRECISIONS
 from mimir.errors import MimirError
-from mimir.explain import METHOD_NAMES
+from mimir.explain import DEFAULT_LAYER, GRADCAM_LAYERS, METHOD_NAMES
 from mimir.parallel import Executor, Part
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ MEANINGS = {
         "image: attributions that add up to the prediction but follow the image more than the module; "
         "docs/explain.md)"
     ),
+    "--layer": "residual stage of gradcam and guided-gradcam",
     "--init": "initial weights, overriding the config's init: imagenet, scratch, a weights file, or a MIMIR module to fine-tune from",
     "--freeze": "parts of the initial network kept fixed, overriding the config's freeze",
     "--scheduler": "run on the Dask scheduler at this address (e.g. tcp://10.0.0.5:8786) instead of local processes",
@@ -297,6 +299,15 @@ def add_config(parser: argparse.ArgumentParser, *, detail: str | None = None) ->
 def add_method(parser: argparse.ArgumentParser, *, detail: str | None = None) -> None:
     """`--method`: which saliency method draws a map (default gradcam)."""
     parser.add_argument("--method", default="gradcam", choices=METHOD_NAMES, help=_help("--method", detail or "default: gradcam"))
+
+
+def add_layer(parser: argparse.ArgumentParser) -> None:
+    """`--layer`: the residual stage of the Grad-CAM methods (default the last)."""
+    parser.add_argument(
+        "--layer", default=DEFAULT_LAYER, choices=GRADCAM_LAYERS,
+        help=_help("--layer", f"default: {DEFAULT_LAYER}, the last and coarsest; layer3 doubles the map's resolution; "
+                   "docs/explain.md measures both"),
+    )
 
 
 def add_exclude(parser: argparse.ArgumentParser, *, detail: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mimir.cli import common_flags
-from mimir.explain import DEFAULT_LAYER, GRADCAM_LAYERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Predict the exams as `mimir predict` does, then write per exam and target a saliency "
             "map of the predicted mean (.npy, 256 x 256, the image's resolution) and a PNG overlay "
             "on the water, fat and fat fraction channels with the prediction and its 95 %% interval. "
-            "Files go to OUT/METHOD/TARGET/EXAM.{npy,png}, listed in OUT/METHOD/explanations.csv. "
+            "Files go to OUT/METHOD/TARGET/EXAM.{npy,png} (OUT/METHOD-LAYER/... for a --layer other than "
+            "layer4), listed in OUT/METHOD/explanations.csv. "
             "A rerun skips the exams already explained."
         ),
     )
@@ -27,11 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--modules", nargs="+", required=True, metavar="MODULE", help="module folders or archives")
     parser.add_argument("--targets", nargs="+", metavar="TARGET", help="targets to explain (default: every target)")
     common_flags.add_method(parser)
-    parser.add_argument(
-        "--layer", default=DEFAULT_LAYER, choices=GRADCAM_LAYERS,
-        help="the residual stage of gradcam and guided-gradcam (default: %(default)s, the last and coarsest; "
-        "layer3 doubles the map's resolution; docs/explain.md measures both); another layer's files go to OUT/METHOD-LAYER/",
-    )
+    common_flags.add_layer(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--aggregate", action="store_true",

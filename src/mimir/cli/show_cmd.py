@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(needs --modules; see `mimir explain`)",
     )
     common_flags.add_method(parser, detail="the map of --explain; default: gradcam")
+    common_flags.add_layer(parser)
     parser.set_defaults(handler=run)
 
 
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     out = show_exam(
         args.exam, args.out, modules=args.modules, predictions=args.predictions, cache=args.cache,
         device=args.device, precision=args.precision, explain=args.explain, method=args.method,
+        layer=args.layer,
     )
     if args.modules:  # ensembles are said before the figure line, which stays the last
         from mimir.inference.modules import member_count_line, read_spec
