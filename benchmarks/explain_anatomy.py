@@ -61,7 +61,7 @@ def build_cohort(out: Path, n: int, seed: int, workers: int, thigh_muscle_sd: fl
 
 
 def train_module(out: Path, cache: Path, truth: pd.DataFrame, target: str, train_eids: list[int], config_path: str | Path,
-                 iterations: int, device: str, **overrides: int) -> Path:
+                 iterations: int, device: str, **overrides: int | str) -> Path:
     from mimir.inference.modules import build_module
     from mimir.learn.train import train
     from mimir.runs.config import TrainConfig
@@ -230,11 +230,15 @@ def main() -> None:
     parser.add_argument("--config", default="cpu-small", help="a shipped configuration name or a TOML file")
     parser.add_argument("--input-pool", type=int, help="the configuration's input_pool replaced (1: full 256 x 256 input, 8 x 8 last stage)")
     parser.add_argument("--batch-size", type=int, help="the configuration's batch_size replaced")
+    parser.add_argument("--autocast", choices=["float32", "bfloat16", "auto"],
+                        help="the configuration's autocast replaced (float32 on a CPU without native bfloat16: emulated it "
+                        "ran 40x slower here)")
     parser.add_argument("--layers", nargs="+", default=["layer4"], choices=["layer4", "layer3", "layer2", "layer1"],
                         help="residual stages of the Grad-CAM methods to measure (mimir explain --layer)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    overrides = {name: value for name, value in (("input_pool", args.input_pool), ("batch_size", args.batch_size)) if value is not None}
+    overrides = {name: value for name, value in (("input_pool", args.input_pool), ("batch_size", args.batch_size),
+                                                  ("autocast", args.autocast)) if value is not None}
 
     from mimir.devices import resolve_device
     from mimir.explain import ExplainOptions, explain
