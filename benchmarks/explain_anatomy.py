@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="the configuration's batch_size replaced")
     parser.add_argument("--autocast", choices=["float32", "bfloat16", "auto"],
                         help="the configuration's autocast replaced (float32 on a CPU without native bfloat16: emulated it "
-                        "ran 40x slower here)")
+                        "ran 14x slower here)")
     parser.add_argument("--layers", nargs="+", default=["layer4"], choices=["layer4", "layer3", "layer2", "layer1"],
                         help="residual stages of the Grad-CAM methods to measure (mimir explain --layer)")
     parser.add_argument("--out", type=Path, required=True)

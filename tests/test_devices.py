@@ -32,9 +32,14 @@ def test_precision_choice():
         resolve_precision("half", "cpu")
 
 
-def test_auto_is_float32_on_a_cpu_for_training_and_prediction():
-    assert resolve_precision("auto", "cpu", training=True) is None
-    assert resolve_precision("auto", "cpu", training=False) is None
+def test_auto_on_a_cpu_trains_in_bfloat16_only_where_it_is_native_and_predicts_in_float32(monkeypatch):
+    import mimir.devices as devices
+
+    for native, trained in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(devices, "cpu_supports_bfloat16", lambda native=native: native)
+        assert resolve_precision("auto", "cpu", training=True) is trained
+        assert resolve_precision("auto", "cpu", training=False) is None
+        assert resolve_precision("float32", "cpu", training=True) is None
     with pytest.raises(DeviceError, match="float16 is for CUDA"):
         resolve_precision("float16", "cpu", training=True)
 

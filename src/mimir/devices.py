@@ -85,16 +85,20 @@ def cpu_supports_bfloat16() -> bool:
 def resolve_precision(precision: str, device: str, *, training: bool = False) -> torch.dtype | None:
     """The autocast dtype for `precision` on a resolved `device`; None runs in float32.
 
-    "auto" is float32 on a CPU. On a GPU it depends on the use: training takes bfloat16 where the
-    GPU has it (float16 needs gradient scaling and can overflow), prediction float16 (three more
-    mantissa bits, and every module is checked against float32 on its first batch).
+    "auto" depends on the use. Training takes bfloat16 where the device has it natively (float16
+    needs gradient scaling and can overflow), else float16 on a GPU and float32 on a CPU: a CPU
+    without AVX512-BF16 or AMX emulates bfloat16, measured ~14x slower than float32 (28 s against 2 s per iteration) when training
+    a ResNet18 on an AMD EPYC. Prediction takes float16 on a GPU (three more mantissa bits, and
+    every module is checked against float32 on its first batch) and float32 on a CPU.
     """
     import torch
 
     if precision not in PRECISIONS:
         raise DeviceError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     on_cuda = device.startswith("cuda")
-    if precision == "float32" or (precision == "auto" and not on_cuda):
+    if precision == "auto" and not on_cuda:
+        return torch.bfloat16 if training and cpu_supports_bfloat16() else None
+    if precision == "float32":
         return None
     if precision == "auto":
         if training and torch.cuda.is_bf16_supported():

@@ -145,6 +145,8 @@ def test_load_run_gives_the_trained_network(cohort, tmp_path):
     loaded = load_run(tmp_path / "run")
     for name, tensor in result.model.network.state_dict().items():
         assert torch.equal(tensor.cpu(), loaded.network.state_dict()[name])
+    (session,) = json.loads((tmp_path / "run" / "run.json").read_text())["sessions"]
+    assert session["precision"] == "bfloat16"  # what the run used, recorded beside the config's request
 
 
 def test_cli_trains_with_a_config_file(cohort, tmp_path, capsys):

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimir.atomic import atomic_write_text
-from mimir.devices import resolve_device, resolve_precision
+from mimir.devices import precision_name, resolve_device, resolve_precision
 from mimir.errors import MimirError, PathNotFoundError
 from mimir.forward import network_input, run_member
 from mimir.learn.checkpoint import (
@@ -482,7 +482,8 @@ def train(
         atomic_write_text(run.val_predictions, val_predictions.to_csv(index=False))
     seconds = time.perf_counter() - started
     iterations_run = config.iterations - start
-    _record_session(run, resolved, started_at, seconds, loop_seconds, start, iterations_run, config.batch_size)
+    _record_session(run, resolved, started_at, seconds, loop_seconds, start, iterations_run, config.batch_size,
+                    precision_name(autocast_dtype))
     return TrainResult(
         out, model, config.iterations, pd.DataFrame(history, columns=HISTORY_COLUMNS), val_predictions, seconds, data.excluded
     )
@@ -701,8 +702,10 @@ def _record_session(
     start: int,
     iterations_run: int,
     batch_size: int,
+    precision: str,
 ) -> None:
-    """Append this session to run.json (keeping its `init`)."""
+    """Append this session to run.json (keeping its `init`); `precision` is what the config's
+    autocast resolved to on this device ("auto" differs between machines)."""
     path = run.record
     previous = json.loads(path.read_text()) if path.exists() else {}
     sessions = previous.get("sessions", [])
@@ -718,6 +721,7 @@ def _record_session(
             ),
             "device": str(device),
             "device_name": _device_description(device),
+            "precision": precision,
         }
     )
     record: dict[str, object] = {"software": software_versions(), "sessions": sessions}
