@@ -87,9 +87,10 @@ def resolve_precision(precision: str, device: str, *, training: bool = False) ->
 
     "auto" depends on the use. Training takes bfloat16 where the device has it natively (float16
     needs gradient scaling and can overflow), else float16 on a GPU and float32 on a CPU: a CPU
-    without AVX512-BF16 or AMX emulates bfloat16, measured ~14x slower than float32 (28 s against 2 s per iteration) when training
-    a ResNet18 on an AMD EPYC. Prediction takes float16 on a GPU (three more mantissa bits, and
-    every module is checked against float32 on its first batch) and float32 on a CPU.
+    without AVX512-BF16 or AMX emulates bfloat16, measured ~14x slower than float32 (28 s against
+    2 s per iteration of a ResNet18 on an AMD EPYC). Prediction takes float16 on a GPU (three
+    more mantissa bits, and every module is checked against float32 on its first batch) and
+    float32 on a CPU.
     """
     import torch
 
