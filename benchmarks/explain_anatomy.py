@@ -82,12 +82,7 @@ def anatomy_on_fused_grid(zip_path: Path, seed: int, eid: int, thigh_muscle_sd: 
     """The subject's tissue labels and body regions sampled (nearest) onto the fused grid its zip gives."""
     from mimir.imaging.fusion import fuse_stations
     from mimir.imaging.read import read_exam
-    from mimir.protocol import (
-        COLUMNS,
-        GRID_ROWS,
-        GRID_SLICE_SPACING_MM,
-        PIXEL_SPACING_MM,
-    )
+    from mimir.protocol import COLUMNS, GRID_ROWS, GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
     from mimir.synth.cohort import subject_anatomy
 
     _, plan, anatomy = subject_anatomy(seed, eid, thigh_muscle_sd=thigh_muscle_sd)
@@ -216,6 +211,8 @@ def randomisation_cascade(module: Path, images: np.ndarray, bodies: list[np.ndar
 
 
 def main() -> None:
+    from mimir.explain import DEFAULT_LAYER, GRADCAM_LAYERS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--held-out", type=int, default=40)
@@ -233,7 +230,7 @@ def main() -> None:
     parser.add_argument("--autocast", choices=["float32", "bfloat16", "auto"],
                         help="the configuration's autocast replaced (float32 on a CPU without native bfloat16: emulated it "
                         "ran 14x slower here)")
-    parser.add_argument("--layers", nargs="+", default=["layer4"], choices=["layer4", "layer3", "layer2", "layer1"],
+    parser.add_argument("--layers", nargs="+", default=[DEFAULT_LAYER], choices=GRADCAM_LAYERS,
                         help="residual stages of the Grad-CAM methods to measure (mimir explain --layer)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -147,13 +147,17 @@ def test_show_explain_at_an_earlier_layer_draws_another_map(module, cache, tmp_p
     """--layer reaches the map: the figure's saliency is the layer3 map of `image_saliency`."""
     import mimir.report.figure as figure_module
 
-    drawn = {}
+    drawn = []
     original = figure_module.subject_figure
-    monkeypatch.setattr(figure_module, "subject_figure",
-                        lambda *args, **kwargs: drawn.setdefault(len(drawn), kwargs) and original(*args, **kwargs))
+
+    def recording_figure(*args, **kwargs):
+        drawn.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(figure_module, "subject_figure", recording_figure)
     for layer in ("layer4", "layer3"):
         assert show([STEM, "--cache", str(cache), "--modules", str(module), "--out", str(tmp_path / f"{layer}.png"),
                      "--device", "cpu", "--explain", "weight", "--layer", layer]) == 0
-    last, finer = drawn[0], drawn[1]
+    last, finer = drawn
     assert last["saliency_caption"].endswith("(gradcam)") and finer["saliency_caption"].endswith("(gradcam-layer3)")
     assert finer["saliency"].shape == (256, 256) and not np.allclose(finer["saliency"], last["saliency"])

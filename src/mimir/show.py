@@ -50,9 +50,9 @@ def show_exam(
     temporary cache, removed afterwards. Returns `out`.
 
     `explain` (a target of the modules) also draws the saliency map of that target's mean with
-    `method` (at `layer`, for the Grad-CAM methods) over each channel of the figure (`mimir.explain.pipeline.image_saliency` on the
-    exam's cached image, through the module's networks as `mimir explain` runs them); it needs
-    `modules`, since a table holds no network.
+    `method` (at `layer`, for the Grad-CAM methods) over each channel of the figure
+    (`mimir.explain.pipeline.image_saliency` on the exam's cached image, through the module's
+    networks as `mimir explain` runs them); it needs `modules`, since a table holds no network.
     """
     from mimir.report.figure import subject_figure
 

@@ -55,10 +55,14 @@ class TargetMean(torch.nn.Module):
         return self.network(network_input)[:, 2 * self.target_index]
 
 
-def residual_stage(network: torch.nn.Module, layer: str = DEFAULT_LAYER) -> torch.nn.Module:
-    """A residual stage of a torchvision-style ResNet (`layer1` ... `layer4`), Grad-CAM's layer."""
+def _check_layer(layer: str) -> None:
     if layer not in GRADCAM_LAYERS:
         raise ValueError(f"unknown Grad-CAM layer {layer!r}; choose from {', '.join(GRADCAM_LAYERS)}")
+
+
+def residual_stage(network: torch.nn.Module, layer: str = DEFAULT_LAYER) -> torch.nn.Module:
+    """A residual stage of a torchvision-style ResNet (`layer1` ... `layer4`), Grad-CAM's layer."""
+    _check_layer(layer)
     block = getattr(network, layer, None)
     if block is None:
         raise ValueError(f"{type(network).__name__} has no {layer}: Grad-CAM needs a ResNet")
@@ -118,8 +122,7 @@ def check_method(method: str, layer: str = DEFAULT_LAYER) -> None:
     that has none (the command checks before any work)."""
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}; choose from {', '.join(METHODS)}")
-    if layer not in GRADCAM_LAYERS:
-        raise ValueError(f"unknown Grad-CAM layer {layer!r}; choose from {', '.join(GRADCAM_LAYERS)}")
+    _check_layer(layer)
     if layer != DEFAULT_LAYER and method not in LAYER_METHODS:
         raise ValueError(f"{method} has no layer: a layer applies to {' and '.join(LAYER_METHODS)} only")
 

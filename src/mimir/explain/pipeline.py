@@ -258,6 +258,7 @@ def _write_maps(
     done = 0
     modules = list(dict.fromkeys(target.module for target in explained))
     total = len(exams) * len(modules)
+    label = method_label(method, layer)
     for module in modules:
         runners = member_runners(module, device)
         targets = [target for target in explained if target.module == module]
@@ -271,7 +272,7 @@ def _write_maps(
                 maps = members_saliency(runners, target.index, network_in, method, layer=layer)
                 for position, exam in enumerate(batch.stems):
                     _write_exam(folder, target, exam, batch.images[position].numpy(), maps[position], rows.loc[exam],
-                                method_label(method, layer), figure=figures)
+                                label, figure=figures)
             done += len(batch.stems) + len(batch.failures)
             if progress is not None:
                 progress("explain", done, total)
