@@ -210,3 +210,14 @@ def test_predictions_with_uk_biobank_column_names_are_evaluated_by_catalog_name(
     mixed = ukb.assign(instance=[2, 3] * (len(ukb) // 2) + [2] * (len(ukb) % 2))
     with pytest.raises(EvaluationInputError, match="no catalog target"):
         evaluate_predictions(mixed, reference)
+
+
+def test_uk_biobank_names_of_every_column_of_a_target_are_renamed_together():
+    """An ensemble's table also has the sd's two parts: all of a target's columns get its catalog name."""
+    from mimir.evaluation.evaluate import with_catalog_names
+
+    columns = ["p12144_i2", "p12144_i2_sd", "p12144_i2_low", "p12144_i2_high", "p12144_i2_sd_aleatoric", "p12144_i2_sd_epistemic"]
+    table = pd.DataFrame([[2, 170.0, 2.0, 166.1, 173.9, 1.8, 0.9]], columns=["instance", *columns])
+    renamed = with_catalog_names(table)
+    assert list(renamed.columns) == [
+        "instance", "height", "height_sd", "height_low", "height_high", "height_sd_aleatoric", "height_sd_epistemic"]

@@ -19,6 +19,7 @@ from mimir.atomic import atomic_write_text
 from mimir.errors import MimirError
 from mimir.evaluation.calibration import apply_variance_scale, auce, fit_variance_scale
 from mimir.evaluation.metrics import MetricInputError, agreement_metrics
+from mimir.inference.table import COMPONENT_SUFFIXES, SD_SUFFIX, STATISTIC_SUFFIXES, sd_column
 from mimir.runs.layout import EvaluationFolder
 from mimir.targets.catalog import Target, catalog, ukb_column
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SD_SUFFIX = "_sd"
 REFERENCE_SUFFIX = "__reference"
 PUBLISHED_COLUMNS = ("cv_n", "cv_icc", "cv_r2", "cv_mae", "cv_mape_percent")
 METRIC_COLUMNS = (
@@ -43,7 +43,7 @@ class EvaluationInputError(MimirError, ValueError):
 def _sd_columns(columns: Sequence[str]) -> list[str]:
     """The `{target}_sd` columns of catalog targets among `columns`: what marks a predictions table."""
     present = set(columns)
-    return [t.name + SD_SUFFIX for t in catalog() if t.name + SD_SUFFIX in present]
+    return [sd_column(t.name) for t in catalog() if sd_column(t.name) in present]
 
 
 def with_catalog_names(predictions: "pd.DataFrame") -> "pd.DataFrame":
@@ -60,7 +60,7 @@ def with_catalog_names(predictions: "pd.DataFrame") -> "pd.DataFrame":
     for target in catalog():
         column = ukb_column(target.name, target.ukb_field, instance)
         if column != target.name and column in predictions.columns and target.name not in predictions.columns:
-            for suffix in ("", SD_SUFFIX, "_low", "_high"):
+            for suffix in (*STATISTIC_SUFFIXES, *COMPONENT_SUFFIXES):
                 if column + suffix in predictions.columns:
                     renames[column + suffix] = target.name + suffix
     return predictions.rename(columns=renames) if renames else predictions
@@ -190,9 +190,9 @@ def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]
         "variance_factor": math.nan,
         "auce_scaled": math.nan,
     }
-    sd_column = target.name + SD_SUFFIX
-    if sd_column in joined.columns and not target.is_binary:  # a probability has no normal interval
-        row.update(_uncertainty_metrics(mean, column_values(joined, sd_column), reference))
+    sd = sd_column(target.name)
+    if sd in joined.columns and not target.is_binary:  # a probability has no normal interval
+        row.update(_uncertainty_metrics(mean, column_values(joined, sd), reference))
     row.update({column: target.published[column] for column in PUBLISHED_COLUMNS})
     return row
 
@@ -228,14 +228,14 @@ def fit_calibration_factors(
 ) -> dict[str, float]:
     """Variance scale factor per target with a `{name}_sd` column (NLL optimum; see calibration)."""
     chosen = tuple(
-        t for t in (targets or catalog()) if t.name + SD_SUFFIX in predictions.columns and t.name in reference.columns
+        t for t in (targets or catalog()) if sd_column(t.name) in predictions.columns and t.name in reference.columns
     )
     if not chosen:
         return {}
     joined = paired_table(predictions, reference, chosen)
     return {
         t.name: fit_variance_scale(
-            column_values(joined, t.name), column_values(joined, t.name + SD_SUFFIX), column_values(joined, t.name + REFERENCE_SUFFIX)
+            column_values(joined, t.name), column_values(joined, sd_column(t.name)), column_values(joined, t.name + REFERENCE_SUFFIX)
         )
         for t in chosen
     }
@@ -245,7 +245,7 @@ def apply_calibration_factors(predictions: "pd.DataFrame", factors: Mapping[str,
     """A copy with each `{name}_sd` rescaled so that its variance is multiplied by the factor."""
     calibrated = predictions.copy()
     for name, factor in factors.items():
-        column = name + SD_SUFFIX
+        column = sd_column(name)
         if column not in calibrated.columns:
             raise EvaluationInputError(f"no column {column!r} to calibrate")
         calibrated[column] = apply_variance_scale(column_values(calibrated, column), factor)

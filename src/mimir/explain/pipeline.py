@@ -352,12 +352,13 @@ def _exam_title(exam: str) -> str:
 
 
 def _prediction_line(target: ExplainedTarget, row: pd.Series) -> PredictionLine:
+    from mimir.inference.table import HIGH_SUFFIX, LOW_SUFFIX
     from mimir.report.figure import PredictionLine
 
     name = target.name
     return PredictionLine(
         module=target.spec.name, name=name, unit=target.spec.targets[target.index].unit,
-        mean=float(row[name]), low=float(row[f"{name}_low"]), high=float(row[f"{name}_high"]),
+        mean=float(row[name]), low=float(row[name + LOW_SUFFIX]), high=float(row[name + HIGH_SUFFIX]),
     )
 
 
@@ -366,6 +367,8 @@ def _index(
 ) -> pd.DataFrame:
     """One row per exam and target: its prediction, its files (relative to `folder`) or its failure."""
     import pandas as pd
+
+    from mimir.inference.table import HIGH_SUFFIX, LOW_SUFFIX
 
     records = []
     for values in table.to_dict(orient="records"):
@@ -376,7 +379,7 @@ def _index(
             drawn = written and figure_path(folder, target.name, exam).is_file()
             records.append({
                 "exam": exam, "target": target.name, "module": target.spec.name, "method": method,
-                "mean": values[target.name], "low": values[f"{target.name}_low"], "high": values[f"{target.name}_high"],
+                "mean": values[target.name], "low": values[target.name + LOW_SUFFIX], "high": values[target.name + HIGH_SUFFIX],
                 "unit": target.spec.targets[target.index].unit,
                 "map": str(map_path(folder, target.name, exam).relative_to(folder)) if written else "",
                 "figure": str(figure_path(folder, target.name, exam).relative_to(folder)) if drawn else "",

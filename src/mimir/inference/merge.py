@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mimir.atomic import atomic_path, reported_write
 from mimir.errors import MimirError
-from mimir.inference.table import check_output_path, dictionary_path, require_parquet
+from mimir.inference.table import check_output_path, dictionary_path, require_parquet, write_table_files
 from mimir.parallel import Part
 
 if TYPE_CHECKING:
@@ -134,14 +133,7 @@ def write_merged(paths: Sequence[str | Path], out: str | Path) -> Path:
         raise MergeError(f"the parts are {' and '.join(sorted(suffixes))} tables; write the merged table as the same ({out})")
     out = check_output_path(out)
     merged, dictionary = merge_parts(paths)
-    text = json.dumps(dictionary, indent=1, allow_nan=False) + "\n"
-    with reported_write(out, "nothing was written there; the parts are unchanged"):
-        with atomic_path(dictionary_path(out)) as dictionary_file, atomic_path(out) as table_file:
-            dictionary_file.write_text(text, encoding="utf-8")
-            if out.suffix.lower() == ".parquet":
-                merged.to_parquet(table_file, index=False)
-            else:
-                table_file.write_text(merged.to_csv(index=False, lineterminator="\n"), encoding="utf-8")
+    write_table_files(merged, dictionary, out, "nothing was written there; the parts are unchanged")
     logger.info("merged %d parts (%d rows) into %s", len(paths), len(merged), out)
     return out
 

@@ -1154,6 +1154,8 @@ def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary
     import numpy as np
     import pandas as pd
 
+    from mimir.inference.table import sd_column
+
     folder = Path(folder)
     layout = CrossvalFolder(folder)
     calibration_path = layout.calibration
@@ -1200,7 +1202,7 @@ def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary
         table = pd.read_csv(oof_path)
         folds = table["fold"].to_numpy() if "fold" in table.columns else None
         for name in targets:
-            column = f"{name}_sd"
+            column = sd_column(name)
             if column not in table.columns or _is_binary(name):  # a probability is never flagged
                 continue
             sd = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64) * math.sqrt(calibration[name])

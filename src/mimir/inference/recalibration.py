@@ -89,7 +89,8 @@ def _catalog_targets(spec: ModuleSpec) -> dict[str, Target]:
 def _refit_target(
     target: TargetSpec, entry: Target | None, predictions: pd.DataFrame, reference: pd.DataFrame, min_exams: int
 ) -> TargetRecalibration:
-    from mimir.evaluation.evaluate import REFERENCE_SUFFIX, SD_SUFFIX, column_values, paired_table
+    from mimir.evaluation.evaluate import REFERENCE_SUFFIX, column_values, paired_table
+    from mimir.inference.table import sd_column
 
     def unchanged(exams: int, why: str) -> TargetRecalibration:
         return TargetRecalibration(target.name, exams, 1.0, target.calibration, target.calibration, math.nan, math.nan, why)
@@ -100,10 +101,10 @@ def _refit_target(
         return unchanged(0, "not a catalog target: the reference cannot be read for it")
     if target.name not in reference.columns:
         return unchanged(0, "no column in the reference")
-    if target.name + SD_SUFFIX not in predictions.columns:
+    if sd_column(target.name) not in predictions.columns:
         return unchanged(0, "the module gave it no sd")
     joined = paired_table(predictions, reference, [entry])
-    mean, sd = column_values(joined, target.name), column_values(joined, target.name + SD_SUFFIX)
+    mean, sd = column_values(joined, target.name), column_values(joined, sd_column(target.name))
     truth = column_values(joined, target.name + REFERENCE_SUFFIX)
     usable = np.isfinite(mean) & np.isfinite(sd) & (sd > 0) & np.isfinite(truth)
     mean, sd, truth = mean[usable], sd[usable], truth[usable]

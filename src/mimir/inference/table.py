@@ -68,10 +68,15 @@ LONG_COLUMNS = (
 PARQUET_HINT = "pip install 'mimir-ukb[parquet]'"
 #: Column naming: the catalog's names, or the Research Analysis Platform's `p{field}_i{instance}`.
 COLUMN_NAMINGS = ("mimir", "ukb")
+#: A target's columns are its name (the mean) plus these suffixes; every table of predictions
+#: (out-of-fold ones included) and every reader of one takes them from here.
+SD_SUFFIX = "_sd"
+LOW_SUFFIX = "_low"
+HIGH_SUFFIX = "_high"
 #: Per target: suffix of its column -> what the column holds (the mean's column has no suffix).
-STATISTIC_SUFFIXES = {"": "mean", "_sd": "sd", "_low": "low", "_high": "high"}
+STATISTIC_SUFFIXES = {"": "mean", SD_SUFFIX: "sd", LOW_SUFFIX: "low", HIGH_SUFFIX: "high"}
 #: Per target of an ensemble module only: suffix -> the part of the sd the column holds.
-COMPONENT_SUFFIXES = {"_sd_aleatoric": "aleatoric", "_sd_epistemic": "epistemic"}
+COMPONENT_SUFFIXES = {f"{SD_SUFFIX}_aleatoric": "aleatoric", f"{SD_SUFFIX}_epistemic": "epistemic"}
 DICTIONARY_SUFFIX = "_dictionary.json"
 _RAP_COLUMN = re.compile(r"^p(?P<field>\d+)_i(?P<instance>\d+)$")
 
@@ -100,6 +105,12 @@ class ExamRow:
     image: Path | None
     failure: str = ""
     qc_flag: str = ""
+
+
+def sd_column(target: str) -> str:
+    """The column of `target`'s sd (calibrated in a predictions table; as trained in raw
+    out-of-fold predictions)."""
+    return target + SD_SUFFIX
 
 
 def check_column_naming(naming: str) -> str:
@@ -281,9 +292,9 @@ def to_long(table: pd.DataFrame) -> pd.DataFrame:
         "target": np.tile([t["column"] for t in targets], n_rows),
         "unit": np.tile([t["unit"] for t in targets], n_rows),
         "mean": per_target(""),
-        "sd": per_target("_sd"),
-        "low": per_target("_low"),
-        "high": per_target("_high"),
+        "sd": per_target(SD_SUFFIX),
+        "low": per_target(LOW_SUFFIX),
+        "high": per_target(HIGH_SUFFIX),
         "uncertain": [t["column"] in flagged for flagged in uncertain for t in targets],
         "qc_flag": repeated("qc_flag"),
         "failure": repeated("failure"),
@@ -433,18 +444,28 @@ def write_predictions(table: pd.DataFrame, out: str | Path, *, long: bool = Fals
     """Write the table (rounded) as CSV or Parquet by suffix, and its data dictionary beside it,
     atomically: both files complete, or neither changed. `part`: see `data_dictionary`."""
     out = check_output_path(out)
-    dictionary = json.dumps(data_dictionary(table, long=long, part=part), indent=1, allow_nan=False) + "\n"
+    dictionary = data_dictionary(table, long=long, part=part)
     written = rounded(table)
     written = to_long(written) if long else written
-    with reported_write(out, "nothing was written there; compressed images stay in their cache, so a rerun does not compress again"):
-        with atomic_path(dictionary_path(out)) as dictionary_file, atomic_path(out) as table_file:
-            dictionary_file.write_text(dictionary, encoding="utf-8")
-            if out.suffix.lower() == ".parquet":
-                written.to_parquet(table_file, index=False)
-            else:
-                table_file.write_text(written.to_csv(index=False, lineterminator="\n"), encoding="utf-8")
+    write_table_files(
+        written, dictionary, out,
+        "nothing was written there; compressed images stay in their cache, so a rerun does not compress again",
+    )
     logger.info("wrote %d rows to %s and its data dictionary to %s", len(written), out, dictionary_path(out))
     return out
+
+
+def write_table_files(table: pd.DataFrame, dictionary: dict[str, Any], out: Path, left_as_it_was: str) -> None:
+    """`table` as CSV or Parquet by `out`'s suffix, and its data dictionary beside it: both files
+    complete, or neither changed. `left_as_it_was` ends the message of a write that failed."""
+    text = json.dumps(dictionary, indent=1, allow_nan=False) + "\n"
+    with reported_write(out, left_as_it_was):
+        with atomic_path(dictionary_path(out)) as dictionary_file, atomic_path(out) as table_file:
+            dictionary_file.write_text(text, encoding="utf-8")
+            if out.suffix.lower() == ".parquet":
+                table.to_parquet(table_file, index=False)
+            else:
+                table_file.write_text(table.to_csv(index=False, lineterminator="\n"), encoding="utf-8")
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
@@ -501,8 +522,13 @@ def default_cache_for(out: str | Path) -> Path:
 
 __all__ = [
     "COLUMN_NAMINGS",
+    "COMPONENT_SUFFIXES",
+    "HIGH_SUFFIX",
     "LONG_COLUMNS",
+    "LOW_SUFFIX",
     "OOD_COLUMNS",
+    "SD_SUFFIX",
+    "STATISTIC_SUFFIXES",
     "Z95",
     "ColumnNamingError",
     "ExamRow",
@@ -520,9 +546,11 @@ __all__ = [
     "read_predictions",
     "require_parquet",
     "rounded",
+    "sd_column",
     "subject_predictions",
     "table_instance",
     "target_info",
     "to_long",
     "write_predictions",
+    "write_table_files",
 ]

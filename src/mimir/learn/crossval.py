@@ -65,6 +65,7 @@ from mimir.evaluation.calibration import (
     standardised_errors,
 )
 from mimir.evaluation.evaluate import column_values, evaluate_predictions, write_metrics
+from mimir.inference.table import sd_column
 from mimir.learn.baseline import BaselineConfig, RidgeCrossval, image_features
 from mimir.learn.dataset import (
     assemble_exams,
@@ -512,7 +513,7 @@ def _calibration_factors(oof: pd.DataFrame, reference: pd.DataFrame, targets: Se
 
     rows = []
     for target in targets:
-        mean, sd = column_values(oof, target.name), column_values(oof, f"{target.name}_sd")
+        mean, sd = column_values(oof, target.name), column_values(oof, sd_column(target.name))
         truth = column_values(reference, target.name)
         factor = fit_variance_scale(mean, sd, truth)
         rows.append({"target": target.name, "variance_scale": factor, "n": int(standardised_errors(mean, sd, truth).size)})
@@ -529,7 +530,7 @@ def _calibrated(oof: pd.DataFrame, factors: pd.DataFrame) -> pd.DataFrame:
     calibrated = oof.copy()
     for name, factor in zip(factors["target"], factors["variance_scale"], strict=True):
         if _usable(float(factor)):
-            calibrated[f"{name}_sd"] = apply_variance_scale(column_values(oof, f"{name}_sd"), float(factor))
+            calibrated[sd_column(name)] = apply_variance_scale(column_values(oof, sd_column(name)), float(factor))
     return calibrated
 
 
@@ -544,7 +545,7 @@ def _curves(
     for target in targets:
         truth = column_values(reference, target.name)
         for stage, table in (("before", oof), ("after", calibrated)):
-            mean, sd = column_values(table, target.name), column_values(table, f"{target.name}_sd")
+            mean, sd = column_values(table, target.name), column_values(table, sd_column(target.name))
             curve = calibration_curve(mean, sd, truth)
             rows += _curve_rows(target.name, "calibration", curve.expected, curve.observed, stage)
             sparsification = sparsification_curve(mean, sd, truth)
@@ -572,7 +573,7 @@ def summary_table(
     by_name = reference.set_index(["eid", "instance"])
     aligned = calibrated.set_index(["eid", "instance"]).reindex(by_name.index)
     table["auce_calibrated"] = [
-        auce(aligned[name].to_numpy(dtype=np.float64), aligned[f"{name}_sd"].to_numpy(dtype=np.float64),
+        auce(aligned[name].to_numpy(dtype=np.float64), aligned[sd_column(name)].to_numpy(dtype=np.float64),
              by_name[name].to_numpy(dtype=np.float64))
         for name in table["name"]
     ]

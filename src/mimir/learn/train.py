@@ -36,6 +36,7 @@ from mimir.atomic import atomic_write_text
 from mimir.devices import precision_name, resolve_device, resolve_precision
 from mimir.errors import MimirError, PathNotFoundError
 from mimir.forward import network_input, run_member
+from mimir.inference.table import sd_column
 from mimir.learn.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -287,7 +288,7 @@ def _predictions_table(keys: pd.DataFrame, model: TrainedModel, mean: np.ndarray
     columns = {}
     for column, name in enumerate(model.targets):
         columns[name] = value[:, column]
-        columns[f"{name}_sd"] = sd[:, column]
+        columns[sd_column(name)] = sd[:, column]
     return pd.concat([table, pd.DataFrame(columns)], axis=1)
 
 

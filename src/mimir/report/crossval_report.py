@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mimir.evaluation.evaluate import REFERENCE_SUFFIX, column_values
+from mimir.inference.table import sd_column
 from mimir.report.html import Cell, PageSection, ReportSection, Table, cell_number, format_metric, write_report
 from mimir.report.plots import validation_curve_plot
 from mimir.report.provenance import from_crossval_record
@@ -154,8 +155,8 @@ def write_crossval_report(out: Path | str, *, extra_sections: Sequence[PageSecti
     folds = int(json.loads(folder.splits.read_text())["folds"])
     names = list(summary["name"])
     reference_part = reference[["eid", "instance", *names]].rename(columns={n: n + REFERENCE_SUFFIX for n in names})
-    uncalibrated_sd = uncalibrated[["eid", "instance", *(f"{n}_sd" for n in names)]].rename(
-        columns={f"{n}_sd": f"{n}__sd_before" for n in names}
+    uncalibrated_sd = uncalibrated[["eid", "instance", *(sd_column(n) for n in names)]].rename(
+        columns={sd_column(n): f"{n}__sd_before" for n in names}
     )
     joined = calibrated.merge(reference_part, on=["eid", "instance"], how="inner").merge(
         uncalibrated_sd, on=["eid", "instance"], how="left"
@@ -179,7 +180,8 @@ def write_crossval_report(out: Path | str, *, extra_sections: Sequence[PageSecti
         }
         title = f"{name} ({unit})" if unit else name
         figure_paths = target_figures(
-            name, unit, column_values(joined, name + REFERENCE_SUFFIX), column_values(joined, name), column_values(joined, f"{name}_sd"),
+            name, unit, column_values(joined, name + REFERENCE_SUFFIX), column_values(joined, name),
+            column_values(joined, sd_column(name)),
             figures, binary=target.is_binary, sd_before_calibration=column_values(joined, f"{name}__sd_before"),
         )
         module = "" if _missing(row.get("module")) else str(row.get("module") or "")

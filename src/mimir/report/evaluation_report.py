@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mimir.evaluation.evaluate import REFERENCE_SUFFIX, column_values
+from mimir.inference.table import sd_column
 from mimir.report.html import ReportSection, cell_number, write_report
 from mimir.report.provenance import ModuleProvenance
 from mimir.report.target_figures import target_figures
@@ -55,7 +56,7 @@ def write_evaluation_report(
             target.unit,
             _optional_column(joined, target.name + REFERENCE_SUFFIX),
             _optional_column(joined, target.name),
-            _optional_column(joined, f"{target.name}_sd"),
+            _optional_column(joined, sd_column(target.name)),
             figures,
             binary=target.is_binary,
         )
