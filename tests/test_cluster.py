@@ -467,6 +467,18 @@ def test_cluster_options_without_a_cluster_are_refused(tmp_path, capsys):
     assert "--jobs, --memory only apply with --cluster" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--jobs", "0"], "a cluster needs at least 1 job"),
+    (["--cores", "0"], "a cluster's jobs need at least 1 core each, got --cores 0"),
+    (["--cores", "-2"], "at least 1 core each, got --cores -2"),
+])
+def test_a_cluster_of_no_jobs_or_no_cores_is_refused_before_any_work(flags, message, tmp_path, capsys):
+    argv = ["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--cluster", "slurm", *flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_local_workers_with_a_cluster_are_refused_not_ignored(tmp_path, capsys):
     argv = ["-q", "compress", str(tmp_path), "--cache", str(tmp_path / "c"), "--workers", "4"]
     assert main([*argv, "--scheduler", "tcp://127.0.0.1:1"]) == 2

@@ -69,6 +69,8 @@ class ClusterRequest:
             raise ClusterError(f"unknown cluster {self.kind!r}; choose one of {', '.join(CLUSTER_KINDS)}")
         if self.jobs < 1:
             raise ClusterError("a cluster needs at least 1 job")
+        if self.cores is not None and self.cores < 1:  # Dask would read 0 as "not given" and say so
+            raise ClusterError(f"a cluster's jobs need at least 1 core each, got --cores {self.cores}")
 
 
 @dataclass(frozen=True)
