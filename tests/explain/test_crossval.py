@@ -121,3 +121,26 @@ def test_explain_mistakes_are_refused_in_one_line(crossval, tmp_path, capsys):
     empty.mkdir()
     assert main(["crossval", "merge", str(out), "--explain", "--cache", str(empty), "--device", "cpu"]) == 2
     assert f"{empty} holds none of the {N_EXAMS} validation exams" in capsys.readouterr().err
+
+
+def test_a_finer_grad_cam_layer_gets_its_own_folder_and_report_section(crossval, tmp_path, capsys):
+    from mimir.cli import main
+
+    out, _, _ = crossval
+    last_stage = sorted((out / "explain" / "gradcam").rglob("*.npy"))
+    stamps = [path.stat().st_mtime_ns for path in last_stage]
+    assert main(["-q", "crossval", "merge", str(out), "--explain", "--layer", "layer3", "--device", "cpu"]) == 0
+    assert f"cohort maps (gradcam-layer3) of {N_EXAMS} exams" in capsys.readouterr().out
+    finer = out / "explain" / "gradcam-layer3"
+    index = pd.read_csv(finer / "explanations.csv", keep_default_na=False)
+    assert len(index) == N_EXAMS and set(index["method"]) == {"gradcam-layer3"}
+    assert np.load(finer / "cohort" / f"{TARGET}.npy").shape == (256, 256)
+    assert [path.stat().st_mtime_ns for path in last_stage] == stamps  # the layer4 maps are left as they were
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Cohort saliency maps (gradcam-layer3)" in html
+
+    argv = ["crossval", "run", "--cache", str(tmp_path), "--targets", str(tmp_path / "t.csv"), "--module", "organ",
+            "--out", str(tmp_path / "cv"), "--explain", "--method", "integrated-gradients", "--layer", "layer3"]
+    assert main(argv) == 2
+    assert "integrated-gradients has no layer" in capsys.readouterr().err
+    assert not (tmp_path / "cv").exists()  # refused before any fold trained

@@ -67,10 +67,11 @@ def _add_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--explain", action="store_true",
         help="add to the report each target's cohort saliency map over the out-of-fold exams, every exam "
-        "explained by its own fold's network (maps in CV/explain/METHOD/; with gradcam measured 2.5 s per exam "
+        "explained by its own fold's network (maps in CV/explain/METHOD/, METHOD-LAYER/ for --layer below layer4; with gradcam measured 2.5 s per exam "
         "and 2 targets on a loaded 2-core CPU, see docs/explain.md)",
     )
     common_flags.add_method(parser, detail="the maps of --explain; default: gradcam")
+    common_flags.add_layer(parser)
 
 
 def _parse_fold_ids(text: str | None) -> list[int] | None:
@@ -89,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.explain and args.no_report:
         raise UsageError("--explain adds a section to the report: drop --no-report")
+    if args.explain:  # before any fold trains: integrated-gradients has no --layer
+        from mimir.explain.pipeline import check_method
+
+        check_method(args.method, args.layer)
     if args.crossval_action == "merge":
         return _merge(args)
     return _run(args)
@@ -160,11 +165,13 @@ def _report(result, args: argparse.Namespace):  # noqa: ANN001, ANN202 - Crossva
         from mimir.explain.crossval import explain_crossval
 
         with Stages("exam", quiet=args.quiet) as progress:
-            maps = explain_crossval(result.out, method=args.method, cache=args.cache, device=args.device, progress=progress)
+            maps = explain_crossval(
+                result.out, method=args.method, layer=args.layer, cache=args.cache, device=args.device, progress=progress,
+            )
         if maps.figure is None:
             print("no cohort maps: no validation exam could be explained (see explanations.csv)")
         else:
-            print(f"cohort maps ({args.method}) of {_exam_counts(maps.exams)} in {maps.seconds:.0f} s: {maps.figure}")
+            print(f"cohort maps ({maps.method}) of {_exam_counts(maps.exams)} in {maps.seconds:.0f} s: {maps.figure}")
             sections.append(cohort_maps_section(maps.figure, method=maps.method, exams=maps.exams, folds=maps.folds,
                                                 aligned=maps.aligned))
     return write_crossval_report(result.out, extra_sections=sections)

@@ -5,7 +5,8 @@ that did not see it. Its cohort maps follow the same rule. For each merged fold,
 training run is built into a module (`mimir.inference.modules.build_module`, with the
 cross-validation's calibration, into a temporary folder) and its validation exams (the rows of
 `oof_predictions.csv` with that fold) are explained through `mimir.explain.explain`, all folds
-into one folder, `CV/explain/METHOD/` (`CrossvalFolder.explanations`); the maps of all folds are
+into one folder, `CV/explain/METHOD/` (`CrossvalFolder.explanations`; `METHOD-LAYER/` for
+another Grad-CAM layer, `pipeline.method_label`); the maps of all folds are
 then averaged per target by `mimir.explain.aggregate.write_cohort_maps`.
 
 The report itself is drawn by `mimir.report.crossval_report` from what this returns (report/
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from mimir.atomic import atomic_write_text
 from mimir.errors import PathNotFoundError
-from mimir.explain.pipeline import INDEX_FILE, ExplainError, ExplainOptions, explain
+from mimir.explain import DEFAULT_LAYER
+from mimir.explain.pipeline import INDEX_FILE, ExplainError, ExplainOptions, check_method, explain, method_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,8 +46,8 @@ ProgressCallback = Callable[[str, int, int], None]
 class CrossvalMaps:
     """What `explain_crossval` wrote: the maps' folder, the cohort maps, and how they were made."""
 
-    folder: Path  # CV/explain/METHOD: maps, explanations.csv, cohort/, cohort_maps.png
-    method: str
+    folder: Path  # CV/explain/METHOD (METHOD-LAYER below layer4): maps, explanations.csv, cohort/, cohort_maps.png
+    method: str  # as the folder names it: 'gradcam', 'gradcam-layer3'
     aligned: bool
     folds: list[int]
     index: pd.DataFrame  # explain's index of every explained exam and target, with its fold
@@ -70,6 +72,7 @@ def explain_crossval(
     crossval: str | Path,
     *,
     method: str = "gradcam",
+    layer: str = DEFAULT_LAYER,
     cache: str | Path | None = None,
     device: str = "auto",
     batch_size: int | None = None,
@@ -81,7 +84,9 @@ def explain_crossval(
 
     `cache` holds the images (default: the one recorded in `data_summary.json` when the
     cross-validation ran). `figures` also draws each exam's overlay PNG (off: on a CPU a figure
-    costs more than its Grad-CAM map, and the report shows only the cohort maps). Raises ExplainError for a folder that is not merged or a cache that
+    costs more than its Grad-CAM map, and the report shows only the cohort maps). `layer`: the
+    residual stage of the Grad-CAM methods, as for `mimir explain --layer`. Raises ExplainError
+    for a method and layer that do not go together, a folder that is not merged or a cache that
     holds none of its exams.
     """
     import pandas as pd
@@ -90,6 +95,7 @@ def explain_crossval(
     from mimir.inference.modules import build_module
     from mimir.runs.layout import CrossvalFolder
 
+    check_method(method, layer)
     started = time.perf_counter()
     folder = CrossvalFolder(crossval)
     if not folder.oof_predictions.is_file():
@@ -113,17 +119,18 @@ def explain_crossval(
             exams = [path for number, path in located if number == fold and path is not None]
             result = explain(
                 exams, [module], out,
-                ExplainOptions(method=method, device=device, batch_size=batch_size, workers=1, figures=figures),
+                ExplainOptions(method=method, layer=layer, device=device, batch_size=batch_size, workers=1, figures=figures),
                 _fold_progress(progress, fold),
             )
             parts.append(result.index.assign(fold=fold))
     index = pd.concat(parts, ignore_index=True)
-    method_folder = out / method
+    label = method_label(method, layer)
+    method_folder = out / label
     atomic_write_text(method_folder / INDEX_FILE, index.to_csv(index=False))
     by_stem = {path.stem: path for _, path in located if path is not None}
     cohort_maps = write_cohort_maps(index, by_stem, method_folder, align=align)
     maps = CrossvalMaps(
-        method_folder, method, align, folds, index, cohort_maps, without_image, time.perf_counter() - started,
+        method_folder, label, align, folds, index, cohort_maps, without_image, time.perf_counter() - started,
     )
     logger.info("cohort maps of %s from %d folds in %.1f s", folder.path, len(folds), maps.seconds)
     return maps
