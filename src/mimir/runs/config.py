@@ -192,7 +192,10 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
     def write_toml(self, path: Path) -> None:
-        Path(path).write_text(self.to_toml(), encoding="utf-8")
+        """Whole or not at all (`atomic_write_text`), like every file MIMIR writes."""
+        from mimir.atomic import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_toml())
 
 
 def shipped_configs() -> tuple[str, ...]:
