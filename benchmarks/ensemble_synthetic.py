@@ -5,7 +5,8 @@ cross-validates a small ResNet18 on the training cohort (K folds), packs the K f
 into one format-2 module (`build_module_from_crossval(..., ensemble=True)`, what
 `mimir module build --from-crossval CV --ensemble` does) and predicts the held-out cohort with
 every member alone and with the first 1..K members (`--members`), reporting per target ICC,
-MAE, 95 % interval coverage, AUCE and seconds per subject. Everything lands in --out; a rerun
+MAE, bias, 95 % interval coverage, AUCE and seconds per subject. Everything lands in --out (the
+members' held-out predictions too, member_predictions.npz, for analyses after the run); a rerun
 resumes (generation, compression and cross-validation skip finished work).
 
     python benchmarks/ensemble_synthetic.py --out /tmp/ensemble_bench
@@ -81,7 +82,8 @@ def benchmark_config(iterations: int, input_pool: int, batch_size: int):
 
 
 def scores(reference: pd.DataFrame, mean: np.ndarray, sd: np.ndarray) -> pd.DataFrame:
-    """Per target: ICC(2,1), MAE, share of references inside mean +- 1.96 sd, AUCE."""
+    """Per target: ICC(2,1), MAE, bias (mean of prediction - reference), share of references
+    inside mean +- 1.96 sd, AUCE."""
     from mimir.evaluation.calibration import auce
     from mimir.evaluation.metrics import icc_2_1
     from mimir.inference.postprocess import Z95
@@ -96,6 +98,7 @@ def scores(reference: pd.DataFrame, mean: np.ndarray, sd: np.ndarray) -> pd.Data
             "n": int(known.sum()),
             "icc": icc_2_1(m, y),
             "mae": float(np.mean(np.abs(y - m))),
+            "bias": float(np.mean(m - y)),
             "coverage": float(np.mean(np.abs(y - m) <= Z95 * s)),
             "auce": auce(m, s, y),
         })
@@ -271,6 +274,9 @@ def compare(out: Path, module: Path, test_truth: pd.DataFrame) -> None:
     loaded = load_module(module)
     order = [loaded.spec.target_names.index(name) for name in TARGETS]
     per_member = loaded.predict_members(np.stack([np.load(image) for image in images]))
+    np.savez(out / "member_predictions.npz", targets=np.array(TARGETS), stems=keyed["stem"].to_numpy(dtype=str),
+             reference=reference[TARGETS].to_numpy(dtype=np.float64),
+             means=np.stack([mean[:, order] for mean, _ in per_member]), sds=np.stack([sd[:, order] for _, sd in per_member]))
     for number, (mean, sd) in enumerate(per_member):
         rows.append(scores(reference, mean[:, order], sd[:, order]).assign(model=f"member {number} alone"))
     for k in range(1, loaded.spec.n_members + 1):
