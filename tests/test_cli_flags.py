@@ -296,3 +296,28 @@ def test_predict_over_an_existing_data_dictionary_is_refused_too(tmp_path, capsy
     assert main(argv) == 2
     line = _one_error_line(capsys, "predict")
     assert str(dictionary) in line and "pass --force" in line and dictionary.read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["predict", "X", "--modules", "M", "--out", "p.csv", "--batch-size", "0"], "--batch-size"),
+    (["predict", "X", "--modules", "M", "--out", "p.csv", "--members", "0"], "--members"),
+    (["predict", "X", "--modules", "M", "--out", "p.csv", "--workers", "-1"], "--workers"),
+    (["explain", "X", "--modules", "M", "--out", "E", "--batch-size", "0"], "--batch-size"),
+    (["module", "calibrate", "M", "X", "--reference", "R", "--out", "O", "--batch-size", "0"], "--batch-size"),
+    (["compress", "X", "--cache", "C", "--workers", "0"], "--workers"),
+    (["synth", "--n", "2", "--out", "S", "--workers", "0"], "--workers"),
+])
+def test_counts_below_one_are_refused_while_parsing(argv, flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    value = argv[argv.index(flag) + 1]
+    assert f"argument {flag}: must be at least 1, got {value}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_a_count_that_is_not_a_number_says_so(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "X", "--modules", "M", "--out", "p.csv", "--batch-size", "many"])
+    assert "argument --batch-size: expected a whole number, got 'many'" in capsys.readouterr().err

@@ -9,6 +9,7 @@ Every command adds a shared flag through the function here, never with its own
 | `--device` | where networks run: auto, cpu, cuda, cuda:N (`mimir.devices` checks the name) |
 | `--precision` | the networks' arithmetic (`mimir.devices.PRECISIONS`) |
 | `--workers N` | processes that compress or generate exams in parallel |
+| `--batch-size N` | images per network batch (predict, explain, module calibrate) |
 | `--scheduler ADDRESS` | a running Dask scheduler that runs the batch instead (`mimir.cluster`) |
 | `--cluster KIND`, `--jobs N` | a Dask cluster started on a batch system (dask-jobqueue), N jobs |
 | `--cores`, `--memory`, `--walltime`, `--queue`, `--account`, `--job-extra` | that cluster's jobs, over Dask's configuration |
@@ -51,6 +52,7 @@ MEANINGS = {
     "--device": "where the networks run: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N",
     "--precision": "network arithmetic",
     "--workers": "processes that compress or generate exams in parallel",
+    "--batch-size": "images per network batch",
     "--loader-workers": "DataLoader processes that read cached images for training",
     "--force": "replace outputs that exist already",
     "--config": "training configuration: a shipped name (see `mimir config list`) or a TOML file",
@@ -140,12 +142,30 @@ def add_precision(parser: argparse.ArgumentParser, *, detail: str | None = None)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=_help("--precision", detail))
 
 
+def count(text: str) -> int:
+    """The argparse type of a number of things (processes, images, members): at least 1, refused
+    while parsing, before any work."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_workers(parser: argparse.ArgumentParser, *, default: int | None = None) -> None:
     """`--workers N`: processes over exams. The parsed value stays None when the flag is not
     given (so a cluster can refuse it only when given); the command applies `default` (shown in
     the help; None: every core)."""
     shown = "all cores" if default is None else str(default)
-    parser.add_argument("--workers", type=int, metavar="N", help=_help("--workers", f"default: {shown}"))
+    parser.add_argument("--workers", type=count, metavar="N", help=_help("--workers", f"default: {shown}"))
+
+
+def add_batch_size(parser: argparse.ArgumentParser, *, default: str) -> None:
+    """`--batch-size N`: images per network batch; None when not given (the device's default,
+    described by `default`)."""
+    parser.add_argument("--batch-size", type=count, metavar="N", help=_help("--batch-size", f"default: {default}"))
 
 
 #: Where the options of --cluster come from when not given, said once for every command's help.

@@ -45,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from mimir.parallel import default_workers
 
     workers = args.workers if args.workers is not None else default_workers()
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
     where = common_flags.where_to_run(args, workers)
     part = common_flags.part_of(args)
     inputs = discover_inputs(args.inputs)

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     common_flags.add_cache(parser, detail="default: a temporary folder, removed afterwards")
     common_flags.add_device(parser)
-    parser.add_argument("--batch-size", type=int, help="images per batch (default: 4 on CPU, 32 on GPU)")
+    common_flags.add_batch_size(parser, default="4 on CPU, 32 on GPU")
     common_flags.add_workers(parser)
     parser.set_defaults(handler=run)
 
@@ -56,10 +56,6 @@ def run(args: argparse.Namespace) -> int:
     from mimir.cli.progress import Stages
     from mimir.explain import ExplainOptions, explain
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError("--workers must be at least 1")
     missing = [path for path in args.inputs if not Path(path).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")

@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     common_flags.add_cache(calibrate, detail="exams not cached yet are compressed into it (default: a temporary cache)")
     common_flags.add_device(calibrate)
-    calibrate.add_argument("--batch-size", type=int, help="images per network batch (default: 16 on CPU, 128 on GPU)")
+    common_flags.add_batch_size(calibrate, default="16 on CPU, 128 on GPU")
     common_flags.add_precision(calibrate)
     common_flags.add_force(calibrate, "the module at --out", overwrite_alias=True)
     calibrate.set_defaults(handler=run_calibrate)
@@ -165,8 +165,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
     min_exams = MIN_EXAMS if args.min_exams is None else args.min_exams
     if min_exams < 2:
         raise UsageError("--min-exams must be at least 2")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
     missing = [path for path in [args.module, args.reference, *args.inputs] if not Path(path).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")

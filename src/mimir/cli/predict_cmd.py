@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output table: .csv or .parquet")
     common_flags.add_cache(parser, detail="exams not cached yet are compressed into it (default: {out stem}_cache beside --out)")
     common_flags.add_device(parser)
-    parser.add_argument("--batch-size", type=int, help="images per network batch (default: 16 on CPU, 128 on GPU)")
+    common_flags.add_batch_size(parser, default="16 on CPU, 128 on GPU")
     common_flags.add_workers(parser)
     common_flags.add_where_to_run(parser)
     parser.add_argument(
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--long", action="store_true", help="one row per exam and target instead of per exam")
     parser.add_argument(
-        "--members", type=int, metavar="K",
+        "--members", type=common_flags.count, metavar="K",
         help="run only the first K member networks of each ensemble module (faster; modules with fewer "
         "members run all of theirs). Ensembles add {target}_sd_aleatoric and {target}_sd_epistemic columns; "
         "their sd is the total",
@@ -76,12 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from mimir.inference.summary import summary_lines
     from mimir.inference.table import check_output_path, default_cache_for, dictionary_path, write_predictions
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError("--workers must be at least 1")
-    if args.members is not None and args.members < 1:
-        raise UsageError("--members must be at least 1")
     where = common_flags.where_to_run(args, workers=1)
     if args.gpu_workers and where.local:
         raise UsageError("--gpu-workers only applies with --scheduler or --cluster")

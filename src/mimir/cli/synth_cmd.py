@@ -56,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
     if args.n is None or args.out is None:
         raise UsageError("--n and --out are required")
     workers = 1 if args.workers is None else args.workers
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
     where = common_flags.where_to_run(args, workers)
     quirks = QUIRKS if args.quirks.strip() == "all" else tuple(q.strip() for q in args.quirks.split(",") if q.strip())
     config = CohortConfig(
