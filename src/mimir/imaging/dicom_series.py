@@ -3,7 +3,7 @@
 Readers hand over `Member`s (a name plus ways to open or read the bytes); this module decides
 from headers alone which files matter (water and fat series, classified by dixon_series),
 decodes only those, and assembles them into head-to-foot `Station`s, repairing what it can and
-noting all of it.
+noting all of it. The header values come from `dicom_scan` (its fast walk, else pydicom).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import struct
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,9 +20,20 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
-from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
+from mimir.imaging.dicom_scan import (
+    LAST_SLICE_TAG,
+    PEEKED,
+    PIXEL_DATA,
+    SERIES_NUMBER,
+    WANTED,
+    Scan,
+    could_be_dicom,
+    resume_scan,
+    scan_header,
+    values_from_dataset,
+)
 from mimir.imaging.dixon_series import FAT, WATER, SeriesCensus, SeriesPatterns, both_reason, classify, series_key
 from mimir.imaging.errors import ExamReadError, Stage
 from mimir.imaging.header_limits import (
@@ -40,55 +50,13 @@ from mimir.protocol import GRID_SLICE_SPACING_MM, PIXEL_SPACING_MM
 
 logger = logging.getLogger(__name__)
 
-#: The last tag a header peek reads: what classifies a file (ImageType, SeriesDescription)
-#: and names its series (SeriesInstanceUID, SeriesNumber) for a refusal's reason.
-_SERIES_NUMBER = 0x00200011
-_PIXEL_DATA = 0x7FE00010
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
-_ITEM, _ITEM_DELIMITER, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
-_IMPLICIT_LITTLE = "1.2.840.10008.1.2"
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_TAG = struct.Struct("<HH")
-_UINT16 = struct.Struct("<H")
-_UINT32 = struct.Struct("<L")
-#: Group, element, VR and 16-bit length of an explicit-VR element in one unpack.
-_EXPLICIT_HEADER = struct.Struct("<HH2sH")
-#: Every valid VR (two upper-case letters) -> whether its length is 32 bits.
-_VR_IS_LONG = {bytes((first, second)): bytes((first, second)) in _LONG_VRS for first in range(65, 91) for second in range(65, 91)}
 #: Bytes decompressed to classify a file by its header (groups 0008 and 0020 come first).
 _PEEK_BYTES = 8192
-#: Groups a DICOM file's first element may have: file meta (0002) or, in files without
-#: meta information, the identifying group (0008) that every image holds.
-_FIRST_GROUPS = (0x0002, 0x0008)
 #: Bytes pydicom may parse for a header: the tags read (up to RescaleSlope) lie in the first
 #: few kilobytes of real files, and pydicom walks any bytes it is given (~0.4 s per MiB of
 #: zeros), so a crafted file costs at most this much of it.
 _MAX_HEADER_BYTES = 2**20
-_TEXT, _CODES, _INTEGER_STRING, _DECIMALS, _UNSIGNED_SHORT = "text", "codes", "integer string", "decimals", "unsigned short"
-#: Every header value classifying a file and describing a water/fat slice: tag -> (keyword, how it is encoded).
-_WANTED: dict[int, tuple[str, str]] = {
-    0x00080008: ("ImageType", _CODES),
-    0x00080031: ("SeriesTime", _TEXT),
-    0x0008103E: ("SeriesDescription", _TEXT),
-    0x0020000E: ("SeriesInstanceUID", _TEXT),
-    0x00200011: ("SeriesNumber", _INTEGER_STRING),
-    0x00200032: ("ImagePositionPatient", _DECIMALS),
-    0x00200037: ("ImageOrientationPatient", _DECIMALS),
-    0x00280002: ("SamplesPerPixel", _UNSIGNED_SHORT),
-    0x00280008: ("NumberOfFrames", _INTEGER_STRING),
-    0x00280010: ("Rows", _UNSIGNED_SHORT),
-    0x00280011: ("Columns", _UNSIGNED_SHORT),
-    0x00280030: ("PixelSpacing", _DECIMALS),
-    0x00280100: ("BitsAllocated", _UNSIGNED_SHORT),
-    0x00280103: ("PixelRepresentation", _UNSIGNED_SHORT),
-    0x00281052: ("RescaleIntercept", _DECIMALS),
-    0x00281053: ("RescaleSlope", _DECIMALS),
-}
-_LAST_SLICE_TAG = max(_WANTED)
-#: What a header peek reads (the classifying and series-naming values).
-_PEEKED = {tag: wanted for tag, wanted in _WANTED.items() if tag <= _SERIES_NUMBER}
 _AXIAL_ORIENTATION = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 _ORIENTATION_TOLERANCE = 1e-3
 #: Positions closer than this share a slice (DICOM writes positions to ~1e-6 mm).
@@ -233,16 +201,6 @@ def read_members(
     return assemble(collected)
 
 
-def could_be_dicom(head: bytes) -> bool:
-    """Whether a file's first bytes can start DICOM: the 128-byte preamble and "DICM", or a
-    dataset at byte 0 (what lenient reads accept), followed by a first element of group 0002
-    or 0008. Anything else (zeros, text, other formats) is skipped without being decompressed
-    further or handed to pydicom's forced read, which walks any bytes at ~0.4 s per MiB.
-    """
-    start = 132 if head[128:132] == b"DICM" else 0
-    return len(head) >= start + 8 and _TAG.unpack_from(head, start)[0] in _FIRST_GROUPS
-
-
 def check_memory(slices: list[_Slice], held_bytes: int) -> None:
     """Refuse an exam whose arrays would exceed MAX_EXAM_BYTES, estimated from headers alone.
 
@@ -300,7 +258,7 @@ def _collect_member(member: Member, collected: _Collected, container_errors: tup
             if not could_be_dicom(head):
                 collected.skipped_files += 1
                 return
-            peek = _scan_header(head, last_tag=_SERIES_NUMBER)
+            peek = scan_header(head, last_tag=SERIES_NUMBER)
             header = _peek_header(member, peek)
             contrast = None
             if header is not None:
@@ -374,14 +332,14 @@ def _series_label(values: dict[str, object]) -> str:
 
 
 def _past_series_number(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag > _SERIES_NUMBER
+    return tag > SERIES_NUMBER
 
 
 def _past_slice_tags(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag > _LAST_SLICE_TAG
+    return tag > LAST_SLICE_TAG
 
 
-def _peek_header(member: Member, scan: _Scan | None) -> dict[str, object] | None:
+def _peek_header(member: Member, scan: Scan | None) -> dict[str, object] | None:
     """The classifying header values from the scan of a file's first bytes, else from pydicom,
     else None (the file then gets the full, lenient read).
 
@@ -394,19 +352,19 @@ def _peek_header(member: Member, scan: _Scan | None) -> dict[str, object] | None
             prefix = io.BytesIO(stream.read(_MAX_HEADER_BYTES))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dataset = read_partial(prefix, stop_when=_past_series_number, specific_tags=list(_PEEKED))
-            return _values_from_dataset(dataset, _PEEKED)
+                dataset = read_partial(prefix, stop_when=_past_series_number, specific_tags=list(PEEKED))
+            return values_from_dataset(dataset, PEEKED)
         except Exception:  # noqa: BLE001 - any parse failure sends the file to the lenient path
             logger.debug("header peek failed for %s", member.name, exc_info=True)
             return None
 
 
-def _parse_header(name: str, data: bytes, strict_header_ok: bool, resume: _Scan | None = None) -> tuple[dict[str, object], int | None, bool] | None:
+def _parse_header(name: str, data: bytes, strict_header_ok: bool, resume: Scan | None = None) -> tuple[dict[str, object], int | None, bool] | None:
     """(header values, where uncompressed pixels start, lenient read used), or None when not a DICOM file.
 
     `resume` is a complete scan of a prefix of `data`: the walk goes on where it stopped.
     """
-    scan = _scan_header(data, last_tag=_PIXEL_DATA) if resume is None else _resume_scan(data, resume, last_tag=_PIXEL_DATA)
+    scan = scan_header(data, last_tag=PIXEL_DATA) if resume is None else resume_scan(data, resume, last_tag=PIXEL_DATA)
     if scan is not None and scan.complete and scan.pixel_offset is not None:
         return scan.values, scan.pixel_offset, False
     header = _pydicom_header(name, data, strict_header_ok)
@@ -414,7 +372,7 @@ def _parse_header(name: str, data: bytes, strict_header_ok: bool, resume: _Scan 
         return None
     dataset, lenient = header
     try:
-        values = _values_from_dataset(dataset, _WANTED)
+        values = values_from_dataset(dataset, WANTED)
         return values, _pixel_offset_at_end(dataset, values, data), lenient
     except Exception:  # noqa: BLE001 - malformed header values make the file unusable
         logger.debug("header values unusable in %s", name, exc_info=True)
@@ -439,25 +397,7 @@ def _read_header(data: bytes, force: bool) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prefix = io.BytesIO(memoryview(data)[:_MAX_HEADER_BYTES])
-        return read_partial(prefix, stop_when=_past_slice_tags, force=force, specific_tags=list(_WANTED))
-
-
-def _values_from_dataset(dataset: Dataset, wanted: dict[int, tuple[str, str]]) -> dict[str, object]:
-    values: dict[str, object] = {}
-    for keyword, kind in wanted.values():
-        value = dataset.get(keyword)
-        if value is None or value == "":
-            continue
-        items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
-        if kind == _DECIMALS:
-            values[keyword] = [float(item) for item in items]
-        elif kind == _CODES:
-            values[keyword] = tuple(str(item).strip() for item in items)
-        elif kind in (_INTEGER_STRING, _UNSIGNED_SHORT):
-            values[keyword] = int(value)
-        else:
-            values[keyword] = str(value).strip()
-    return values
+        return read_partial(prefix, stop_when=_past_slice_tags, force=force, specific_tags=list(WANTED))
 
 
 def _slice_from_values(name: str, values: dict[str, object], data: bytes, pixel_offset: int | None, contrast: str) -> _Slice:
@@ -588,142 +528,6 @@ def _pixels_via_pydicom(data: bytes) -> np.ndarray:
             first = first or error
     assert first is not None
     raise first
-
-
-class _NotSimple(Exception):
-    """An encoding the fast scanner leaves to pydicom."""
-
-
-@dataclass
-class _Scan:
-    values: dict[str, object]
-    #: False when the data ended before `last_tag` or PixelData was passed.
-    complete: bool
-    pixel_offset: int | None = None
-    #: Where the walk stopped (the first element past `last_tag`) and in which encoding.
-    stop: int = 0
-    implicit: bool = False
-
-
-def _scan_header(data: bytes, last_tag: int) -> _Scan | None:
-    """Header values of a little-endian Part 10 file, walked without building a pydicom Dataset.
-
-    Profiling showed pydicom's Dataset machinery dominating read time; this walk reads only
-    element headers and the wanted values. None means "not the simple case": pydicom decides.
-    """
-    try:
-        if data[128:132] != b"DICM":
-            return None
-        position, syntax = _scan_file_meta(data, 132)
-        if syntax not in (_EXPLICIT_LITTLE, _IMPLICIT_LITTLE):
-            return None
-        return _scan_dataset(data, position, syntax == _IMPLICIT_LITTLE, last_tag)
-    except (struct.error, _NotSimple, ValueError, UnicodeDecodeError):
-        return None
-
-
-def _resume_scan(data: bytes, prefix: _Scan, last_tag: int) -> _Scan | None:
-    """The scan `_scan_header(data, last_tag)` gives, walking on from a complete prefix scan."""
-    try:
-        scan = _scan_dataset(data, prefix.stop, prefix.implicit, last_tag)
-    except (struct.error, _NotSimple, ValueError, UnicodeDecodeError):
-        return None
-    scan.values = {**prefix.values, **scan.values}
-    return scan
-
-
-def _element_header(data: bytes, position: int, implicit: bool) -> tuple[int, int, int]:
-    """(tag, value length, value position) of the element starting at `position`."""
-    group, element = _TAG.unpack_from(data, position)
-    tag = group << 16 | element
-    if implicit or group == 0xFFFE:
-        return tag, _UINT32.unpack_from(data, position + 4)[0], position + 8
-    vr = data[position + 4 : position + 6]
-    if not (len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
-        raise _NotSimple("invalid VR")
-    if vr in _LONG_VRS:
-        return tag, _UINT32.unpack_from(data, position + 8)[0], position + 12
-    return tag, _UINT16.unpack_from(data, position + 6)[0], position + 8
-
-
-def _scan_file_meta(data: bytes, position: int) -> tuple[int, str | None]:
-    syntax = None
-    while _TAG.unpack_from(data, position)[0] == 0x0002:
-        tag, length, value = _element_header(data, position, implicit=False)
-        if length == _UNDEFINED:
-            raise _NotSimple("undefined length in file meta")
-        if tag == 0x00020010:
-            syntax = data[value : value + length].decode("ascii").strip("\x00 ")
-        position = value + length
-    return position, syntax
-
-
-def _scan_dataset(data: bytes, position: int, implicit: bool, last_tag: int) -> _Scan:
-    values: dict[str, object] = {}
-    end = len(data)
-    while position + 8 <= end:
-        if implicit:
-            tag, length, value = _element_header(data, position, implicit)
-        else:
-            group, element, vr, length = _EXPLICIT_HEADER.unpack_from(data, position)
-            long_vr = _VR_IS_LONG.get(vr)
-            if long_vr is None or group == 0xFFFE:
-                tag, length, value = _element_header(data, position, implicit)
-            else:
-                tag = group << 16 | element
-                if long_vr:
-                    length = _UINT32.unpack_from(data, position + 8)[0]
-                    value = position + 12
-                else:
-                    value = position + 8
-        if tag == _PIXEL_DATA:
-            if length == _UNDEFINED:
-                raise _NotSimple("encapsulated pixel data")
-            return _Scan(values, complete=True, pixel_offset=value, stop=position, implicit=implicit)
-        if tag > last_tag:
-            return _Scan(values, complete=True, stop=position, implicit=implicit)
-        if length == _UNDEFINED:
-            position = _skip_undefined(data, value, implicit)
-            continue
-        if value + length > end:
-            break
-        wanted = _WANTED.get(tag)
-        if wanted is not None:
-            values[wanted[0]] = _decode_value(data[value : value + length], wanted[1])
-        position = value + length
-    return _Scan(values, complete=False)
-
-
-def _skip_undefined(data: bytes, position: int, implicit: bool) -> int:
-    """Position after an undefined-length value: items up to the sequence delimiter."""
-    while True:
-        tag, length, value = _element_header(data, position, implicit)
-        if tag == _SEQUENCE_DELIMITER:
-            return value
-        if tag != _ITEM:
-            raise _NotSimple("unexpected element in undefined-length value")
-        position = _skip_item(data, value, implicit) if length == _UNDEFINED else value + length
-
-
-def _skip_item(data: bytes, position: int, implicit: bool) -> int:
-    while True:
-        tag, length, value = _element_header(data, position, implicit)
-        if tag == _ITEM_DELIMITER:
-            return value
-        position = _skip_undefined(data, value, implicit) if length == _UNDEFINED else value + length
-
-
-def _decode_value(raw: bytes, kind: str) -> object:
-    if kind == _UNSIGNED_SHORT:
-        return _UINT16.unpack_from(raw)[0]
-    text = raw.decode("latin-1").strip("\x00 ")
-    if kind == _CODES:
-        return tuple(item.strip("\x00 ") for item in text.split("\\"))
-    if kind == _DECIMALS:
-        return [float(item) for item in text.split("\\")]
-    if kind == _INTEGER_STRING:
-        return int(float(text)) if text else 0
-    return text
 
 
 def _require_water_and_fat(collected: _Collected, total_files: int) -> None:
