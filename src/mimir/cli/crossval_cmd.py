@@ -67,8 +67,8 @@ def _add_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--explain", action="store_true",
         help="add to the report each target's cohort saliency map over the out-of-fold exams, every exam "
-        "explained by its own fold's network (maps in CV/explain/METHOD/, METHOD-LAYER/ for --layer below layer4; with gradcam measured 2.5 s per exam "
-        "and 2 targets on a loaded 2-core CPU, see docs/explain.md)",
+        "explained by its own fold's network (maps in CV/explain/METHOD/, METHOD-LAYER/ for --layer below "
+        "layer4; with gradcam measured 2.5 s per exam and 2 targets on a loaded 2-core CPU, see docs/explain.md)",
     )
     common_flags.add_method(parser, detail="the maps of --explain; default: gradcam")
     common_flags.add_layer(parser)
