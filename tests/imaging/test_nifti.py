@@ -52,6 +52,29 @@ def test_every_voxel_lands_at_its_affine_position(tmp_path, affine):
         assert station.fat[k, r, c] == station.water[k, r, c] * 2 + 1
 
 
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.diag([2.0, 2.0, 3.0, 1.0]),
+        np.array([[-2.232, 0, 0, 30.0], [0, -2.232, 0, 20.0], [0, 0, -3.0, 500.0], [0, 0, 0, 1]]),  # as --save-volumes writes
+        np.array([[0, 0, -2.0, 10.0], [2.0, 0, 0, -20.0], [0, -3.0, 0, 40.0], [0, 0, 0, 1]]),  # permuted axes
+    ],
+    ids=["ras", "save-volumes", "permuted"],
+)
+def test_an_axis_aligned_affine_gets_no_oblique_note(tmp_path, affine):
+    exam = read_nifti_pair(*pair(tmp_path, affine)[:2])
+    assert not any("oblique" in note for note in exam.notes), exam.notes
+
+
+def test_an_oblique_affine_is_read_along_the_nearest_axes_and_says_so(tmp_path):
+    angle = np.deg2rad(10.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([2.0, 2.0, 3.0])
+    exam = read_nifti_pair(*pair(tmp_path, affine)[:2])
+    assert exam.notes == ["NIfTI affine is oblique; axes taken as the nearest patient directions"]
+
+
 def test_known_affine_gives_known_positions(tmp_path):
     affine = np.array([[-2.0, 0, 0, 30.0], [0, -2.5, 0, 20.0], [0, 0, 3.0, -50.0], [0, 0, 0, 1]])
     water_path, fat_path, water = pair(tmp_path, affine)

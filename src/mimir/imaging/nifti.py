@@ -122,7 +122,9 @@ def to_station_axes(water: np.ndarray, fat: np.ndarray, affine: np.ndarray, note
     transform = ornt_transform(current, axcodes2ornt(STATION_AXCODES))
     station_affine = affine @ inv_ornt_aff(transform, water.shape)
     directions = station_affine[:3, :3] / np.linalg.norm(station_affine[:3, :3], axis=0)
-    if not np.allclose(np.abs(directions), np.eye(3), atol=_OBLIQUE_TOLERANCE):
+    # Each voxel axis along one patient axis: its unit direction has a component of 1. (The
+    # station's axes (I, P, L) are world z, y, x, so the matrix is a permutation, not eye(3).)
+    if not np.allclose(np.abs(directions).max(axis=0), 1.0, atol=_OBLIQUE_TOLERANCE):
         notes.append("NIfTI affine is oblique; axes taken as the nearest patient directions")
     reoriented = [np.ascontiguousarray(apply_orientation(volume, transform), dtype=np.float32) for volume in (water, fat)]
     return reoriented[0], reoriented[1], station_affine
