@@ -67,7 +67,7 @@ def build_cohort(out: Path, name: str, n: int, chunk: int, seed: int, workers: i
     return truth[["eid", "instance", *TARGETS]]
 
 
-def benchmark_config(iterations: int, input_pool: int, batch_size: int):
+def benchmark_config(iterations: int, input_pool: int, batch_size: int, shift_probability: float = 1.0):
     """The shipped cpu-small configuration, shortened for a 2-core machine."""
     from mimir.runs.config import TrainConfig
 
@@ -76,6 +76,7 @@ def benchmark_config(iterations: int, input_pool: int, batch_size: int):
         batch_size=batch_size,
         lr_milestones=[int(iterations * 0.8)],
         input_pool=input_pool,
+        shift_probability=shift_probability,
         autocast="float32",
         checkpoint_every=max(1, iterations // 5),  # history.csv shows the progress
     )
@@ -120,6 +121,10 @@ def main() -> None:
     parser.add_argument("--input-pool", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
+        "--shift-probability", type=float, default=1.0,
+        help="share of training images translated (1.0, the paper: every one)",
+    )
+    parser.add_argument(
         "--fold", type=int, action="append",
         help="train only this fold (repeatable) and stop: folds can run as parallel processes on one folder "
         "(start one first, so that it writes the splits); a run without --fold merges and compares",
@@ -148,7 +153,9 @@ def main() -> None:
 
     from mimir.inference.modules import build_ensemble, build_module_from_crossval
 
-    config = benchmark_config(args.iterations, args.input_pool, args.batch_size).replace(modules={MODULE: TARGETS})
+    config = benchmark_config(args.iterations, args.input_pool, args.batch_size, args.shift_probability).replace(
+        modules={MODULE: TARGETS}
+    )
     training_started = time.perf_counter()
     module = args.out / "ensemble_module"
     if args.members_from == "seeds":

@@ -36,6 +36,21 @@ def test_training_batches_are_a_function_of_seed_and_iteration():
     assert shifts.min() >= -16 and shifts.max() <= 16 and len(np.unique(shifts)) > 5
 
 
+def test_shift_probability_leaves_a_share_of_images_unshifted_and_keeps_the_rest():
+    every = list(TrainingBatches(10, 8, 16, seed=3, start=0, stop=50))
+    assert list(TrainingBatches(10, 8, 16, seed=3, start=0, stop=50, shift_probability=1.0)) == every
+    half = list(TrainingBatches(10, 8, 16, seed=3, start=0, stop=50, shift_probability=0.5))
+    pairs = [(a, b) for batch_every, batch_half in zip(every, half, strict=True)
+             for a, b in zip(batch_every, batch_half, strict=True)]
+    assert all(a[0] == b[0] for a, b in pairs)  # the same exams in the same order
+    assert all(b[1:] in (a[1:], (0, 0)) for a, b in pairs)  # a shift kept or dropped, never redrawn
+    unshifted = np.mean([b[1:] == (0, 0) for _, b in pairs])
+    assert 0.4 < unshifted < 0.6
+    assert list(TrainingBatches(10, 8, 16, seed=3, start=20, stop=50, shift_probability=0.5)) == half[20:]
+    none = list(TrainingBatches(10, 8, 16, seed=3, start=0, stop=5, shift_probability=0.0))
+    assert {request[1:] for batch in none for request in batch} == {(0, 0)}
+
+
 def _write_cache(folder, keys):
     folder.mkdir()
     for eid, instance in keys:

@@ -67,7 +67,7 @@ def test_unknown_key_is_an_error(tmp_path):
     [{"batch_size": "32"}, {"batch_size": True}, {"batch_size": 0}, {"autocast": "float8"},
      {"architecture": "vgg16"}, {"lr_milestones": [5, 2]}, {"lr_schedule": "linear"},
      {"ema_decay": 1.0}, {"ema_decay": -0.1}, {"warmup_iterations": -1}, {"modules": {"x": {"targets": "age"}}},
-     {"nll_beta": -0.5}, {"nll_beta": 2.0}],
+     {"nll_beta": -0.5}, {"nll_beta": 2.0}, {"shift_probability": 1.5}, {"shift_probability": -0.1}],
 )
 def test_invalid_values_are_errors(values):
     with pytest.raises(ConfigError):

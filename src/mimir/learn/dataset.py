@@ -202,10 +202,14 @@ class TrainingBatches(Sampler[list[ItemRequest]]):
     seeded by (seed, i). Nothing depends on earlier batches, so any start point is exact.
     """
 
-    def __init__(self, n_items: int, batch_size: int, max_shift: int, seed: int, start: int, stop: int) -> None:
+    def __init__(
+        self, n_items: int, batch_size: int, max_shift: int, seed: int, start: int, stop: int,
+        shift_probability: float = 1.0,
+    ) -> None:
         if n_items < 1:
             raise ValueError("no training exams")
         self.n_items, self.batch_size, self.max_shift = n_items, batch_size, max_shift
+        self.shift_probability = shift_probability
         self.seed, self.start, self.stop = seed, start, stop
         self._permutations: dict[int, np.ndarray] = {}
 
@@ -225,6 +229,9 @@ class TrainingBatches(Sampler[list[ItemRequest]]):
         shifts = np.random.default_rng([self.seed, 1, iteration]).integers(
             -self.max_shift, self.max_shift + 1, size=(self.batch_size, 2)
         )
+        if self.shift_probability < 1.0:  # a stream of its own: with probability 1 batches stay as they were
+            unshifted = np.random.default_rng([self.seed, 2, iteration]).random(self.batch_size) >= self.shift_probability
+            shifts[unshifted] = 0
         return [(index, int(dy), int(dx)) for index, (dy, dx) in zip(indices, shifts, strict=True)]
 
     def __iter__(self) -> Iterator[list[ItemRequest]]:

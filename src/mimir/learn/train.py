@@ -631,7 +631,10 @@ class _LossMeter:
 
 
 def _training_loader(config: TrainConfig, data: _Data, start: int, device: torch.device) -> DataLoader:
-    batches = TrainingBatches(len(data.train), config.batch_size, config.max_shift, config.seed, start, config.iterations)
+    batches = TrainingBatches(
+        len(data.train), config.batch_size, config.max_shift, config.seed, start, config.iterations,
+        shift_probability=config.shift_probability,
+    )
     dataset = ExamImages(list(data.train.table["path"]), data.standardization.apply(data.train.values()))
     return DataLoader(dataset, batch_sampler=batches, num_workers=config.workers, pin_memory=device.type == "cuda")
 

@@ -67,6 +67,8 @@ class TrainConfig:
     ema_decay: float = 0.0
     # augmentation
     max_shift: int = 16  # random integer translation in pixels along both axes, zero fill
+    # share of training images translated; the rest are seen as prediction sees them (1.0: the paper)
+    shift_probability: float = 1.0
     # run
     seed: int = 0
     deterministic: bool = False
@@ -96,6 +98,8 @@ class TrainConfig:
         for name in ("iterations", "max_shift", "workers", "warmup_iterations"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.shift_probability <= 1.0:
+            raise ConfigError(f"shift_probability must lie in [0, 1], got {self.shift_probability}")
         if self.learning_rate <= 0 or self.lr_gamma <= 0:
             raise ConfigError("learning_rate and lr_gamma must be positive")
         if not (math.isfinite(self.backbone_lr_factor) and self.backbone_lr_factor > 0):
