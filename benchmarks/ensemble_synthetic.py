@@ -257,7 +257,7 @@ def member_picked_on_calibration(out: Path, loaded: LoadedModule, order: list[in
     test_mae = member_rows.pivot(index="target", columns="model", values="mae")
     return pd.DataFrame({
         "member_picked_on_calibration": picked,
-        "picked_member_mae": [test_mae.loc[name, f"member {number} alone"] for name, number in zip(TARGETS, picked)],
+        "picked_member_mae": [test_mae.loc[name, f"member {number} alone"] for name, number in zip(TARGETS, picked, strict=True)],
     }, index=pd.Index(TARGETS, name="target"))
 
 

@@ -64,13 +64,13 @@ def test_index_keeps_field_20201_images_and_warns_about_other_files(tmp_path, ca
         np.save(tmp_path / "cache" / f"{stem}.npy", np.zeros((3, 256, 256), np.uint8))
     with caplog.at_level("WARNING"):
         index = index_image_cache(tmp_path / "cache")
-    assert list(zip(index["eid"], index["instance"])) == [(1, 3), (3, 2)]
+    assert list(zip(index["eid"], index["instance"], strict=True)) == [(1, 3), (3, 2)]
     assert "ignored 2 cache files" in caplog.text
 
 
 def test_index_is_sorted_by_eid_and_instance_not_by_file_name(tmp_path):
     index = _write_cache(tmp_path / "cache", [(10, 2), (9, 3), (9, 2)])
-    assert list(zip(index["eid"], index["instance"])) == [(9, 2), (9, 3), (10, 2)]
+    assert list(zip(index["eid"], index["instance"], strict=True)) == [(9, 2), (9, 3), (10, 2)]
 
 
 def test_a_missing_image_cache_is_named(tmp_path):
