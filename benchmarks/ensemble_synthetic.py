@@ -151,7 +151,7 @@ def main() -> None:
     if args.stop_after == "data":
         return
 
-    from mimir.inference.modules import build_ensemble, build_module_from_crossval
+    from mimir.inference.module_build import build_ensemble, build_module_from_crossval
 
     config = benchmark_config(args.iterations, args.input_pool, args.batch_size, args.shift_probability).replace(
         modules={MODULE: TARGETS}

@@ -62,7 +62,7 @@ def build_cohort(out: Path, n: int, seed: int, workers: int, thigh_muscle_sd: fl
 
 def train_module(out: Path, cache: Path, truth: pd.DataFrame, target: str, train_eids: list[int], config_path: str | Path,
                  iterations: int, device: str, **overrides: int | str) -> Path:
-    from mimir.inference.modules import build_module
+    from mimir.inference.module_build import build_module
     from mimir.learn.train import train
     from mimir.runs.config import TrainConfig
 

@@ -105,7 +105,7 @@ def main() -> None:
         build_cohort(args.out / "cohort2", args.target_n, 2002, False, args.workers)
         print(f"cohort 2 ready after {time.perf_counter() - started:.0f} s")
         return
-    from mimir.inference.modules import build_module
+    from mimir.inference.module_build import build_module
     from mimir.learn.train import train
     from mimir.runs.config import TrainConfig
 

@@ -253,7 +253,7 @@ def train_module(args: argparse.Namespace) -> None:
 
 
 def build_ood_module(args: argparse.Namespace) -> None:
-    from mimir.inference.modules import build_module
+    from mimir.inference.module_build import build_module
 
     module = args.out / "module"
     if module.is_dir():

@@ -33,7 +33,7 @@ _OWNERS: dict[str, str] = {
     "train": "mimir.learn.train",
     "run_crossval": "mimir.learn.crossval",
     "merge_crossval": "mimir.learn.crossval",
-    "build_module": "mimir.inference.modules",
+    "build_module": "mimir.inference.module_build",
     "import_legacy": "mimir.inference.legacy",
     "load_module": "mimir.inference.modules",
     "PredictOptions": "mimir.inference.predict",
@@ -73,7 +73,8 @@ if TYPE_CHECKING:
     from mimir.evaluation.evaluate import evaluate_predictions
     from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
     from mimir.inference.legacy import import_legacy
-    from mimir.inference.modules import build_module, load_module
+    from mimir.inference.module_build import build_module
+    from mimir.inference.modules import load_module
     from mimir.inference.predict import PredictOptions, predict, run_prediction
     from mimir.inference.table import write_predictions
     from mimir.learn.crossval import merge_crossval, run_crossval

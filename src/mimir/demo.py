@@ -140,7 +140,8 @@ def run_demo(config: DemoConfig, out: Path, *, progress: DemoProgress | None = N
     """Run every stage into `out` and return where the results are."""
     from mimir.atomic import check_can_create_folder
     from mimir.evaluation.evaluate import evaluate_predictions, write_metrics
-    from mimir.inference.modules import build_module, read_spec
+    from mimir.inference.module_build import build_module
+    from mimir.inference.modules import read_spec
     from mimir.inference.predict import PredictOptions, predict
     from mimir.inference.table import write_predictions
     from mimir.learn.crossval import run_crossval

@@ -41,7 +41,7 @@ def organ_image(rng: np.random.Generator, radius: float) -> np.ndarray:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModule:
     import pandas as pd
 
-    from mimir.inference.modules import build_module
+    from mimir.inference.module_build import build_module
     from mimir.learn.train import train
     from mimir.runs.config import TrainConfig
 

@@ -74,7 +74,7 @@ def test_every_exam_is_explained_by_the_network_of_its_own_fold(crossval, tmp_pa
     """Out of fold, like the predictions: each map equals its fold's module's map, not the other fold's."""
     from mimir.explain.pipeline import image_saliency
     from mimir.imaging.cache import image_path, load_image
-    from mimir.inference.modules import build_module
+    from mimir.inference.module_build import build_module
 
     out, cache, _ = crossval
     index = pd.read_csv(out / "explain" / "gradcam" / "explanations.csv", keep_default_na=False)
@@ -144,3 +144,21 @@ def test_a_finer_grad_cam_layer_gets_its_own_folder_and_report_section(crossval,
     assert main(argv) == 2
     assert "integrated-gradients has no layer" in capsys.readouterr().err
     assert not (tmp_path / "cv").exists()  # refused before any fold trained
+
+
+def test_the_fold_modules_built_for_the_maps_log_nothing_of_a_shipped_module(crossval, caplog):
+    """A fold's temporary module would warn, per fold, about its uncertainty flag and calibration
+    and announce that it was written; none of that concerns the maps."""
+    import logging
+
+    from mimir.explain.crossval import explain_crossval
+
+    out, cache, _ = crossval
+    with caplog.at_level(logging.INFO):
+        explain_crossval(out, cache=cache, method="gradcam", layer="layer2", device="cpu")
+    from_building = [
+        record.getMessage() for record in caplog.records
+        if record.name.startswith("mimir.inference.module")
+        and (record.levelno >= logging.WARNING or record.getMessage().startswith("wrote module"))
+    ]
+    assert from_building == []

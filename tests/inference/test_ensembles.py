@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mimir.inference.module_build import build_ensemble, build_module_from_crossval
 from mimir.inference.modules import (
     MemberSpec,
     ModuleBuildError,
@@ -23,8 +24,6 @@ from mimir.inference.modules import (
     ModuleTruncatedError,
     Provenance,
     TargetSpec,
-    build_ensemble,
-    build_module_from_crossval,
     inspect_module,
     load_module,
     read_spec,

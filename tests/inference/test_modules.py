@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from mimir.cli import module_cmd
 from mimir.cli.common_flags import OutputExistsError
+from mimir.inference.module_build import build_module
 from mimir.inference.modules import (
     ModuleArchiveError,
     ModuleBuildError,
@@ -28,7 +29,6 @@ from mimir.inference.modules import (
     ModuleVersionError,
     Provenance,
     TargetSpec,
-    build_module,
     describe_module,
     load_module,
     read_spec,
@@ -367,7 +367,7 @@ def test_a_killed_write_leaves_nothing_the_next_write_keeps(tmp_path, state):
 
 
 def test_an_unwritable_module_output_is_one_line_before_any_work(tmp_path, state, capsys, monkeypatch):
-    import mimir.inference.modules as modules_module
+    import mimir.inference.module_build as module_build
     from mimir.cli import main
     from mimir.inference.modules import ModuleOutputError
 
@@ -378,9 +378,9 @@ def test_an_unwritable_module_output_is_one_line_before_any_work(tmp_path, state
     def no_work(*args, **kwargs):
         raise AssertionError("the run was read before the output was checked")
 
-    monkeypatch.setattr(modules_module, "RunFolder", no_work)
+    monkeypatch.setattr(module_build, "RunFolder", no_work)
     with pytest.raises(ModuleOutputError, match="is not a folder"):
-        modules_module.build_module(run, None, blocker / "out" / "module")
+        module_build.build_module(run, None, blocker / "out" / "module")
     assert main(["module", "build", "--run", str(run), "--out", str(blocker / "module")]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"mimir module: error: {blocker / 'module'}: {blocker} is not a folder"

@@ -219,7 +219,8 @@ def test_perturbed_images_score_higher_than_unseen_ones(ood_module, tmp_path):
 def test_build_describes_the_run_cache_with_its_validation_exams_held_out(tmp_path):
     from safetensors.torch import save_file
 
-    from mimir.inference.modules import ModuleMissingFileError, build_module
+    from mimir.inference.module_build import build_module
+    from mimir.inference.modules import ModuleMissingFileError
     from mimir.runs.config import TrainConfig
     from mimir.runs.standardization import Standardization
 
@@ -253,7 +254,7 @@ def test_an_ensemble_carries_member_zeros_description_and_predicts_both_kinds_of
     from safetensors.torch import save_file
 
     from mimir.cli import main
-    from mimir.inference.modules import build_ensemble
+    from mimir.inference.module_build import build_ensemble
     from mimir.inference.predict import PredictOptions, predict
     from mimir.runs.config import TrainConfig
     from mimir.runs.standardization import Standardization
@@ -427,7 +428,8 @@ def test_held_out_images_join_the_validation_exams_and_must_be_unseen(tmp_path):
     from safetensors.torch import save_file
 
     from mimir.cli import main
-    from mimir.inference.modules import ModuleBuildError, build_module
+    from mimir.inference.module_build import build_module
+    from mimir.inference.modules import ModuleBuildError
     from mimir.runs.config import TrainConfig
     from mimir.runs.standardization import Standardization
 

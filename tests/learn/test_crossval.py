@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mimir.cli import UsageError, crossval_cmd
-from mimir.inference.modules import MAX_HELD_OUT_FLAG_RATE, read_crossval
+from mimir.inference.module_build import MAX_HELD_OUT_FLAG_RATE, read_crossval
 from mimir.learn.baseline import BaselineConfig
 from mimir.runs.config import TrainConfig
 from mimir.learn.crossval import (

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mimir.inference.modules import build_module, load_module, read_spec
+from mimir.inference.module_build import build_module
+from mimir.inference.modules import load_module, read_spec
 from mimir.learn.finetune import (
     InitModuleError,
     SourceNetwork,

@@ -112,7 +112,8 @@ def run_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mimir.cli import UsageError
-    from mimir.inference.modules import build_ensemble, build_module_from_crossval, member_count_line, read_spec
+    from mimir.inference.module_build import build_ensemble, build_module_from_crossval
+    from mimir.inference.modules import member_count_line, read_spec
 
     if args.from_crossval is not None:
         if not args.ensemble:

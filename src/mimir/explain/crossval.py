@@ -2,7 +2,7 @@
 
 The cross-validation report shows out-of-fold predictions: each exam predicted by the network
 that did not see it. Its cohort maps follow the same rule. For each merged fold, the fold's
-training run is built into a module (`mimir.inference.modules.build_module`, with the
+training run is built into a module (`mimir.inference.module_build.build_module`, with the
 cross-validation's calibration, into a temporary folder) and its validation exams (the rows of
 `oof_predictions.csv` with that fold) are explained through `mimir.explain.explain`, all folds
 into one folder, `CV/explain/METHOD/` (`CrossvalFolder.explanations`; `METHOD-LAYER/` for
@@ -92,7 +92,7 @@ def explain_crossval(
     import pandas as pd
 
     from mimir.explain.aggregate import write_cohort_maps
-    from mimir.inference.modules import build_module
+    from mimir.inference.module_build import build_module
     from mimir.runs.layout import CrossvalFolder
 
     check_method(method, layer)
@@ -140,13 +140,17 @@ def explain_crossval(
 def _quiet_build() -> Iterator[None]:
     """Building a fold's temporary module warns about what only a shipped module needs (its
     uncertainty flag, its calibration); those warnings would repeat per fold and mislead here."""
-    building = logging.getLogger("mimir.inference.modules")
-    level = building.level
-    building.setLevel(logging.ERROR)
+    from mimir.inference import module_build, modules
+
+    quieted = [logging.getLogger(name) for name in (module_build.__name__, modules.__name__)]
+    levels = [each.level for each in quieted]
+    for each in quieted:
+        each.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        building.setLevel(level)
+        for each, level in zip(quieted, levels, strict=True):
+            each.setLevel(level)
 
 
 def _cache_folder(folder: CrossvalFolder, cache: str | Path | None) -> Path:

@@ -3,6 +3,7 @@
 Importing this package does not import torch; loading a module does.
 """
 
+from mimir.inference.module_build import build_ensemble, build_module, build_module_from_crossval
 from mimir.inference.modules import (
     FORMAT_VERSION,
     LoadedModule,
@@ -23,9 +24,6 @@ from mimir.inference.modules import (
     ModuleWeightsError,
     Provenance,
     TargetSpec,
-    build_ensemble,
-    build_module,
-    build_module_from_crossval,
     describe_module,
     inspect_module,
     load_module,
