@@ -78,6 +78,7 @@ def test_metrics_table_matches_direct_computation(cohort):
     vat = table.loc["AtlasVatVolume"]
     assert math.isnan(vat["auce"]) and math.isnan(vat["variance_factor"])  # no AtlasVatVolume_sd column
     assert vat["mae"] == pytest.approx(np.mean(np.abs(joined["AtlasVatVolume"] - joined["AtlasVatVolume_ref"])))
+    assert vat["bias"] == pytest.approx(np.mean(joined["AtlasVatVolume"] - joined["AtlasVatVolume_ref"]))
 
 
 def test_join_uses_instance_only_when_both_tables_have_it(cohort):

@@ -9,6 +9,7 @@ from mimir.evaluation.metrics import (
     agreement_metrics,
     auc_roc,
     average_ranks,
+    bias,
     icc_2_1,
     icc_2_1_matrix,
     mae,
@@ -86,6 +87,13 @@ def test_mae_and_mape_by_hand_with_near_zero_reference_excluded():
     assert mape_percent(prediction, reference) == pytest.approx(10.0)
 
 
+def test_bias_is_signed_so_errors_of_both_signs_cancel_unlike_mae():
+    reference = np.array([10.0, 20.0, 30.0, 40.0])
+    assert bias(reference - 1.5, reference) == pytest.approx(-1.5)
+    assert bias(reference + [1.0, -1.0, 2.0, -2.0], reference) == pytest.approx(0.0)
+    assert mae(reference + [1.0, -1.0, 2.0, -2.0], reference) == pytest.approx(1.5)
+
+
 def test_auc_with_ties_matches_sklearn():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 500).astype(float)
@@ -123,6 +131,7 @@ def test_nan_pairs_are_dropped_and_counted():
     metrics = agreement_metrics(prediction, reference)
     assert metrics.n == 4
     assert metrics.mae == pytest.approx(np.mean([0.5, 0.0, 0.5, 0.5]))
+    assert metrics.bias == pytest.approx(np.mean([-0.5, 0.0, 0.5, 0.5]))
     assert metrics.r2 == pytest.approx(r2_score(clean_reference, clean_prediction))
     assert metrics.icc == pytest.approx(icc_from_moments(clean_prediction, clean_reference))
     assert math.isnan(metrics.auc)
@@ -136,6 +145,7 @@ def test_degenerate_inputs_give_nan_not_errors():
     assert mae(varying, constant) == pytest.approx(np.mean(np.abs(varying - 2)))
     assert math.isnan(icc_2_1([1.0], [1.0]))
     assert math.isnan(mae([], []))
+    assert math.isnan(bias([], [])) and math.isnan(bias([np.nan], [1.0]))
     assert math.isnan(mape_percent([1.0], [0.0]))
     assert math.isnan(auc_roc([0.2, 0.4], [1.0, 1.0]))
     precision, recall = precision_recall([0.1, 0.2], [0.0, 0.0])

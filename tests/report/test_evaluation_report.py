@@ -47,6 +47,6 @@ def test_report_reads_whatever_metrics_the_table_has(tmp_path, evaluation_tables
     metrics = evaluate_predictions(predictions, reference).drop(columns=["mape_percent"])
     page = write_evaluation_report(tmp_path / "out", predictions, reference, metrics).read_text()
     sex = re.search(r'<article class="target" id="target-sex">.*?</article>', page, re.DOTALL).group(0)
-    assert re.findall(r'<th class="num">([^<]*)</th>', sex) == ["N", "ICC", "R\u00b2", "MAE", "AUC"]  # a probability has no sd, so no AUCE
+    assert re.findall(r'<th class="num">([^<]*)</th>', sex) == ["N", "ICC", "R\u00b2", "MAE", "Bias", "AUC"]  # a probability has no sd, so no AUCE
     summary_row = re.search(r'<tr><td><a href="#target-sex">sex</a></td>(.*?)</tr>', page).group(1)
     assert re.findall(r'<td class="num[^"]*">([^<]*)</td>', summary_row)[4] == "\u2013"

@@ -13,7 +13,7 @@ from mimir.evaluation.evaluate import (
     fit_calibration_factors,
     write_metrics,
 )
-from mimir.evaluation.metrics import agreement_metrics, auc_roc, icc_2_1, mae, mape_percent, precision_recall, r2
+from mimir.evaluation.metrics import agreement_metrics, auc_roc, bias, icc_2_1, mae, mape_percent, precision_recall, r2
 
 __all__ = [
     "agreement_metrics",
@@ -21,6 +21,7 @@ __all__ = [
     "apply_variance_scale",
     "auc_roc",
     "auce",
+    "bias",
     "calibration_curve",
     "evaluate_predictions",
     "fit_calibration_factors",

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 REFERENCE_SUFFIX = "__reference"
 PUBLISHED_COLUMNS = ("cv_n", "cv_icc", "cv_r2", "cv_mae", "cv_mape_percent")
 METRIC_COLUMNS = (
-    "name", "module", "ukb_field", "unit", "kind", "n", "icc", "r2", "mae", "mape_percent",
+    "name", "module", "ukb_field", "unit", "kind", "n", "icc", "r2", "mae", "bias", "mape_percent",
     "auc", "precision", "recall", "auce", "variance_factor", "auce_scaled", *PUBLISHED_COLUMNS,
 )
 
@@ -182,6 +182,7 @@ def evaluate_target(joined: "pd.DataFrame", target: Target) -> dict[str, object]
         "icc": metrics.icc,
         "r2": metrics.r2,
         "mae": metrics.mae,
+        "bias": metrics.bias,
         "mape_percent": metrics.mape_percent,
         "auc": metrics.auc,
         "precision": metrics.precision,
@@ -264,8 +265,8 @@ def _format_number(value: object) -> str:
 
 def metrics_markdown(metrics: "pd.DataFrame") -> str:
     """A short Markdown table of the headline numbers, ours beside the paper's."""
-    header = ("target", "unit", "N", "ICC", "R2", "MAE", "MAPE %", "AUC", "AUCE", "paper ICC", "paper MAE")
-    columns = ("name", "unit", "n", "icc", "r2", "mae", "mape_percent", "auc", "auce", "cv_icc", "cv_mae")
+    header = ("target", "unit", "N", "ICC", "R2", "MAE", "bias", "MAPE %", "AUC", "AUCE", "paper ICC", "paper MAE")
+    columns = ("name", "unit", "n", "icc", "r2", "mae", "bias", "mape_percent", "auc", "auce", "cv_icc", "cv_mae")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for record in metrics.to_dict(orient="records"):
         cells = [str(record[c]) if c in ("name", "unit") else _format_number(record[c]) for c in columns]

@@ -102,6 +102,15 @@ def mae(prediction: ArrayLike, reference: ArrayLike) -> float:
     return float(np.mean(np.abs(predicted - expected)))
 
 
+def bias(prediction: ArrayLike, reference: ArrayLike) -> float:
+    """Mean of prediction - reference, in the target's unit: the Bland-Altman bias, which ICC
+    penalises and MAE hides (a network that under-predicts every new subject a little)."""
+    predicted, expected = paired(prediction, reference)
+    if expected.size == 0:
+        return math.nan
+    return float(np.mean(predicted - expected))
+
+
 def mape_percent(prediction: ArrayLike, reference: ArrayLike) -> float:
     """Mean absolute percentage error over pairs whose reference is not (nearly) zero."""
     predicted, expected = paired(prediction, reference)
@@ -169,6 +178,7 @@ class AgreementMetrics:
     icc: float
     r2: float
     mae: float
+    bias: float
     mape_percent: float
     auc: float = math.nan
     precision: float = math.nan
@@ -184,6 +194,7 @@ def agreement_metrics(prediction: ArrayLike, reference: ArrayLike, binary: bool 
         icc=icc_2_1(predicted, expected),
         r2=r2(predicted, expected),
         mae=mae(predicted, expected),
+        bias=bias(predicted, expected),
         mape_percent=math.nan if binary else mape_percent(predicted, expected),
     )
     if not binary:

@@ -559,7 +559,7 @@ def _curve_rows(name: str, kind: str, x: np.ndarray, y: np.ndarray, stage: str) 
 
 
 SUMMARY_COLUMNS = (
-    "name", "module", "ukb_field", "unit", "kind", "n", "icc", "r2", "mae", "mape_percent", "auc",
+    "name", "module", "ukb_field", "unit", "kind", "n", "icc", "r2", "mae", "bias", "mape_percent", "auc",
     "auce", "auce_calibrated", "variance_scale", "baseline_icc", "baseline_r2", "baseline_mae",
     "cv_n", "cv_icc", "cv_r2", "cv_mae", "cv_mape_percent",
 )

@@ -45,7 +45,7 @@ _BASELINE_COLUMNS = (
 
 #: Summary column -> key shown in each target's numbers (keys html.py knows how to title).
 _SECTION_METRICS = {
-    "n": "n", "icc": "icc", "r2": "r2", "mae": "mae", "mape_percent": "mape_percent", "auc": "auc",
+    "n": "n", "icc": "icc", "r2": "r2", "mae": "mae", "bias": "bias", "mape_percent": "mape_percent", "auc": "auc",
     "auce": "auce_before", "auce_calibrated": "auce_after", "variance_scale": "variance_scale",
     "baseline_icc": "Ridge baseline ICC", "baseline_r2": "Ridge baseline R\u00b2", "baseline_mae": "Ridge baseline MAE",
 }

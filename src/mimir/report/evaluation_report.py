@@ -19,7 +19,7 @@ from mimir.runs.layout import EvaluationFolder
 if TYPE_CHECKING:
     import pandas as pd
 
-_SECTION_METRICS = ("n", "icc", "r2", "mae", "mape_percent", "auc", "auce")
+_SECTION_METRICS = ("n", "icc", "r2", "mae", "bias", "mape_percent", "auc", "auce")
 
 
 def _optional_column(table: "pd.DataFrame", name: str) -> np.ndarray | None:

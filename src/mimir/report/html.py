@@ -69,7 +69,7 @@ _COMPARED_METRICS = {
 }
 
 _METRIC_TITLES = {
-    "n": "N", "icc": "ICC", "r2": "R\u00b2", "mae": "MAE", "mape": "MAPE", "mape_percent": "MAPE",
+    "n": "N", "icc": "ICC", "r2": "R\u00b2", "mae": "MAE", "bias": "Bias", "mape": "MAPE", "mape_percent": "MAPE",
     "auc": "AUC", "auce": "AUCE", "auce_before": "AUCE before calibration",
     "auce_after": "AUCE after calibration", "auce_scaled": "AUCE after calibration",
     "variance_scale": "Variance scale factor", "variance_factor": "Variance scale factor",
