@@ -41,7 +41,7 @@ from mimir.network import MeanVarianceResNet, split_output
 def _targets() -> tuple[TargetSpec, ...]:
     return (
         TargetSpec("height", 12144, "cm", "continuous", mean=170.0, sd=9.0, calibration=1.3,
-                   cv_metrics={"mae": 1.8, "icc": 0.96}, sd_p99=4.2),
+                   cv_metrics={"mae": 1.8, "icc": 0.96, "bias": -0.37}, sd_p99=4.2),
         TargetSpec("liverVolume", None, "L", "continuous", mean=1.6, sd=0.3, calibration=0.8),
     )
 
@@ -215,6 +215,7 @@ def test_describe_lists_targets_units_calibration_and_metrics(module_dir):
     assert "OK (checksum" in text
     height_line = next(line for line in text.splitlines() if line.strip().startswith("height"))
     assert "cm" in height_line and "1.300" in height_line and "4.2" in height_line and "1.8" in height_line
+    assert "cv bias" in text and "-0.37" in height_line
 
 
 def _fake_run(tmp_path, state):

@@ -117,6 +117,8 @@ def test_calibration_factor_is_mean_squared_z_and_is_applied(full_run):
     summary = read_crossval(out, TARGETS)
     assert summary.calibration["age"] == pytest.approx(calibration.loc["age", "variance_scale"])
     assert "icc" in summary.metrics["height"]
+    joined = reference.merge(oof, on=["eid", "instance"], suffixes=("_reference", ""))
+    assert summary.metrics["height"]["bias"] == pytest.approx((joined["height"] - joined["height_reference"]).mean())
     # the flag's threshold is kept only where thresholds carry over between the fold networks
     rate = summary.metrics["age"]["uncertain_rate_held_out"]
     assert ("age" in summary.sd_p99) == (rate <= MAX_HELD_OUT_FLAG_RATE)

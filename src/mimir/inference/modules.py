@@ -1018,7 +1018,7 @@ def member_count_line(spec: ModuleSpec) -> str:
     return f"module {spec.name}: {spec.n_members} member networks (an ensemble; its sd is the total of aleatoric and epistemic)"
 
 
-_SHOWN_METRICS = ("n", "icc", "r2", "mae", "mape_percent", "auc", "auce_scaled")
+_SHOWN_METRICS = ("n", "icc", "r2", "mae", "bias", "mape_percent", "auc", "auce_scaled")
 
 
 def _format_value(value: float | None) -> str:
