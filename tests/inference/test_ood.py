@@ -460,6 +460,9 @@ def test_held_out_images_join_the_validation_exams_and_must_be_unseen(tmp_path):
     with pytest.raises(ModuleBuildError, match="also training exams"):
         build_module(run, None, tmp_path / "m2", images=cache, held_out_images=held, ood_features="image")
     assert main(["-q", "module", "build", "--run", str(run), "--held-out-cache", str(held), "--out", str(tmp_path / "m3")]) == 2
+    with pytest.raises(ModuleBuildError, match="only set the OOD threshold"):
+        build_module(run, None, tmp_path / "m4", held_out_images=held)
+    assert not (tmp_path / "m4").exists()
 
 
 def test_the_module_build_help_names_the_default_features():

@@ -281,14 +281,48 @@ def build_ensemble(
     its training exams. `held_out_images`, a cache of more exams of the same population that no
     run trained on, joins the validation exams in setting the threshold.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     out = check_module_output(out, overwrite=overwrite)
     if not runs:
         raise ModuleBuildError("no training run given")
+    if held_out_images is not None and images is None:
+        raise ModuleBuildError("held-out images only set the OOD threshold: name the training cache as well")
     folders = [RunFolder(run) for run in runs]
-    configs, standardizations, states = [], [], []
+    configs, standardizations = _read_runs(folders)
+    states = _read_weights(folders)
+    first = standardizations[0]
+    if crossval is None:
+        logger.warning(
+            "no cross-validation folder given: calibration factors are 1.0 and no metrics are recorded; "
+            "refit the factors on labelled exams no network saw with `mimir module calibrate` (networks "
+            "trained on all their subjects can be far overconfident: docs/ensembles.md)"
+        )
+        summary = CrossvalSummary({}, {}, {}, "")
+    else:
+        summary = read_crossval(Path(crossval), list(first.targets))
+    members = _member_specs(folders, standardizations) if len(folders) > 1 else ()
+    spec = ModuleSpec(
+        name=name or first.module,
+        architecture=configs[0].architecture,
+        targets=_target_specs(standardizations, summary),
+        provenance=_training_provenance(folders, configs[0], summary, members, calibrated=crossval is not None),
+        input_pool=configs[0].input_pool,
+        log_var_range=configs[0].log_var_range,
+        members=members,
+    )
+    ood = None
+    if images is not None:
+        held_path = Path(held_out_images) if held_out_images is not None else None
+        ood = describe_run_images(folders[0], spec, states[0], Path(images), ood_features, held_path)
+        spec = dataclasses.replace(spec, provenance=dataclasses.replace(spec.provenance, data={
+            **spec.provenance.data, "ood_images": Path(images).resolve().name,
+            **({"ood_held_out_images": held_path.resolve().name} if held_path is not None else {}),
+        }))
+    return save_ensemble(spec, states, out, overwrite=overwrite, ood=ood)
+
+
+def _read_runs(folders: Sequence[RunFolder]) -> tuple[list[TrainConfig], list[Standardization]]:
+    """Each finished run's configuration and standardisation; the runs must fit in one module."""
+    configs, standardizations = [], []
     for run_folder in folders:
         if not run_folder.path.is_dir():
             raise ModuleMissingFileError(f"training run folder not found: {run_folder.path}")
@@ -306,24 +340,28 @@ def build_ensemble(
                 f"log-variance clamp and targets must agree ({mine[:3]} and {len(mine[3])} targets vs "
                 f"{theirs[:3]} and {len(theirs[3])} targets)"
             )
+    return configs, standardizations
+
+
+def _read_weights(folders: Sequence[RunFolder]) -> list[dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    states = []
     for run_folder in folders:
         try:
             states.append(load_file(str(run_folder.weights)))
         except (SafetensorError, OSError, ValueError) as error:
             raise ModuleWeightsError(f"{run_folder.weights} cannot be read: {error}") from error
-    target_names = list(first.targets)
-    if crossval is None:
-        logger.warning(
-            "no cross-validation folder given: calibration factors are 1.0 and no metrics are recorded; "
-            "refit the factors on labelled exams no network saw with `mimir module calibrate` (networks "
-            "trained on all their subjects can be far overconfident: docs/ensembles.md)"
-        )
-        summary = CrossvalSummary({}, {}, {}, "")
-    else:
-        summary = read_crossval(Path(crossval), target_names)
+    return states
 
+
+def _target_specs(standardizations: Sequence[Standardization], summary: CrossvalSummary) -> tuple[TargetSpec, ...]:
+    """The targets in the first run's order and standardisation, with what the cross-validation
+    measured; n_train is the fewest training values any member had."""
+    first = standardizations[0]
     targets = []
-    for index, target_name in enumerate(target_names):
+    for index, target_name in enumerate(first.targets):
         field_id, unit, kind, in_catalog = _catalog_facts(target_name)
         targets.append(
             TargetSpec(
@@ -336,7 +374,11 @@ def build_ensemble(
                 sd_p99=summary.sd_p99.get(target_name),
             )
         )
-    members = tuple(
+    return tuple(targets)
+
+
+def _member_specs(folders: Sequence[RunFolder], standardizations: Sequence[Standardization]) -> tuple[MemberSpec, ...]:
+    return tuple(
         MemberSpec(
             mean=tuple(float(value) for value in standardization.mean),
             sd=tuple(float(value) for value in standardization.sd),
@@ -344,9 +386,16 @@ def build_ensemble(
             source=run_folder.path.resolve().name,
         )
         for run_folder, standardization in zip(folders, standardizations, strict=True)
-    ) if len(folders) > 1 else ()
+    )
+
+
+def _training_provenance(
+    folders: Sequence[RunFolder], config: TrainConfig, summary: CrossvalSummary, members: Sequence[MemberSpec],
+    *, calibrated: bool,
+) -> Provenance:
+    """The first run's configuration, data summary and record, the folders it came from, and notes."""
     notes: list[str] = []
-    if crossval is None:
+    if not calibrated:
         notes.append("not calibrated: built without cross-validation (factors 1.0)")
     if members:
         notes.append(
@@ -355,37 +404,18 @@ def build_ensemble(
         )
     data_summary_path = folders[0].data_summary
     run_record_path = folders[0].record
-    spec = ModuleSpec(
-        name=name or first.module,
-        architecture=first_config.architecture,
-        targets=tuple(targets),
-        provenance=Provenance(
-            source="training",
-            config=_config_record(first_config),
-            data={
-                "training": _read_json_file(data_summary_path) if data_summary_path.is_file() else {},
-                "run": _read_json_file(run_record_path) if run_record_path.is_file() else {},
-                "run_folder": folders[0].path.resolve().name,
-                "crossval_folder": Path(summary.source).resolve().name if summary.source else None,
-                **({"member_run_folders": [member.source for member in members]} if members else {}),
-            },
-            notes=tuple(notes),
-        ),
-        input_pool=first_config.input_pool,
-        log_var_range=first_config.log_var_range,
-        members=members,
+    return Provenance(
+        source="training",
+        config=_config_record(config),
+        data={
+            "training": _read_json_file(data_summary_path) if data_summary_path.is_file() else {},
+            "run": _read_json_file(run_record_path) if run_record_path.is_file() else {},
+            "run_folder": folders[0].path.resolve().name,
+            "crossval_folder": Path(summary.source).resolve().name if summary.source else None,
+            **({"member_run_folders": [member.source for member in members]} if members else {}),
+        },
+        notes=tuple(notes),
     )
-    ood = None
-    if held_out_images is not None and images is None:
-        raise ModuleBuildError("held-out images only set the OOD threshold: name the training cache as well")
-    if images is not None:
-        held_path = Path(held_out_images) if held_out_images is not None else None
-        ood = describe_run_images(folders[0], spec, states[0], Path(images), ood_features, held_path)
-        spec = dataclasses.replace(spec, provenance=dataclasses.replace(spec.provenance, data={
-            **spec.provenance.data, "ood_images": Path(images).resolve().name,
-            **({"ood_held_out_images": held_path.resolve().name} if held_path is not None else {}),
-        }))
-    return save_ensemble(spec, states, out, overwrite=overwrite, ood=ood)
 
 
 def describe_run_images(
