@@ -96,13 +96,18 @@ def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary
     Expects calibration.csv (target, variance_scale), and optionally metrics.csv (name, metric
     columns) and oof_predictions.csv ({name}, {name}_sd with the network's uncalibrated sd).
     """
-    import numpy as np
-    import pandas as pd
-
-    from mimir.inference.table import sd_column
-
     folder = Path(folder)
     layout = CrossvalFolder(folder)
+    calibration = _read_calibration(layout, folder, targets)
+    metrics = _read_metrics(layout, targets)
+    sd_p99 = _read_flag_thresholds(layout, targets, calibration, metrics)
+    return CrossvalSummary(calibration, metrics, sd_p99, str(folder))
+
+
+def _read_calibration(layout: CrossvalFolder, folder: Path, targets: Sequence[str]) -> dict[str, float]:
+    """Each target's variance scale; an unusable one (not finite, not positive) becomes 1.0."""
+    import pandas as pd
+
     calibration_path = layout.calibration
     if not calibration_path.is_file():
         raise ModuleMissingFileError(f"{calibration_path} is missing: is {folder} a cross-validation folder?")
@@ -119,55 +124,74 @@ def read_crossval(folder: Path | str, targets: Sequence[str]) -> CrossvalSummary
             logger.warning("target %s: calibration factor %s is unusable; 1.0 is used", name, factor)
             factor = 1.0
         calibration[name] = factor
+    return calibration
+
+
+def _read_metrics(layout: CrossvalFolder, targets: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each target's finite cross-validation metrics (not the descriptive or published columns)."""
+    import pandas as pd
 
     metrics: dict[str, dict[str, float]] = {}
     metrics_path = layout.metrics
-    if metrics_path.is_file():
-        table = pd.read_csv(metrics_path)
-        if "name" not in table.columns:
-            raise ModuleBuildError(f"{metrics_path}: needs a name column")
-        for _, row in table[table["name"].astype(str).isin(targets)].iterrows():
-            values = {}
-            for column, value in row.items():
-                if column in _DESCRIPTIVE_METRIC_COLUMNS or str(column).startswith(("cv_", "test_")):
-                    continue  # descriptive, or the catalog's published numbers
-                try:
-                    number = float(value)
-                except (TypeError, ValueError):
-                    continue
-                if math.isfinite(number):
-                    values[str(column)] = number
-            metrics[str(row["name"])] = values
-    else:
+    if not metrics_path.is_file():
         logger.warning("%s is missing: the module records no cross-validation metrics", metrics_path)
+        return metrics
+    table = pd.read_csv(metrics_path)
+    if "name" not in table.columns:
+        raise ModuleBuildError(f"{metrics_path}: needs a name column")
+    for _, row in table[table["name"].astype(str).isin(targets)].iterrows():
+        values = {}
+        for column, value in row.items():
+            if column in _DESCRIPTIVE_METRIC_COLUMNS or str(column).startswith(("cv_", "test_")):
+                continue  # descriptive, or the catalog's published numbers
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                values[str(column)] = number
+        metrics[str(row["name"])] = values
+    return metrics
+
+
+def _read_flag_thresholds(
+    layout: CrossvalFolder, targets: Sequence[str], calibration: Mapping[str, float], metrics: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """Each target's uncertainty-flag threshold (99th percentile of the calibrated out-of-fold sd),
+    kept only where a threshold from the other folds flags few enough of a held-out fold's exams;
+    that held-out rate is added to the target's metrics."""
+    import numpy as np
+    import pandas as pd
+
+    from mimir.inference.table import sd_column
 
     sd_p99: dict[str, float] = {}
     oof_path = layout.oof_predictions
-    if oof_path.is_file():
-        table = pd.read_csv(oof_path)
-        folds = table["fold"].to_numpy() if "fold" in table.columns else None
-        for name in targets:
-            column = sd_column(name)
-            if column not in table.columns or _is_binary(name):  # a probability is never flagged
-                continue
-            sd = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64) * math.sqrt(calibration[name])
-            known = np.isfinite(sd)
-            if not known.any():
-                continue
-            rate = None if folds is None else held_out_flag_rate(sd[known], folds[known])
-            if rate is not None:
-                metrics.setdefault(name, {})["uncertain_rate_held_out"] = rate
-            if rate is not None and rate > MAX_HELD_OUT_FLAG_RATE:
-                logger.warning(
-                    "target %s: no uncertainty flag: a threshold from the other folds flags %.1f %% of a held-out "
-                    "fold's exams (at most %.0f %% allowed): the fold networks' sds differ in scale, so no "
-                    "threshold carries over to the final network", name, 100 * rate, 100 * MAX_HELD_OUT_FLAG_RATE,
-                )
-                continue
-            sd_p99[name] = float(np.percentile(sd[known], FLAG_PERCENTILE))
-    else:
+    if not oof_path.is_file():
         logger.warning("%s is missing: no sd percentile for the uncertainty flag", oof_path)
-    return CrossvalSummary(calibration, metrics, sd_p99, str(folder))
+        return sd_p99
+    table = pd.read_csv(oof_path)
+    folds = table["fold"].to_numpy() if "fold" in table.columns else None
+    for name in targets:
+        column = sd_column(name)
+        if column not in table.columns or _is_binary(name):  # a probability is never flagged
+            continue
+        sd = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64) * math.sqrt(calibration[name])
+        known = np.isfinite(sd)
+        if not known.any():
+            continue
+        rate = None if folds is None else held_out_flag_rate(sd[known], folds[known])
+        if rate is not None:
+            metrics.setdefault(name, {})["uncertain_rate_held_out"] = rate
+        if rate is not None and rate > MAX_HELD_OUT_FLAG_RATE:
+            logger.warning(
+                "target %s: no uncertainty flag: a threshold from the other folds flags %.1f %% of a held-out "
+                "fold's exams (at most %.0f %% allowed): the fold networks' sds differ in scale, so no "
+                "threshold carries over to the final network", name, 100 * rate, 100 * MAX_HELD_OUT_FLAG_RATE,
+            )
+            continue
+        sd_p99[name] = float(np.percentile(sd[known], FLAG_PERCENTILE))
+    return sd_p99
 
 
 def _is_binary(name: str) -> bool:
