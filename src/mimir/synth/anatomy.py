@@ -341,17 +341,98 @@ class _Field:
 # The body
 
 
+@dataclass(frozen=True)
+class _Trunk:
+    """Per slice: the lean core's and the outer (fat) ellipse's half-axes and centres."""
+
+    a_core: np.ndarray
+    b_core: np.ndarray
+    cy_core: np.ndarray
+    a_out: np.ndarray
+    b_out: np.ndarray
+    cy_out: np.ndarray
+    present: np.ndarray
+    vat_area: np.ndarray
+
+
+@dataclass(frozen=True)
+class _NeckAndHead:
+    neck_r: np.ndarray
+    neck_t: np.ndarray
+    neck_cy: np.ndarray
+    head_a: np.ndarray
+    head_b: np.ndarray
+    head_cy: float
+
+
+@dataclass(frozen=True)
+class _Legs:
+    """Per slice: muscle radius, fat thickness, outer half-axes, centre height and lateral offset."""
+
+    r: np.ndarray
+    t: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    cy: np.ndarray
+    x: np.ndarray
+    foot: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Arms:
+    a: np.ndarray
+    b: np.ndarray
+    t: np.ndarray
+    xs: dict[int, np.ndarray]  # side -> lateral distance of the arm axis from the midline
+    cys: dict[int, np.ndarray]  # side -> centre height
+
+
+@dataclass(frozen=True)
+class _Cavity:
+    a: np.ndarray
+    b: np.ndarray
+    cy: np.ndarray
+
+
 def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
-    p = body.p
     canvas = _Canvas(grid, body.bed_y)
     depth = grid.depth_mm
     u = body.u_of(depth)
     mid = body.midline(depth)
+    trunk = _trunk(body, u)
+    neck_head = _neck_and_head(body, u, depth, trunk)
+    legs = _legs(body, u)
+    arms = _arms(body, u, trunk, legs)
+    cavity_shape = _cavity(body, u, depth, trunk)
+
+    _paint_outer_layer(canvas, body, depth, mid, trunk, neck_head, legs, arms)
+    thigh_top, knee = _paint_lean_cores(canvas, body, grid, mid, trunk, neck_head, legs, arms)
+
+    # ---- Trunk cavity: viscera, visceral fat, lungs, organs.
+    a_cav, b_cav, cy_cav = cavity_shape.a, cavity_shape.b, cavity_shape.cy
+    cavity = canvas.ellipses(mid, cy_cav, a_cav, b_cav, 0.5 * body.p.trunk_squareness)
+    canvas.paint(cavity, Tissue.VISCERA)
+    dome = body.dome_mm
+    if cavity is not None:
+        _fill_cavity(canvas, body, cavity, noise, mid, cy_cav, a_cav, b_cav, trunk.vat_area, dome)
+    _paint_organs(canvas, body, mid, cy_cav, a_cav, b_cav, dome)
+
+    # ---- Bones.
+    _paint_bones(
+        canvas, body, u, mid, cy_cav, b_cav, neck_head.neck_cy, neck_head.neck_r, legs.x, legs.cy, legs.r,
+        arms.xs, arms.cys, legs.foot,
+    )
+
+    fat_fraction = _fat_fraction(canvas, body, noise, thigh_top, knee, dome)
+    return BodyVolume(grid=grid, labels=canvas.labels, fat_fraction=fat_fraction, region=canvas.region)
+
+
+def _trunk(body: _Body, u: np.ndarray) -> _Trunk:
+    """The trunk's lean core, widened by the visceral fat it holds, inside its fat ring (android
+    fat on the belly, gynoid fat on the hips and buttocks)."""
+    p = body.p
     female = 1 - p.sex
     s = body.core_scale
-    h_rel = body.height / _REF_HEIGHT_MM
-
-    # Trunk lean core, widened by the visceral fat it holds.
     shoulder = 1.0 + (p.shoulder_scale - 1.0 - 0.08 * female) * _interp(u, (0.18, 0.2, 0.26, 0.32), (0, 1, 1, 0))
     hips = 1.0 + (p.hip_scale - 1.0 + 0.07 * female) * _interp(u, (0.38, 0.44, 0.5, 0.53), (0, 1, 1, 0))
     wave = 1.0 + sum(
@@ -366,7 +447,6 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     a_core = a_core * grow**0.6
     b_core = b_core * grow**1.4
 
-    # Trunk fat ring: android fat on the belly, gynoid fat on the hips and buttocks.
     trunk_w = _interp(u, _TRUNK_FAT_U, _TRUNK_FAT_W)
     trunk_w = trunk_w * np.exp(0.2 * p.android * _interp(u, (0.3, 0.36, 0.42, 0.46), (0, 1, 1, 0)))
     trunk_w = trunk_w * np.exp(0.2 * p.gynoid * _interp(u, (0.42, 0.46, 0.52), (0, 1, 1)))
@@ -385,8 +465,13 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     lift = p.head_lift_mm * _interp(u, (0.16, 0.2), (1, 0)) + 8.0 * _interp(u, (0.34, 0.39, 0.44), (0, 1, 0))
     cy_out = body.bed_y + 0.06 * b_out - b_out - lift
     cy_core = cy_out - t * (m_post - m_ant) / 2
+    return _Trunk(a_core, b_core, cy_core, a_out, b_out, cy_out, present, vat_area)
 
-    # Neck and head.
+
+def _neck_and_head(body: _Body, u: np.ndarray, depth: np.ndarray, trunk: _Trunk) -> _NeckAndHead:
+    p = body.p
+    s = body.core_scale
+    h_rel = body.height / _REF_HEIGHT_MM
     neck_present = (u > 0.095) & (u < 0.2)
     neck_r = np.where(neck_present, 52.0 * s * _interp(u, (0.1, 0.13, 0.2), (0.9, 1.0, 1.1)), 0.0)
     neck_area = _area_profile(body, (0.1, 0.2), (1.0, 1.0), body.fat_neck_l, u, np.ones_like(u))
@@ -394,10 +479,16 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     head_a, head_b = _ellipsoid(depth, 0.062 * body.height, 0.066 * body.height, 74.0 * h_rel**0.4, 96.0 * h_rel**0.4)
     head_cy = body.bed_y - p.head_lift_mm - 96.0 * h_rel**0.4
     neck_cy = np.where(neck_present, _interp(u, (0.1, 0.175, 0.2), (head_cy + 20, head_cy + 35, 0)), 0.0)
-    neck_cy = np.where(u > 0.175, (neck_cy + cy_out) / 2, neck_cy)
+    neck_cy = np.where(u > 0.175, (neck_cy + trunk.cy_out) / 2, neck_cy)
     neck_cy = np.minimum(neck_cy, body.bed_y - neck_r - neck_t)
+    return _NeckAndHead(neck_r, neck_t, neck_cy, head_a, head_b, head_cy)
 
-    # Legs: thighs to feet, resting on the bed, knees on a cushion.
+
+def _legs(body: _Body, u: np.ndarray) -> _Legs:
+    """Thighs to feet, resting on the bed, knees on a cushion."""
+    p = body.p
+    s = body.core_scale
+    h_rel = body.height / _REF_HEIGHT_MM
     leg_present = u > 0.445
     thigh_u = (LANDMARKS_U["femoral_head_top"] - 0.01, LANDMARKS_U["femoral_head_top"], LANDMARKS_U["knee"], LANDMARKS_U["knee"] + 0.01)
     thigh_factor = 1.0 + (p.thigh_muscle - 1.0) * _interp(u, thigh_u, (0.0, 1.0, 1.0, 0.0))
@@ -410,65 +501,92 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
     knee_lift = p.knee_lift_mm * _interp(u, (0.52, 0.715, 0.85, 0.98), (0, 1, 0.6, 0.3))
     leg_cy = body.bed_y - 0.93 * (leg_r + leg_t) - knee_lift - np.where(foot, 70.0, 0.0)
     leg_x = (_interp(u, (0.445, 0.52, 0.715, 0.96), (80, 86, 82, 76)) * h_rel**0.5 + 0.4 * np.maximum(leg_t - 15.0, 0.0) + p.leg_spread_mm)
+    return _Legs(leg_r, leg_t, leg_a, leg_b, leg_cy, leg_x, foot)
 
-    # Arms: a straight-ish line from the shoulder past the waist and hips to the hand.
+
+def _arms(body: _Body, u: np.ndarray, trunk: _Trunk, legs: _Legs) -> _Arms:
+    """A straight-ish line from the shoulder past the waist and hips to the hand; the deltoid
+    rounds the top of the arm, the hand tapers; hands may rest folded on the belly."""
+    p = body.p
+    female = 1 - p.sex
     arm_present = (u > 0.172) & (u < 0.625)
     arm_scale = 1.08 * body.limb_scale * (0.88 if female else 1.0)
-    # The deltoid rounds the top of the arm; the hand tapers.
     arm_cap = np.sqrt(np.clip((u - 0.172) / 0.028, 0.0, 1.0) * np.clip((0.625 - u) / 0.02, 0.0, 1.0))
     arm_a = np.where(arm_present, _interp(u, _ARM_U, _ARM_A) * arm_scale * arm_cap, 0.0)
     arm_b = np.where(arm_present, _interp(u, _ARM_U, _ARM_B) * arm_scale * arm_cap, 0.0)
     arm_area = _area_profile(body, (0.19, 0.33, 0.45, 0.52, 0.625), (1.0, 1.0, 0.55, 0.3, 0.1), body.fat_arm_l, u, _interp(u, (0.19, 0.33, 0.45, 0.52, 0.625), (1.0, 1.0, 0.55, 0.3, 0.1)))
     arm_t = np.where(arm_present, _ring_thickness(arm_a, arm_b, arm_area, 1.0, 1.0), 0.0)
-    arm_xs = {side: _arm_path(body, side, u, a_out, leg_x + leg_r + leg_t, arm_a + arm_t) for side in (-1, 1)}
+    arm_xs = {side: _arm_path(body, side, u, trunk.a_out, legs.x + legs.r + legs.t, arm_a + arm_t) for side in (-1, 1)}
     arm_cy = body.bed_y - 0.95 * (arm_b + arm_t) - p.arm_forward_mm * _interp(u, (0.2, 0.62), (0, 1))
     arm_cys = {side: arm_cy + body.roll_shift(side * arm_xs[side]) for side in (-1, 1)}
     if p.hands_on_belly:
-        folded = _rest_hands_on_belly(body, u, cy_out, a_out, b_out, arm_a, arm_b, arm_t, arm_xs, arm_cys)
+        folded = _rest_hands_on_belly(body, u, trunk.cy_out, trunk.a_out, trunk.b_out, arm_a, arm_b, arm_t, arm_xs, arm_cys)
         if folded is not None:
             arm_a, arm_b, arm_t = folded
+    return _Arms(arm_a, arm_b, arm_t, arm_xs, arm_cys)
 
+
+def _cavity(body: _Body, u: np.ndarray, depth: np.ndarray, trunk: _Trunk) -> _Cavity:
+    """The trunk cavity inside the lean core's walls, from the thoracic inlet to the pelvic floor."""
+    s = body.core_scale
     cavity_hi, cavity_lo = body.depth_of(0.172), body.depth_of(0.512)
     wall_ant = 12.0 * s
     wall_lat = 14.0 * s
     wall_post = _interp(u, (0.18, 0.3, 0.44, 0.5), (45, 55, 62, 70)) * s
     cav_present = (depth > cavity_hi) & (depth < cavity_lo)
-    a_cav = np.where(cav_present, a_core - wall_lat, 0.0)
-    b_cav = np.where(cav_present, b_core - (wall_ant + wall_post) / 2, 0.0)
-    a_cav = np.where(cav_present, np.minimum(a_cav, 0.92 * a_core) * _interp(u, (0.172, 0.18, 0.19, 0.205, 0.49, 0.512), (0.35, 0.6, 0.8, 1, 1, 0.7)), 0.0)
-    cy_cav = cy_core + (wall_ant - wall_post) / 2
+    a_cav = np.where(cav_present, trunk.a_core - wall_lat, 0.0)
+    b_cav = np.where(cav_present, trunk.b_core - (wall_ant + wall_post) / 2, 0.0)
+    a_cav = np.where(cav_present, np.minimum(a_cav, 0.92 * trunk.a_core) * _interp(u, (0.172, 0.18, 0.19, 0.205, 0.49, 0.512), (0.35, 0.6, 0.8, 1, 1, 0.7)), 0.0)
+    cy_cav = trunk.cy_core + (wall_ant - wall_post) / 2
+    return _Cavity(a_cav, b_cav, cy_cav)
 
-    # ---- Outer layer: everything starts as subcutaneous fat.
+
+def _paint_outer_layer(
+    canvas: _Canvas, body: _Body, depth: np.ndarray, mid: np.ndarray, trunk: _Trunk, neck_head: _NeckAndHead,
+    legs: _Legs, arms: _Arms,
+) -> None:
+    """Everything starts as subcutaneous fat: legs, trunk, neck, scalp, breasts, arms."""
+    p = body.p
     for side in (-1, 1):
         region = Region.LEG_LEFT if side > 0 else Region.LEG_RIGHT
-        cx = mid + side * leg_x
-        canvas.paint(canvas.ellipses(cx, leg_cy + body.roll_shift(side * leg_x), leg_a, leg_b), Tissue.SAT, region)
-    canvas.paint(canvas.ellipses(mid, cy_out, a_out, b_out, p.trunk_squareness), Tissue.SAT, Region.TRUNK)
-    canvas.paint(canvas.ellipses(mid, neck_cy, neck_r + neck_t, neck_r + neck_t), Tissue.SAT, Region.TRUNK)
+        cx = mid + side * legs.x
+        canvas.paint(canvas.ellipses(cx, legs.cy + body.roll_shift(side * legs.x), legs.a, legs.b), Tissue.SAT, region)
+    canvas.paint(canvas.ellipses(mid, trunk.cy_out, trunk.a_out, trunk.b_out, p.trunk_squareness), Tissue.SAT, Region.TRUNK)
+    neck_outer = neck_head.neck_r + neck_head.neck_t
+    canvas.paint(canvas.ellipses(mid, neck_head.neck_cy, neck_outer, neck_outer), Tissue.SAT, Region.TRUNK)
     scalp = 4.0 + 2.0 * body.fat_neck_l
-    canvas.paint(canvas.ellipses(mid, np.full_like(depth, head_cy), np.where(head_a > 0, head_a + scalp, 0), np.where(head_b > 0, head_b + scalp, 0)), Tissue.SAT, Region.HEAD)
+    head_a, head_b = neck_head.head_a, neck_head.head_b
+    canvas.paint(canvas.ellipses(mid, np.full_like(depth, neck_head.head_cy), np.where(head_a > 0, head_a + scalp, 0), np.where(head_b > 0, head_b + scalp, 0)), Tissue.SAT, Region.HEAD)
     if p.breast_l > 0.01:
         size = (p.breast_l * 1e6 * 3 / (4 * np.pi) / (1.3 * 0.7)) ** (1 / 3)
         centre = body.depth_of(0.265)
         ba, bb = _ellipsoid(depth, centre, 1.0 * size, 1.3 * size, 0.7 * size)
-        chest_front = cy_out - b_out
+        chest_front = trunk.cy_out - trunk.b_out
         for side in (-1, 1):
-            cx = mid + side * 0.5 * a_out
+            cx = mid + side * 0.5 * trunk.a_out
             canvas.paint(canvas.ellipses(cx, chest_front + 0.25 * bb, ba, bb), Tissue.SAT, Region.TRUNK)
     for side in (-1, 1):
         region = Region.ARM_LEFT if side > 0 else Region.ARM_RIGHT
-        arm_x = arm_xs[side]
-        cx = mid + side * arm_x
-        canvas.paint(canvas.ellipses(cx, arm_cys[side], arm_a + arm_t, arm_b + arm_t), Tissue.SAT, region)
+        cx = mid + side * arms.xs[side]
+        canvas.paint(canvas.ellipses(cx, arms.cys[side], arms.a + arms.t, arms.b + arms.t), Tissue.SAT, region)
 
-    # ---- Lean cores.
+
+def _paint_lean_cores(
+    canvas: _Canvas, body: _Body, grid: Grid, mid: np.ndarray, trunk: _Trunk, neck_head: _NeckAndHead,
+    legs: _Legs, arms: _Arms,
+) -> tuple[float, float]:
+    """Muscle inside the fat: legs (thigh compartments labelled between femoral head and knee),
+    feet, trunk, neck, arms; the skull and brain. Returns the thigh's top and the knee's depth."""
+    p = body.p
+    s = body.core_scale
+    depth = grid.depth_mm
     split = p.thigh_split
     thigh_top = body.depth_of(LANDMARKS_U["femoral_head_top"])
     knee = body.depth_of(LANDMARKS_U["knee"])
     for side in (-1, 1):
-        cx = mid + side * leg_x
-        cy = leg_cy + body.roll_shift(side * leg_x)
-        core_r = np.where(foot, 0.0, leg_r)
+        cx = mid + side * legs.x
+        cy = legs.cy + body.roll_shift(side * legs.x)
+        core_r = np.where(legs.foot, 0.0, legs.r)
         shape = canvas.ellipses(cx, cy, core_r, core_r)
         canvas.paint(shape, Tissue.MUSCLE)
         if shape is not None:
@@ -484,29 +602,16 @@ def _rasterise(body: _Body, grid: Grid, noise: _Field) -> BodyVolume:
             view = canvas.labels[box]
             view[thigh & anterior] = ant_label
             view[thigh & ~anterior] = post_label
-        canvas.paint(canvas.ellipses(cx, cy, np.where(foot, 30.0 * s, 0), np.where(foot, 75.0 * s, 0)), Tissue.MUSCLE)
-    canvas.paint(canvas.ellipses(mid, cy_core, a_core * present, b_core * present, p.trunk_squareness), Tissue.MUSCLE)
-    canvas.paint(canvas.ellipses(mid, neck_cy, neck_r, neck_r), Tissue.MUSCLE)
-    canvas.paint(canvas.ellipses(mid, np.full_like(depth, head_cy), head_a, head_b), Tissue.BONE)
-    canvas.paint(canvas.ellipses(mid, np.full_like(depth, head_cy), np.maximum(head_a - 7, 0), np.maximum(head_b - 7, 0)), Tissue.VISCERA)
+        canvas.paint(canvas.ellipses(cx, cy, np.where(legs.foot, 30.0 * s, 0), np.where(legs.foot, 75.0 * s, 0)), Tissue.MUSCLE)
+    canvas.paint(canvas.ellipses(mid, trunk.cy_core, trunk.a_core * trunk.present, trunk.b_core * trunk.present, p.trunk_squareness), Tissue.MUSCLE)
+    canvas.paint(canvas.ellipses(mid, neck_head.neck_cy, neck_head.neck_r, neck_head.neck_r), Tissue.MUSCLE)
+    head_cy = np.full_like(depth, neck_head.head_cy)
+    canvas.paint(canvas.ellipses(mid, head_cy, neck_head.head_a, neck_head.head_b), Tissue.BONE)
+    canvas.paint(canvas.ellipses(mid, head_cy, np.maximum(neck_head.head_a - 7, 0), np.maximum(neck_head.head_b - 7, 0)), Tissue.VISCERA)
     for side in (-1, 1):
-        arm_x = arm_xs[side]
-        cx = mid + side * arm_x
-        canvas.paint(canvas.ellipses(cx, arm_cys[side], arm_a, arm_b), Tissue.MUSCLE)
-
-    # ---- Trunk cavity: viscera, visceral fat, lungs, organs.
-    cavity = canvas.ellipses(mid, cy_cav, a_cav, b_cav, 0.5 * p.trunk_squareness)
-    canvas.paint(cavity, Tissue.VISCERA)
-    dome = body.dome_mm
-    if cavity is not None:
-        _fill_cavity(canvas, body, cavity, noise, mid, cy_cav, a_cav, b_cav, vat_area, dome)
-    _paint_organs(canvas, body, mid, cy_cav, a_cav, b_cav, dome)
-
-    # ---- Bones.
-    _paint_bones(canvas, body, u, mid, cy_cav, b_cav, neck_cy, neck_r, leg_x, leg_cy, leg_r, arm_xs, arm_cys, foot)
-
-    fat_fraction = _fat_fraction(canvas, body, noise, thigh_top, knee, dome)
-    return BodyVolume(grid=grid, labels=canvas.labels, fat_fraction=fat_fraction, region=canvas.region)
+        cx = mid + side * arms.xs[side]
+        canvas.paint(canvas.ellipses(cx, arms.cys[side], arms.a, arms.b), Tissue.MUSCLE)
+    return thigh_top, knee
 
 
 def _arm_path(body: _Body, side: int, u: np.ndarray, trunk_half_width: np.ndarray, leg_outer: np.ndarray, arm_half_width: np.ndarray) -> np.ndarray:
