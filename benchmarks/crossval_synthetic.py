@@ -25,27 +25,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from synthetic_cohorts import cached_cohort_truth
 
 TARGETS = ["AtlasVatVolume", "AtlasAsatVolume", "liverVolume", "AtlasTotalThighMuscleVolume", "weight", "height"]
 MODULE = "synthbench"
 
 
 def build_cohort(out: Path, n: int, chunk: int, seed: int, workers: int) -> Path:
-    from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
-    from mimir.synth import CohortConfig, generate_cohort
-
-    cache = out / "cache"
-    truths = []
-    for index, start in enumerate(range(0, n, chunk)):
-        folder = out / f"chunk_{index:03d}"
-        if not (folder / "cohort.json").is_file():
-            generate_cohort(CohortConfig(n=min(chunk, n - start), seed=seed + index), folder, workers=workers)
-            zips = sorted(folder.glob("*.zip"))
-            compress_exams(discover_inputs(zips), CompressOptions(cache=cache), workers=workers)
-            for path in zips:
-                path.unlink()
-        truths.append(pd.read_csv(folder / "truth.csv"))
-    truth = pd.concat(truths, ignore_index=True).drop_duplicates(["eid", "instance"])
+    truth = cached_cohort_truth(out, n, chunk, seed, workers)
     targets = out / "targets.csv"
     truth[["eid", "instance", *TARGETS]].to_csv(targets, index=False)
     return targets

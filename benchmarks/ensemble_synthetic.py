@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from synthetic_cohorts import cached_cohort_truth
 
 if TYPE_CHECKING:
     from mimir.inference.modules import LoadedModule
@@ -48,22 +49,7 @@ MODULE = "ensbench"
 
 def build_cohort(out: Path, name: str, n: int, chunk: int, seed: int, workers: int) -> pd.DataFrame:
     """A cohort compressed into out/NAME/cache (zips deleted after each chunk); its truth table."""
-    from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
-    from mimir.synth import CohortConfig, generate_cohort
-
-    root = out / name
-    cache = root / "cache"
-    truths = []
-    for index, start in enumerate(range(0, n, chunk)):
-        folder = root / f"chunk_{index:03d}"
-        if not (folder / "cohort.json").is_file():
-            generate_cohort(CohortConfig(n=min(chunk, n - start), seed=seed + index), folder, workers=workers)
-            zips = sorted(folder.glob("*.zip"))
-            compress_exams(discover_inputs(zips), CompressOptions(cache=cache), workers=workers)
-            for path in zips:
-                path.unlink()
-        truths.append(pd.read_csv(folder / "truth.csv"))
-    truth = pd.concat(truths, ignore_index=True).drop_duplicates(["eid", "instance"])
+    truth = cached_cohort_truth(out / name, n, chunk, seed, workers)
     return truth[["eid", "instance", *TARGETS]]
 
 
