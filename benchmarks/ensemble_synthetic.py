@@ -53,8 +53,9 @@ def build_cohort(out: Path, name: str, n: int, chunk: int, seed: int, workers: i
     return truth[["eid", "instance", *TARGETS]]
 
 
-def benchmark_config(iterations: int, input_pool: int, batch_size: int, shift_probability: float = 1.0):
-    """The shipped cpu-small configuration, shortened for a 2-core machine."""
+def benchmark_config(iterations: int, input_pool: int, batch_size: int, **changes: float):
+    """The shipped cpu-small configuration, shortened for a 2-core machine; `changes` replace
+    more of its values (those given as None are left as the configuration has them)."""
     from mimir.runs.config import TrainConfig
 
     return TrainConfig.load("cpu-small").replace(
@@ -62,10 +63,9 @@ def benchmark_config(iterations: int, input_pool: int, batch_size: int, shift_pr
         batch_size=batch_size,
         lr_milestones=[int(iterations * 0.8)],
         input_pool=input_pool,
-        shift_probability=shift_probability,
         autocast="float32",
         checkpoint_every=max(1, iterations // 5),  # history.csv shows the progress
-    )
+    ).replace(**{name: value for name, value in changes.items() if value is not None})
 
 
 def scores(reference: pd.DataFrame, mean: np.ndarray, sd: np.ndarray) -> pd.DataFrame:
@@ -107,9 +107,10 @@ def main() -> None:
     parser.add_argument("--input-pool", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
-        "--shift-probability", type=float, default=1.0,
-        help="share of training images translated (1.0, the paper: every one)",
+        "--shift-probability", type=float,
+        help="share of training images translated (the configuration's, 1.0 as in the paper: every one)",
     )
+    parser.add_argument("--nll-beta", type=float, help="beta of the beta-NLL loss (the configuration's, 0 as in the paper: plain NLL)")
     parser.add_argument(
         "--fold", type=int, action="append",
         help="train only this fold (repeatable) and stop: folds can run as parallel processes on one folder "
@@ -139,7 +140,9 @@ def main() -> None:
 
     from mimir.inference.module_build import build_ensemble, build_module_from_crossval
 
-    config = benchmark_config(args.iterations, args.input_pool, args.batch_size, args.shift_probability).replace(
+    config = benchmark_config(
+        args.iterations, args.input_pool, args.batch_size, shift_probability=args.shift_probability, nll_beta=args.nll_beta
+    ).replace(
         modules={MODULE: TARGETS}
     )
     training_started = time.perf_counter()
