@@ -111,6 +111,7 @@ def main() -> None:
         help="share of training images translated (the configuration's, 1.0 as in the paper: every one)",
     )
     parser.add_argument("--nll-beta", type=float, help="beta of the beta-NLL loss (the configuration's, 0 as in the paper: plain NLL)")
+    parser.add_argument("--ema-decay", type=float, help="weight averaging (the configuration's; 0: none, as in the paper)")
     parser.add_argument(
         "--fold", type=int, action="append",
         help="train only this fold (repeatable) and stop: folds can run as parallel processes on one folder "
@@ -141,7 +142,8 @@ def main() -> None:
     from mimir.inference.module_build import build_ensemble, build_module_from_crossval
 
     config = benchmark_config(
-        args.iterations, args.input_pool, args.batch_size, shift_probability=args.shift_probability, nll_beta=args.nll_beta
+        args.iterations, args.input_pool, args.batch_size,
+        shift_probability=args.shift_probability, nll_beta=args.nll_beta, ema_decay=args.ema_decay,
     ).replace(
         modules={MODULE: TARGETS}
     )
