@@ -53,7 +53,7 @@ def build_cohort(out: Path, name: str, n: int, chunk: int, seed: int, workers: i
     return truth[["eid", "instance", *TARGETS]]
 
 
-def benchmark_config(iterations: int, input_pool: int, batch_size: int, **changes: float):
+def benchmark_config(iterations: int, input_pool: int, batch_size: int, **changes: float | None):
     """The shipped cpu-small configuration, shortened for a 2-core machine; `changes` replace
     more of its values (those given as None are left as the configuration has them)."""
     from mimir.runs.config import TrainConfig
@@ -144,9 +144,7 @@ def main() -> None:
     config = benchmark_config(
         args.iterations, args.input_pool, args.batch_size,
         shift_probability=args.shift_probability, nll_beta=args.nll_beta, ema_decay=args.ema_decay,
-    ).replace(
-        modules={MODULE: TARGETS}
-    )
+    ).replace(modules={MODULE: TARGETS})
     training_started = time.perf_counter()
     module = args.out / "ensemble_module"
     if args.members_from == "seeds":
