@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from mimir.atomic import atomic_path
+from mimir.evaluation.metrics import bias
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -201,13 +202,13 @@ def _draw_bland_altman(axes: "Axes", reference: np.ndarray, predicted: np.ndarra
     average = (predicted + reference) / 2.0
     difference = predicted - reference
     axes.scatter(average, difference, color=_PREDICTED_COLOUR, edgecolors="none", **_marker_style(average.size))
-    bias = float(difference.mean())
-    axes.axhline(bias, color="#222222", linewidth=1.2, label=f"bias {bias:+.3g}")
+    offset = bias(predicted, reference)  # the metrics tables' bias, one definition
+    axes.axhline(offset, color="#222222", linewidth=1.2, label=f"bias {offset:+.3g}")
     if difference.size >= 2:
         spread = LIMITS_OF_AGREEMENT_SD * float(difference.std(ddof=1))
-        for limit in (bias - spread, bias + spread):
+        for limit in (offset - spread, offset + spread):
             axes.axhline(limit, color=_BEFORE_COLOUR, linewidth=1.0, linestyle="--")
-        axes.lines[-1].set_label(f"bias \u00b1 1.96 SD ({bias - spread:.3g}, {bias + spread:.3g})")
+        axes.lines[-1].set_label(f"bias \u00b1 1.96 SD ({offset - spread:.3g}, {offset + spread:.3g})")
     axes.axhline(0.0, color="#999999", linewidth=0.6)
     axes.grid(True, color="#e5e5e5", linewidth=0.6)
 

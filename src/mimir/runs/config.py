@@ -98,8 +98,6 @@ class TrainConfig:
         for name in ("iterations", "max_shift", "workers", "warmup_iterations"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.shift_probability <= 1.0:
-            raise ConfigError(f"shift_probability must lie in [0, 1], got {self.shift_probability}")
         if self.learning_rate <= 0 or self.lr_gamma <= 0:
             raise ConfigError("learning_rate and lr_gamma must be positive")
         if not (math.isfinite(self.backbone_lr_factor) and self.backbone_lr_factor > 0):
@@ -112,8 +110,9 @@ class TrainConfig:
             raise ConfigError(f"freeze = {self.freeze!r} would keep random weights fixed; it needs init other than scratch")
         if list(self.lr_milestones) != sorted(self.lr_milestones):
             raise ConfigError(f"lr_milestones must be increasing, got {self.lr_milestones}")
-        if not 0.0 <= self.nll_beta <= 1.0:
-            raise ConfigError(f"nll_beta must lie in [0, 1], got {self.nll_beta}")
+        for name in ("nll_beta", "shift_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not self.log_var_min < self.log_var_max:
