@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from synthetic_cohorts import generate_complete_cohort
+
 _CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
@@ -58,9 +60,9 @@ STAGES = ("read", "fusion", "projection", "quality", "write", "total", "cpu")
 
 
 def _cohort(n: int, seed: int, folder: Path) -> list[Path]:
-    from mimir.synth import CohortConfig, generate_cohort
+    from mimir.synth import CohortConfig
 
-    return generate_cohort(CohortConfig(n=n, seed=seed), folder).zips
+    return generate_complete_cohort(CohortConfig(n=n, seed=seed), folder).zips
 
 
 def main() -> None:

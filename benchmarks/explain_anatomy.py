@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from synthetic_cohorts import chunk_finished, generate_complete_cohort
 
 #: target -> the labels whose projection is its anatomy.
 TARGETS = {"liverVolume": ("LIVER",), "AtlasTotalThighMuscleVolume": (
@@ -51,11 +52,11 @@ SEGMENTS = {"legs": ("LEG_RIGHT", "LEG_LEFT"), "trunk": ("TRUNK",), "arms": ("AR
 
 def build_cohort(out: Path, n: int, seed: int, workers: int, thigh_muscle_sd: float = 0.0) -> tuple[Path, pd.DataFrame]:
     from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
-    from mimir.synth import CohortConfig, generate_cohort
+    from mimir.synth import CohortConfig
 
     folder, cache = out / "cohort", out / "cache"
-    if not (folder / "cohort.json").is_file():
-        generate_cohort(CohortConfig(n=n, seed=seed, thigh_muscle_sd=thigh_muscle_sd), folder, workers=workers)
+    if not chunk_finished(folder):
+        generate_complete_cohort(CohortConfig(n=n, seed=seed, thigh_muscle_sd=thigh_muscle_sd), folder, workers)
     compress_exams(discover_inputs(sorted(folder.glob("*.zip"))), CompressOptions(cache=cache), workers=workers)
     return cache, pd.read_csv(folder / "truth.csv")
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from synthetic_cohorts import chunk_finished, generate_complete_cohort
 
 SOURCE_TARGETS = ["AtlasVatVolume", "AtlasAsatVolume", "weight", "height"]
 #: The cohort-2 module's targets unless --new-targets says otherwise.
@@ -33,14 +34,14 @@ NEW_TARGETS = ["liverVolume", "weight"]
 def build_cohort(folder: Path, n: int, seed: int, on_grid: bool, workers: int) -> tuple[Path, pd.DataFrame]:
     """A cohort compressed into folder/cache; the zips are deleted afterwards. Returns cache, truth."""
     from mimir.imaging.compress import CompressOptions, compress_exams, discover_inputs
-    from mimir.synth import CohortConfig, generate_cohort
+    from mimir.synth import CohortConfig
 
     cache = folder / "cache"
     zips_folder = folder / "zips"
     done = folder / "done.json"
     if not done.is_file():
-        if not (zips_folder / "cohort.json").is_file():
-            generate_cohort(CohortConfig(n=n, seed=seed, on_grid=on_grid), zips_folder, workers=workers)
+        if not chunk_finished(zips_folder):
+            generate_complete_cohort(CohortConfig(n=n, seed=seed, on_grid=on_grid), zips_folder, workers)
         zips = sorted(zips_folder.glob("*.zip"))
         compress_exams(discover_inputs(zips), CompressOptions(cache=cache), workers=workers)
         for path in zips:

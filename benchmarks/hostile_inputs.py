@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+from synthetic_cohorts import generate_complete_cohort
 
 MEMORY_LIMIT = int(2.5 * 2**30)
 TIME_LIMIT_S = 60
@@ -164,12 +165,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="write the corpus here and keep it")
     args = parser.parse_args()
-    from mimir.synth import CohortConfig, generate_cohort
+    from mimir.synth import CohortConfig
 
     with tempfile.TemporaryDirectory(prefix="mimir-hostile-") as temporary:
         root = args.keep or Path(temporary)
         root.mkdir(parents=True, exist_ok=True)
-        generate_cohort(CohortConfig(n=1, seed=3), root / "clean")
+        generate_complete_cohort(CohortConfig(n=1, seed=3), root / "clean")
         clean = next((root / "clean").glob("*.zip"))
         corpus = build_corpus(clean, root)
         print(f"{'input':<24}{'seconds':>9}{'peak MB':>9}  outcome")

@@ -29,6 +29,7 @@ from mimir.inference.modules import ModuleSpec, Provenance, TargetSpec, save_mod
 from mimir.inference.predict import PredictionResult, PredictOptions, run_prediction
 from mimir.network import MeanVarianceResNet
 from mimir.targets.catalog import module_names, module_targets
+from synthetic_cohorts import generate_complete_cohort
 
 
 def synthetic_modules(folder: Path, images: np.ndarray, architecture: str) -> list[Path]:
@@ -119,10 +120,10 @@ def main() -> None:
         if args.zips:
             zips = sorted(args.zips.glob("*.zip"))
         else:
-            from mimir.synth import CohortConfig, generate_cohort
+            from mimir.synth import CohortConfig
 
             started = time.perf_counter()
-            zips = generate_cohort(CohortConfig(n=args.n, seed=args.seed), scratch_path / "cohort").zips
+            zips = generate_complete_cohort(CohortConfig(n=args.n, seed=args.seed), scratch_path / "cohort").zips
             print(f"generated {len(zips)} synthetic exams in {time.perf_counter() - started:.1f} s")
         if args.deflate:
             from mimir.parallel import default_workers, map_outcomes

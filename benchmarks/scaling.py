@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from mimir.parallel import SINGLE_THREAD_VARIABLES
+from synthetic_cohorts import generate_complete_cohort
 
 # One BLAS thread here too, as in the local pool's workers and Dask's (its nannies set the same
 # variables): the in-process 1-worker run would otherwise compete with its own BLAS threads.
@@ -130,13 +131,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from mimir.imaging.compress import discover_inputs
-    from mimir.synth import CohortConfig, generate_cohort
+    from mimir.synth import CohortConfig
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.zips
         if folder is None:
             folder = Path(scratch) / "cohort"
-            generate_cohort(CohortConfig(n=args.n, seed=3), folder, workers=max(args.workers))
+            generate_complete_cohort(CohortConfig(n=args.n, seed=3), folder, max(args.workers))
         inputs = discover_inputs([folder])
         modules = _benchmark_modules(sorted(Path(folder).glob("*.zip")), Path(scratch)) if args.predict else None
         _warm(args.predict)
