@@ -26,6 +26,8 @@ from mimir.inference.modules import (
     TargetSpec,
     inspect_module,
     load_module,
+    members_to_run,
+    module_digest,
     read_spec,
     save_ensemble,
     verify_module,
@@ -206,8 +208,14 @@ def test_members_k_uses_the_first_k(ensemble, images, tmp_path):
 
 
 def test_single_member_tables_keep_their_columns(modules, cache):
-    table = run_prediction([cache], modules[:1], PredictOptions(device="cpu", precision="float32", members=3)).table
-    assert not [column for column in table.columns if "aleatoric" in column or "epistemic" in column]
+    result = run_prediction([cache], modules[:1], PredictOptions(device="cpu", precision="float32", members=3))
+    assert not [column for column in result.table.columns if "aleatoric" in column or "epistemic" in column]
+    assert result.module_members == {read_spec(modules[0]).name: (1, 1)}  # --members 3 runs its one network
+
+
+def test_members_to_run_caps_at_the_module(ensemble):
+    spec = read_spec(ensemble)
+    assert [members_to_run(spec, requested) for requested in (None, 1, 2, 3, 7)] == [3, 1, 2, 3, 3]
 
 
 # building from run folders ----------------------------------------------------------------------
@@ -307,3 +315,21 @@ def test_training_and_modules_share_one_de_standardisation():
     module_mean, module_sd = postprocess(raw, spec)
     assert np.array_equal(run_mean, module_mean, equal_nan=True) and np.array_equal(run_sd, module_sd, equal_nan=True)
     assert np.isnan(module_mean[:, 1]).all()
+
+
+def test_a_cluster_inference_task_runs_the_first_k_members(ensemble, images, tmp_path):
+    from mimir.inference.batching import CachedExam
+    from mimir.inference.cluster_prediction import InferenceJob, ModuleOnDisk, predict_batch
+
+    exams = []
+    for stem, image in zip(helpers.STEMS, images, strict=True):
+        np.save(tmp_path / f"{stem}.npy", image)
+        exams.append(CachedExam(stem, tmp_path / f"{stem}.npy"))
+    module = (ModuleOnDisk(ensemble.absolute(), module_digest(ensemble)),)
+    loaded = load_module(ensemble)
+    for requested, expected_members in ((2, 2), (7, 3)):
+        result = predict_batch(tuple(exams), InferenceJob(module, "cpu", "float32", requested))
+        (mixture,) = result.prediction.mixtures
+        expected = loaded.predict_mixture(images, members=expected_members)
+        np.testing.assert_allclose(mixture.mean, expected.mean, rtol=1e-4)
+        np.testing.assert_allclose(mixture.sd_epistemic, expected.sd_epistemic, atol=1e-3)  # folded batch norm

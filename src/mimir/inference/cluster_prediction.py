@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from mimir.devices import PRECISIONS, cudnn_autotune, is_device_name, precision_name, resolve_device, resolve_precision
 from mimir.imaging.cache import prepare_cache
 from mimir.imaging.compress import ExamOutcome, compress_exams
-from mimir.inference.modules import check_representation, module_digest, read_ood, verify_module
+from mimir.inference.modules import check_representation, members_to_run, module_digest, read_ood, verify_module
 from mimir.inference.predict import (
     BatchPrediction,
     PredictError,
@@ -133,7 +133,7 @@ def _runner(
             return *kept, False
         if module_digest(module.path) != module.digest:
             raise PredictError(f"{module.path} changed since the prediction started (its module.json differs); run it again")
-        count = None if members is None else min(members, read_spec(module.path).n_members)
+        count = members_to_run(read_spec(module.path), members)
         runner = ModuleRunner(load_module(module.path, device, members=count), resolve_precision(precision, device), members=count)
         description = read_ood(module.path, runner.spec)
         _kept[key] = (runner, description)
@@ -347,8 +347,7 @@ def predict_on_cluster(
         },
         excluded=prepared.excluded,
         module_members={
-            spec.name: (spec.n_members if options.members is None else min(options.members, spec.n_members), spec.n_members)
-            for spec in prepared.specs
+            spec.name: (members_to_run(spec, options.members), spec.n_members) for spec in prepared.specs
         },
         batch_workers=dict(tally.batches_by_worker),
         modules_loaded=tally.modules_loaded,

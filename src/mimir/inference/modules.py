@@ -904,6 +904,13 @@ class LoadedModule:
         return [np.concatenate(parts) if parts else empty for parts in outputs]
 
 
+def members_to_run(spec: ModuleSpec, requested: int | None) -> int:
+    """How many members a prediction runs: the first `requested`, or all of them when none was
+    asked for or the module has fewer (`--members` applies to every module of a run, and a
+    one-network module next to an ensemble runs its one network)."""
+    return spec.n_members if requested is None else min(requested, spec.n_members)
+
+
 def check_member_count(spec: ModuleSpec, members: int | None) -> int:
     """How many members to use: `members` (1..n_members) or all of them when None."""
     if members is None:

@@ -53,7 +53,7 @@ from mimir.imaging.dixon_series import SeriesPatterns
 from mimir.imaging.errors import ExamReadError
 from mimir.imaging.exclusions import ExclusionList, read_exclusion_list
 from mimir.inference.background_compression import BackgroundCompression, torch_threads
-from mimir.inference.modules import ModuleSpec, load_module, read_ood, read_spec
+from mimir.inference.modules import ModuleSpec, load_module, members_to_run, read_ood, read_spec
 from mimir.inference.postprocess import MemberMixture, combine_members
 from mimir.inference.runner import ModuleRunner, network_input
 from mimir.inference.table import ExamRow, build_table, check_column_naming, table_instance
@@ -302,7 +302,7 @@ def _predict_here(
     loading = time.perf_counter()
     runners = []
     for path, spec in zip(modules, specs, strict=True):
-        members = None if options.members is None else min(options.members, spec.n_members)
+        members = members_to_run(spec, options.members)
         runners.append(ModuleRunner(load_module(path, device, members=members), autocast_dtype, members=members))
     ood = [read_ood(path, runner.spec) for path, runner in zip(modules, runners, strict=True)]
     timings["load modules"] = time.perf_counter() - loading
