@@ -284,3 +284,17 @@ def test_resume_after_init_continues_without_reading_the_module_again(source_mod
     record = json.loads((tmp_path / "resumed" / "run.json").read_text())
     assert record["init"]["path"] == str(moved.resolve())
     assert [session["start_iteration"] for session in record["sessions"]] == [2]
+
+
+def test_recomputing_batch_norm_statistics_leaves_frozen_parts_alone():
+    torch.manual_seed(0)
+    network = build_network("resnet18", 1, input_pool=8)
+    trainer = Trainer(tiny_config(init="imagenet", freeze="stem"), network, torch.device("cpu"), None)
+    before = {key: tensor.clone() for key, tensor in network.state_dict().items()}
+    trainer.recompute_batch_norm(network, [(_image_batch(), None), (_image_batch(), None)])
+    after = network.state_dict()
+    assert torch.equal(after["bn1.running_mean"], before["bn1.running_mean"])
+    assert torch.equal(after["bn1.running_var"], before["bn1.running_var"])
+    assert not torch.equal(after["layer1.0.bn1.running_mean"], before["layer1.0.bn1.running_mean"])
+    assert int(after["layer1.0.bn1.num_batches_tracked"]) == 2
+    assert network.layer1[0].bn1.momentum == 0.1 and not network.training

@@ -207,3 +207,32 @@ def test_cli_exclude_leaves_listed_exams_out_of_training_and_counts_them(cohort,
     summary = json.loads(RunFolder(run).data_summary.read_text())
     assert summary["n_excluded_by_list"] == 2 and summary["n_images_in_cache"] == N_EXAMS
     assert summary["train"]["n_exams"] == N_EXAMS - 2
+
+
+def test_recomputed_batch_norm_statistics_are_those_of_the_final_weights_on_unshifted_training_images(cohort, tmp_path):
+    from mimir.imaging.cache import load_image
+
+    cache, targets = cohort
+    config = tiny_config(iterations=6, ema_decay=0.5, lr_milestones=[], max_shift=8)
+    train_ids, val_ids = _ids(range(13)), _ids(range(13, 16))
+    plain = train(config, cache, targets, "age", tmp_path / "plain", train_ids=train_ids, val_ids=val_ids, device="cpu")
+    result = train(config.replace(recompute_batch_norm=True), cache, targets, "age", tmp_path / "run",
+                   train_ids=train_ids, val_ids=val_ids, device="cpu")
+    saved, before = load_file(str(tmp_path / "run" / "weights.safetensors")), load_file(str(tmp_path / "plain" / "weights.safetensors"))
+    for key, tensor in saved.items():  # the same training; only the batch norms' statistics differ
+        assert torch.equal(tensor, before[key]) == (not key.endswith(("running_mean", "running_var", "num_batches_tracked"))), key
+    network = result.model.network
+    assert int(network.bn1.num_batches_tracked) == 3  # the batches averaged
+    assert network.bn1.momentum == 0.1 and not network.training
+    # bn1's input is conv1 of the pooled image: its statistics per batch of 4, the 13th exam left out
+    images = torch.from_numpy(np.stack([load_image(cache / f"{eid}_20201_{instance}_0.npy") for eid, instance in train_ids]))
+    with torch.no_grad():
+        stem = network.conv1(torch.nn.functional.avg_pool2d(images[:12].float(), config.input_pool))
+    batches = stem.reshape(3, 4, *stem.shape[1:])
+    means = batches.mean(dim=(1, 3, 4))
+    variances = batches.transpose(1, 2).flatten(2).var(dim=2, unbiased=True)
+    torch.testing.assert_close(network.bn1.running_mean, means.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(network.bn1.running_var, variances.mean(0), rtol=1e-4, atol=1e-4)
+    predictions = predict_images(tmp_path / "run", cache, exams=val_ids, device="cpu")
+    pd.testing.assert_frame_equal(predictions, result.val_predictions, atol=1e-4, rtol=1e-4)
+    assert not np.allclose(result.val_predictions["age"], plain.val_predictions["age"])

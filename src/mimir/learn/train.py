@@ -72,7 +72,6 @@ from mimir.network import (
     MeanVarianceResNet,
     build_network,
     denormals_flushed,
-    images_to_input,
     split_output,
 )
 from mimir.runs.config import TrainConfig
@@ -172,12 +171,6 @@ def _determinism(config: TrainConfig, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
 
 
-def _to_device_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 travels to the device (4x less than float32), then becomes the float input there."""
-    batch = images_to_input(images.to(device, non_blocking=True))
-    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
-
-
 # data ---------------------------------------------------------------------------------------------
 @dataclass
 class _Data:
@@ -244,15 +237,25 @@ def _prepare_data(
 
 
 def _exam_loader(
-    paths: Sequence[Path], targets: np.ndarray, batch_size: int, workers: int, device: torch.device
+    paths: Sequence[Path], targets: np.ndarray, batch_size: int, workers: int, device: torch.device,
+    *, drop_last: bool = False,
 ) -> DataLoader:
     return DataLoader(
         ExamImages(paths, targets),
         batch_size=batch_size,
         shuffle=False,
+        drop_last=drop_last,
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
+
+
+def _statistics_loader(config: TrainConfig, exams: ExamSet, device: torch.device) -> DataLoader:
+    """The training images unshifted, in batches of the training batch size; a last, smaller batch
+    is left out when there is a full one (the cumulative average weighs every batch alike)."""
+    no_targets = np.zeros((len(exams), 0), np.float32)
+    return _exam_loader(list(exams.table["path"]), no_targets, config.batch_size, config.workers, device,
+                        drop_last=len(exams) > config.batch_size)
 
 
 # prediction ---------------------------------------------------------------------------------------
@@ -472,6 +475,11 @@ def train(
         loop_seconds = time.perf_counter() - loop_started
         if trainer.average is not None:
             network.load_state_dict(trainer.average.shadow)
+        if config.recompute_batch_norm:
+            recomputing = time.perf_counter()
+            trainer.recompute_batch_norm(network, _statistics_loader(config, data.train, resolved))
+            logger.info("batch-norm statistics recomputed over %d training exams in %.1f s", len(data.train),
+                        time.perf_counter() - recomputing)
 
     save_weights(network, run.weights, {"architecture": config.architecture, "module": definition.name})
     val_predictions = None
@@ -548,6 +556,34 @@ class Trainer:
         loss = gaussian_nll(mean, log_var, targets, self.config.nll_beta)
         self.step(loss, network, learning_rate)
         return loss.detach()
+
+    @torch.no_grad()
+    def recompute_batch_norm(self, network: torch.nn.Module, loader: DataLoader) -> None:
+        """Replace the running statistics of the trainable batch norms by their exact average over
+        `loader`'s images, run through the final weights as in training (batch statistics,
+        training precision); frozen parts keep and normalise with theirs.
+
+        What torch.optim.swa_utils.update_bn does for every batch norm of a network; written here
+        because it would also reset, and normalise with batch statistics in, the frozen parts.
+        """
+        frozen = {id(module) for part in self.frozen for module in part.modules()}
+        norms = [
+            module for module in network.modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and id(module) not in frozen
+        ]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the batches
+        self.set_train_mode(network)
+        try:
+            with _autocast(self.device, self.autocast_dtype):
+                for images, _ in loader:
+                    network(network_input(images, self.device, channels_last=self.config.channels_last))
+        finally:
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
+            network.eval()
 
     def step(self, loss: torch.Tensor, network: torch.nn.Module, learning_rate: float) -> None:
         self.set_learning_rate(learning_rate)
@@ -659,7 +695,7 @@ def _run_iterations(
     iteration = start
     for images, targets in _training_loader(config, data, start, device):
         learning_rate = config.learning_rate_at(iteration)
-        batch = _to_device_input(images, device, config.channels_last)
+        batch = network_input(images, device, channels_last=config.channels_last)
         loss = trainer.train_step(network, batch, targets.to(device, non_blocking=True), learning_rate)
         meter.add(loss)
         iteration += 1

@@ -65,6 +65,10 @@ class TrainConfig:
     backbone_lr_factor: float = 1.0
     # > 0: validate, predict and save an exponential moving average of the weights (0 = the paper)
     ema_decay: float = 0.0
+    # after the last iteration, recompute the batch-norm statistics of the final (averaged) weights
+    # over the training images as prediction sees them, unshifted (false = the paper: the running
+    # statistics collected during training, of shifted images and of weights that kept moving)
+    recompute_batch_norm: bool = False
     # augmentation
     max_shift: int = 16  # random integer translation in pixels along both axes, zero fill
     # share of training images translated; the rest are seen as prediction sees them (1.0: the paper)
