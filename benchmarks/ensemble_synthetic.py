@@ -53,7 +53,7 @@ def build_cohort(out: Path, name: str, n: int, chunk: int, seed: int, workers: i
     return truth[["eid", "instance", *TARGETS]]
 
 
-def benchmark_config(iterations: int, input_pool: int, batch_size: int, **changes: float | None):
+def benchmark_config(iterations: int, input_pool: int, batch_size: int, **changes: float | bool | None):
     """The shipped cpu-small configuration, shortened for a 2-core machine; `changes` replace
     more of its values (those given as None are left as the configuration has them)."""
     from mimir.runs.config import TrainConfig
@@ -113,6 +113,10 @@ def main() -> None:
     parser.add_argument("--nll-beta", type=float, help="beta of the beta-NLL loss (the configuration's, 0 as in the paper: plain NLL)")
     parser.add_argument("--ema-decay", type=float, help="weight averaging (the configuration's; 0: none, as in the paper)")
     parser.add_argument(
+        "--recompute-batch-norm", action=argparse.BooleanOptionalAction,
+        help="batch-norm statistics recomputed after training on the unshifted training images (the configuration's)",
+    )
+    parser.add_argument(
         "--fold", type=int, action="append",
         help="train only this fold (repeatable) and stop: folds can run as parallel processes on one folder "
         "(start one first, so that it writes the splits); a run without --fold merges and compares",
@@ -144,6 +148,7 @@ def main() -> None:
     config = benchmark_config(
         args.iterations, args.input_pool, args.batch_size,
         shift_probability=args.shift_probability, nll_beta=args.nll_beta, ema_decay=args.ema_decay,
+        recompute_batch_norm=args.recompute_batch_norm,
     ).replace(modules={MODULE: TARGETS})
     training_started = time.perf_counter()
     module = args.out / "ensemble_module"
