@@ -265,11 +265,7 @@ def predict_on_cluster(
         prepare_cache(cache)  # a read-only cache fails now, not once per exam on the workers
     timings: dict[str, float] = {}
     checking = time.perf_counter()
-    modules = []
-    for path, spec in zip(prepared.modules, prepared.specs, strict=True):
-        verify_module(path)  # checksums and shapes here, before any exam: the workers load them
-        check_representation(spec, path)
-        modules.append(ModuleOnDisk(path.absolute(), module_digest(path)))
+    modules = _checked_modules(prepared)
     timings["check modules"] = time.perf_counter() - checking
     job = InferenceJob(tuple(modules), options.device, options.precision, options.members)
     resources = inference_resources(options)
@@ -346,12 +342,21 @@ def predict_on_cluster(
             spec.name: _module_precision(seen, options.precision) for spec, seen in zip(prepared.specs, tally.module_precisions, strict=True)
         },
         excluded=prepared.excluded,
-        module_members={
-            spec.name: (members_to_run(spec, options.members), spec.n_members) for spec in prepared.specs
-        },
+        module_members={spec.name: (members_to_run(spec, options.members), spec.n_members) for spec in prepared.specs},
         batch_workers=dict(tally.batches_by_worker),
         modules_loaded=tally.modules_loaded,
     )
+
+
+def _checked_modules(prepared: PreparedPrediction) -> list[ModuleOnDisk]:
+    """Every module verified here (checksums, shapes, representation) before any exam, since the
+    workers load them; each named by its absolute path and the digest a worker checks again."""
+    modules = []
+    for path, spec in zip(prepared.modules, prepared.specs, strict=True):
+        verify_module(path)
+        check_representation(spec, path)
+        modules.append(ModuleOnDisk(path.absolute(), module_digest(path)))
+    return modules
 
 
 def _record_batch(outcome: Outcome[tuple[CachedExam, ...], WorkerBatch], predictor: _BatchPredictor, tally: _Tally) -> None:
