@@ -473,21 +473,12 @@ def train(
         loop_started = time.perf_counter()
         _run_iterations(config, data, model, trainer, resolved, run, start, history, progress)
         loop_seconds = time.perf_counter() - loop_started
-        if trainer.average is not None:
-            network.load_state_dict(trainer.average.shadow)
-        if config.recompute_batch_norm:
-            recomputing = time.perf_counter()
-            trainer.recompute_batch_norm(network, _statistics_loader(config, data.train, resolved))
-            logger.info("batch-norm statistics recomputed over %d training exams in %.1f s", len(data.train),
-                        time.perf_counter() - recomputing)
+        _final_weights(config, trainer, network, data.train, resolved)
 
     save_weights(network, run.weights, {"architecture": config.architecture, "module": definition.name})
     val_predictions = None
     if data.val is not None:
-        val_targets = data.standardization.apply(data.val.values())
-        loader = _exam_loader(list(data.val.table["path"]), val_targets, config.eval_batch_size, config.workers, resolved)
-        mean, log_var = _standardised_outputs(model, loader, resolved)
-        val_predictions = _predictions_table(data.val.table, model, mean, log_var)
+        val_predictions = _validation_predictions(model, data.val, resolved)
         atomic_write_text(run.val_predictions, val_predictions.to_csv(index=False))
     seconds = time.perf_counter() - started
     iterations_run = config.iterations - start
@@ -496,6 +487,28 @@ def train(
     return TrainResult(
         out, model, config.iterations, pd.DataFrame(history, columns=HISTORY_COLUMNS), val_predictions, seconds, data.excluded
     )
+
+
+def _final_weights(config: TrainConfig, trainer: Trainer, network: torch.nn.Module, train_exams: ExamSet,
+                   device: torch.device) -> None:
+    """Into `network`, the weights a run saves and validates with: their average when there is
+    one, with batch-norm statistics recomputed when the configuration asks for it."""
+    if trainer.average is not None:
+        network.load_state_dict(trainer.average.shadow)
+    if config.recompute_batch_norm:
+        started = time.perf_counter()
+        trainer.recompute_batch_norm(network, _statistics_loader(config, train_exams, device))
+        logger.info("batch-norm statistics recomputed over %d training exams in %.1f s", len(train_exams),
+                    time.perf_counter() - started)
+
+
+def _validation_predictions(model: TrainedModel, val: ExamSet, device: torch.device) -> pd.DataFrame:
+    """The final network's predictions of the validation exams, in catalog units."""
+    config = model.config
+    val_targets = model.standardization.apply(val.values())
+    loader = _exam_loader(list(val.table["path"]), val_targets, config.eval_batch_size, config.workers, device)
+    mean, log_var = _standardised_outputs(model, loader, device)
+    return _predictions_table(val.table, model, mean, log_var)
 
 
 class Trainer:
