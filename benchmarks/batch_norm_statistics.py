@@ -17,8 +17,9 @@ statistics:
 
     python benchmarks/batch_norm_statistics.py --out /tmp/shift_p100
 
-Writes OUT/batch_norm_statistics.csv (variant, model, cohort, per target bias and MAE in catalog
-units) and prints the ensemble's and each member's figures.
+Writes OUT/batch_norm_statistics_NAME.csv (variant, model, cohort, per target bias and MAE in
+catalog units; NAME the held-out cohort, --held-out) and prints the ensemble's and each
+member's figures.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="a finished ensemble_synthetic.py --members-from seeds folder")
     parser.add_argument("--passes", type=int, default=4, help="translated copies of each training image for 'recomputed, shifted'")
+    parser.add_argument("--held-out", default="test",
+                        help="the held-out cohort: OUT/NAME/cache and OUT/NAME_targets.csv (default: the benchmark's own)")
     args = parser.parse_args()
 
     from mimir.network import build_network
@@ -95,7 +98,7 @@ def main() -> None:
     from mimir.runs.standardization import read_standardization, to_units
     from safetensors.torch import load_file
 
-    cohorts = {"held out": cohort_images(args.out, "test"), "training": cohort_images(args.out, "train")}
+    cohorts = {"held out": cohort_images(args.out, args.held_out), "training": cohort_images(args.out, "train")}
     train_images = cohorts["training"][0]
     values: dict[tuple[str, str], list[np.ndarray]] = {}
     for run in sorted((args.out / "seeds").glob("seed_*")):
@@ -131,7 +134,7 @@ def main() -> None:
                          **{f"{target}_bias": float(np.nanmean(error[:, i])) for i, target in enumerate(TARGETS)},
                          **{f"{target}_mae": float(np.nanmean(np.abs(error[:, i]))) for i, target in enumerate(TARGETS)}})
     table = pd.DataFrame(rows)
-    table.to_csv(args.out / "batch_norm_statistics.csv", index=False)
+    table.to_csv(args.out / f"batch_norm_statistics_{args.held_out}.csv", index=False)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.precision", 3):
         print(table[table["cohort"] == "held out"].set_index(["variant", "model"]).drop(columns="cohort"))
 
