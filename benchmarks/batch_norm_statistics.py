@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from ensemble_synthetic import TARGETS, cached_cohort
 
-TARGETS = ["AtlasVatVolume", "AtlasAsatVolume", "liverVolume", "AtlasTotalThighMuscleVolume", "weight", "height"]
 BATCH = 32
 
 
@@ -41,9 +41,7 @@ def cohort_images(out: Path, name: str) -> tuple[torch.Tensor, np.ndarray]:
     """A cohort's cached images (cache order) and its reference values in TARGETS order."""
     from mimir.imaging.cache import load_image
 
-    paths = sorted((out / name / "cache").glob("*.npy"))
-    keys = pd.DataFrame({"eid": [int(p.stem.split("_")[0]) for p in paths], "instance": [int(p.stem.split("_")[2]) for p in paths]})
-    truth = keys.merge(pd.read_csv(out / f"{name}_targets.csv"), on=["eid", "instance"], how="left")
+    paths, _, truth = cached_cohort(out / name / "cache", pd.read_csv(out / f"{name}_targets.csv"))
     return torch.from_numpy(np.stack([load_image(path) for path in paths])), truth[TARGETS].to_numpy(np.float64)
 
 
