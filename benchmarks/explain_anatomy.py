@@ -119,20 +119,26 @@ def projected_masks(labels: np.ndarray, region: np.ndarray) -> dict[str, np.ndar
     return masks
 
 
+def exclusive_regions(masks: dict[str, np.ndarray], target: str) -> dict[str, np.ndarray]:
+    """The organ, then each body segment (SEGMENTS) without the pixels named before it, the rest
+    of the body and outside it: every pixel in exactly one."""
+    taken = masks[target].copy()
+    regions = {"organ": taken.copy()}
+    for name in [*(f"segment {segment}" for segment in SEGMENTS), "body"]:
+        own = masks[name] & ~taken
+        regions[name.removeprefix("segment ") if name != "body" else "rest of body"] = own
+        taken |= own
+    regions["outside body"] = ~taken
+    return regions
+
+
 def saliency_by_segment(saliency_map: np.ndarray, masks: dict[str, np.ndarray], target: str) -> dict[str, float]:
     """Shares of the map's saliency on the organ, then on each body segment (SEGMENTS, pixels not
     counted before), the rest of the body and outside it: they add up to 1. The body mask as the
     map gives each segment's share of the body's area."""
     from mimir.explain.sanity import mask_share
 
-    taken = masks[target].copy()
-    shares = {"organ": mask_share(saliency_map, taken)}
-    for name in [*(f"segment {segment}" for segment in SEGMENTS), "body"]:
-        own = masks[name] & ~taken
-        shares[name.removeprefix("segment ") if name != "body" else "rest of body"] = mask_share(saliency_map, own)
-        taken |= own
-    shares["outside body"] = mask_share(saliency_map, ~taken)
-    return shares
+    return {name: mask_share(saliency_map, region) for name, region in exclusive_regions(masks, target).items()}
 
 
 #: Rows of the 256-row image above the organ's top that count as "just above it": one Grad-CAM cell
@@ -205,8 +211,8 @@ def randomisation_cascade(module: Path, images: np.ndarray, bodies: list[np.ndar
             random_maps = saliency(randomised(network, depth), 0, network_input, method, layer=layer).numpy()
             rows.append({
                 "method": method_label(method, layer), "randomised": "+".join(CASCADE[:depth]),
-                "rho_body": float(np.mean([rank_correlation(a[m], b[m]) for a, b, m in zip(trained, random_maps, bodies)])),
-                "rho_image": float(np.mean([rank_correlation(a, b) for a, b in zip(trained, random_maps)])),
+                "rho_body": float(np.mean([rank_correlation(a[m], b[m]) for a, b, m in zip(trained, random_maps, bodies, strict=True)])),
+                "rho_image": float(np.mean([rank_correlation(a, b) for a, b in zip(trained, random_maps, strict=True)])),
             })
     return rows
 
@@ -258,7 +264,7 @@ def main() -> None:
 
     started = time.perf_counter()
     masks = {stem: projected_masks(*anatomy_on_fused_grid(args.out / "cohort" / f"{stem}.zip", args.seed, eid, args.thigh_muscle_sd))
-             for stem, eid in zip(stems, held_out)}
+             for stem, eid in zip(stems, held_out, strict=True)}
     images = {stem: load_image(image_path(cache, stem)) for stem in stems}
     geometry_dice = [dice(masks[stem]["body"], image_body_mask(images[stem])) for stem in stems]
     timings["label projection"] = time.perf_counter() - started

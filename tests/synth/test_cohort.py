@@ -123,6 +123,28 @@ def test_thigh_muscle_factor_has_its_own_stream_and_a_standard_cohort_records_no
         CohortConfig(n=2, thigh_muscle_sd=-0.1)
 
 
+def test_a_twin_with_its_thigh_muscle_scaled_differs_from_its_subject_only_in_the_thighs(tmp_path):
+    from mimir.synth.cohort import SubjectJob, generate_subject, subject_anatomy
+
+    eid = draw_eids(1, seed=7)[0]
+    results = {
+        scale: generate_subject(SubjectJob(eid, 7, 2, tmp_path / str(scale), (), False, False, 0.15, thigh_muscle_scale=scale))
+        for scale in (1.0, 1.1)
+    }
+    subject, twin = results[1.0], results[1.1]
+    assert twin.parameters["thigh_muscle"] == pytest.approx(subject.parameters["thigh_muscle"] * 1.1)
+    assert {**twin.parameters, "thigh_muscle": 0} == {**subject.parameters, "thigh_muscle": 0}
+    # the muscle radius grows by 10 %, so its cross-section by about 21 %
+    ratio = twin.truth["AtlasTotalThighMuscleVolume"] / subject.truth["AtlasTotalThighMuscleVolume"]
+    assert 1.15 < ratio < 1.25
+    for name in ("liverVolume", "AtlasVatVolume", "height"):
+        assert twin.truth[name] == subject.truth[name]
+    # the abdominal fat's lower edge meets the top of the thighs, which widen a little
+    assert twin.truth["AtlasAsatVolume"] == pytest.approx(subject.truth["AtlasAsatVolume"], rel=0.01)
+    params, _, _ = subject_anatomy(7, eid, thigh_muscle_sd=0.15, thigh_muscle_scale=1.1)
+    assert params.thigh_muscle == twin.parameters["thigh_muscle"]
+
+
 def test_mimir_synth_thigh_muscle_sd_reaches_the_subjects_and_is_recorded(tmp_path, capsys):
     import json
 

@@ -93,6 +93,9 @@ class SubjectJob:
     preview: bool
     on_grid: bool
     thigh_muscle_sd: float = 0.0
+    #: Multiplies the subject's thigh muscle factor and changes nothing else (every draw the same):
+    #: the subject's counterfactual twin, to see where a change of thigh muscle shows in the image.
+    thigh_muscle_scale: float = 1.0
 
     @property
     def zip_name(self) -> str:
@@ -167,7 +170,7 @@ def _draw_anatomy(
 
 
 def subject_anatomy(
-    seed: int, eid: int, *, on_grid: bool = False, thigh_muscle_sd: float = 0.0
+    seed: int, eid: int, *, on_grid: bool = False, thigh_muscle_sd: float = 0.0, thigh_muscle_scale: float = 1.0
 ) -> tuple[SubjectParams, ExamPlan, Anatomy]:
     """The parameters, exam plan and label volume of subject `eid` of a cohort made with `seed`.
 
@@ -175,14 +178,15 @@ def subject_anatomy(
     lie exactly where that subject's zip shows them: slice j of `anatomy.labels` is at
     z = plan.grid_z_top_mm - 3 j mm. Used to score saliency maps against the true anatomy.
     """
-    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid, thigh_muscle_factor(seed, eid, thigh_muscle_sd))
+    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid, thigh_muscle_factor(seed, eid, thigh_muscle_sd) * thigh_muscle_scale)
 
 
 def generate_subject(job: SubjectJob) -> SubjectResult:
     """Anatomy -> signal -> zip (+ ground truth and preview) for one participant."""
     started = time.perf_counter()
     rng = subject_rng(job.seed, job.eid)
-    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid, thigh_muscle_factor(job.seed, job.eid, job.thigh_muscle_sd))
+    thigh_muscle = thigh_muscle_factor(job.seed, job.eid, job.thigh_muscle_sd) * job.thigh_muscle_scale
+    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid, thigh_muscle)
     water, fat = render_signal(anatomy, params, rng)
     truth = measure(anatomy, params, rng)
     records = write_exam_zip(

@@ -1,0 +1,258 @@
+"""Where does a change of thigh muscle show in the image, and where does a trained module read it?
+
+The anatomy benchmark (explain_anatomy.py) asks saliency maps to put at least twice the thigh
+muscle's area share of their weight on the thigh muscle. This benchmark measures what a map
+faithful to the image and to the module could put there. For held-out subjects of a synthetic
+cohort (the anatomy benchmark's: same seed and thigh muscle sd, its first --held-out eids), each
+subject's counterfactual twin is generated: its thigh muscle radius factor scaled by 1 + --delta,
+every other draw the same (`SubjectJob.thigh_muscle_scale`). Then
+
+1. the image: |twin - subject| per channel and view (coronal left, sagittal right), its share
+   inside the projected thigh muscle mask against the mask's share of the body area (the ratio
+   a map proportional to the change would score), and the body segments the rest falls on; and
+   two reasons a change inside the thighs shows outside them: the fat-fraction channel's slices
+   lie through the body's centre (`slice_positions`), which larger thighs move, and each view of
+   the water and fat channels is min-max scaled, so a view whose maximum lies in the thighs
+   changes brightness everywhere;
+2. with --module (the anatomy benchmark's trained module), the module's response: the predicted
+   target for the twin minus the subject's, and the same for hybrid images, the subject's image
+   with the twin's pixels in one region only (thigh muscle, the rest of the legs, the trunk, the
+   rest; exclusive, as explain_anatomy.exclusive_regions) or in one channel or one view only.
+   Each response as a share of the whole (hybrids need not add up: the network is not linear);
+   and an additive split of the same response: integrated gradients along the straight path from
+   the subject's image to the twin's (Captum's, the twin's image as input and the subject's as
+   baseline), whose signed attributions add up to the change of the target's standardised mean
+   (completeness), summed per region and per channel.
+
+    python benchmarks/explain_counterfactual.py --n 200 --held-out 40 --thigh-muscle-sd 0.3 \\
+        --module /tmp/ea_sd03/modules/AtlasTotalThighMuscleVolume --out /tmp/ea_counterfactual
+
+The twins' zips are deleted once their images and masks are saved (out/pairs/EID.npz), so a rerun
+reuses them; results.json and markdown tables are written to --out and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from explain_anatomy import anatomy_on_fused_grid, exclusive_regions, markdown, projected_masks
+
+TARGET = "AtlasTotalThighMuscleVolume"
+CHANNELS = ("water", "fat", "fat fraction")
+VIEWS = {"coronal": slice(0, 128), "sagittal": slice(128, 256)}
+
+
+def subject_image(zip_path: Path) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """The exam's (3, 256, 256) image, the fat-fraction slices' (row, column), and the maxima of
+    the water and fat views' sums (coronal, sagittal), which set their min-max scaling."""
+    from mimir.imaging.compress import discover_inputs
+    from mimir.imaging.fusion import fuse_stations
+    from mimir.imaging.projection import body_mask, build_representation, crop_bed, slice_positions
+    from mimir.imaging.read import read_exam
+
+    volume = fuse_stations(read_exam(discover_inputs([zip_path])[0]).stations)
+    water, fat = crop_bed(volume.water), crop_bed(volume.fat)
+    maxima = np.array([[channel.sum(axis=axis, dtype=np.float64).max() for axis in (1, 2)] for channel in (water, fat)])
+    positions = slice_positions(crop_bed(body_mask(volume.water, volume.fat)))
+    return build_representation(volume), (int(positions[0]), int(positions[1])), maxima
+
+
+def make_pair(out: Path, seed: int, eid: int, thigh_muscle_sd: float, delta: float) -> Path:
+    """The subject and its twin: images, fat-fraction slice positions, view maxima, the subject's
+    projected masks (out/pairs/EID.npz); the zips are deleted."""
+    from mimir.synth.cohort import SubjectJob, generate_subject
+
+    saved = out / "pairs" / f"{eid}.npz"
+    if saved.is_file():
+        return saved
+    arrays: dict[str, np.ndarray] = {}
+    for name, scale in (("subject", 1.0), ("twin", 1.0 + delta)):
+        folder = out / "zips" / name
+        result = generate_subject(SubjectJob(eid, seed, 2, folder, (), False, False, thigh_muscle_sd, thigh_muscle_scale=scale))
+        zip_path = folder / result.zip_name
+        image, positions, maxima = subject_image(zip_path)
+        arrays |= {f"{name}_image": image, f"{name}_slices": np.array(positions), f"{name}_maxima": maxima,
+                   f"{name}_volume": np.array(result.truth[TARGET])}
+        if name == "subject":
+            masks = projected_masks(*anatomy_on_fused_grid(zip_path, seed, eid, thigh_muscle_sd))
+            arrays |= {f"mask {key}": value for key, value in masks.items()}
+        zip_path.unlink()
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    partial = saved.with_suffix(".partial.npz")
+    np.savez_compressed(partial, **arrays)
+    partial.replace(saved)
+    return saved
+
+
+def load_pair(path: Path) -> dict:
+    with np.load(path) as data:
+        pair = {key: data[key] for key in data.files}
+    pair["masks"] = {key.removeprefix("mask "): pair.pop(key) for key in list(pair) if key.startswith("mask ")}
+    return pair
+
+
+def image_change(pair: dict) -> dict[str, float]:
+    """Where |twin - subject| lies: shares inside the thigh muscle, per channel and view, against
+    its area; segment shares; whether the slices moved and the views' scaling changed."""
+    from mimir.explain.sanity import mask_share
+
+    change = np.abs(pair["twin_image"].astype(np.float64) - pair["subject_image"].astype(np.float64))
+    masks = pair["masks"]
+    organ, body = masks[TARGET], masks["body"]
+    area = organ.sum() / body.sum()
+    row = {"area share": area, "all channels": mask_share(change.sum(axis=0), organ) / area}
+    for index, channel in enumerate(CHANNELS):
+        row[channel] = mask_share(change[index], organ) / area
+        for view, columns in VIEWS.items():
+            view_area = organ[:, columns].sum() / body[:, columns].sum()
+            row[f"{channel}, {view}"] = mask_share(change[index][:, columns], organ[:, columns]) / view_area
+    for name, region in exclusive_regions(masks, TARGET).items():
+        row[f"change on {name}"] = mask_share(change.sum(axis=0), region)
+    row["fat-fraction slices moved (rows, columns)"] = tuple(int(v) for v in pair["twin_slices"] - pair["subject_slices"])
+    relative = pair["twin_maxima"] / pair["subject_maxima"] - 1.0
+    for channel_index, channel in enumerate(CHANNELS[:2]):
+        for view_index, view in enumerate(VIEWS):
+            row[f"{channel} {view} maximum change"] = float(relative[channel_index, view_index])
+    row["volume change (L)"] = float(pair["twin_volume"] - pair["subject_volume"])
+    return row
+
+
+def hybrids(pair: dict) -> dict[str, np.ndarray]:
+    """The subject's image with the twin's pixels in one region, channel or view only."""
+    subject, twin = pair["subject_image"], pair["twin_image"]
+    images = {"subject": subject, "twin": twin}
+    for name, region in exclusive_regions(pair["masks"], TARGET).items():
+        images[f"region: {name}"] = np.where(region[None], twin, subject)
+    for index, channel in enumerate(CHANNELS):
+        image = subject.copy()
+        image[index] = twin[index]
+        images[f"channel: {channel}"] = image
+    for view, columns in VIEWS.items():
+        image = subject.copy()
+        image[:, :, columns] = twin[:, :, columns]
+        images[f"view: {view}"] = image
+    return images
+
+
+def module_response(module_path: Path, pairs: list[dict], device: str) -> pd.DataFrame:
+    """Per hybrid: the mean predicted change (L) and its share of the twin's, over the pairs."""
+    from mimir.inference.modules import load_module
+
+    module = load_module(module_path, device)
+    column = module.spec.target_names.index(TARGET)
+    responses: dict[str, list[float]] = {}
+    for pair in pairs:
+        images = hybrids(pair)
+        means, _ = module.predict_arrays(np.stack(list(images.values())))
+        for name, mean in zip(images, means[:, column], strict=True):
+            responses.setdefault(name, []).append(float(mean - means[0, column]))
+    total = float(np.mean(responses["twin"]))
+    return pd.DataFrame([
+        {"twin's pixels in": name, "predicted change (L)": float(np.mean(values)), "share of the twin's": float(np.mean(values)) / total,
+         "sd over pairs (L)": float(np.std(values))}
+        for name, values in responses.items() if name != "subject"
+    ])
+
+
+#: Integration steps of the subject-to-twin path (the completeness gap is printed; the images differ little).
+PATH_STEPS = 64
+
+
+def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.DataFrame:
+    """Integrated gradients from the subject's image to its twin's: the share of the change of the
+    target's standardised mean attributed to each region and channel (signed; they add up to 1
+    up to the integration error), averaged over the pairs as a ratio of means."""
+    import torch
+    from captum.attr import IntegratedGradients
+
+    from mimir.explain.maps import TargetMean
+    from mimir.forward import network_input
+    from mimir.inference.modules import load_module
+
+    module = load_module(module_path, device)
+    column = module.spec.target_names.index(TARGET)
+    explainer = IntegratedGradients(TargetMean(module.network, column))
+    sums: dict[str, list[float]] = {}
+    for pair in pairs:
+        subject, twin = (network_input(torch.as_tensor(pair[name][None]), device, channels_last=False)
+                         for name in ("subject_image", "twin_image"))
+        attributions, gap = explainer.attribute(twin, baselines=subject, n_steps=PATH_STEPS, return_convergence_delta=True)
+        per_pixel = attributions[0].detach().cpu().double().numpy()
+        with torch.no_grad():
+            change = float(TargetMean(module.network, column)(twin) - TargetMean(module.network, column)(subject))
+        rows = {"change of the standardised mean": change, "completeness gap": float(gap[0])}
+        rows |= {f"region: {name}": float(per_pixel.sum(axis=0)[region].sum())
+                 for name, region in exclusive_regions(pair["masks"], TARGET).items()}
+        rows |= {f"channel: {channel}": float(per_pixel[index].sum()) for index, channel in enumerate(CHANNELS)}
+        rows |= {f"view: {view}": float(per_pixel[:, :, columns].sum()) for view, columns in VIEWS.items()}
+        for name, value in rows.items():
+            sums.setdefault(name, []).append(value)
+    total = float(np.mean(sums["change of the standardised mean"]))
+    return pd.DataFrame([
+        {"attributed to": name, "mean": float(np.mean(values)),
+         "share of the change": float(np.mean(values)) / total if name.split(":")[0] in ("region", "channel", "view") else float("nan")}
+        for name, values in sums.items()
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="the anatomy benchmark's cohort size (its eids)")
+    parser.add_argument("--held-out", type=int, default=40, help="how many of its held-out subjects (the first eids in order)")
+    parser.add_argument("--seed", type=int, default=300)
+    parser.add_argument("--thigh-muscle-sd", type=float, default=0.3)
+    parser.add_argument("--delta", type=float, default=0.1, help="the twin's thigh muscle radius factor is (1 + delta) times the subject's")
+    parser.add_argument("--module", type=Path, help="a module trained for AtlasTotalThighMuscleVolume on the cohort's other subjects")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    from mimir.synth.cohort import draw_eids
+
+    started = time.perf_counter()
+    eids = sorted(draw_eids(args.n, args.seed))[: args.held_out]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        paths = list(pool.map(partial(make_pair, args.out, args.seed, thigh_muscle_sd=args.thigh_muscle_sd, delta=args.delta), eids))
+    pairs = [load_pair(path) for path in paths]
+    timings = {"twins": time.perf_counter() - started}
+
+    change = pd.DataFrame([image_change(pair) for pair in pairs])
+    numeric = change.drop(columns=["fat-fraction slices moved (rows, columns)"])
+    moved = np.array(change["fat-fraction slices moved (rows, columns)"].tolist())
+    summary = {
+        "n": args.n, "held_out": args.held_out, "seed": args.seed, "thigh_muscle_sd": args.thigh_muscle_sd, "delta": args.delta,
+        "image_change_mean": numeric.mean().to_dict(),
+        "image_change_median": numeric.median().to_dict(),
+        "slices_moved_share": {"rows": float((moved[:, 0] != 0).mean()), "columns": float((moved[:, 1] != 0).mean())},
+    }
+    print(f"{len(pairs)} pairs; where |twin - subject| lies (ratios: share inside the thigh muscle / its area share):")
+    print(markdown(pd.DataFrame({"measure": numeric.columns, "mean": numeric.mean().values, "median": numeric.median().values})))
+    print(f"fat-fraction slices moved: coronal slice (row) in {summary['slices_moved_share']['rows']:.0%} of pairs, "
+          f"sagittal (column) in {summary['slices_moved_share']['columns']:.0%}")
+    if args.module is not None:
+        started = time.perf_counter()
+        response = module_response(args.module, pairs, args.device)
+        timings["module"] = time.perf_counter() - started
+        summary["module"] = str(args.module)
+        summary["response"] = response.to_dict(orient="records")
+        print(markdown(response))
+        started = time.perf_counter()
+        attribution = path_attribution(args.module, pairs, args.device)
+        timings["path attribution"] = time.perf_counter() - started
+        summary["path_attribution"] = attribution.to_dict(orient="records")
+        print(markdown(attribution))
+    summary["timings_s"] = {key: round(value, 1) for key, value in timings.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
