@@ -24,8 +24,10 @@ every other draw the same (`SubjectJob.thigh_muscle_scale`). Then
    baseline), whose signed attributions add up to the change of the target's standardised mean
    (completeness), summed per region and per channel.
 
+    python benchmarks/explain_anatomy.py --n 200 --held-out 40 --iterations 1200 \\
+        --targets AtlasTotalThighMuscleVolume --thigh-muscle-sd 0.3 --out /tmp/ea_sd03
     python benchmarks/explain_counterfactual.py --n 200 --held-out 40 --thigh-muscle-sd 0.3 \\
-        --module /tmp/ea_sd03/modules/AtlasTotalThighMuscleVolume --out /tmp/ea_counterfactual
+        --cache /tmp/ea_sd03/cache --module /tmp/ea_sd03/modules/AtlasTotalThighMuscleVolume --out /tmp/ea_twins_sd03
 
 The twins' zips are deleted once their images and masks are saved (out/pairs/EID.npz), so a rerun
 reuses them; results.json and markdown tables are written to --out and printed.
@@ -187,7 +189,7 @@ def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.Da
         per_pixel = attributions[0].detach().cpu().double().numpy()
         with torch.no_grad():
             change = float(TargetMean(module.network, column)(twin) - TargetMean(module.network, column)(subject))
-        rows = {"change of the standardised mean": change, "completeness gap": float(gap[0])}
+        rows = {"change of the standardised mean": change, "completeness gap (absolute)": abs(float(gap[0]))}
         rows |= {f"region: {name}": float(per_pixel.sum(axis=0)[region].sum())
                  for name, region in exclusive_regions(pair["masks"], TARGET).items()}
         rows |= {f"channel: {channel}": float(per_pixel[index].sum()) for index, channel in enumerate(CHANNELS)}
@@ -210,6 +212,8 @@ def main() -> None:
     parser.add_argument("--thigh-muscle-sd", type=float, default=0.3)
     parser.add_argument("--delta", type=float, default=0.1, help="the twin's thigh muscle radius factor is (1 + delta) times the subject's")
     parser.add_argument("--module", type=Path, help="a module trained for AtlasTotalThighMuscleVolume on the cohort's other subjects")
+    parser.add_argument("--cache", type=Path, help="the anatomy benchmark's image cache (OUT/cache): checks that each "
+                        "subject's image is the one it explained")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
@@ -224,6 +228,15 @@ def main() -> None:
     pairs = [load_pair(path) for path in paths]
     timings = {"twins": time.perf_counter() - started}
 
+    if args.cache is not None:
+        from mimir.imaging.cache import image_path, load_image
+
+        same = sum(np.array_equal(pair["subject_image"], load_image(image_path(args.cache, f"{eid}_20201_2_0")))
+                   for eid, pair in zip(eids, pairs, strict=True))
+        summary_check = f"{same} of {len(pairs)} subject images identical to {args.cache}'s"
+        print(summary_check)
+        if same != len(pairs):
+            raise SystemExit(f"the twins' subjects are not the cohort's: {summary_check}")
     change = pd.DataFrame([image_change(pair) for pair in pairs])
     numeric = change.drop(columns=["fat-fraction slices moved (rows, columns)"])
     moved = np.array(change["fat-fraction slices moved (rows, columns)"].tolist())
