@@ -7,9 +7,11 @@ method through `mimir.explain.explain`, and scores each map against the true ana
 - inside share: the share of the map's saliency inside the organ's projected mask;
 - area share: the organ's share of the projected body area;
 - ratio = inside share / area share (1: no better than saliency spread evenly over the body);
-- for thigh muscle also the region ratio: the same with the thighs as a whole (the leg segments
+- for thigh muscle also the region ratio: the same with the legs as a whole (the leg segments
   in the field of view, muscle, fat and bone, plus the thigh muscles' own labels, whose top lies
-  in the trunk segment) in place of the muscle labels.
+  in the trunk segment) in place of the muscle labels; and the thighs ratio: the same with the
+  thighs (that region in the image rows of the thigh muscles, femoral heads to knees; the issue's
+  "inside the thighs").
 
 The organ masks come from the subject's label volume, drawn again from its seed
 (`mimir.synth.cohort.subject_anatomy`), sampled onto the fused grid of its zip (the fused
@@ -117,6 +119,18 @@ def projected_masks(labels: np.ndarray, region: np.ndarray) -> dict[str, np.ndar
     for name, names in SEGMENTS.items():
         masks[f"segment {name}"] = project_mask(body & np.isin(region, [Region[segment] for segment in names]))
     return masks
+
+
+def organ_level_region(masks: dict[str, np.ndarray], target: str) -> np.ndarray:
+    """The target's region (REGIONS) in the image rows of the organ only, with the organ: for thigh
+    muscle, the thighs from the femoral heads to the knees (muscle, fat and bone), without the
+    legs below the knees that the region also holds."""
+    organ = masks[target]
+    rows = np.flatnonzero(organ.any(axis=1))
+    level = np.zeros_like(organ)
+    if rows.size:
+        level[rows[0]: rows[-1] + 1] = True
+    return organ | (masks[f"{target} region"] & level)
 
 
 def exclusive_regions(masks: dict[str, np.ndarray], target: str) -> dict[str, np.ndarray]:
@@ -286,6 +300,7 @@ def main() -> None:
             timings[f"explain {target} {label}"] = time.perf_counter() - started
             accuracy[target] = held_out_accuracy(result.index, truth, target)
             inside, area, body_share, region_inside, region_area, by_segment, segment_area, near_trunk = ([] for _ in range(8))
+            thighs_inside, thighs_area = [], []
             for row in result.index.itertuples():
                 saliency_map = np.load(result.folder / row.map)
                 organ, body = masks[row.exam][target], masks[row.exam]["body"]
@@ -299,6 +314,9 @@ def main() -> None:
                     region = masks[row.exam][f"{target} region"]
                     region_inside.append(mask_share(saliency_map, region))
                     region_area.append(region.sum() / body.sum())
+                    thighs = organ_level_region(masks[row.exam], target)
+                    thighs_inside.append(mask_share(saliency_map, thighs))
+                    thighs_area.append(thighs.sum() / body.sum())
             results.append({
                 "target": target, "method": label, "exams": len(inside),
                 "inside_share": float(np.nanmean(inside)), "area_share": float(np.mean(area)),
@@ -315,6 +333,8 @@ def main() -> None:
                 results[-1].update({
                     "region_inside_share": float(np.nanmean(region_inside)), "region_area_share": float(np.mean(region_area)),
                     "region_ratio": float(np.nanmean(region_inside) / np.mean(region_area)),
+                    "thighs_inside_share": float(np.nanmean(thighs_inside)), "thighs_area_share": float(np.mean(thighs_area)),
+                    "thighs_ratio": float(np.nanmean(thighs_inside) / np.mean(thighs_area)),
                 })
         chosen = stems[: args.cascade_exams]
         started = time.perf_counter()

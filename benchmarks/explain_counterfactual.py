@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from explain_anatomy import anatomy_on_fused_grid, exclusive_regions, markdown, projected_masks
+from explain_anatomy import anatomy_on_fused_grid, exclusive_regions, markdown, organ_level_region, projected_masks
 
 TARGET = "AtlasTotalThighMuscleVolume"
 CHANNELS = ("water", "fat", "fat fraction")
@@ -117,6 +117,9 @@ def image_change(pair: dict) -> dict[str, float]:
             row[f"{channel}, {view}"] = mask_share(change[index][:, columns], organ[:, columns]) / view_area
     for name, region in exclusive_regions(masks, TARGET).items():
         row[f"change on {name}"] = mask_share(change.sum(axis=0), region)
+    thighs = organ_level_region(masks, TARGET)
+    row["thighs' area share"] = thighs.sum() / body.sum()
+    row["change on the thighs (muscle, fat, bone)"] = mask_share(change.sum(axis=0), thighs)
     row["fat-fraction slices moved (rows, columns)"] = tuple(int(v) for v in pair["twin_slices"] - pair["subject_slices"])
     relative = pair["twin_maxima"] / pair["subject_maxima"] - 1.0
     for channel_index, channel in enumerate(CHANNELS[:2]):
@@ -132,6 +135,7 @@ def hybrids(pair: dict) -> dict[str, np.ndarray]:
     images = {"subject": subject, "twin": twin}
     for name, region in exclusive_regions(pair["masks"], TARGET).items():
         images[f"region: {name}"] = np.where(region[None], twin, subject)
+    images["thighs (muscle, fat, bone)"] = np.where(organ_level_region(pair["masks"], TARGET)[None], twin, subject)
     for index, channel in enumerate(CHANNELS):
         image = subject.copy()
         image[index] = twin[index]
@@ -192,6 +196,7 @@ def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.Da
         rows = {"change of the standardised mean": change, "completeness gap (absolute)": abs(float(gap[0]))}
         rows |= {f"region: {name}": float(per_pixel.sum(axis=0)[region].sum())
                  for name, region in exclusive_regions(pair["masks"], TARGET).items()}
+        rows["thighs (muscle, fat, bone)"] = float(per_pixel.sum(axis=0)[organ_level_region(pair["masks"], TARGET)].sum())
         rows |= {f"channel: {channel}": float(per_pixel[index].sum()) for index, channel in enumerate(CHANNELS)}
         rows |= {f"view: {view}": float(per_pixel[:, :, columns].sum()) for view, columns in VIEWS.items()}
         for name, value in rows.items():
@@ -199,7 +204,8 @@ def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.Da
     total = float(np.mean(sums["change of the standardised mean"]))
     return pd.DataFrame([
         {"attributed to": name, "mean": float(np.mean(values)),
-         "share of the change": float(np.mean(values)) / total if name.split(":")[0] in ("region", "channel", "view") else float("nan")}
+         "share of the change": float("nan") if name in ("change of the standardised mean", "completeness gap (absolute)")
+         else float(np.mean(values)) / total}
         for name, values in sums.items()
     ])
 
