@@ -176,6 +176,44 @@ def trunk_just_above(saliency_map: np.ndarray, masks: dict[str, np.ndarray], tar
     return mask_share(saliency_map, near), float(near.sum() / masks["body"].sum())
 
 
+def anatomy_scores(maps: list[tuple[np.ndarray, dict[str, np.ndarray]]], target: str) -> dict[str, float]:
+    """Maps of held-out exams (each with its exam's projected masks) against the anatomy: mean
+    shares inside the organ and the body, the ratio to the organ's area share (mean over exams
+    of each, then their ratio) and its median per exam; where the rest lies (segments, the trunk
+    just above the organ); for thigh muscle the same ratio on the legs (region) and the thighs."""
+    from mimir.explain.sanity import mask_share
+
+    inside, area, body_share, by_segment, segment_area, near_trunk = ([] for _ in range(6))
+    regions: dict[str, tuple[list[float], list[float]]] = {"region": ([], []), "thighs": ([], [])}
+    for saliency_map, exam_masks in maps:
+        organ, body = exam_masks[target], exam_masks["body"]
+        inside.append(mask_share(saliency_map, organ))
+        body_share.append(mask_share(saliency_map, body))
+        area.append(organ.sum() / body.sum())
+        by_segment.append(saliency_by_segment(saliency_map, exam_masks, target))
+        segment_area.append(saliency_by_segment(body.astype(np.float64), exam_masks, target))
+        near_trunk.append(trunk_just_above(saliency_map, exam_masks, target))
+        if target in REGIONS:
+            for name, region in (("region", exam_masks[f"{target} region"]), ("thighs", organ_level_region(exam_masks, target))):
+                regions[name][0].append(mask_share(saliency_map, region))
+                regions[name][1].append(region.sum() / body.sum())
+    scores = {
+        "exams": len(inside), "inside_share": float(np.nanmean(inside)), "area_share": float(np.mean(area)),
+        "ratio": float(np.nanmean(inside) / np.mean(area)),
+        "ratio_per_exam_median": float(np.nanmedian(np.array(inside) / np.array(area))),
+        "body_share": float(np.nanmean(body_share)),
+        **{f"on {name}": value for name, value in pd.DataFrame(by_segment).mean().items() if name != "organ"},
+        **{f"area {name}": value for name, value in pd.DataFrame(segment_area).mean().items() if name not in ("organ", "outside body")},
+        f"on trunk {NEAR_ROWS} rows above": float(np.nanmean([share for share, _ in near_trunk])),
+        f"area trunk {NEAR_ROWS} rows above": float(np.nanmean([area for _, area in near_trunk])),
+    }
+    for name, (region_inside, region_area) in regions.items():
+        if region_inside:
+            scores |= {f"{name}_inside_share": float(np.nanmean(region_inside)), f"{name}_area_share": float(np.mean(region_area)),
+                       f"{name}_ratio": float(np.nanmean(region_inside) / np.mean(region_area))}
+    return scores
+
+
 def held_out_accuracy(index: pd.DataFrame, truth: pd.DataFrame, target: str) -> dict:
     """How good the explained module is: a map of a module that learnt nothing says nothing."""
     rows = index.dropna(subset=["mean"])
@@ -262,7 +300,6 @@ def main() -> None:
     from mimir.explain import ExplainOptions, explain
     from mimir.explain.aggregate import image_body_mask
     from mimir.explain.pipeline import method_label
-    from mimir.explain.sanity import mask_share
     from mimir.imaging.cache import image_path, load_image
 
     device = resolve_device(args.device)
@@ -299,43 +336,8 @@ def main() -> None:
                              ExplainOptions(method=method, layer=layer, device=device, aggregate=True))
             timings[f"explain {target} {label}"] = time.perf_counter() - started
             accuracy[target] = held_out_accuracy(result.index, truth, target)
-            inside, area, body_share, region_inside, region_area, by_segment, segment_area, near_trunk = ([] for _ in range(8))
-            thighs_inside, thighs_area = [], []
-            for row in result.index.itertuples():
-                saliency_map = np.load(result.folder / row.map)
-                organ, body = masks[row.exam][target], masks[row.exam]["body"]
-                inside.append(mask_share(saliency_map, organ))
-                body_share.append(mask_share(saliency_map, body))
-                area.append(organ.sum() / body.sum())
-                by_segment.append(saliency_by_segment(saliency_map, masks[row.exam], target))
-                segment_area.append(saliency_by_segment(body.astype(np.float64), masks[row.exam], target))
-                near_trunk.append(trunk_just_above(saliency_map, masks[row.exam], target))
-                if target in REGIONS:
-                    region = masks[row.exam][f"{target} region"]
-                    region_inside.append(mask_share(saliency_map, region))
-                    region_area.append(region.sum() / body.sum())
-                    thighs = organ_level_region(masks[row.exam], target)
-                    thighs_inside.append(mask_share(saliency_map, thighs))
-                    thighs_area.append(thighs.sum() / body.sum())
-            results.append({
-                "target": target, "method": label, "exams": len(inside),
-                "inside_share": float(np.nanmean(inside)), "area_share": float(np.mean(area)),
-                "ratio": float(np.nanmean(inside) / np.mean(area)),
-                "ratio_per_exam_median": float(np.nanmedian(np.array(inside) / np.array(area))),
-                "body_share": float(np.nanmean(body_share)),
-                **{f"on {name}": value for name, value in pd.DataFrame(by_segment).mean().items() if name != "organ"},
-                **{f"area {name}": value for name, value in pd.DataFrame(segment_area).mean().items()
-                   if name not in ("organ", "outside body")},
-                f"on trunk {NEAR_ROWS} rows above": float(np.nanmean([share for share, _ in near_trunk])),
-                f"area trunk {NEAR_ROWS} rows above": float(np.nanmean([area for _, area in near_trunk])),
-            })
-            if region_inside:
-                results[-1].update({
-                    "region_inside_share": float(np.nanmean(region_inside)), "region_area_share": float(np.mean(region_area)),
-                    "region_ratio": float(np.nanmean(region_inside) / np.mean(region_area)),
-                    "thighs_inside_share": float(np.nanmean(thighs_inside)), "thighs_area_share": float(np.mean(thighs_area)),
-                    "thighs_ratio": float(np.nanmean(thighs_inside) / np.mean(thighs_area)),
-                })
+            maps = [(np.load(result.folder / row.map), masks[row.exam]) for row in result.index.itertuples()]
+            results.append({"target": target, "method": label, **anatomy_scores(maps, target)})
         chosen = stems[: args.cascade_exams]
         started = time.perf_counter()
         cascade[target] = randomisation_cascade(

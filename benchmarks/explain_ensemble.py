@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from explain_anatomy import REGIONS, anatomy_on_fused_grid, projected_masks
+from explain_anatomy import anatomy_on_fused_grid, anatomy_scores, projected_masks
 from synthetic_cohorts import chunk_finished, generate_complete_cohort
 
 TARGETS = ("liverVolume", "AtlasTotalThighMuscleVolume")
@@ -30,26 +30,11 @@ HELD_OUT_SEED = 900  # ensemble_synthetic.py's held-out cohort; its first chunk 
 
 
 def anatomy_shares(result, masks: dict[str, dict[str, np.ndarray]], target: str) -> dict[str, float]:
-    """Mean saliency share inside the organ (and, for thigh muscle, the thighs) and their ratios to the area shares."""
-    from mimir.explain.sanity import mask_share
-
+    """explain_anatomy's scores of the maps of one target: organ (and, for thigh muscle, legs and thighs) ratios."""
     rows = result.index[result.index["target"] == target]
-    inside, area, region_inside, region_area = [], [], [], []
-    for row in rows.itertuples():
-        saliency = np.load(result.folder / row.map)
-        organ, body = masks[row.exam][target], masks[row.exam]["body"]
-        inside.append(mask_share(saliency, organ))
-        area.append(organ.sum() / body.sum())
-        if target in REGIONS:
-            region = masks[row.exam][f"{target} region"]
-            region_inside.append(mask_share(saliency, region))
-            region_area.append(region.sum() / body.sum())
-    shares = {"exams": len(inside), "inside": float(np.nanmean(inside)), "area": float(np.mean(area)),
-              "ratio": float(np.nanmean(inside) / np.mean(area)),
-              "median ratio": float(np.nanmedian(np.array(inside) / np.array(area)))}
-    if region_inside:
-        shares["region ratio"] = float(np.nanmean(region_inside) / np.mean(region_area))
-    return shares
+    scores = anatomy_scores([(np.load(result.folder / row.map), masks[row.exam]) for row in rows.itertuples()], target)
+    return {key: scores[key] for key in ("exams", "inside_share", "area_share", "ratio", "ratio_per_exam_median",
+                                         "region_ratio", "thighs_ratio") if key in scores}
 
 
 def main() -> None:

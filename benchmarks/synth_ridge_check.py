@@ -69,7 +69,7 @@ def station_gain(shape: tuple[int, int, int], rng: np.random.Generator) -> np.nd
     edges = np.linspace(0, n, 7).astype(int)
     x = np.linspace(-1.0, 1.0, columns, dtype=np.float32)[None, :]
     y = np.linspace(-1.0, 1.0, rows, dtype=np.float32)[:, None]
-    for start, stop in zip(edges[:-1], edges[1:]):
+    for start, stop in zip(edges[:-1], edges[1:], strict=True):
         cx, cy, cxx, cyy, cxy = np.clip(rng.normal(0.0, 0.08, 5), -0.2, 0.2)
         plane = np.exp(cx * x + cy * y + cxx * x * x + cyy * y * y + cxy * x * y)
         field[start:stop] = rng.uniform(0.8, 1.25) * plane[None]
