@@ -23,6 +23,12 @@ every other draw the same (`SubjectJob.thigh_muscle_scale`). Then
    the subject's image to the twin's (Captum's, the twin's image as input and the subject's as
    baseline), whose signed attributions add up to the change of the target's standardised mean
    (completeness), summed per region and per channel.
+3. with --other-attributions (and --cache), attributions that `mimir explain` does not offer,
+   scored against the anatomy as explain_anatomy scores its maps, to tell whether the maps'
+   weight on the trunk belongs to one method: integrated gradients from a blurred copy of the
+   image (Gaussian, sd 8 pixels), Captum's Occlusion (32-pixel patches, stride 16, zero
+   baseline), and expected gradients (integrated gradients from 16 training images of the cache,
+   averaged).
 
     python benchmarks/explain_anatomy.py --n 200 --held-out 40 --iterations 1200 \\
         --targets AtlasTotalThighMuscleVolume --thigh-muscle-sd 0.3 --out /tmp/ea_sd03
@@ -44,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from explain_anatomy import anatomy_on_fused_grid, exclusive_regions, markdown, organ_level_region, projected_masks
+from explain_anatomy import anatomy_on_fused_grid, anatomy_scores, exclusive_regions, markdown, organ_level_region, projected_masks
 
 TARGET = "AtlasTotalThighMuscleVolume"
 CHANNELS = ("water", "fat", "fat fraction")
@@ -210,6 +216,43 @@ def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.Da
     ])
 
 
+def other_attributions(module_path: Path, pairs: list[dict], cache: Path, held_out: set[int], device: str) -> pd.DataFrame:
+    """Maps of the subjects' predicted target by attributions outside `mimir explain`, scored by
+    explain_anatomy.anatomy_scores (|.| summed over the channels, as mimir's maps)."""
+    import torch
+    import torchvision.transforms.functional as TF
+    from captum.attr import IntegratedGradients, Occlusion
+
+    from mimir.explain.maps import TargetMean
+    from mimir.forward import network_input
+    from mimir.imaging.cache import load_image
+    from mimir.inference.modules import load_module
+
+    module = load_module(module_path, device)
+    target_mean = TargetMean(module.network, module.spec.target_names.index(TARGET))
+    training = sorted(path for path in cache.glob("*.npy") if int(path.stem.split("_")[0]) not in held_out)
+    chosen = np.random.default_rng(0).choice(len(training), 16, replace=False)
+    references = network_input(torch.as_tensor(np.stack([load_image(training[index]) for index in chosen])), device, channels_last=False)
+    methods = {
+        "integrated gradients from a blurred copy": lambda x: IntegratedGradients(target_mean).attribute(
+            x, baselines=TF.gaussian_blur(x, [33, 33], [8.0, 8.0]), n_steps=32),
+        "occlusion, 32-pixel patches": lambda x: Occlusion(target_mean).attribute(
+            x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0, perturbations_per_eval=64),
+        "expected gradients, 16 training images": lambda x: IntegratedGradients(target_mean).attribute(
+            x.expand(len(references), -1, -1, -1), baselines=references, n_steps=16, internal_batch_size=64).mean(0, keepdim=True),
+    }
+    rows = []
+    for name, attribute in methods.items():
+        maps = []
+        for pair in pairs:
+            image = network_input(torch.as_tensor(pair["subject_image"][None]), device, channels_last=False)
+            maps.append((attribute(image)[0].abs().sum(0).detach().cpu().numpy(), pair["masks"]))
+        scores = anatomy_scores(maps, TARGET)
+        rows.append({"attribution": name, **{key: scores[key] for key in
+                     ("ratio", "thighs_ratio", "inside_share", "on legs", "on trunk", "on arms", "on outside body")}})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200, help="the anatomy benchmark's cohort size (its eids)")
@@ -220,6 +263,8 @@ def main() -> None:
     parser.add_argument("--module", type=Path, help="a module trained for AtlasTotalThighMuscleVolume on the cohort's other subjects")
     parser.add_argument("--cache", type=Path, help="the anatomy benchmark's image cache (OUT/cache): checks that each "
                         "subject's image is the one it explained")
+    parser.add_argument("--other-attributions", action="store_true",
+                        help="also score attributions mimir explain does not offer (needs --module and --cache)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
@@ -268,6 +313,14 @@ def main() -> None:
         timings["path attribution"] = time.perf_counter() - started
         summary["path_attribution"] = attribution.to_dict(orient="records")
         print(markdown(attribution))
+        if args.other_attributions:
+            if args.cache is None:
+                raise SystemExit("--other-attributions takes its reference images from --cache")
+            started = time.perf_counter()
+            others = other_attributions(args.module, pairs, args.cache, set(eids), args.device)
+            timings["other attributions"] = time.perf_counter() - started
+            summary["other_attributions"] = others.to_dict(orient="records")
+            print(markdown(others))
     summary["timings_s"] = {key: round(value, 1) for key, value in timings.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
