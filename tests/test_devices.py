@@ -12,6 +12,8 @@ from mimir.devices import (
     DEVICE_CHOICES,
     PRECISIONS,
     DeviceError,
+    cpu_model,
+    device_description,
     is_device_name,
     precision_name,
     resolve_device,
@@ -109,3 +111,23 @@ def test_train_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error == "mimir train: error: device 'cuda' asked for, but torch sees no usable CUDA GPU\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_cpu_model_reads_cpuinfo_and_falls_back(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Example CPU @ 2.0GHz\n\nprocessor\t: 1\n")
+    assert cpu_model(str(info)) == "Example CPU @ 2.0GHz"
+    info.write_text("processor\t: 0\nProcessor\t: ARMv8 Processor rev 1\n")  # some ARM kernels name it so
+    assert cpu_model(str(info)) == "ARMv8 Processor rev 1"
+    monkeypatch.setattr("platform.processor", lambda: "")
+    assert cpu_model(str(tmp_path / "absent")) == "unknown CPU"
+
+
+def test_a_cpu_session_records_model_kernels_and_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        description = device_description("cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert description == f"cpu: {cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels, 1 thread)"

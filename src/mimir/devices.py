@@ -82,6 +82,36 @@ def cpu_supports_bfloat16() -> bool:
         return False
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name: Linux's /proc/cpuinfo, else `platform.processor()` ("unknown CPU" when
+    neither says)."""
+    import platform
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Processor") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_description(device: str | torch.device) -> str:
+    """What ran a training session, for its record: the GPU's name, or the CPU's model, the vector
+    instructions torch's kernels use on it and the threads. Float32 results on a CPU depend on
+    both (one seed trains different networks with AVX2 and AVX512 kernels, or with 1 and 2
+    threads, each reproducibly), so two runs of one configuration compare only when these agree."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"cpu: {cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels, {threads} thread{'s' if threads != 1 else ''})"
+
+
 def resolve_precision(precision: str, device: str, *, training: bool = False) -> torch.dtype | None:
     """The autocast dtype for `precision` on a resolved `device`; None runs in float32.
 
@@ -148,7 +178,9 @@ __all__ = [
     "PRECISIONS",
     "DeviceError",
     "cpu_supports_bfloat16",
+    "cpu_model",
     "cudnn_autotune",
+    "device_description",
     "is_device_name",
     "precision_name",
     "resolve_device",

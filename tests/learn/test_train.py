@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mimir.devices import device_description
 from mimir.learn.train import RunFolderError, load_run, predict_images, train
 from mimir.runs.config import TrainConfig
 
@@ -147,6 +148,7 @@ def test_load_run_gives_the_trained_network(cohort, tmp_path):
         assert torch.equal(tensor.cpu(), loaded.network.state_dict()[name])
     (session,) = json.loads((tmp_path / "run" / "run.json").read_text())["sessions"]
     assert session["precision"] == "bfloat16"  # what the run used, recorded beside the config's request
+    assert session["device_name"] == device_description("cpu")  # float32 CPU results depend on the kernels and threads
 
 
 def test_cli_trains_with_a_config_file(cohort, tmp_path, capsys):

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimir.atomic import atomic_write_text
-from mimir.devices import precision_name, resolve_device, resolve_precision
+from mimir.devices import device_description, precision_name, resolve_device, resolve_precision
 from mimir.errors import MimirError, PathNotFoundError
 from mimir.forward import network_input, run_member
 from mimir.inference.table import sd_column
@@ -375,12 +375,6 @@ def _check_run_folder(run: RunFolder, config: TrainConfig, resume: bool) -> None
         ]
         if differing:
             raise RunFolderError(f"cannot resume {run.path}: the configuration differs in {', '.join(differing)}")
-
-
-def _device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -773,7 +767,7 @@ def _record_session(
                 round(iterations_run * batch_size / loop_seconds, 2) if iterations_run and loop_seconds > 0 else None
             ),
             "device": str(device),
-            "device_name": _device_description(device),
+            "device_name": device_description(device),
             "precision": precision,
         }
     )
