@@ -64,6 +64,8 @@ from mimir.inference.predict import (
 from mimir.parallel import WORKER_DIED, Outcome
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from mimir.cluster import DaskExecutor
     from mimir.inference.batching import CachedExam
     from mimir.inference.ood import OODDescription
@@ -256,13 +258,7 @@ def predict_on_cluster(
 ) -> PredictionResult:
     """`mimir.inference.predict.run_prediction` on a Dask cluster (see the module docstring)."""
     started = time.perf_counter() if started is None else started
-    _check_options(options)
-    resolved = _on_shared_storage(prepared.resolved)
-    if resolved.raw and options.cache is None:
-        raise PredictError("on a Dask cluster raw exams are compressed into a cache every worker sees: give a cache folder")
-    cache = Path(options.cache).absolute() if options.cache is not None else None
-    if resolved.raw and cache is not None:
-        prepare_cache(cache)  # a read-only cache fails now, not once per exam on the workers
+    resolved, cache = _shared_inputs(prepared, options)
     timings: dict[str, float] = {}
     checking = time.perf_counter()
     modules = _checked_modules(prepared)
@@ -320,7 +316,6 @@ def predict_on_cluster(
     finally:
         tasks.cancel()
     _attach_qc_flags(rows)
-    table = predictor.table()
     timings.update({f"{stage} (tasks, summed)": seconds for stage, seconds in predictor.timings().items()})
     timings["total"] = time.perf_counter() - started
     logger.info(
@@ -328,20 +323,43 @@ def predict_on_cluster(
         len(rows), len(modules), sum(tally.batches_by_worker.values()),
         ", ".join(f"{name} {count}" for name, count in sorted(tally.batches_by_worker.items())), timings["total"],
     )
+    return _cluster_result(prepared, options, rows, predictor.table(), tally, cache=cache, batch_size=size,
+                           timings=timings, compressed=compressed, reused=reused)
+
+
+def _shared_inputs(prepared: PreparedPrediction, options: PredictOptions) -> tuple[ResolvedInputs, Path | None]:
+    """The options checked by name, the inputs as every worker names them, and the cache (absolute,
+    writable before any exam is sent) that raw exams are compressed into."""
+    _check_options(options)
+    resolved = _on_shared_storage(prepared.resolved)
+    if resolved.raw and options.cache is None:
+        raise PredictError("on a Dask cluster raw exams are compressed into a cache every worker sees: give a cache folder")
+    cache = Path(options.cache).absolute() if options.cache is not None else None
+    if resolved.raw and cache is not None:
+        prepare_cache(cache)  # a read-only cache fails now, not once per exam on the workers
+    return resolved, cache
+
+
+def _cluster_result(
+    prepared: PreparedPrediction, options: PredictOptions, rows: Sequence[ExamRow], table: pd.DataFrame,
+    tally: _Tally, *, cache: Path | None, batch_size: int, timings: dict[str, float], compressed: int, reused: int,
+) -> PredictionResult:
+    """The table with what the workers reported: devices and precisions they ran, batches per
+    worker, modules loaded."""
     return PredictionResult(
         table=table,
         images={row.stem: row.image for row in rows if row.image is not None and row.image.is_file()},
         cache=cache,
-        device=", ".join(tally.devices) or options.device,
-        precision=", ".join(tally.precisions) or options.precision,
-        batch_size=size,
+        batch_size=batch_size,
         timings=timings,
         compressed=compressed,
         reused=reused,
+        excluded=prepared.excluded,
+        device=", ".join(tally.devices) or options.device,
+        precision=", ".join(tally.precisions) or options.precision,
         module_precisions={
             spec.name: _module_precision(seen, options.precision) for spec, seen in zip(prepared.specs, tally.module_precisions, strict=True)
         },
-        excluded=prepared.excluded,
         module_members={spec.name: (members_to_run(spec, options.members), spec.n_members) for spec in prepared.specs},
         batch_workers=dict(tally.batches_by_worker),
         modules_loaded=tally.modules_loaded,
