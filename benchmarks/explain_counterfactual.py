@@ -4,8 +4,10 @@ The anatomy benchmark (explain_anatomy.py) asks saliency maps to put at least tw
 muscle's area share of their weight on the thigh muscle. This benchmark measures what a map
 faithful to the image and to the module could put there. For held-out subjects of a synthetic
 cohort (the anatomy benchmark's: same seed and thigh muscle sd, its first --held-out eids), each
-subject's counterfactual twin is generated: its thigh muscle radius factor scaled by 1 + --delta,
-every other draw the same (`SubjectJob.thigh_muscle_scale`). Then
+subject's counterfactual twin is generated: one body parameter (--parameter, by default the
+thigh muscle radius factor) scaled by 1 + --delta, every other draw the same
+(`SubjectJob.parameter_scales`; `--parameter lean_index` changes lean mass, which grows the trunk's
+core and the limbs: thigh muscle's body-size part). Then
 
 1. the image: |twin - subject| per channel and view (coronal left, sagittal right), its share
    inside the projected thigh muscle mask against the mask's share of the body area (the ratio
@@ -35,8 +37,9 @@ every other draw the same (`SubjectJob.thigh_muscle_scale`). Then
     python benchmarks/explain_counterfactual.py --n 200 --held-out 40 --thigh-muscle-sd 0.3 \\
         --cache /tmp/ea_sd03/cache --module /tmp/ea_sd03/modules/AtlasTotalThighMuscleVolume --out /tmp/ea_twins_sd03
 
-The twins' zips are deleted once their images and masks are saved (out/pairs/EID.npz), so a rerun
-reuses them; results.json and markdown tables are written to --out and printed.
+The twins' zips are deleted once their images and masks are saved (out/pairs/PARAMETER_DELTA/EID.npz),
+so a rerun reuses them; results_PARAMETER_DELTA.json and markdown tables are written to --out and
+printed.
 """
 
 from __future__ import annotations
@@ -72,18 +75,19 @@ def subject_image(zip_path: Path) -> tuple[np.ndarray, tuple[int, int], np.ndarr
     return build_representation(volume), (int(positions[0]), int(positions[1])), maxima
 
 
-def make_pair(out: Path, seed: int, eid: int, thigh_muscle_sd: float, delta: float) -> Path:
-    """The subject and its twin: images, fat-fraction slice positions, view maxima, the subject's
-    projected masks (out/pairs/EID.npz); the zips are deleted."""
+def make_pair(out: Path, seed: int, eid: int, thigh_muscle_sd: float, parameter: str, delta: float) -> Path:
+    """The subject and its twin (`parameter` x (1 + delta)): images, fat-fraction slice positions,
+    view maxima, the subject's projected masks (out/pairs/PARAMETER_DELTA/EID.npz); the zips are
+    deleted."""
     from mimir.synth.cohort import SubjectJob, generate_subject
 
-    saved = out / "pairs" / f"{eid}.npz"
+    saved = out / "pairs" / f"{parameter}_{delta:g}" / f"{eid}.npz"
     if saved.is_file():
         return saved
     arrays: dict[str, np.ndarray] = {}
     for name, scale in (("subject", 1.0), ("twin", 1.0 + delta)):
-        folder = out / "zips" / name
-        result = generate_subject(SubjectJob(eid, seed, 2, folder, (), False, False, thigh_muscle_sd, thigh_muscle_scale=scale))
+        folder = out / "zips" / f"{name}_{eid}"
+        result = generate_subject(SubjectJob(eid, seed, 2, folder, (), False, False, thigh_muscle_sd, ((parameter, scale),)))
         zip_path = folder / result.zip_name
         image, positions, maxima = subject_image(zip_path)
         arrays |= {f"{name}_image": image, f"{name}_slices": np.array(positions), f"{name}_maxima": maxima,
@@ -92,6 +96,7 @@ def make_pair(out: Path, seed: int, eid: int, thigh_muscle_sd: float, delta: flo
             masks = projected_masks(*anatomy_on_fused_grid(zip_path, seed, eid, thigh_muscle_sd))
             arrays |= {f"mask {key}": value for key, value in masks.items()}
         zip_path.unlink()
+        folder.rmdir()
     saved.parent.mkdir(parents=True, exist_ok=True)
     partial = saved.with_suffix(".partial.npz")
     np.savez_compressed(partial, **arrays)
@@ -259,7 +264,10 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=40, help="how many of its held-out subjects (the first eids in order)")
     parser.add_argument("--seed", type=int, default=300)
     parser.add_argument("--thigh-muscle-sd", type=float, default=0.3)
-    parser.add_argument("--delta", type=float, default=0.1, help="the twin's thigh muscle radius factor is (1 + delta) times the subject's")
+    parser.add_argument("--parameter", default="thigh_muscle",
+                        help="the body parameter (a SubjectParams field) the twin changes: thigh_muscle (the thigh muscle "
+                        "radius factor, the default), lean_index (lean mass: trunk core and limbs), limb_muscle, ...")
+    parser.add_argument("--delta", type=float, default=0.1, help="the twin's parameter is (1 + delta) times the subject's")
     parser.add_argument("--module", type=Path, help="a module trained for AtlasTotalThighMuscleVolume on the cohort's other subjects")
     parser.add_argument("--cache", type=Path, help="the anatomy benchmark's image cache (OUT/cache): checks that each "
                         "subject's image is the one it explained")
@@ -275,7 +283,8 @@ def main() -> None:
     started = time.perf_counter()
     eids = sorted(draw_eids(args.n, args.seed))[: args.held_out]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        paths = list(pool.map(partial(make_pair, args.out, args.seed, thigh_muscle_sd=args.thigh_muscle_sd, delta=args.delta), eids))
+        paths = list(pool.map(partial(make_pair, args.out, args.seed, thigh_muscle_sd=args.thigh_muscle_sd,
+                                      parameter=args.parameter, delta=args.delta), eids))
     pairs = [load_pair(path) for path in paths]
     timings = {"twins": time.perf_counter() - started}
 
@@ -292,7 +301,8 @@ def main() -> None:
     numeric = change.drop(columns=["fat-fraction slices moved (rows, columns)"])
     moved = np.array(change["fat-fraction slices moved (rows, columns)"].tolist())
     summary = {
-        "n": args.n, "held_out": args.held_out, "seed": args.seed, "thigh_muscle_sd": args.thigh_muscle_sd, "delta": args.delta,
+        "n": args.n, "held_out": args.held_out, "seed": args.seed, "thigh_muscle_sd": args.thigh_muscle_sd,
+        "parameter": args.parameter, "delta": args.delta,
         "image_change_mean": numeric.mean().to_dict(),
         "image_change_median": numeric.median().to_dict(),
         "slices_moved_share": {"rows": float((moved[:, 0] != 0).mean()), "columns": float((moved[:, 1] != 0).mean())},
@@ -323,7 +333,7 @@ def main() -> None:
             print(markdown(others))
     summary["timings_s"] = {key: round(value, 1) for key, value in timings.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    (args.out / f"results_{args.parameter}_{args.delta:g}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ def test_a_twin_with_its_thigh_muscle_scaled_differs_from_its_subject_only_in_th
 
     eid = draw_eids(1, seed=7)[0]
     results = {
-        scale: generate_subject(SubjectJob(eid, 7, 2, tmp_path / str(scale), (), False, False, 0.15, thigh_muscle_scale=scale))
+        scale: generate_subject(SubjectJob(eid, 7, 2, tmp_path / str(scale), (), False, False, 0.15,
+                                           parameter_scales=(("thigh_muscle", scale),)))
         for scale in (1.0, 1.1)
     }
     subject, twin = results[1.0], results[1.1]
@@ -141,8 +142,21 @@ def test_a_twin_with_its_thigh_muscle_scaled_differs_from_its_subject_only_in_th
         assert twin.truth[name] == subject.truth[name]
     # the abdominal fat's lower edge meets the top of the thighs, which widen a little
     assert twin.truth["AtlasAsatVolume"] == pytest.approx(subject.truth["AtlasAsatVolume"], rel=0.01)
-    params, _, _ = subject_anatomy(7, eid, thigh_muscle_sd=0.15, thigh_muscle_scale=1.1)
+    params, _, _ = subject_anatomy(7, eid, thigh_muscle_sd=0.15, parameter_scales=(("thigh_muscle", 1.1),))
     assert params.thigh_muscle == twin.parameters["thigh_muscle"]
+
+
+def test_only_numeric_body_parameters_scale():
+    from mimir.synth.cohort import scaled_parameters
+    from mimir.synth.subject import sample_subject
+
+    params = sample_subject(np.random.default_rng(0), 1234567)
+    twin = scaled_parameters(params, [("lean_index", 1.05), ("vat_l", 2.0)])
+    assert twin.lean_index == pytest.approx(params.lean_index * 1.05) and twin.vat_l == pytest.approx(params.vat_l * 2)
+    assert twin.height_cm == params.height_cm
+    for bad in [("sex", 2.0), ("hands_on_belly", 2.0), ("no_such_field", 1.1), ("lean_index", 0.0), ("lean_index", float("nan"))]:
+        with pytest.raises(CohortConfigError, match="cannot scale"):
+            scaled_parameters(params, [bad])
 
 
 def test_mimir_synth_thigh_muscle_sd_reaches_the_subjects_and_is_recorded(tmp_path, capsys):

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +93,9 @@ class SubjectJob:
     preview: bool
     on_grid: bool
     thigh_muscle_sd: float = 0.0
-    #: Multiplies the subject's thigh muscle factor and changes nothing else (every draw the same):
-    #: the subject's counterfactual twin, to see where a change of thigh muscle shows in the image.
-    thigh_muscle_scale: float = 1.0
+    #: (SubjectParams field, factor) pairs: those parameters multiplied once drawn, every draw the
+    #: same: the subject's counterfactual twin, to see where a change of one parameter shows.
+    parameter_scales: tuple[tuple[str, float], ...] = ()
 
     @property
     def zip_name(self) -> str:
@@ -160,17 +160,31 @@ def thigh_muscle_factor(seed: int, eid: int, sd: float) -> float:
     return float(np.exp(np.random.default_rng([seed, eid, 1]).normal(0.0, sd)))
 
 
+def scaled_parameters(params: SubjectParams, scales: Sequence[tuple[str, float]]) -> SubjectParams:
+    """The subject with some numeric parameters multiplied (names of SubjectParams fields)."""
+    changes = {}
+    for name, factor in scales:
+        value = getattr(params, name, None)
+        if not isinstance(value, float) or not math.isfinite(factor) or factor <= 0:
+            numeric = ", ".join(f.name for f in fields(SubjectParams) if isinstance(getattr(params, f.name), float))
+            raise CohortConfigError(f"cannot scale {name!r} by {factor}: a positive factor of one of {numeric}")
+        changes[name] = value * factor
+    return replace(params, **changes)
+
+
 def _draw_anatomy(
-    rng: np.random.Generator, eid: int, on_grid: bool, thigh_muscle: float = 1.0
+    rng: np.random.Generator, eid: int, on_grid: bool, thigh_muscle: float = 1.0,
+    parameter_scales: Sequence[tuple[str, float]] = (),
 ) -> tuple[SubjectParams, ExamPlan, Anatomy]:
     """The first draws of a subject from its generator: body parameters, exam plan, anatomy."""
-    params = replace(sample_subject(rng, eid), thigh_muscle=thigh_muscle)
+    params = scaled_parameters(replace(sample_subject(rng, eid), thigh_muscle=thigh_muscle), parameter_scales)
     plan = plan_exam(rng, on_grid=on_grid)
     return params, plan, build_anatomy(params, plan.grid_slices, rng)
 
 
 def subject_anatomy(
-    seed: int, eid: int, *, on_grid: bool = False, thigh_muscle_sd: float = 0.0, thigh_muscle_scale: float = 1.0
+    seed: int, eid: int, *, on_grid: bool = False, thigh_muscle_sd: float = 0.0,
+    parameter_scales: Sequence[tuple[str, float]] = (),
 ) -> tuple[SubjectParams, ExamPlan, Anatomy]:
     """The parameters, exam plan and label volume of subject `eid` of a cohort made with `seed`.
 
@@ -178,15 +192,15 @@ def subject_anatomy(
     lie exactly where that subject's zip shows them: slice j of `anatomy.labels` is at
     z = plan.grid_z_top_mm - 3 j mm. Used to score saliency maps against the true anatomy.
     """
-    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid, thigh_muscle_factor(seed, eid, thigh_muscle_sd) * thigh_muscle_scale)
+    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid, thigh_muscle_factor(seed, eid, thigh_muscle_sd), parameter_scales)
 
 
 def generate_subject(job: SubjectJob) -> SubjectResult:
     """Anatomy -> signal -> zip (+ ground truth and preview) for one participant."""
     started = time.perf_counter()
     rng = subject_rng(job.seed, job.eid)
-    thigh_muscle = thigh_muscle_factor(job.seed, job.eid, job.thigh_muscle_sd) * job.thigh_muscle_scale
-    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid, thigh_muscle)
+    thigh_muscle = thigh_muscle_factor(job.seed, job.eid, job.thigh_muscle_sd)
+    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid, thigh_muscle, job.parameter_scales)
     water, fat = render_signal(anatomy, params, rng)
     truth = measure(anatomy, params, rng)
     records = write_exam_zip(
