@@ -7,10 +7,12 @@ cohort (the anatomy benchmark's: same seed and thigh muscle sd, its first --held
 subject's counterfactual twin is generated: one body parameter (--parameter, by default the
 thigh muscle radius factor) scaled by 1 + --delta, every other draw the same
 (`SubjectJob.parameter_scales`; `--parameter lean_index` changes lean mass, which grows the trunk's
-core and the limbs: thigh muscle's body-size part). Then
+core and the limbs: thigh muscle's body-size part). `--target liverVolume --parameter
+liver_volume_l` does the same for the liver, whose maps pass the bar: a control of the method.
+Then
 
 1. the image: |twin - subject| per channel and view (coronal left, sagittal right), its share
-   inside the projected thigh muscle mask against the mask's share of the body area (the ratio
+   inside the projected organ mask (--target's) against the mask's share of the body area (the ratio
    a map proportional to the change would score), and the body segments the rest falls on; and
    two reasons a change inside the thighs shows outside them: the fat-fraction channel's slices
    lie through the body's centre (`slice_positions`), which larger thighs move, and each view of
@@ -45,6 +47,7 @@ printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -53,9 +56,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from explain_anatomy import anatomy_on_fused_grid, anatomy_scores, exclusive_regions, markdown, organ_level_region, projected_masks
+from explain_anatomy import (
+    REGIONS,
+    TARGETS,
+    anatomy_on_fused_grid,
+    anatomy_scores,
+    exclusive_regions,
+    markdown,
+    organ_level_region,
+    projected_masks,
+)
 
-TARGET = "AtlasTotalThighMuscleVolume"
 CHANNELS = ("water", "fat", "fat fraction")
 VIEWS = {"coronal": slice(0, 128), "sagittal": slice(128, 256)}
 
@@ -91,12 +102,14 @@ def make_pair(out: Path, seed: int, eid: int, thigh_muscle_sd: float, parameter:
         zip_path = folder / result.zip_name
         image, positions, maxima = subject_image(zip_path)
         arrays |= {f"{name}_image": image, f"{name}_slices": np.array(positions), f"{name}_maxima": maxima,
-                   f"{name}_volume": np.array(result.truth[TARGET])}
+                   **{f"{name}_truth {target}": np.array(result.truth[target]) for target in TARGETS}}
         if name == "subject":
             masks = projected_masks(*anatomy_on_fused_grid(zip_path, seed, eid, thigh_muscle_sd))
             arrays |= {f"mask {key}": value for key, value in masks.items()}
         zip_path.unlink()
         folder.rmdir()
+    with contextlib.suppress(OSError):  # another worker's twin may still be there
+        (out / "zips").rmdir()
     saved.parent.mkdir(parents=True, exist_ok=True)
     partial = saved.with_suffix(".partial.npz")
     np.savez_compressed(partial, **arrays)
@@ -111,14 +124,14 @@ def load_pair(path: Path) -> dict:
     return pair
 
 
-def image_change(pair: dict) -> dict[str, float]:
+def image_change(pair: dict, target: str) -> dict[str, float]:
     """Where |twin - subject| lies: shares inside the thigh muscle, per channel and view, against
     its area; segment shares; whether the slices moved and the views' scaling changed."""
     from mimir.explain.sanity import mask_share
 
     change = np.abs(pair["twin_image"].astype(np.float64) - pair["subject_image"].astype(np.float64))
     masks = pair["masks"]
-    organ, body = masks[TARGET], masks["body"]
+    organ, body = masks[target], masks["body"]
     area = organ.sum() / body.sum()
     row = {"area share": area, "all channels": mask_share(change.sum(axis=0), organ) / area}
     for index, channel in enumerate(CHANNELS):
@@ -126,27 +139,29 @@ def image_change(pair: dict) -> dict[str, float]:
         for view, columns in VIEWS.items():
             view_area = organ[:, columns].sum() / body[:, columns].sum()
             row[f"{channel}, {view}"] = mask_share(change[index][:, columns], organ[:, columns]) / view_area
-    for name, region in exclusive_regions(masks, TARGET).items():
+    for name, region in exclusive_regions(masks, target).items():
         row[f"change on {name}"] = mask_share(change.sum(axis=0), region)
-    thighs = organ_level_region(masks, TARGET)
-    row["thighs' area share"] = thighs.sum() / body.sum()
-    row["change on the thighs (muscle, fat, bone)"] = mask_share(change.sum(axis=0), thighs)
+    if target in REGIONS:
+        thighs = organ_level_region(masks, target)
+        row["thighs' area share"] = thighs.sum() / body.sum()
+        row["change on the thighs (muscle, fat, bone)"] = mask_share(change.sum(axis=0), thighs)
     row["fat-fraction slices moved (rows, columns)"] = tuple(int(v) for v in pair["twin_slices"] - pair["subject_slices"])
     relative = pair["twin_maxima"] / pair["subject_maxima"] - 1.0
     for channel_index, channel in enumerate(CHANNELS[:2]):
         for view_index, view in enumerate(VIEWS):
             row[f"{channel} {view} maximum change"] = float(relative[channel_index, view_index])
-    row["volume change (L)"] = float(pair["twin_volume"] - pair["subject_volume"])
+    row["true change of the target"] = float(pair[f"twin_truth {target}"] - pair[f"subject_truth {target}"])
     return row
 
 
-def hybrids(pair: dict) -> dict[str, np.ndarray]:
+def hybrids(pair: dict, target: str) -> dict[str, np.ndarray]:
     """The subject's image with the twin's pixels in one region, channel or view only."""
     subject, twin = pair["subject_image"], pair["twin_image"]
     images = {"subject": subject, "twin": twin}
-    for name, region in exclusive_regions(pair["masks"], TARGET).items():
+    for name, region in exclusive_regions(pair["masks"], target).items():
         images[f"region: {name}"] = np.where(region[None], twin, subject)
-    images["thighs (muscle, fat, bone)"] = np.where(organ_level_region(pair["masks"], TARGET)[None], twin, subject)
+    if target in REGIONS:
+        images["thighs (muscle, fat, bone)"] = np.where(organ_level_region(pair["masks"], target)[None], twin, subject)
     for index, channel in enumerate(CHANNELS):
         image = subject.copy()
         image[index] = twin[index]
@@ -158,22 +173,22 @@ def hybrids(pair: dict) -> dict[str, np.ndarray]:
     return images
 
 
-def module_response(module_path: Path, pairs: list[dict], device: str) -> pd.DataFrame:
+def module_response(module_path: Path, pairs: list[dict], target: str, device: str) -> pd.DataFrame:
     """Per hybrid: the mean predicted change (L) and its share of the twin's, over the pairs."""
     from mimir.inference.modules import load_module
 
     module = load_module(module_path, device)
-    column = module.spec.target_names.index(TARGET)
+    column = module.spec.target_names.index(target)
     responses: dict[str, list[float]] = {}
     for pair in pairs:
-        images = hybrids(pair)
+        images = hybrids(pair, target)
         means, _ = module.predict_arrays(np.stack(list(images.values())))
         for name, mean in zip(images, means[:, column], strict=True):
             responses.setdefault(name, []).append(float(mean - means[0, column]))
     total = float(np.mean(responses["twin"]))
     return pd.DataFrame([
-        {"twin's pixels in": name, "predicted change (L)": float(np.mean(values)), "share of the twin's": float(np.mean(values)) / total,
-         "sd over pairs (L)": float(np.std(values))}
+        {"twin's pixels in": name, "predicted change": float(np.mean(values)), "share of the twin's": float(np.mean(values)) / total,
+         "sd over pairs": float(np.std(values))}
         for name, values in responses.items() if name != "subject"
     ])
 
@@ -182,7 +197,7 @@ def module_response(module_path: Path, pairs: list[dict], device: str) -> pd.Dat
 PATH_STEPS = 64
 
 
-def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.DataFrame:
+def path_attribution(module_path: Path, pairs: list[dict], target: str, device: str) -> pd.DataFrame:
     """Integrated gradients from the subject's image to its twin's: the share of the change of the
     target's standardised mean attributed to each region and channel (signed; they add up to 1
     up to the integration error), averaged over the pairs as a ratio of means."""
@@ -194,7 +209,7 @@ def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.Da
     from mimir.inference.modules import load_module
 
     module = load_module(module_path, device)
-    column = module.spec.target_names.index(TARGET)
+    column = module.spec.target_names.index(target)
     explainer = IntegratedGradients(TargetMean(module.network, column))
     sums: dict[str, list[float]] = {}
     for pair in pairs:
@@ -206,8 +221,9 @@ def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.Da
             change = float(TargetMean(module.network, column)(twin) - TargetMean(module.network, column)(subject))
         rows = {"change of the standardised mean": change, "completeness gap (absolute)": abs(float(gap[0]))}
         rows |= {f"region: {name}": float(per_pixel.sum(axis=0)[region].sum())
-                 for name, region in exclusive_regions(pair["masks"], TARGET).items()}
-        rows["thighs (muscle, fat, bone)"] = float(per_pixel.sum(axis=0)[organ_level_region(pair["masks"], TARGET)].sum())
+                 for name, region in exclusive_regions(pair["masks"], target).items()}
+        if target in REGIONS:
+            rows["thighs (muscle, fat, bone)"] = float(per_pixel.sum(axis=0)[organ_level_region(pair["masks"], target)].sum())
         rows |= {f"channel: {channel}": float(per_pixel[index].sum()) for index, channel in enumerate(CHANNELS)}
         rows |= {f"view: {view}": float(per_pixel[:, :, columns].sum()) for view, columns in VIEWS.items()}
         for name, value in rows.items():
@@ -221,7 +237,7 @@ def path_attribution(module_path: Path, pairs: list[dict], device: str) -> pd.Da
     ])
 
 
-def other_attributions(module_path: Path, pairs: list[dict], cache: Path, held_out: set[int], device: str) -> pd.DataFrame:
+def other_attributions(module_path: Path, pairs: list[dict], target: str, cache: Path, held_out: set[int], device: str) -> pd.DataFrame:
     """Maps of the subjects' predicted target by attributions outside `mimir explain`, scored by
     explain_anatomy.anatomy_scores (|.| summed over the channels, as mimir's maps)."""
     import torch
@@ -234,7 +250,7 @@ def other_attributions(module_path: Path, pairs: list[dict], cache: Path, held_o
     from mimir.inference.modules import load_module
 
     module = load_module(module_path, device)
-    target_mean = TargetMean(module.network, module.spec.target_names.index(TARGET))
+    target_mean = TargetMean(module.network, module.spec.target_names.index(target))
     training = sorted(path for path in cache.glob("*.npy") if int(path.stem.split("_")[0]) not in held_out)
     chosen = np.random.default_rng(0).choice(len(training), 16, replace=False)
     references = network_input(torch.as_tensor(np.stack([load_image(training[index]) for index in chosen])), device, channels_last=False)
@@ -252,9 +268,9 @@ def other_attributions(module_path: Path, pairs: list[dict], cache: Path, held_o
         for pair in pairs:
             image = network_input(torch.as_tensor(pair["subject_image"][None]), device, channels_last=False)
             maps.append((attribute(image)[0].abs().sum(0).detach().cpu().numpy(), pair["masks"]))
-        scores = anatomy_scores(maps, TARGET)
+        scores = anatomy_scores(maps, target)
         rows.append({"attribution": name, **{key: scores[key] for key in
-                     ("ratio", "thighs_ratio", "inside_share", "on legs", "on trunk", "on arms", "on outside body")}})
+                     ("ratio", "thighs_ratio", "inside_share", "on legs", "on trunk", "on arms", "on outside body") if key in scores}})
     return pd.DataFrame(rows)
 
 
@@ -264,11 +280,13 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=40, help="how many of its held-out subjects (the first eids in order)")
     parser.add_argument("--seed", type=int, default=300)
     parser.add_argument("--thigh-muscle-sd", type=float, default=0.3)
+    parser.add_argument("--target", default="AtlasTotalThighMuscleVolume", choices=list(TARGETS),
+                        help="the module's target whose response is measured, and whose organ mask scores it")
     parser.add_argument("--parameter", default="thigh_muscle",
                         help="the body parameter (a SubjectParams field) the twin changes: thigh_muscle (the thigh muscle "
                         "radius factor, the default), lean_index (lean mass: trunk core and limbs), limb_muscle, ...")
     parser.add_argument("--delta", type=float, default=0.1, help="the twin's parameter is (1 + delta) times the subject's")
-    parser.add_argument("--module", type=Path, help="a module trained for AtlasTotalThighMuscleVolume on the cohort's other subjects")
+    parser.add_argument("--module", type=Path, help="a module trained for --target on the cohort's other subjects")
     parser.add_argument("--cache", type=Path, help="the anatomy benchmark's image cache (OUT/cache): checks that each "
                         "subject's image is the one it explained")
     parser.add_argument("--other-attributions", action="store_true",
@@ -297,29 +315,29 @@ def main() -> None:
         print(summary_check)
         if same != len(pairs):
             raise SystemExit(f"the twins' subjects are not the cohort's: {summary_check}")
-    change = pd.DataFrame([image_change(pair) for pair in pairs])
+    change = pd.DataFrame([image_change(pair, args.target) for pair in pairs])
     numeric = change.drop(columns=["fat-fraction slices moved (rows, columns)"])
     moved = np.array(change["fat-fraction slices moved (rows, columns)"].tolist())
     summary = {
         "n": args.n, "held_out": args.held_out, "seed": args.seed, "thigh_muscle_sd": args.thigh_muscle_sd,
-        "parameter": args.parameter, "delta": args.delta,
+        "target": args.target, "parameter": args.parameter, "delta": args.delta,
         "image_change_mean": numeric.mean().to_dict(),
         "image_change_median": numeric.median().to_dict(),
         "slices_moved_share": {"rows": float((moved[:, 0] != 0).mean()), "columns": float((moved[:, 1] != 0).mean())},
     }
-    print(f"{len(pairs)} pairs; where |twin - subject| lies (ratios: share inside the thigh muscle / its area share):")
+    print(f"{len(pairs)} pairs; where |twin - subject| lies (ratios: share inside the {args.target} mask / its area share):")
     print(markdown(pd.DataFrame({"measure": numeric.columns, "mean": numeric.mean().values, "median": numeric.median().values})))
     print(f"fat-fraction slices moved: coronal slice (row) in {summary['slices_moved_share']['rows']:.0%} of pairs, "
           f"sagittal (column) in {summary['slices_moved_share']['columns']:.0%}")
     if args.module is not None:
         started = time.perf_counter()
-        response = module_response(args.module, pairs, args.device)
+        response = module_response(args.module, pairs, args.target, args.device)
         timings["module"] = time.perf_counter() - started
         summary["module"] = str(args.module)
         summary["response"] = response.to_dict(orient="records")
         print(markdown(response))
         started = time.perf_counter()
-        attribution = path_attribution(args.module, pairs, args.device)
+        attribution = path_attribution(args.module, pairs, args.target, args.device)
         timings["path attribution"] = time.perf_counter() - started
         summary["path_attribution"] = attribution.to_dict(orient="records")
         print(markdown(attribution))
@@ -327,13 +345,13 @@ def main() -> None:
             if args.cache is None:
                 raise SystemExit("--other-attributions takes its reference images from --cache")
             started = time.perf_counter()
-            others = other_attributions(args.module, pairs, args.cache, set(eids), args.device)
+            others = other_attributions(args.module, pairs, args.target, args.cache, set(eids), args.device)
             timings["other attributions"] = time.perf_counter() - started
             summary["other_attributions"] = others.to_dict(orient="records")
             print(markdown(others))
     summary["timings_s"] = {key: round(value, 1) for key, value in timings.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"results_{args.parameter}_{args.delta:g}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    (args.out / f"results_{args.target}_{args.parameter}_{args.delta:g}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":
