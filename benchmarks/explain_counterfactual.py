@@ -53,6 +53,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -66,6 +67,9 @@ from explain_anatomy import (
     organ_level_region,
     projected_masks,
 )
+
+if TYPE_CHECKING:
+    from mimir.inference.modules import LoadedModule
 
 CHANNELS = ("water", "fat", "fat fraction")
 VIEWS = {"coronal": slice(0, 128), "sagittal": slice(128, 256)}
@@ -173,11 +177,8 @@ def hybrids(pair: dict, target: str) -> dict[str, np.ndarray]:
     return images
 
 
-def module_response(module_path: Path, pairs: list[dict], target: str, device: str) -> pd.DataFrame:
+def module_response(module: LoadedModule, pairs: list[dict], target: str) -> pd.DataFrame:
     """Per hybrid: the mean predicted change (L) and its share of the twin's, over the pairs."""
-    from mimir.inference.modules import load_module
-
-    module = load_module(module_path, device)
     column = module.spec.target_names.index(target)
     responses: dict[str, list[float]] = {}
     for pair in pairs:
@@ -197,7 +198,7 @@ def module_response(module_path: Path, pairs: list[dict], target: str, device: s
 PATH_STEPS = 64
 
 
-def path_attribution(module_path: Path, pairs: list[dict], target: str, device: str) -> pd.DataFrame:
+def path_attribution(module: LoadedModule, pairs: list[dict], target: str, device: str) -> pd.DataFrame:
     """Integrated gradients from the subject's image to its twin's: the share of the change of the
     target's standardised mean attributed to each region and channel (signed; they add up to 1
     up to the integration error), averaged over the pairs as a ratio of means."""
@@ -206,11 +207,9 @@ def path_attribution(module_path: Path, pairs: list[dict], target: str, device: 
 
     from mimir.explain.maps import TargetMean
     from mimir.forward import network_input
-    from mimir.inference.modules import load_module
 
-    module = load_module(module_path, device)
-    column = module.spec.target_names.index(target)
-    explainer = IntegratedGradients(TargetMean(module.network, column))
+    target_mean = TargetMean(module.network, module.spec.target_names.index(target))
+    explainer = IntegratedGradients(target_mean)
     sums: dict[str, list[float]] = {}
     for pair in pairs:
         subject, twin = (network_input(torch.as_tensor(pair[name][None]), device, channels_last=False)
@@ -218,7 +217,7 @@ def path_attribution(module_path: Path, pairs: list[dict], target: str, device: 
         attributions, gap = explainer.attribute(twin, baselines=subject, n_steps=PATH_STEPS, return_convergence_delta=True)
         per_pixel = attributions[0].detach().cpu().double().numpy()
         with torch.no_grad():
-            change = float(TargetMean(module.network, column)(twin) - TargetMean(module.network, column)(subject))
+            change = float(target_mean(twin) - target_mean(subject))
         rows = {"change of the standardised mean": change, "completeness gap (absolute)": abs(float(gap[0]))}
         rows |= {f"region: {name}": float(per_pixel.sum(axis=0)[region].sum())
                  for name, region in exclusive_regions(pair["masks"], target).items()}
@@ -237,7 +236,7 @@ def path_attribution(module_path: Path, pairs: list[dict], target: str, device: 
     ])
 
 
-def other_attributions(module_path: Path, pairs: list[dict], target: str, cache: Path, held_out: set[int], device: str) -> pd.DataFrame:
+def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cache: Path, held_out: set[int], device: str) -> pd.DataFrame:
     """Maps of the subjects' predicted target by attributions outside `mimir explain`, scored by
     explain_anatomy.anatomy_scores (|.| summed over the channels, as mimir's maps)."""
     import torch
@@ -247,9 +246,7 @@ def other_attributions(module_path: Path, pairs: list[dict], target: str, cache:
     from mimir.explain.maps import TargetMean
     from mimir.forward import network_input
     from mimir.imaging.cache import load_image
-    from mimir.inference.modules import load_module
 
-    module = load_module(module_path, device)
     target_mean = TargetMean(module.network, module.spec.target_names.index(target))
     training = sorted(path for path in cache.glob("*.npy") if int(path.stem.split("_")[0]) not in held_out)
     chosen = np.random.default_rng(0).choice(len(training), 16, replace=False)
@@ -262,12 +259,10 @@ def other_attributions(module_path: Path, pairs: list[dict], target: str, cache:
         "expected gradients, 16 training images": lambda x: IntegratedGradients(target_mean).attribute(
             x.expand(len(references), -1, -1, -1), baselines=references, n_steps=16, internal_batch_size=64).mean(0, keepdim=True),
     }
+    images = [network_input(torch.as_tensor(pair["subject_image"][None]), device, channels_last=False) for pair in pairs]
     rows = []
     for name, attribute in methods.items():
-        maps = []
-        for pair in pairs:
-            image = network_input(torch.as_tensor(pair["subject_image"][None]), device, channels_last=False)
-            maps.append((attribute(image)[0].abs().sum(0).detach().cpu().numpy(), pair["masks"]))
+        maps = [(attribute(image)[0].abs().sum(0).detach().cpu().numpy(), pair["masks"]) for image, pair in zip(images, pairs, strict=True)]
         scores = anatomy_scores(maps, target)
         rows.append({"attribution": name, **{key: scores[key] for key in
                      ("ratio", "thighs_ratio", "inside_share", "on legs", "on trunk", "on arms", "on outside body") if key in scores}})
@@ -295,6 +290,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.other_attributions and (args.module is None or args.cache is None):
+        parser.error("--other-attributions scores the --module's maps and takes its reference images from --cache")
 
     from mimir.synth.cohort import draw_eids
 
@@ -330,22 +327,23 @@ def main() -> None:
     print(f"fat-fraction slices moved: coronal slice (row) in {summary['slices_moved_share']['rows']:.0%} of pairs, "
           f"sagittal (column) in {summary['slices_moved_share']['columns']:.0%}")
     if args.module is not None:
+        from mimir.inference.modules import load_module
+
         started = time.perf_counter()
-        response = module_response(args.module, pairs, args.target, args.device)
+        module = load_module(args.module, args.device)
+        response = module_response(module, pairs, args.target)
         timings["module"] = time.perf_counter() - started
         summary["module"] = str(args.module)
         summary["response"] = response.to_dict(orient="records")
         print(markdown(response))
         started = time.perf_counter()
-        attribution = path_attribution(args.module, pairs, args.target, args.device)
+        attribution = path_attribution(module, pairs, args.target, args.device)
         timings["path attribution"] = time.perf_counter() - started
         summary["path_attribution"] = attribution.to_dict(orient="records")
         print(markdown(attribution))
         if args.other_attributions:
-            if args.cache is None:
-                raise SystemExit("--other-attributions takes its reference images from --cache")
             started = time.perf_counter()
-            others = other_attributions(args.module, pairs, args.target, args.cache, set(eids), args.device)
+            others = other_attributions(module, pairs, args.target, args.cache, set(eids), args.device)
             timings["other attributions"] = time.perf_counter() - started
             summary["other_attributions"] = others.to_dict(orient="records")
             print(markdown(others))
