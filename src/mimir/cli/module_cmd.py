@@ -18,7 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     actions = parser.add_subparsers(dest="module_action", metavar="ACTION", required=True)
+    _register_build(actions)
+    _register_import_legacy(actions)
+    _register_calibrate(actions)
+    _register_info(actions)
 
+
+def _register_build(actions: argparse._SubParsersAction) -> None:
     build = actions.add_parser(
         "build",
         help="a module from a training run, several (an ensemble), or a cross-validation's folds",
@@ -60,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_force(build, "the module at --out", overwrite_alias=True)
     build.set_defaults(handler=run_build)
 
+
+def _register_import_legacy(actions: argparse._SubParsersAction) -> None:
     legacy = actions.add_parser(
         "import-legacy",
         help="convert a published MIMIR module folder (snapshot.pth.tar + text files)",
@@ -73,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_force(legacy, "the module at --out", overwrite_alias=True)
     legacy.set_defaults(handler=run_import_legacy)
 
+
+def _register_calibrate(actions: argparse._SubParsersAction) -> None:
     calibrate = actions.add_parser(
         "calibrate",
         help="refit a module's calibration factors on labelled exams it never trained on",
@@ -98,6 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_flags.add_force(calibrate, "the module at --out", overwrite_alias=True)
     calibrate.set_defaults(handler=run_calibrate)
 
+
+def _register_info(actions: argparse._SubParsersAction) -> None:
     info = actions.add_parser(
         "info",
         help="describe a module: targets, units, calibration, metrics, checksum",
