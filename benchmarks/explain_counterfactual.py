@@ -31,8 +31,10 @@ Then
    scored against the anatomy as explain_anatomy scores its maps, to tell whether the maps'
    weight on the trunk belongs to one method: integrated gradients from a blurred copy of the
    image (Gaussian, sd 8 pixels), Captum's Occlusion (32-pixel patches, stride 16, zero
-   baseline), and expected gradients (integrated gradients from 16 training images of the cache,
-   averaged).
+   baseline), expected gradients (integrated gradients from 16 training images of the cache,
+   averaged), and the gradient projected onto directions real exams vary in (Anders et al., ICML
+   2020): the exam's local tangent space (the first singular vectors of its nearest training
+   images' differences from it) or the training images' first principal components.
 
     python benchmarks/explain_anatomy.py --n 200 --held-out 40 --iterations 1200 \\
         --targets AtlasTotalThighMuscleVolume --thigh-muscle-sd 0.3 --out /tmp/ea_sd03
@@ -69,6 +71,8 @@ from explain_anatomy import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from mimir.inference.modules import LoadedModule
 
 CHANNELS = ("water", "fat", "fat fraction")
@@ -236,6 +240,37 @@ def path_attribution(module: LoadedModule, pairs: list[dict], target: str, devic
     ])
 
 
+#: The local tangent space of an exam (Anders et al., ICML 2020, "Fairwashing explanations with
+#: off-manifold detergent"): spanned by the first singular vectors of its nearest training images'
+#: differences from it. A gradient projected onto it keeps only the sensitivity to changes that
+#: real exams differ by near this one.
+TANGENT_NEIGHBOURS, TANGENT_DIRECTIONS, GLOBAL_COMPONENTS = 32, 16, 64
+
+
+def local_tangent_space(image: torch.Tensor, training_images: np.ndarray) -> np.ndarray:
+    """Orthonormal rows spanning the differences of the exam's nearest training images from it."""
+    flat = image[0].detach().cpu().double().numpy().reshape(-1)
+    distances = np.linalg.norm(training_images - flat, axis=1)
+    nearest = training_images[np.argsort(distances)[:TANGENT_NEIGHBOURS]] - flat
+    return np.linalg.svd(nearest, full_matrices=False)[2][:TANGENT_DIRECTIONS]
+
+
+def principal_directions(training_images: np.ndarray) -> np.ndarray:
+    """The training images' first principal directions (orthonormal rows)."""
+    return np.linalg.svd(training_images - training_images.mean(0), full_matrices=False)[2][:GLOBAL_COMPONENTS]
+
+
+def projected_gradient(target_mean: torch.nn.Module, image: torch.Tensor, directions: np.ndarray) -> torch.Tensor:
+    """The gradient of the target's mean at the exam, projected onto the span of `directions`."""
+    import torch
+
+    inputs = image.detach().clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(target_mean(inputs).sum(), inputs)
+    flat = gradient[0].detach().cpu().double().numpy().reshape(-1)
+    projected = directions.T @ (directions @ flat)
+    return torch.as_tensor(projected.reshape(image.shape))
+
+
 def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cache: Path, held_out: set[int], device: str) -> pd.DataFrame:
     """Maps of the subjects' predicted target by attributions outside `mimir explain`, scored by
     explain_anatomy.anatomy_scores (|.| summed over the channels, as mimir's maps)."""
@@ -258,6 +293,14 @@ def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cac
             x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0, perturbations_per_eval=64),
         "expected gradients, 16 training images": lambda x: IntegratedGradients(target_mean).attribute(
             x.expand(len(references), -1, -1, -1), baselines=references, n_steps=16, internal_batch_size=64).mean(0, keepdim=True),
+    }
+    training_images = np.stack([load_image(path) for path in training]).reshape(len(training), -1).astype(np.float64)
+    components = principal_directions(training_images)
+    methods |= {
+        f"gradient on the tangent space: {TANGENT_NEIGHBOURS} nearest training images, {TANGENT_DIRECTIONS} directions":
+            lambda x: projected_gradient(target_mean, x, local_tangent_space(x, training_images)),
+        f"gradient on the training images' first {GLOBAL_COMPONENTS} principal components":
+            lambda x: projected_gradient(target_mean, x, components),
     }
     images = [network_input(torch.as_tensor(pair["subject_image"][None]), device, channels_last=False) for pair in pairs]
     rows = []
