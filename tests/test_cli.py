@@ -127,8 +127,8 @@ def test_train_validation_file_holds_its_exams_out_of_training(tmp_path):
     validation = tmp_path / "validation.csv"
     validation.write_text("eid\n1000002\n")  # instance 2 by default
     train_ids, val_ids = _validation_split(targets, str(validation))
-    assert list(zip(val_ids["eid"], val_ids["instance"])) == [(1000002, 2)]
-    assert list(zip(train_ids["eid"], train_ids["instance"])) == [(1000001, 2), (1000002, 3), (1000003, 2)]
+    assert list(zip(val_ids["eid"], val_ids["instance"], strict=True)) == [(1000002, 2)]
+    assert list(zip(train_ids["eid"], train_ids["instance"], strict=True)) == [(1000001, 2), (1000002, 3), (1000003, 2)]
     assert _validation_split(targets, None) == (None, None)
     with pytest.raises(UsageError, match="does not exist"):
         _validation_split(targets, str(tmp_path / "missing.csv"))

@@ -139,7 +139,7 @@ def test_seam_parity_and_outer_layer_name_the_swapped_stations():
 def _outer_layer_by_definition(mask: np.ndarray, depth: int) -> np.ndarray:
     """Voxel by voxel: body within `depth` of the first body voxel from the right, left or front."""
     layer = np.zeros_like(mask)
-    for index in zip(*np.nonzero(mask)):
+    for index in zip(*np.nonzero(mask), strict=True):
         slice_, row, col = (int(value) for value in index)
         line = np.flatnonzero(mask[slice_, row])
         column = np.flatnonzero(mask[slice_, :, col])

@@ -91,7 +91,7 @@ def test_oof_covers_each_exam_with_a_reference_exactly_once(full_run, cohort):
     targets = pd.read_csv(cohort[1])
     with_image = targets[targets["eid"] < 2_000_000]
     assert not oof.duplicated(["eid", "instance"]).any()
-    assert set(zip(oof["eid"], oof["instance"])) == set(zip(with_image["eid"], with_image["instance"]))
+    assert set(zip(oof["eid"], oof["instance"], strict=True)) == set(zip(with_image["eid"], with_image["instance"], strict=True))
     splits = json.loads((out / "splits.json").read_text())
     fold_of = {eid: int(fold) for fold, eids in splits["eids"].items() for eid in eids}
     assert (oof["fold"] == oof["eid"].map(fold_of)).all()
@@ -265,7 +265,7 @@ def test_cli_exclude_leaves_listed_exams_out_of_every_fold_and_counts_them(cohor
     assert f"2 cached exams left out: on the exclusion list {listed}" in capsys.readouterr().out
     folder = CrossvalFolder(out)
     reference = pd.read_csv(folder.reference)
-    keys = set(zip(reference["eid"], reference["instance"]))
+    keys = set(zip(reference["eid"], reference["instance"], strict=True))
     assert (1000001, 2) not in keys and (1000000, 3) not in keys and (1000000, 2) in keys
     assert json.loads(folder.data_summary.read_text())["dropped"]["excluded_by_list"] == 2
     assert main(argv[:-2]) == 2  # the same folder without the list: other exams, refused

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 import warnings
 import zipfile
@@ -142,7 +143,7 @@ def test_plan_has_the_real_station_geometry_and_overlaps() -> None:
     assert [s.slice_spacing_mm for s in plan.stations] == [3.0, 4.5, 4.5, 4.5, 3.5, 4.0]
     tops = [s.z_top_mm for s in plan.stations]
     assert tops == sorted(tops, reverse=True)
-    for upper, lower in zip(plan.stations, plan.stations[1:]):
+    for upper, lower in itertools.pairwise(plan.stations):
         overlap = lower.z_top_mm - upper.z_bottom_mm
         assert 15.0 < overlap < 45.0, overlap
     # The grid covers every station; the fused, end-trimmed volume is about 370 slices.
@@ -167,7 +168,7 @@ def test_on_grid_plan_puts_every_slice_on_the_grid() -> None:
     for station in plan.stations:
         index = (plan.grid_z_top_mm - station.z_positions) / GRID_SLICE_SPACING_MM
         np.testing.assert_allclose(index, np.round(index), atol=1e-9)
-    for upper, lower in zip(plan.stations, plan.stations[1:]):
+    for upper, lower in itertools.pairwise(plan.stations):
         assert lower.z_top_mm > upper.z_bottom_mm
     assert plan_exam(np.random.default_rng(3), on_grid=True).stations[2].z_top_mm == plan.stations[2].z_top_mm
 

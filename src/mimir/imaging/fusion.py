@@ -12,6 +12,7 @@ stations' signal over the same slices, before blending hides any disagreement.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -156,7 +157,7 @@ def blend_weights(overlap: int) -> np.ndarray:
 
 
 def _check_order(ranges: Sequence[tuple[int, int]]) -> None:
-    for upper, (above, below) in enumerate(zip(ranges, ranges[1:])):
+    for upper, (above, below) in enumerate(itertools.pairwise(ranges)):
         if below[0] <= above[0] or below[1] <= above[1]:
             raise FusionError(
                 f"station {upper + 2} does not extend below station {upper + 1}: grid slices {above} and {below}"
@@ -294,7 +295,7 @@ def fuse_stations(stations: Sequence[Station]) -> FusedVolume:
         if not (station.rows.copied and station.cols.copied)
     ]
 
-    for station, (start, stop) in zip(placed, exclusive):
+    for station, (start, stop) in zip(placed, exclusive, strict=True):
         rows, cols = canvas.footprint(station)
         target = slice(start - canvas.slice_offset, stop - canvas.slice_offset)
         station.grid_slices("water", start, stop, out=canvas.water[target, rows, cols])

@@ -55,7 +55,7 @@ def save_volumes(volume: FusedVolume, folder: Path, stem: str) -> tuple[Path, Pa
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = (folder / f"{stem}_water.nii.gz", folder / f"{stem}_fat.nii.gz")
-    for array, path in zip((volume.water, volume.fat), paths):
+    for array, path in zip((volume.water, volume.fat), paths, strict=True):
         payload = gzip.compress(to_nifti(array, volume).to_bytes(), compresslevel=_GZIP_LEVEL)
         atomic_write_bytes(path, payload)
         logger.debug("wrote %s", path)

@@ -219,7 +219,7 @@ def _binary_agreement_figure(reference: np.ndarray, predicted: np.ndarray, *, na
     figure.suptitle(f"{name} (N = {reference.size:,}, binary)", fontsize=13)
     classes = (0.0, 1.0)
     groups = [predicted[reference == label] for label in classes]
-    labels = [f"reference {int(label)}\n(n = {group.size:,})" for label, group in zip(classes, groups)]
+    labels = [f"reference {int(label)}\n(n = {group.size:,})" for label, group in zip(classes, groups, strict=True)]
     box_axes.set_title("Predicted value per reference class", fontsize=11)
     box_axes.set_ylabel(axis_label("Predicted", unit))
     histogram_axes.set_title("Distribution of predicted values", fontsize=11)
@@ -230,18 +230,18 @@ def _binary_agreement_figure(reference: np.ndarray, predicted: np.ndarray, *, na
         _no_data(histogram_axes)
         return figure
     positions = [1, 2]
-    drawn = [(position, group) for position, group in zip(positions, groups) if group.size]
+    drawn = [(position, group) for position, group in zip(positions, groups, strict=True) if group.size]
     box_axes.boxplot([group for _, group in drawn], positions=[position for position, _ in drawn],
                      widths=0.5, showfliers=False, medianprops={"color": "#222222"})
     jitter = np.random.default_rng(0)
-    for (position, group), colour in zip(zip(positions, groups), _CLASS_COLOURS):
+    for (position, group), colour in zip(zip(positions, groups, strict=True), _CLASS_COLOURS, strict=True):
         offsets = jitter.uniform(-0.12, 0.12, group.size)
         box_axes.scatter(position + offsets, group, color=colour, edgecolors="none", **_marker_style(group.size))
     box_axes.set_xticks(positions, labels)
     box_axes.set_xlim(0.4, 2.6)
     box_axes.grid(True, axis="y", color="#e5e5e5", linewidth=0.6)
     bins = np.linspace(*_padded_range(predicted), 31)
-    for label, group, colour in zip(classes, groups, _CLASS_COLOURS):
+    for label, group, colour in zip(classes, groups, _CLASS_COLOURS, strict=True):
         if group.size:
             histogram_axes.hist(group, bins=bins, color=colour, alpha=0.5, label=f"reference {int(label)}")
     histogram_axes.grid(True, axis="y", color="#e5e5e5", linewidth=0.6)
@@ -332,7 +332,7 @@ def validation_curve_plot(history: "pd.DataFrame", *, path: Path, title: str) ->
     folds = [(None, history)] if "fold" not in history.columns else list(history.groupby("fold", sort=True))
     colours = _cycle_colours(len(folds))
     drawn = 0
-    for (fold, rows), colour in zip(folds, colours):
+    for (_, rows), colour in zip(folds, colours, strict=True):
         rows = rows.sort_values("iteration")
         for column, style, marker in (("train_loss", "-", None), ("val_loss", "--", "o")):
             if column not in rows.columns:
@@ -364,7 +364,7 @@ def _curve_legend_handles(folds: list[tuple[object, object]], colours: list[str]
     if len(folds) > 1:
         handles.extend(
             Line2D([], [], color=colour, linewidth=3, label=f"fold {fold}")
-            for (fold, _), colour in zip(folds, colours)
+            for (fold, _), colour in zip(folds, colours, strict=True)
         )
     return handles
 

@@ -87,7 +87,7 @@ def dxa_values(anatomy: Anatomy) -> dict[str, float]:
     sides = {"Left": Region.ARM_LEFT, "Right": Region.ARM_RIGHT}
     arms = [_masses(body, mineral, region == r) for r in sides.values()]
     legs = [_masses(body, mineral, region == r) for r in (Region.LEG_LEFT, Region.LEG_RIGHT)]
-    for (side, _), arm, leg in zip(sides.items(), arms, legs):
+    for (side, _), arm, leg in zip(sides.items(), arms, legs, strict=True):
         out[f"DxaArmFatMass{side}"] = arm["fat"]
         out[f"DxaArmLeanMass{side}"] = arm["lean"]
         out[f"DxaArmTissueFatPercentage{side}"] = 100.0 * arm["fat"] / (arm["fat"] + arm["lean"])

@@ -15,6 +15,7 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import itertools
 import logging
 import math
 import os
@@ -348,7 +349,7 @@ class _SeriesEncoder:
         bounds = [-1, *_PER_SLICE_TAGS, 1 << 32]
         #: Shared elements before, between and after the per-slice ones.
         self._chunks = [
-            b"".join(encoded[tag] for tag in tags if lower < tag < upper) for lower, upper in zip(bounds, bounds[1:])
+            b"".join(encoded[tag] for tag in tags if lower < tag < upper) for lower, upper in itertools.pairwise(bounds)
         ]
         self._meta_before_uid = _element(0x00020001, b"OB", b"\x00\x01") + _element(
             0x00020002, b"UI", _padded(MRImageStorage, b"\x00")
@@ -371,7 +372,7 @@ class _SeriesEncoder:
             _element(_TAG_PIXEL_DATA, b"OW", pixels.tobytes()),
         )
         parts = [bytes(128), b"DICM", _element(0x00020000, b"UL", struct.pack("<I", len(meta))), meta]
-        for chunk, element in zip(self._chunks, per_slice):
+        for chunk, element in zip(self._chunks[:-1], per_slice, strict=True):
             parts += (chunk, element)
         parts.append(self._chunks[-1])
         return b"".join(parts)
@@ -592,7 +593,7 @@ def _records(
         add("off_grid_station", quirks.off_grid_station, f"shifted by x={dx:+.3f} y={dy:+.3f} z={dz:+.3f} mm")
     if quirks.size_mismatch_station is not None:
         station = plan.stations[quirks.size_mismatch_station]
-        fat_rows, fat_columns = (a + b for a, b in zip((station.rows, station.columns), quirks.size_mismatch_extra))
+        fat_rows, fat_columns = (a + b for a, b in zip((station.rows, station.columns), quirks.size_mismatch_extra, strict=True))
         add(
             "size_mismatch",
             quirks.size_mismatch_station,
