@@ -94,35 +94,48 @@ def subject_image(zip_path: Path) -> tuple[np.ndarray, tuple[int, int], np.ndarr
     return build_representation(volume), (int(positions[0]), int(positions[1])), maxima
 
 
-def make_pair(out: Path, seed: int, eid: int, thigh_muscle_sd: float, parameter: str, delta: float) -> Path:
-    """The subject and its twin (`parameter` x (1 + delta)): images, fat-fraction slice positions,
-    view maxima, the subject's projected masks (out/pairs/PARAMETER_DELTA/EID.npz); the zips are
-    deleted."""
+def generated_exam(out: Path, seed: int, eid: int, thigh_muscle_sd: float, scales: tuple[tuple[str, float], ...],
+                   name: str, with_masks: bool = False) -> dict[str, np.ndarray]:
+    """One generated exam of the subject (its parameters scaled by `scales`): its image,
+    fat-fraction slice positions, view maxima, true targets and, `with_masks`, its projected
+    masks, prefixed by `name`; the zip is deleted."""
     from mimir.synth.cohort import SubjectJob, generate_subject
 
-    saved = out / "pairs" / f"{parameter}_{delta:g}" / f"{eid}.npz"
-    if saved.is_file():
-        return saved
-    arrays: dict[str, np.ndarray] = {}
-    for name, scale in (("subject", 1.0), ("twin", 1.0 + delta)):
-        folder = out / "zips" / f"{name}_{eid}"
-        result = generate_subject(SubjectJob(eid, seed, 2, folder, (), False, False, thigh_muscle_sd, ((parameter, scale),)))
-        zip_path = folder / result.zip_name
-        image, positions, maxima = subject_image(zip_path)
-        arrays |= {f"{name}_image": image, f"{name}_slices": np.array(positions), f"{name}_maxima": maxima,
-                   **{f"{name}_truth {target}": np.array(result.truth[target]) for target in TARGETS}}
-        if name == "subject":
-            masks = projected_masks(*anatomy_on_fused_grid(zip_path, seed, eid, thigh_muscle_sd))
-            arrays |= {f"mask {key}": value for key, value in masks.items()}
-        zip_path.unlink()
-        folder.rmdir()
-    with contextlib.suppress(OSError):  # another worker's twin may still be there
+    folder = out / "zips" / f"{name}_{eid}"
+    result = generate_subject(SubjectJob(eid, seed, 2, folder, (), False, False, thigh_muscle_sd, scales))
+    zip_path = folder / result.zip_name
+    image, positions, maxima = subject_image(zip_path)
+    arrays = {f"{name}_image": image, f"{name}_slices": np.array(positions), f"{name}_maxima": maxima,
+              **{f"{name}_truth {target}": np.array(result.truth[target]) for target in TARGETS}}
+    if with_masks:
+        masks = projected_masks(*anatomy_on_fused_grid(zip_path, seed, eid, thigh_muscle_sd))
+        arrays |= {f"mask {key}": value for key, value in masks.items()}
+    zip_path.unlink()
+    folder.rmdir()
+    with contextlib.suppress(OSError):  # another worker's exam may still be there
         (out / "zips").rmdir()
+    return arrays
+
+
+def save_arrays(saved: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Written whole or not at all (a rerun regenerates what a killed run left unfinished)."""
     saved.parent.mkdir(parents=True, exist_ok=True)
     partial = saved.with_suffix(".partial.npz")
     np.savez_compressed(partial, **arrays)
     partial.replace(saved)
     return saved
+
+
+def make_pair(out: Path, seed: int, eid: int, thigh_muscle_sd: float, parameter: str, delta: float) -> Path:
+    """The subject and its twin (`parameter` x (1 + delta)): images, fat-fraction slice positions,
+    view maxima, the subject's projected masks (out/pairs/PARAMETER_DELTA/EID.npz); the zips are
+    deleted."""
+    saved = out / "pairs" / f"{parameter}_{delta:g}" / f"{eid}.npz"
+    if saved.is_file():
+        return saved
+    arrays = generated_exam(out, seed, eid, thigh_muscle_sd, ((parameter, 1.0),), "subject", with_masks=True)
+    arrays |= generated_exam(out, seed, eid, thigh_muscle_sd, ((parameter, 1.0 + delta),), "twin")
+    return save_arrays(saved, arrays)
 
 
 def load_pair(path: Path) -> dict:
@@ -202,34 +215,47 @@ def module_response(module: LoadedModule, pairs: list[dict], target: str) -> pd.
 PATH_STEPS = 64
 
 
-def path_attribution(module: LoadedModule, pairs: list[dict], target: str, device: str) -> pd.DataFrame:
-    """Integrated gradients from the subject's image to its twin's: the share of the change of the
-    target's standardised mean attributed to each region and channel (signed; they add up to 1
-    up to the integration error), averaged over the pairs as a ratio of means."""
+def path_split(explainer, target_mean, pair: dict, target: str, device: str) -> dict[str, float]:
+    """Integrated gradients from the subject's image to its twin's, summed per region, channel and
+    view (standardised units; they add up to the change up to the integration error)."""
     import torch
+
+    from mimir.forward import network_input
+
+    subject, twin = (network_input(torch.as_tensor(pair[name][None]), device, channels_last=False)
+                     for name in ("subject_image", "twin_image"))
+    attributions, gap = explainer.attribute(twin, baselines=subject, n_steps=PATH_STEPS, return_convergence_delta=True)
+    per_pixel = attributions[0].detach().cpu().double().numpy()
+    with torch.no_grad():
+        change = float(target_mean(twin) - target_mean(subject))
+    rows = {"change of the standardised mean": change, "completeness gap (absolute)": abs(float(gap[0]))}
+    rows |= {f"region: {name}": float(per_pixel.sum(axis=0)[region].sum())
+             for name, region in exclusive_regions(pair["masks"], target).items()}
+    if target in REGIONS:
+        rows["thighs (muscle, fat, bone)"] = float(per_pixel.sum(axis=0)[organ_level_region(pair["masks"], target)].sum())
+    rows |= {f"channel: {channel}": float(per_pixel[index].sum()) for index, channel in enumerate(CHANNELS)}
+    rows |= {f"view: {view}": float(per_pixel[:, :, columns].sum()) for view, columns in VIEWS.items()}
+    return rows
+
+
+def path_explainer(module: LoadedModule, target: str):
+    """The target's standardised mean and Captum's IntegratedGradients over it."""
     from captum.attr import IntegratedGradients
 
     from mimir.explain.maps import TargetMean
-    from mimir.forward import network_input
 
     target_mean = TargetMean(module.network, module.spec.target_names.index(target))
-    explainer = IntegratedGradients(target_mean)
+    return IntegratedGradients(target_mean), target_mean
+
+
+def path_attribution(module: LoadedModule, pairs: list[dict], target: str, device: str) -> pd.DataFrame:
+    """The share of the change of the target's standardised mean attributed to each region and
+    channel by `path_split` (signed; they add up to 1 up to the integration error), averaged over
+    the pairs as a ratio of means."""
+    explainer, target_mean = path_explainer(module, target)
     sums: dict[str, list[float]] = {}
     for pair in pairs:
-        subject, twin = (network_input(torch.as_tensor(pair[name][None]), device, channels_last=False)
-                         for name in ("subject_image", "twin_image"))
-        attributions, gap = explainer.attribute(twin, baselines=subject, n_steps=PATH_STEPS, return_convergence_delta=True)
-        per_pixel = attributions[0].detach().cpu().double().numpy()
-        with torch.no_grad():
-            change = float(target_mean(twin) - target_mean(subject))
-        rows = {"change of the standardised mean": change, "completeness gap (absolute)": abs(float(gap[0]))}
-        rows |= {f"region: {name}": float(per_pixel.sum(axis=0)[region].sum())
-                 for name, region in exclusive_regions(pair["masks"], target).items()}
-        if target in REGIONS:
-            rows["thighs (muscle, fat, bone)"] = float(per_pixel.sum(axis=0)[organ_level_region(pair["masks"], target)].sum())
-        rows |= {f"channel: {channel}": float(per_pixel[index].sum()) for index, channel in enumerate(CHANNELS)}
-        rows |= {f"view: {view}": float(per_pixel[:, :, columns].sum()) for view, columns in VIEWS.items()}
-        for name, value in rows.items():
+        for name, value in path_split(explainer, target_mean, pair, target, device).items():
             sums.setdefault(name, []).append(value)
     total = float(np.mean(sums["change of the standardised mean"]))
     return pd.DataFrame([

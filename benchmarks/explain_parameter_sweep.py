@@ -1,0 +1,192 @@
+"""Which of the body's parameters move a trained module's prediction, and through which pixels?
+
+The counterfactual twins (explain_counterfactual.py) change one parameter and find the thigh
+muscle module reading that change in the thighs, while its saliency maps put a quarter to a half
+of their weight on the trunk. Real exams differ in every parameter at once. This benchmark asks
+whether the module reads the cohort's own variation, all of it, from the trunk: for each numeric
+body parameter of the synthetic generator (PARAMETERS) it makes twins of held-out subjects of the
+anatomy benchmark's cohort with that parameter one cohort standard deviation higher (relative:
+the parameter's sd over mean across the cohort's subjects, every other draw the same), and
+measures the true change of the target, the module's predicted change, and where the module reads
+it (integrated gradients along the straight path from the subject's image to the twin's, summed
+per body region: explain_counterfactual.path_split).
+
+Combined over the parameters, a map faithful to the module's response to the cohort's variation
+would put on region r a weight proportional to sqrt(sum over parameters of the squared
+attribution to r): a subject's deviation from the cohort is a sum of independent one-sd changes
+(z_p a_p,r with z_p standard normal), whose expected magnitude on r is that root sum of squares.
+An approximation: parameters drawn independently, responses linear over one sd, region sums
+(signed attributions cancel within a region, where a map sums magnitudes pixel by pixel). Its
+shares and its ratio on the thigh muscle and on the thighs are printed against the body's area
+shares, to set beside the maps' (explain_anatomy.py).
+
+    python benchmarks/explain_anatomy.py --n 200 --held-out 40 --iterations 1200 \\
+        --targets AtlasTotalThighMuscleVolume --thigh-muscle-sd 0.3 --out /tmp/ea_sd03
+    python benchmarks/explain_parameter_sweep.py --n 200 --thigh-muscle-sd 0.3 --subjects 20 \\
+        --module /tmp/ea_sd03/modules/AtlasTotalThighMuscleVolume --cache /tmp/ea_sd03/cache --out /tmp/ea_sweep_sd03
+
+Subjects and twins are saved as they are made (out/subjects, out/twins/PARAMETER_DELTA), so a
+rerun reuses them; results.json and the tables are written to --out and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from explain_anatomy import TARGETS, exclusive_regions, markdown, organ_level_region
+from explain_counterfactual import generated_exam, load_pair, path_explainer, path_split, save_arrays
+
+#: Positive, continuous body parameters of the generator that change the anatomy or the signal
+#: (SubjectParams fields; thigh_muscle is the independent thigh factor of --thigh-muscle-sd).
+PARAMETERS = (
+    "height_cm", "body_fat_fraction", "lean_index", "limb_muscle", "thigh_muscle", "vat_l", "breast_l",
+    "liver_volume_l", "liver_fat", "kidney_volume_l", "muscle_fat", "adipose_fat", "bone_mineral",
+    "sitting_ratio", "shoulder_scale", "hip_scale", "trunk_depth", "sat_anterior", "sat_posterior",
+    "sat_lateral", "signal_muscle",
+)
+
+
+def relative_spread(n: int, seed: int, thigh_muscle_sd: float, parameters: tuple[str, ...]) -> dict[str, float]:
+    """Each parameter's sd / mean over the cohort's subjects, as the generator draws them."""
+    from mimir.synth.cohort import draw_eids, subject_rng, thigh_muscle_factor
+    from mimir.synth.subject import sample_subject
+
+    drawn = []
+    for eid in draw_eids(n, seed):
+        params = sample_subject(subject_rng(seed, eid), eid)
+        drawn.append({name: getattr(params, name) for name in parameters if name != "thigh_muscle"}
+                     | {"thigh_muscle": thigh_muscle_factor(seed, eid, thigh_muscle_sd)})
+    table = pd.DataFrame(drawn)
+    return {name: float(table[name].std() / table[name].mean()) for name in parameters}
+
+
+def make_subject(out: Path, seed: int, eid: int, thigh_muscle_sd: float) -> Path:
+    saved = out / "subjects" / f"{eid}.npz"
+    if not saved.is_file():
+        save_arrays(saved, generated_exam(out, seed, eid, thigh_muscle_sd, (), "subject", with_masks=True))
+    return saved
+
+
+def make_twin(out: Path, seed: int, eid: int, thigh_muscle_sd: float, parameter: str, delta: float) -> Path:
+    saved = out / "twins" / f"{parameter}_{delta:.4g}" / f"{eid}.npz"
+    if not saved.is_file():
+        save_arrays(saved, generated_exam(out, seed, eid, thigh_muscle_sd, ((parameter, 1.0 + delta),), "twin"))
+    return saved
+
+
+def region_areas(masks: dict[str, np.ndarray], target: str) -> dict[str, float]:
+    """Each exclusive region's, and the thighs', share of the body's area."""
+    body = masks["body"].sum()
+    areas = {name: float(region.sum() / body) for name, region in exclusive_regions(masks, target).items() if name != "outside body"}
+    return areas | {"thighs (muscle, fat, bone)": float(organ_level_region(masks, target).sum() / body)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="the anatomy benchmark's cohort size (its eids)")
+    parser.add_argument("--subjects", type=int, default=20, help="how many of its held-out subjects (the first eids in order)")
+    parser.add_argument("--seed", type=int, default=300)
+    parser.add_argument("--thigh-muscle-sd", type=float, default=0.3)
+    parser.add_argument("--target", default="AtlasTotalThighMuscleVolume", choices=list(TARGETS))
+    parser.add_argument("--parameters", nargs="+", default=list(PARAMETERS), choices=list(PARAMETERS))
+    parser.add_argument("--module", type=Path, required=True, help="a module trained for --target on the cohort's other subjects")
+    parser.add_argument("--cache", type=Path, required=True, help="the anatomy benchmark's image cache: the subjects must be its")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    from mimir.imaging.cache import image_path, load_image
+    from mimir.inference.modules import load_module
+    from mimir.synth.cohort import draw_eids
+
+    started = time.perf_counter()
+    eids = sorted(draw_eids(args.n, args.seed))[: args.subjects]
+    spread = relative_spread(args.n, args.seed, args.thigh_muscle_sd, tuple(args.parameters))
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        subjects = [load_pair(path) for path in pool.map(partial(make_subject, args.out, args.seed, thigh_muscle_sd=args.thigh_muscle_sd), eids)]
+        same = sum(np.array_equal(subject["subject_image"], load_image(image_path(args.cache, f"{eid}_20201_2_0")))
+                   for eid, subject in zip(eids, subjects, strict=True))
+        if same != len(eids):
+            raise SystemExit(f"only {same} of {len(eids)} subjects' images are {args.cache}'s: not the module's held-out cohort")
+        jobs = [(parameter, eid) for parameter in args.parameters for eid in eids]
+        twin_paths = list(pool.map(_make_twin_job, [(args.out, args.seed, eid, args.thigh_muscle_sd, parameter, spread[parameter])
+                                                     for parameter, eid in jobs]))
+    timings = {"exams": time.perf_counter() - started}
+
+    started = time.perf_counter()
+    module = load_module(args.module, args.device)
+    column = module.spec.target_names.index(args.target)
+    explainer, target_mean = path_explainer(module, args.target)
+    rows, per_subject = [], {eid: [] for eid in eids}
+    twins = dict(zip(jobs, twin_paths, strict=True))
+    for parameter in args.parameters:
+        splits, true_change, predicted_change = [], [], []
+        for eid, subject in zip(eids, subjects, strict=True):
+            twin = load_pair(twins[(parameter, eid)])
+            pair = {**subject, "twin_image": twin["twin_image"]}
+            means, _ = module.predict_arrays(np.stack([pair["subject_image"], pair["twin_image"]]))
+            predicted_change.append(float(means[1, column] - means[0, column]))
+            true_change.append(float(twin[f"twin_truth {args.target}"] - subject[f"subject_truth {args.target}"]))
+            split = path_split(explainer, target_mean, pair, args.target, args.device)
+            splits.append(split)
+            per_subject[eid].append(split)
+        mean_split = pd.DataFrame(splits).mean()
+        change = mean_split["change of the standardised mean"]
+        rows.append({
+            "parameter": parameter, "relative sd": spread[parameter],
+            "true change": float(np.mean(true_change)), "predicted change": float(np.mean(predicted_change)),
+            "|predicted change|": float(np.mean(np.abs(predicted_change))),
+            **{f"share {name.removeprefix('region: ')}": float(mean_split[name] / change) if abs(change) > 1e-9 else float("nan")
+               for name in mean_split.index if name.startswith("region: ") or name.startswith("thighs")},
+        })
+    timings["module"] = time.perf_counter() - started
+    table = pd.DataFrame(rows).sort_values("|predicted change|", ascending=False)
+    combined = combined_shares(per_subject, subjects, args.target)
+
+    summary = {"n": args.n, "subjects": args.subjects, "seed": args.seed, "thigh_muscle_sd": args.thigh_muscle_sd,
+               "target": args.target, "module": str(args.module), "parameters": table.to_dict(orient="records"),
+               "combined": combined, "timings_s": {key: round(value, 1) for key, value in timings.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    print(f"{len(eids)} subjects, a one-sd twin per parameter; predicted and true change of {args.target}, and where "
+          "the module reads it (path integrated gradients, shares of the change):")
+    print(markdown(table.drop(columns=[column for column in table.columns if column.startswith("share head")
+                                       or column.startswith("share rest of body")])))
+    print("combined (root sum of squares over the parameters, per subject, then shares):")
+    print(markdown(pd.DataFrame([{"region": name, **values} for name, values in combined.items()])))
+
+
+def _make_twin_job(job: tuple) -> Path:
+    out, seed, eid, thigh_muscle_sd, parameter, delta = job
+    return make_twin(out, seed, eid, thigh_muscle_sd, parameter, delta)
+
+
+def combined_shares(per_subject: dict[int, list[dict[str, float]]], subjects: list[dict], target: str) -> dict[str, dict[str, float]]:
+    """Per region: the mean over subjects of sqrt(sum over parameters of the attribution squared)
+    as a share of the exclusive regions' total, its area share and their ratio."""
+    shares: dict[str, list[float]] = {}
+    areas: dict[str, list[float]] = {}
+    for subject, splits in zip(subjects, per_subject.values(), strict=True):
+        table = pd.DataFrame(splits)
+        magnitude = {name.removeprefix("region: "): float(np.sqrt((table[name] ** 2).sum()))
+                     for name in table.columns if name.startswith("region: ") or name.startswith("thighs")}
+        total = sum(value for name, value in magnitude.items() if not name.startswith("thighs"))
+        for name, value in magnitude.items():
+            shares.setdefault(name, []).append(value / total)
+        for name, value in region_areas(subject["masks"], target).items():
+            areas.setdefault(name, []).append(value)
+    return {name: {"share": float(np.mean(values)), "area share": float(np.mean(areas[name])) if name in areas else float("nan"),
+                   "ratio": float(np.mean(values) / np.mean(areas[name])) if name in areas else float("nan")}
+            for name, values in shares.items()}
+
+
+if __name__ == "__main__":
+    main()
