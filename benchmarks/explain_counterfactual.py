@@ -32,8 +32,8 @@ Then
    weight on the trunk belongs to one method: integrated gradients from a blurred copy of the
    image (Gaussian, sd 8 pixels), Captum's Occlusion (32-pixel patches, stride 16, zero
    baseline), expected gradients (integrated gradients from 16 training images of the cache,
-   averaged), and the gradient projected onto directions real exams vary in (Anders et al., ICML
-   2020): the exam's local tangent space (the first singular vectors of its nearest training
+   averaged; or from the 16 nearest), and the gradient projected onto directions real exams
+   vary in (Anders et al., ICML 2020): the exam's local tangent space (the first singular vectors of its nearest training
    images' differences from it) or the training images' first principal components.
 
     python benchmarks/explain_anatomy.py --n 200 --held-out 40 --iterations 1200 \\
@@ -281,6 +281,24 @@ def local_tangent_space(image: torch.Tensor, training_images: np.ndarray) -> np.
     return np.linalg.svd(nearest, full_matrices=False)[2][:TANGENT_DIRECTIONS]
 
 
+class NearestReferences:
+    """The training images nearest an exam (Euclidean, over the whole image) as a batch of
+    network inputs: baselines whose straight path to the exam stays closer to real exams."""
+
+    def __init__(self, training_images: np.ndarray, device: str) -> None:
+        self.training_images, self.device = training_images, device
+
+    def __call__(self, image: torch.Tensor, count: int) -> torch.Tensor:
+        import torch
+
+        from mimir.forward import network_input
+
+        flat = image[0].detach().cpu().double().numpy().reshape(-1)
+        order = np.argsort(np.linalg.norm(self.training_images - flat, axis=1))[:count]
+        chosen = self.training_images[order].reshape(count, *image.shape[1:]).astype(np.float32)
+        return network_input(torch.as_tensor(chosen), self.device, channels_last=False)
+
+
 def principal_directions(training_images: np.ndarray) -> np.ndarray:
     """The training images' first principal directions (orthonormal rows)."""
     return np.linalg.svd(training_images - training_images.mean(0), full_matrices=False)[2][:GLOBAL_COMPONENTS]
@@ -297,7 +315,8 @@ def projected_gradient(target_mean: torch.nn.Module, image: torch.Tensor, direct
     return torch.as_tensor(projected.reshape(image.shape))
 
 
-def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cache: Path, held_out: set[int], device: str) -> pd.DataFrame:
+def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cache: Path, held_out: set[int], device: str,
+                       only: str | None = None) -> pd.DataFrame:
     """Maps of the subjects' predicted target by attributions outside `mimir explain`, scored by
     explain_anatomy.anatomy_scores (|.| summed over the channels, as mimir's maps)."""
     import torch
@@ -322,7 +341,11 @@ def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cac
     }
     training_images = np.stack([load_image(path) for path in training]).reshape(len(training), -1).astype(np.float64)
     components = principal_directions(training_images)
+    nearest = NearestReferences(training_images, device)
     methods |= {
+        f"expected gradients, {TANGENT_NEIGHBOURS // 2} nearest training images": lambda x: IntegratedGradients(target_mean).attribute(
+            x.expand(TANGENT_NEIGHBOURS // 2, -1, -1, -1), baselines=nearest(x, TANGENT_NEIGHBOURS // 2), n_steps=16,
+            internal_batch_size=64).mean(0, keepdim=True),
         f"gradient on the tangent space: {TANGENT_NEIGHBOURS} nearest training images, {TANGENT_DIRECTIONS} directions":
             lambda x: projected_gradient(target_mean, x, local_tangent_space(x, training_images)),
         f"gradient on the training images' first {GLOBAL_COMPONENTS} principal components":
@@ -331,6 +354,8 @@ def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cac
     images = [network_input(torch.as_tensor(pair["subject_image"][None]), device, channels_last=False) for pair in pairs]
     rows = []
     for name, attribute in methods.items():
+        if only is not None and only not in name:
+            continue
         maps = [(attribute(image)[0].abs().sum(0).detach().cpu().numpy(), pair["masks"]) for image, pair in zip(images, pairs, strict=True)]
         scores = anatomy_scores(maps, target)
         rows.append({"attribution": name, **{key: scores[key] for key in
@@ -355,6 +380,7 @@ def main() -> None:
                         "subject's image is the one it explained")
     parser.add_argument("--other-attributions", action="store_true",
                         help="also score attributions mimir explain does not offer (needs --module and --cache)")
+    parser.add_argument("--only", metavar="TEXT", help="with --other-attributions: only the methods whose name contains TEXT")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
@@ -412,7 +438,7 @@ def main() -> None:
         print(markdown(attribution))
         if args.other_attributions:
             started = time.perf_counter()
-            others = other_attributions(module, pairs, args.target, args.cache, set(eids), args.device)
+            others = other_attributions(module, pairs, args.target, args.cache, set(eids), args.device, args.only)
             timings["other attributions"] = time.perf_counter() - started
             summary["other_attributions"] = others.to_dict(orient="records")
             print(markdown(others))
