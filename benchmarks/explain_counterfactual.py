@@ -215,9 +215,9 @@ def module_response(module: LoadedModule, pairs: list[dict], target: str) -> pd.
 PATH_STEPS = 64
 
 
-def path_split(explainer, target_mean, pair: dict, target: str, device: str) -> dict[str, float]:
-    """Integrated gradients from the subject's image to its twin's, summed per region, channel and
-    view (standardised units; they add up to the change up to the integration error)."""
+def path_pixels(explainer, target_mean, pair: dict, device: str) -> tuple[np.ndarray, float, float]:
+    """Integrated gradients from the subject's image to its twin's, per pixel and channel
+    (standardised units), the change of the target's standardised mean and the completeness gap."""
     import torch
 
     from mimir.forward import network_input
@@ -225,10 +225,19 @@ def path_split(explainer, target_mean, pair: dict, target: str, device: str) -> 
     subject, twin = (network_input(torch.as_tensor(pair[name][None]), device, channels_last=False)
                      for name in ("subject_image", "twin_image"))
     attributions, gap = explainer.attribute(twin, baselines=subject, n_steps=PATH_STEPS, return_convergence_delta=True)
-    per_pixel = attributions[0].detach().cpu().double().numpy()
     with torch.no_grad():
         change = float(target_mean(twin) - target_mean(subject))
-    rows = {"change of the standardised mean": change, "completeness gap (absolute)": abs(float(gap[0]))}
+    return attributions[0].detach().cpu().double().numpy(), change, abs(float(gap[0]))
+
+
+def path_split(explainer, target_mean, pair: dict, target: str, device: str) -> dict[str, float]:
+    """`path_pixels` summed per region, channel and view (they add up to the change up to the
+    integration error)."""
+    return split_by_region(*path_pixels(explainer, target_mean, pair, device), pair, target)
+
+
+def split_by_region(per_pixel: np.ndarray, change: float, gap: float, pair: dict, target: str) -> dict[str, float]:
+    rows = {"change of the standardised mean": change, "completeness gap (absolute)": gap}
     rows |= {f"region: {name}": float(per_pixel.sum(axis=0)[region].sum())
              for name, region in exclusive_regions(pair["masks"], target).items()}
     if target in REGIONS:

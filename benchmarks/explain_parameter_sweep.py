@@ -18,7 +18,9 @@ attribution to r): a subject's deviation from the cohort is a sum of independent
 An approximation: parameters drawn independently, responses linear over one sd, region sums
 (signed attributions cancel within a region, where a map sums magnitudes pixel by pixel). Its
 shares and its ratio on the thigh muscle and on the thighs are printed against the body's area
-shares, to set beside the maps' (explain_anatomy.py).
+shares, to set beside the maps' (explain_anatomy.py). The same combination pixel by pixel (the
+root sum of squares over the parameters of each pixel's attribution, summed over the channels)
+is a map, scored exactly as the maps are (explain_anatomy.anatomy_scores).
 
     python benchmarks/explain_anatomy.py --n 200 --held-out 40 --iterations 1200 \\
         --targets AtlasTotalThighMuscleVolume --thigh-muscle-sd 0.3 --out /tmp/ea_sd03
@@ -40,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from explain_anatomy import TARGETS, exclusive_regions, markdown, organ_level_region
-from explain_counterfactual import generated_exam, load_pair, path_explainer, path_split, save_arrays
+from explain_anatomy import TARGETS, anatomy_scores, exclusive_regions, markdown, organ_level_region
+from explain_counterfactual import generated_exam, load_pair, path_explainer, path_pixels, save_arrays, split_by_region
 
 #: Positive, continuous body parameters of the generator that change the anatomy or the signal
 #: (SubjectParams fields; thigh_muscle is the independent thigh factor of --thigh-muscle-sd).
@@ -126,6 +128,7 @@ def main() -> None:
     column = module.spec.target_names.index(args.target)
     explainer, target_mean = path_explainer(module, args.target)
     rows, per_subject = [], {eid: [] for eid in eids}
+    squares = {eid: np.zeros(subjects[0]["subject_image"].shape[1:]) for eid in eids}
     twins = dict(zip(jobs, twin_paths, strict=True))
     for parameter in args.parameters:
         splits, true_change, predicted_change = [], [], []
@@ -135,7 +138,9 @@ def main() -> None:
             means, _ = module.predict_arrays(np.stack([pair["subject_image"], pair["twin_image"]]))
             predicted_change.append(float(means[1, column] - means[0, column]))
             true_change.append(float(twin[f"twin_truth {args.target}"] - subject[f"subject_truth {args.target}"]))
-            split = path_split(explainer, target_mean, pair, args.target, args.device)
+            per_pixel, change, gap = path_pixels(explainer, target_mean, pair, args.device)
+            squares[eid] += per_pixel.sum(axis=0) ** 2
+            split = split_by_region(per_pixel, change, gap, pair, args.target)
             splits.append(split)
             per_subject[eid].append(split)
         mean_split = pd.DataFrame(splits).mean()
@@ -150,10 +155,11 @@ def main() -> None:
     timings["module"] = time.perf_counter() - started
     table = pd.DataFrame(rows).sort_values("|predicted change|", ascending=False)
     combined = combined_shares(per_subject, subjects, args.target)
+    pixel_map = anatomy_scores([(np.sqrt(squares[eid]), subject["masks"]) for eid, subject in zip(eids, subjects, strict=True)], args.target)
 
     summary = {"n": args.n, "subjects": args.subjects, "seed": args.seed, "thigh_muscle_sd": args.thigh_muscle_sd,
                "target": args.target, "module": str(args.module), "parameters": table.to_dict(orient="records"),
-               "combined": combined, "timings_s": {key: round(value, 1) for key, value in timings.items()}}
+               "combined": combined, "combined_pixel_map": pixel_map, "timings_s": {key: round(value, 1) for key, value in timings.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     print(f"{len(eids)} subjects, a one-sd twin per parameter; predicted and true change of {args.target}, and where "
@@ -162,6 +168,9 @@ def main() -> None:
                                        or column.startswith("share rest of body")])))
     print("combined (root sum of squares over the parameters, per subject, then shares):")
     print(markdown(pd.DataFrame([{"region": name, **values} for name, values in combined.items()])))
+    print("combined pixel by pixel (root sum of squares over the parameters of each pixel's attribution, summed over the "
+          "channels), scored as explain_anatomy scores the maps:")
+    print(markdown(pd.DataFrame([pixel_map])))
 
 
 def _make_twin_job(job: tuple) -> Path:
