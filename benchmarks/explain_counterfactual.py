@@ -33,8 +33,9 @@ Then
    image (Gaussian, sd 8 pixels), Captum's Occlusion (32-pixel patches, stride 16, zero
    baseline), expected gradients (integrated gradients from 16 training images of the cache,
    averaged; or from the 16 nearest), and the gradient projected onto directions real exams
-   vary in (Anders et al., ICML 2020): the exam's local tangent space (the first singular vectors of its nearest training
-   images' differences from it) or the training images' first principal components.
+   vary in (Anders et al., ICML 2020): the exam's local tangent space (the first singular
+   vectors of its nearest training images' differences from it) or the training images' first
+   principal components.
 
     python benchmarks/explain_anatomy.py --n 200 --held-out 40 --iterations 1200 \\
         --targets AtlasTotalThighMuscleVolume --thigh-muscle-sd 0.3 --out /tmp/ea_sd03
@@ -282,30 +283,17 @@ def path_attribution(module: LoadedModule, pairs: list[dict], target: str, devic
 TANGENT_NEIGHBOURS, TANGENT_DIRECTIONS, GLOBAL_COMPONENTS = 32, 16, 64
 
 
+def nearest_training_images(image: torch.Tensor, training_images: np.ndarray, count: int) -> np.ndarray:
+    """The `count` training images (flattened rows) nearest the exam, Euclidean over the whole image."""
+    flat = image[0].detach().cpu().double().numpy().reshape(-1)
+    return training_images[np.argsort(np.linalg.norm(training_images - flat, axis=1))[:count]]
+
+
 def local_tangent_space(image: torch.Tensor, training_images: np.ndarray) -> np.ndarray:
     """Orthonormal rows spanning the differences of the exam's nearest training images from it."""
     flat = image[0].detach().cpu().double().numpy().reshape(-1)
-    distances = np.linalg.norm(training_images - flat, axis=1)
-    nearest = training_images[np.argsort(distances)[:TANGENT_NEIGHBOURS]] - flat
+    nearest = nearest_training_images(image, training_images, TANGENT_NEIGHBOURS) - flat
     return np.linalg.svd(nearest, full_matrices=False)[2][:TANGENT_DIRECTIONS]
-
-
-class NearestReferences:
-    """The training images nearest an exam (Euclidean, over the whole image) as a batch of
-    network inputs: baselines whose straight path to the exam stays closer to real exams."""
-
-    def __init__(self, training_images: np.ndarray, device: str) -> None:
-        self.training_images, self.device = training_images, device
-
-    def __call__(self, image: torch.Tensor, count: int) -> torch.Tensor:
-        import torch
-
-        from mimir.forward import network_input
-
-        flat = image[0].detach().cpu().double().numpy().reshape(-1)
-        order = np.argsort(np.linalg.norm(self.training_images - flat, axis=1))[:count]
-        chosen = self.training_images[order].reshape(count, *image.shape[1:]).astype(np.float32)
-        return network_input(torch.as_tensor(chosen), self.device, channels_last=False)
 
 
 def principal_directions(training_images: np.ndarray) -> np.ndarray:
@@ -338,8 +326,15 @@ def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cac
 
     target_mean = TargetMean(module.network, module.spec.target_names.index(target))
     training = sorted(path for path in cache.glob("*.npy") if int(path.stem.split("_")[0]) not in held_out)
-    chosen = np.random.default_rng(0).choice(len(training), 16, replace=False)
-    references = network_input(torch.as_tensor(np.stack([load_image(training[index]) for index in chosen])), device, channels_last=False)
+    training_images = np.stack([load_image(path) for path in training]).reshape(len(training), -1).astype(np.float64)
+    image_shape = pairs[0]["subject_image"].shape
+
+    def as_inputs(rows: np.ndarray) -> torch.Tensor:
+        """Flattened training images as a batch of network inputs (float32, exact for the cache's values)."""
+        return network_input(torch.as_tensor(rows.reshape(len(rows), *image_shape).astype(np.float32)), device, channels_last=False)
+
+    references = as_inputs(training_images[np.random.default_rng(0).choice(len(training), 16, replace=False)])
+    nearest_count = TANGENT_NEIGHBOURS // 2
     methods = {
         "integrated gradients from a blurred copy": lambda x: IntegratedGradients(target_mean).attribute(
             x, baselines=TF.gaussian_blur(x, [33, 33], [8.0, 8.0]), n_steps=32),
@@ -348,13 +343,11 @@ def other_attributions(module: LoadedModule, pairs: list[dict], target: str, cac
         "expected gradients, 16 training images": lambda x: IntegratedGradients(target_mean).attribute(
             x.expand(len(references), -1, -1, -1), baselines=references, n_steps=16, internal_batch_size=64).mean(0, keepdim=True),
     }
-    training_images = np.stack([load_image(path) for path in training]).reshape(len(training), -1).astype(np.float64)
     components = principal_directions(training_images)
-    nearest = NearestReferences(training_images, device)
     methods |= {
-        f"expected gradients, {TANGENT_NEIGHBOURS // 2} nearest training images": lambda x: IntegratedGradients(target_mean).attribute(
-            x.expand(TANGENT_NEIGHBOURS // 2, -1, -1, -1), baselines=nearest(x, TANGENT_NEIGHBOURS // 2), n_steps=16,
-            internal_batch_size=64).mean(0, keepdim=True),
+        f"expected gradients, {nearest_count} nearest training images": lambda x: IntegratedGradients(target_mean).attribute(
+            x.expand(nearest_count, -1, -1, -1), baselines=as_inputs(nearest_training_images(x, training_images, nearest_count)),
+            n_steps=16, internal_batch_size=64).mean(0, keepdim=True),
         f"gradient on the tangent space: {TANGENT_NEIGHBOURS} nearest training images, {TANGENT_DIRECTIONS} directions":
             lambda x: projected_gradient(target_mean, x, local_tangent_space(x, training_images)),
         f"gradient on the training images' first {GLOBAL_COMPONENTS} principal components":

@@ -38,6 +38,7 @@ import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +120,8 @@ def main() -> None:
         if same != len(eids):
             raise SystemExit(f"only {same} of {len(eids)} subjects' images are {args.cache}'s: not the module's held-out cohort")
         jobs = [(parameter, eid) for parameter in args.parameters for eid in eids]
-        twin_paths = list(pool.map(_make_twin_job, [(args.out, args.seed, eid, args.thigh_muscle_sd, parameter, spread[parameter])
-                                                     for parameter, eid in jobs]))
+        twin_paths = list(pool.map(partial(make_twin, args.out, args.seed), [eid for _, eid in jobs], repeat(args.thigh_muscle_sd),
+                                   [parameter for parameter, _ in jobs], [spread[parameter] for parameter, _ in jobs]))
     timings = {"exams": time.perf_counter() - started}
 
     started = time.perf_counter()
@@ -171,11 +172,6 @@ def main() -> None:
     print("combined pixel by pixel (root sum of squares over the parameters of each pixel's attribution, summed over the "
           "channels), scored as explain_anatomy scores the maps:")
     print(markdown(pd.DataFrame([pixel_map])))
-
-
-def _make_twin_job(job: tuple) -> Path:
-    out, seed, eid, thigh_muscle_sd, parameter, delta = job
-    return make_twin(out, seed, eid, thigh_muscle_sd, parameter, delta)
 
 
 def combined_shares(per_subject: dict[int, list[dict[str, float]]], subjects: list[dict], target: str) -> dict[str, dict[str, float]]:
