@@ -96,14 +96,14 @@ def subject_image(zip_path: Path) -> tuple[np.ndarray, tuple[int, int], np.ndarr
 
 
 def generated_exam(out: Path, seed: int, eid: int, thigh_muscle_sd: float, scales: tuple[tuple[str, float], ...],
-                   name: str, with_masks: bool = False) -> dict[str, np.ndarray]:
-    """One generated exam of the subject (its parameters scaled by `scales`): its image,
-    fat-fraction slice positions, view maxima, true targets and, `with_masks`, its projected
-    masks, prefixed by `name`; the zip is deleted."""
+                   name: str, with_masks: bool = False, shifts: tuple[tuple[str, float], ...] = ()) -> dict[str, np.ndarray]:
+    """One generated exam of the subject (its parameters scaled by `scales`, then moved by
+    `shifts`): its image, fat-fraction slice positions, view maxima, true targets and,
+    `with_masks`, its projected masks, prefixed by `name`; the zip is deleted."""
     from mimir.synth.cohort import SubjectJob, generate_subject
 
     folder = out / "zips" / f"{name}_{eid}"
-    result = generate_subject(SubjectJob(eid, seed, 2, folder, (), False, False, thigh_muscle_sd, scales))
+    result = generate_subject(SubjectJob(eid, seed, 2, folder, (), False, False, thigh_muscle_sd, scales, shifts))
     zip_path = folder / result.zip_name
     image, positions, maxima = subject_image(zip_path)
     arrays = {f"{name}_image": image, f"{name}_slices": np.array(positions), f"{name}_maxima": maxima,

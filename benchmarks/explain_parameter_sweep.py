@@ -9,7 +9,9 @@ anatomy benchmark's cohort with that parameter one cohort standard deviation hig
 the parameter's sd over mean across the cohort's subjects, every other draw the same), and
 measures the true change of the target, the module's predicted change, and where the module reads
 it (integrated gradients along the straight path from the subject's image to the twin's, summed
-per body region: explain_counterfactual.path_split).
+per body region: explain_counterfactual.path_split). With --all-parameters the parameters of
+either sign join them (SHIFTED_PARAMETERS: fat pattern, organ shapes and positions, pose, breathing,
+field of view, signal), each moved by one cohort sd.
 
 Combined over the parameters, a map faithful to the module's response to the cohort's variation
 would put on region r a weight proportional to sqrt(sum over parameters of the squared
@@ -56,8 +58,23 @@ PARAMETERS = (
 )
 
 
-def relative_spread(n: int, seed: int, thigh_muscle_sd: float, parameters: tuple[str, ...]) -> dict[str, float]:
-    """Each parameter's sd / mean over the cohort's subjects, as the generator draws them."""
+#: The generator's other numeric parameters, of either sign or near zero (fat pattern and spread,
+#: organ shapes and positions, pose, breathing, field of view, signal): each is moved by one cohort
+#: sd (added), where a factor cannot serve. age and bmi are left out: once drawn they change
+#: no pixel (they feed only the tabular targets).
+SHIFTED_PARAMETERS = (
+    "android", "gynoid", "spleen_volume_l", "marrow_fat", "vat_fat_offset", "arm_fat_share", "bowel_fat",
+    "trunk_squareness", "liver_elongation", "liver_left_lobe", "liver_shift_mm", "kidney_drop_mm",
+    "spleen_elongation", "thigh_split", "leg_spread_mm", "x_offset_mm", "tilt_deg", "roll_deg", "fov_offset_mm",
+    "arm_gap_mm", "arm_asymmetry_mm", "arm_forward_mm", "knee_lift_mm", "head_lift_mm", "lean_mm", "breath_mm",
+    "trunk_wave_chest", "trunk_wave_waist", "trunk_wave_hips", "trunk_fat_shift", "vat_periphery", "vat_shift",
+    "bowel_gas", "signal_liver", "signal_viscera", "signal_kidney", "signal_adipose", "signal_marrow",
+)
+
+
+def one_sd(n: int, seed: int, thigh_muscle_sd: float, parameters: tuple[str, ...]) -> dict[str, float]:
+    """Each parameter's one-sd change over the cohort's subjects, as the generator draws them:
+    relative (sd / mean, a factor 1 + it) for PARAMETERS, absolute (added) for SHIFTED_PARAMETERS."""
     from mimir.synth.cohort import draw_eids, subject_rng, thigh_muscle_factor
     from mimir.synth.subject import sample_subject
 
@@ -67,7 +84,7 @@ def relative_spread(n: int, seed: int, thigh_muscle_sd: float, parameters: tuple
         drawn.append({name: getattr(params, name) for name in parameters if name != "thigh_muscle"}
                      | {"thigh_muscle": thigh_muscle_factor(seed, eid, thigh_muscle_sd)})
     table = pd.DataFrame(drawn)
-    return {name: float(table[name].std() / table[name].mean()) for name in parameters}
+    return {name: float(table[name].std() / (table[name].mean() if name in PARAMETERS else 1.0)) for name in parameters}
 
 
 def make_subject(out: Path, seed: int, eid: int, thigh_muscle_sd: float) -> Path:
@@ -78,9 +95,12 @@ def make_subject(out: Path, seed: int, eid: int, thigh_muscle_sd: float) -> Path
 
 
 def make_twin(out: Path, seed: int, eid: int, thigh_muscle_sd: float, parameter: str, delta: float) -> Path:
+    """The subject with `parameter` scaled by 1 + delta (PARAMETERS) or moved by delta (the others)."""
     saved = out / "twins" / f"{parameter}_{delta:.4g}" / f"{eid}.npz"
     if not saved.is_file():
-        save_arrays(saved, generated_exam(out, seed, eid, thigh_muscle_sd, ((parameter, 1.0 + delta),), "twin"))
+        change = ((parameter, delta),)
+        scales, shifts = ((), change) if parameter in SHIFTED_PARAMETERS else (((parameter, 1.0 + delta),), ())
+        save_arrays(saved, generated_exam(out, seed, eid, thigh_muscle_sd, scales, "twin", shifts=shifts))
     return saved
 
 
@@ -98,7 +118,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=300)
     parser.add_argument("--thigh-muscle-sd", type=float, default=0.3)
     parser.add_argument("--target", default="AtlasTotalThighMuscleVolume", choices=list(TARGETS))
-    parser.add_argument("--parameters", nargs="+", default=list(PARAMETERS), choices=list(PARAMETERS))
+    parser.add_argument("--parameters", nargs="+", default=list(PARAMETERS), choices=list(PARAMETERS + SHIFTED_PARAMETERS),
+                        help="default: the positive ones (PARAMETERS), each scaled by one relative sd")
+    parser.add_argument("--all-parameters", action="store_true",
+                        help="every numeric body parameter that changes the image: PARAMETERS and SHIFTED_PARAMETERS")
     parser.add_argument("--module", type=Path, required=True, help="a module trained for --target on the cohort's other subjects")
     parser.add_argument("--cache", type=Path, required=True, help="the anatomy benchmark's image cache: the subjects must be its")
     parser.add_argument("--workers", type=int, default=2)
@@ -112,7 +135,9 @@ def main() -> None:
 
     started = time.perf_counter()
     eids = sorted(draw_eids(args.n, args.seed))[: args.subjects]
-    spread = relative_spread(args.n, args.seed, args.thigh_muscle_sd, tuple(args.parameters))
+    if args.all_parameters:
+        args.parameters = list(PARAMETERS + SHIFTED_PARAMETERS)
+    spread = one_sd(args.n, args.seed, args.thigh_muscle_sd, tuple(args.parameters))
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         subjects = [load_pair(path) for path in pool.map(partial(make_subject, args.out, args.seed, thigh_muscle_sd=args.thigh_muscle_sd), eids)]
         same = sum(np.array_equal(subject["subject_image"], load_image(image_path(args.cache, f"{eid}_20201_2_0")))
@@ -147,7 +172,7 @@ def main() -> None:
         mean_split = pd.DataFrame(splits).mean()
         change = mean_split["change of the standardised mean"]
         rows.append({
-            "parameter": parameter, "relative sd": spread[parameter],
+            "parameter": parameter, "one sd": f"+{spread[parameter]:.4g}" if parameter in SHIFTED_PARAMETERS else f"x{1 + spread[parameter]:.4g}",
             "true change": float(np.mean(true_change)), "predicted change": float(np.mean(predicted_change)),
             "|predicted change|": float(np.mean(np.abs(predicted_change))),
             **{f"share {name.removeprefix('region: ')}": float(mean_split[name] / change) if abs(change) > 1e-9 else float("nan")

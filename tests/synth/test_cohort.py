@@ -159,6 +159,37 @@ def test_only_numeric_body_parameters_scale():
             scaled_parameters(params, [bad])
 
 
+def test_shifts_move_parameters_of_either_sign_and_only_numeric_ones():
+    from mimir.synth.cohort import shifted_parameters
+    from mimir.synth.subject import sample_subject
+
+    params = sample_subject(np.random.default_rng(0), 1234567)
+    twin = shifted_parameters(params, [("tilt_deg", 5.0), ("android", -abs(params.android) - 1.0)])
+    assert twin.tilt_deg == pytest.approx(params.tilt_deg + 5.0)
+    assert twin.android == pytest.approx(params.android - abs(params.android) - 1.0) and twin.android < 0
+    assert twin.height_cm == params.height_cm
+    for bad in [("sex", 1.0), ("hands_on_belly", 1.0), ("no_such_field", 1.0), ("tilt_deg", float("inf"))]:
+        with pytest.raises(CohortConfigError, match="cannot shift"):
+            shifted_parameters(params, [bad])
+
+
+def test_a_shifted_twin_differs_from_its_subject_in_that_parameter_only():
+    from dataclasses import replace
+
+    from mimir.synth.cohort import subject_anatomy
+
+    eid = draw_eids(1, 7)[0]
+    subject, _, anatomy = subject_anatomy(7, eid)
+    same, _, same_anatomy = subject_anatomy(7, eid, parameter_shifts=(("leg_spread_mm", 0.0),))
+    assert same == subject and np.array_equal(same_anatomy.labels, anatomy.labels)
+    twin, _, twin_anatomy = subject_anatomy(7, eid, parameter_scales=(("vat_l", 1.5),),
+                                            parameter_shifts=(("leg_spread_mm", 30.0), ("vat_l", 0.25)))
+    assert twin.leg_spread_mm == pytest.approx(subject.leg_spread_mm + 30.0)
+    assert twin.vat_l == pytest.approx(subject.vat_l * 1.5 + 0.25)  # scaled first, then shifted
+    assert replace(twin, leg_spread_mm=subject.leg_spread_mm, vat_l=subject.vat_l) == subject
+    assert not np.array_equal(twin_anatomy.labels, anatomy.labels)
+
+
 def test_mimir_synth_thigh_muscle_sd_reaches_the_subjects_and_is_recorded(tmp_path, capsys):
     import json
 

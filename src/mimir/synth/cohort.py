@@ -96,6 +96,9 @@ class SubjectJob:
     #: (SubjectParams field, factor) pairs: those parameters multiplied once drawn, every draw the
     #: same: the subject's counterfactual twin, to see where a change of one parameter shows.
     parameter_scales: tuple[tuple[str, float], ...] = ()
+    #: (SubjectParams field, amount) pairs added after the scales: a twin for parameters whose
+    #: values may be negative or zero (fat pattern, pose, field of view), where a factor cannot serve.
+    parameter_shifts: tuple[tuple[str, float], ...] = ()
 
     @property
     def zip_name(self) -> str:
@@ -160,31 +163,46 @@ def thigh_muscle_factor(seed: int, eid: int, sd: float) -> float:
     return float(np.exp(np.random.default_rng([seed, eid, 1]).normal(0.0, sd)))
 
 
+def _numeric_fields(params: SubjectParams) -> str:
+    return ", ".join(f.name for f in fields(SubjectParams) if isinstance(getattr(params, f.name), float))
+
+
 def scaled_parameters(params: SubjectParams, scales: Sequence[tuple[str, float]]) -> SubjectParams:
     """The subject with some numeric parameters multiplied (names of SubjectParams fields)."""
     changes = {}
     for name, factor in scales:
         value = getattr(params, name, None)
         if not isinstance(value, float) or not math.isfinite(factor) or factor <= 0:
-            numeric = ", ".join(f.name for f in fields(SubjectParams) if isinstance(getattr(params, f.name), float))
-            raise CohortConfigError(f"cannot scale {name!r} by {factor}: a positive factor of one of {numeric}")
+            raise CohortConfigError(f"cannot scale {name!r} by {factor}: a positive factor of one of {_numeric_fields(params)}")
         changes[name] = value * factor
+    return replace(params, **changes)
+
+
+def shifted_parameters(params: SubjectParams, shifts: Sequence[tuple[str, float]]) -> SubjectParams:
+    """The subject with some numeric parameters moved by an amount (names of SubjectParams fields)."""
+    changes = {}
+    for name, amount in shifts:
+        value = getattr(params, name, None)
+        if not isinstance(value, float) or not math.isfinite(amount):
+            raise CohortConfigError(f"cannot shift {name!r} by {amount}: a finite amount added to one of {_numeric_fields(params)}")
+        changes[name] = value + amount
     return replace(params, **changes)
 
 
 def _draw_anatomy(
     rng: np.random.Generator, eid: int, on_grid: bool, thigh_muscle: float = 1.0,
-    parameter_scales: Sequence[tuple[str, float]] = (),
+    parameter_scales: Sequence[tuple[str, float]] = (), parameter_shifts: Sequence[tuple[str, float]] = (),
 ) -> tuple[SubjectParams, ExamPlan, Anatomy]:
     """The first draws of a subject from its generator: body parameters, exam plan, anatomy."""
-    params = scaled_parameters(replace(sample_subject(rng, eid), thigh_muscle=thigh_muscle), parameter_scales)
+    drawn = replace(sample_subject(rng, eid), thigh_muscle=thigh_muscle)
+    params = shifted_parameters(scaled_parameters(drawn, parameter_scales), parameter_shifts)
     plan = plan_exam(rng, on_grid=on_grid)
     return params, plan, build_anatomy(params, plan.grid_slices, rng)
 
 
 def subject_anatomy(
     seed: int, eid: int, *, on_grid: bool = False, thigh_muscle_sd: float = 0.0,
-    parameter_scales: Sequence[tuple[str, float]] = (),
+    parameter_scales: Sequence[tuple[str, float]] = (), parameter_shifts: Sequence[tuple[str, float]] = (),
 ) -> tuple[SubjectParams, ExamPlan, Anatomy]:
     """The parameters, exam plan and label volume of subject `eid` of a cohort made with `seed`.
 
@@ -192,7 +210,8 @@ def subject_anatomy(
     lie exactly where that subject's zip shows them: slice j of `anatomy.labels` is at
     z = plan.grid_z_top_mm - 3 j mm. Used to score saliency maps against the true anatomy.
     """
-    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid, thigh_muscle_factor(seed, eid, thigh_muscle_sd), parameter_scales)
+    return _draw_anatomy(subject_rng(seed, eid), eid, on_grid, thigh_muscle_factor(seed, eid, thigh_muscle_sd),
+                         parameter_scales, parameter_shifts)
 
 
 def generate_subject(job: SubjectJob) -> SubjectResult:
@@ -200,7 +219,8 @@ def generate_subject(job: SubjectJob) -> SubjectResult:
     started = time.perf_counter()
     rng = subject_rng(job.seed, job.eid)
     thigh_muscle = thigh_muscle_factor(job.seed, job.eid, job.thigh_muscle_sd)
-    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid, thigh_muscle, job.parameter_scales)
+    params, plan, anatomy = _draw_anatomy(rng, job.eid, job.on_grid, thigh_muscle, job.parameter_scales,
+                                          job.parameter_shifts)
     water, fat = render_signal(anatomy, params, rng)
     truth = measure(anatomy, params, rng)
     records = write_exam_zip(
