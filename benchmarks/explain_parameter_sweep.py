@@ -153,8 +153,10 @@ def main() -> None:
     module = load_module(args.module, args.device)
     column = module.spec.target_names.index(args.target)
     explainer, target_mean = path_explainer(module, args.target)
-    rows, per_subject = [], {eid: [] for eid in eids}
-    squares = {eid: np.zeros(subjects[0]["subject_image"].shape[1:]) for eid in eids}
+    groups = parameter_groups(args.parameters)
+    rows = []
+    per_subject = {group: {eid: [] for eid in eids} for group in groups}
+    squares = {group: {eid: np.zeros(subjects[0]["subject_image"].shape[1:]) for eid in eids} for group in groups}
     twins = dict(zip(jobs, twin_paths, strict=True))
     for parameter in args.parameters:
         splits, true_change, predicted_change = [], [], []
@@ -165,10 +167,12 @@ def main() -> None:
             predicted_change.append(float(means[1, column] - means[0, column]))
             true_change.append(float(twin[f"twin_truth {args.target}"] - subject[f"subject_truth {args.target}"]))
             per_pixel, change, gap = path_pixels(explainer, target_mean, pair, args.device)
-            squares[eid] += per_pixel.sum(axis=0) ** 2
             split = split_by_region(per_pixel, change, gap, pair, args.target)
             splits.append(split)
-            per_subject[eid].append(split)
+            for group, members in groups.items():
+                if parameter in members:
+                    squares[group][eid] += per_pixel.sum(axis=0) ** 2
+                    per_subject[group][eid].append(split)
         mean_split = pd.DataFrame(splits).mean()
         change = mean_split["change of the standardised mean"]
         rows.append({
@@ -180,23 +184,36 @@ def main() -> None:
         })
     timings["module"] = time.perf_counter() - started
     table = pd.DataFrame(rows).sort_values("|predicted change|", ascending=False)
-    combined = combined_shares(per_subject, subjects, args.target)
-    pixel_map = anatomy_scores([(np.sqrt(squares[eid]), subject["masks"]) for eid, subject in zip(eids, subjects, strict=True)], args.target)
+    combined = {group: combined_shares(per_subject[group], subjects, args.target) for group in groups}
+    pixel_maps = {group: anatomy_scores([(np.sqrt(squares[group][eid]), subject["masks"])
+                                         for eid, subject in zip(eids, subjects, strict=True)], args.target)
+                  for group in groups}
 
     summary = {"n": args.n, "subjects": args.subjects, "seed": args.seed, "thigh_muscle_sd": args.thigh_muscle_sd,
                "target": args.target, "module": str(args.module), "parameters": table.to_dict(orient="records"),
-               "combined": combined, "combined_pixel_map": pixel_map, "timings_s": {key: round(value, 1) for key, value in timings.items()}}
+               "combined": combined, "combined_pixel_map": pixel_maps, "timings_s": {key: round(value, 1) for key, value in timings.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     print(f"{len(eids)} subjects, a one-sd twin per parameter; predicted and true change of {args.target}, and where "
           "the module reads it (path integrated gradients, shares of the change):")
     print(markdown(table.drop(columns=[column for column in table.columns if column.startswith("share head")
                                        or column.startswith("share rest of body")])))
-    print("combined (root sum of squares over the parameters, per subject, then shares):")
-    print(markdown(pd.DataFrame([{"region": name, **values} for name, values in combined.items()])))
-    print("combined pixel by pixel (root sum of squares over the parameters of each pixel's attribution, summed over the "
-          "channels), scored as explain_anatomy scores the maps:")
-    print(markdown(pd.DataFrame([pixel_map])))
+    for group in groups:
+        print(f"combined over {group} (root sum of squares over the parameters, per subject, then shares):")
+        print(markdown(pd.DataFrame([{"region": name, **values} for name, values in combined[group].items()])))
+        print(f"combined over {group} pixel by pixel (root sum of squares over the parameters of each pixel's attribution, "
+              "summed over the channels), scored as explain_anatomy scores the maps:")
+        print(markdown(pd.DataFrame([pixel_maps[group]])))
+
+
+def parameter_groups(parameters: list[str]) -> dict[str, set[str]]:
+    """The parameters to combine: all that were swept and, when some were shifted, the scaled
+    ones alone too (the default sweep's combination, for the same module)."""
+    groups = {"every swept parameter": set(parameters)}
+    scaled = set(parameters) & set(PARAMETERS)
+    if scaled and scaled != set(parameters):
+        groups["the scaled parameters (PARAMETERS) only"] = scaled
+    return groups
 
 
 def combined_shares(per_subject: dict[int, list[dict[str, float]]], subjects: list[dict], target: str) -> dict[str, dict[str, float]]:
